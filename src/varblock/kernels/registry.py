@@ -1,0 +1,113 @@
+"""Variant registry: what build_kernels.py compiles and what the manifest records.
+
+This module is plain Python (no cutlass import) so that the build script can list variants, and tests can check
+the registry, without compiling anything. Each kernel family lives in its own module of this package and exposes:
+
+* ``FAMILY``: a :class:`Family` (name, the modules whose source stamps the cubins, the variants per arch);
+* ``compile_args(variant)`` -> ``(host_jit_function, args)`` for ``cute.compile`` (build time, imports cutlass);
+* ``capture_cases(variant)`` -> list of ``{param name: value}`` dicts for the launch-capture check.
+
+Kernel ABI convention: every kernel parameter is a raw global pointer or a scalar (``Param``), and the host
+``@cute.jit`` function takes exactly the kernel's parameters in the same order and launches the kernel once.
+The runtime packs the same values in the same order; launch capture proves it byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: scalar kinds of kernel parameters and their sizes in bytes
+PARAM_SIZES = {"ptr": 8, "i32": 4, "u32": 4, "i64": 8, "f32": 4, "u8": 1}
+
+#: build arch name -> CuTe DSL target (CUTE_DSL_ARCH) and the compute capabilities its cubins run on
+ARCHES: dict[str, dict[str, Any]] = {
+    "sm80": {"target": "sm_80", "runs_on": [(8, 0), (8, 6), (8, 7), (8, 9)]},
+    "sm90": {"target": "sm_90a", "runs_on": [(9, 0)]},
+    "sm100": {"target": "sm_100f", "runs_on": [(10, 0), (10, 3)]},
+    "sm120": {"target": "sm_120f", "runs_on": [(12, 0), (12, 1)]},
+}
+DEFAULT_ARCHES = ("sm80", "sm90", "sm100", "sm120")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel parameter: a global pointer (``align`` = alignment the kernel assumes) or a scalar."""
+
+    name: str
+    kind: str
+    align: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PARAM_SIZES:
+            raise ValueError(f"param {self.name}: unknown kind {self.kind!r}")
+
+    @property
+    def size(self) -> int:
+        return PARAM_SIZES[self.kind]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compiled kernel: a family at one static configuration for one arch.
+
+    ``grid`` is a 3-list of expressions over parameter values (see ``varblock.runtime.expr``);
+    ``requires`` lists static input requirements as ``{"what", "value": expr, one of divisible_by/equals/range}``.
+    ``key`` holds the static configuration the runtime selects on (dtype, head_dim, ...), JSON-able.
+    """
+
+    family: str
+    name: str
+    arch: str
+    key: dict[str, Any]
+    params: tuple[Param, ...]
+    block: tuple[int, int, int]
+    grid: tuple[Any, Any, Any]
+    requires: tuple[dict[str, Any], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "name": self.name,
+            "arch": self.arch,
+            "key": dict(self.key),
+            "params": [{"name": p.name, "kind": p.kind, "size": p.size, "align": p.align} for p in self.params],
+            "block": list(self.block),
+            "grid": list(self.grid),
+            "requires": [dict(r) for r in self.requires],
+            "extra": dict(self.extra),
+        }
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    module: str
+    variants: Callable[[str], list[Variant]]
+    sources: tuple[str, ...] = ()
+
+
+#: kernel family modules, in build order (each defines FAMILY)
+FAMILY_MODULES = (
+    "varblock.kernels.merge_states",
+)
+
+
+def families() -> list[Family]:
+    """Import each family module's FAMILY. Family modules import cutlass lazily (inside compile_args)."""
+    import importlib
+
+    return [importlib.import_module(m).FAMILY for m in FAMILY_MODULES]
+
+
+def all_variants(arch: str) -> list[Variant]:
+    out: list[Variant] = []
+    for fam in families():
+        out.extend(fam.variants(arch))
+    names = [v.name for v in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"duplicate variant names for {arch}: {sorted(dup)}")
+    return out

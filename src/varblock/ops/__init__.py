@@ -1,0 +1,1 @@
+"""Public operations: validate inputs, pick a variant, allocate outputs, launch."""
