@@ -36,6 +36,7 @@ from varblock.runtime.params import grid_of, pack_bytes  # noqa: E402
 SHARED_SOURCES = [SRC / "varblock/kernels/registry.py", SRC / "varblock/kernels/_dsl.py"]
 STUB_SRC = ROOT / "tools/capture/capture_stub.c"
 MANIFEST_FORMAT = 1
+WORK = ROOT / "build" / "kernels"  # scratch: capture stub, DSL dumps (not shipped)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,7 +119,7 @@ def check(args: argparse.Namespace) -> int:
 def drive(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stub = out / "_build" / "libvbcapture.so"
+    stub = WORK / "libvbcapture.so"
     if not args.no_capture:
         stub.parent.mkdir(parents=True, exist_ok=True)
         subprocess.check_call(["gcc", "-O2", "-shared", "-fPIC", "-o", str(stub), str(STUB_SRC)])
@@ -300,9 +301,9 @@ def worker(args: argparse.Namespace) -> int:
     arch_dir.mkdir(parents=True, exist_ok=True)
     os.environ["CUTE_DSL_ARCH"] = registry.ARCHES[arch]["target"]
     os.environ["CUTE_DSL_KEEP"] = "ptx,cubin"
-    os.environ["CUTE_DSL_DUMP_DIR"] = str(out / "_build" / f"dump_{arch}")
+    os.environ["CUTE_DSL_DUMP_DIR"] = str(WORK / f"dump_{arch}")
     os.makedirs(os.environ["CUTE_DSL_DUMP_DIR"], exist_ok=True)
-    stub = out / "_build" / "libvbcapture.so"
+    stub = WORK / "libvbcapture.so"
     if not args.no_capture:
         os.environ["CUTE_DSL_LIBS"] = str(stub)
     import importlib
