@@ -107,6 +107,8 @@ def test_merge_cupy(cupy):
     ("misaligned", ValueError, "out_parts address must be a multiple of 2"),
     ("out_shape", ValueError, "out: expected shape"),
     ("out_dtype", TypeError, "out_dtype"),
+    ("out_wrong_dtype", TypeError, "out: dtype float16"),
+    ("lse_wrong_device_kind", ValueError, "lse: expected an array on a CUDA device"),
     ("not_array", TypeError, "out_parts: expected a CUDA device array"),
     ("zero_splits", ValueError, "at least one split"),
 ])
@@ -125,7 +127,7 @@ def test_merge_bad_input(torch, case, exc, match):
     elif case == "cpu":
         op = op.cpu()
     elif case == "noncontig":
-        op = op.transpose(2, 3)
+        op = torch.randn(2, 10, 3, 128, device="cuda")[..., ::2]
     elif case == "misaligned":
         base = torch.randn(2 * 10 * 3 * 64 + 8, device="cuda", dtype=torch.bfloat16)
         op = _odd_byte_view(base[: 2 * 10 * 3 * 64].view(2, 10, 3, 64))
@@ -133,6 +135,11 @@ def test_merge_bad_input(torch, case, exc, match):
         kw["out"] = torch.empty(10, 3, 32, device="cuda")
     elif case == "out_dtype":
         kw["out_dtype"] = "int8"
+    elif case == "out_wrong_dtype":
+        kw["out"] = torch.empty(10, 3, 64, device="cuda", dtype=torch.float16)
+        kw["out_dtype"] = "float32"
+    elif case == "lse_wrong_device_kind":
+        kw["lse"] = torch.empty(3, 10)
     elif case == "not_array":
         op = [1, 2, 3]
     elif case == "zero_splits":

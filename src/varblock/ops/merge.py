@@ -31,7 +31,8 @@ def merge_states(out_parts: Any, lse_parts: Any, *, out_dtype: str | None = None
         out_parts: ``[S, total_q, H, D]`` float32, bfloat16 or float16 (last dim contiguous): partial outputs,
             each normalised by its own softmax sum.
         lse_parts: ``[S, H, total_q]`` float32: natural-log sum-exp of each partial (``-inf``: empty partial).
-        out_dtype: output dtype (default: that of ``out_parts``); float32 partials may produce bf16/fp16.
+        out_dtype: output dtype (default: that of ``out``, else of ``out_parts``); float32 partials may produce
+            bf16/fp16.
         out, lse: optional preallocated outputs ``[total_q, H, D]`` and ``[H, total_q]`` float32.
         stream: stream to run on (default: the current stream of the inputs' framework).
 
@@ -50,7 +51,8 @@ def merge_states(out_parts: Any, lse_parts: Any, *, out_dtype: str | None = None
     check_shape(lp, (s, h, t), "= [num_splits, num_heads, total_q] of out_parts")
     check_inner_contiguous(op)
     ordinal = check_same_device([op, lp])
-    out_dtype = out_dtype or op.dtype
+    o = as_device_array(out, "out") if out is not None else None
+    out_dtype = out_dtype or (o.dtype if o is not None else op.dtype)
     if out_dtype not in _FLOATS:
         raise TypeError(f"out_dtype: expected one of {_FLOATS}, got {out_dtype!r}")
     if (op.dtype, out_dtype) not in _PAIRS:
@@ -58,11 +60,11 @@ def merge_states(out_parts: Any, lse_parts: Any, *, out_dtype: str | None = None
                         f"{sorted(o for i, o in _PAIRS if i == op.dtype)}, not {out_dtype}")
     entry = variant_for("merge_states", ordinal, {"in_dtype": op.dtype, "out_dtype": out_dtype})
     st = stream_for(stream, ordinal, like=out_parts)
-    if out is None:
+    if o is None:
         out, _ = arrays.empty(out_parts, (t, h, d), out_dtype, ordinal, st)
+        o = as_device_array(out, "out")
     if lse is None:
         lse, _ = arrays.empty(out_parts, (h, t), "float32", ordinal, st)
-    o = as_device_array(out, "out")
     lo = as_device_array(lse, "lse")
     check_dtype(o, (out_dtype,))
     check_dtype(lo, ("float32",))
