@@ -1,0 +1,243 @@
+"""Portable varlen block-sparse attention forward: warp-level MMA (mma.sync m16n8k16), CuTe DSL.
+
+One source, compiled for every arch in ``registry.ARCHES`` (sm80, sm90a, sm100f, sm120f). It is the correctness
+backbone of the library and the fallback on GPUs without a tuned kernel. FA2-style: one CTA per work-list tile,
+Q tile in shared memory, K/V chunks streamed with cp.async (single stage: K(c+1) load overlaps softmax + PV(c),
+V(c) load overlaps QK(c)), ldmatrix + mma.sync, online softmax in fp32 with exp2.
+
+What one CTA does (``docs/contracts.md`` section 2): it reads ``tiles[t] = (batch, head, q_start, q_len,
+chunk_begin, n_full, n_partial, flags)`` and loops over ``chunks[chunk_begin : chunk_begin + n_full + n_partial]``
+(each ``(k_start, k_len)``, positions relative to the sequence starts). Full chunks get no element mask (only the
+``k_len < tile_n`` tail is masked); partial chunks get the element mask (window/causal, document ids, token mask).
+Rows with no allowed key get O = 0 and LSE = -inf.
+
+Row mapping: with ``pack_gqa == 1`` the tile's ``head`` is the query head and tile row ``r`` is query token
+``q_start + r``; with ``pack_gqa == G > 1`` the tile's ``head`` is the KV head and tile row ``r`` is token
+``q_start + r // G`` of query head ``head * G + r % G`` (``q_len`` counts tokens, ``q_len * G <= tile_m``).
+The KV head of a tile is always ``(head * pack_gqa) // qhead_per_kvhead``.
+
+Kernel ABI (see ``PARAMS``): only raw global pointers and scalars, in the order of ``PARAMS``; the host
+``@cute.jit`` function takes exactly these and launches once with grid ``[num_tiles, 1, 1]``. The kernel walks
+tiles ``blockIdx.x, blockIdx.x + gridDim.x, ...`` (``_first_tile``/``_next_tile``), so a smaller grid is also
+correct; a persistent scheduler will replace those two functions.
+
+This module imports ``cutlass`` only inside functions, so the registry can list variants without the DSL.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+from .registry import ARCHES, Family, Param, Variant
+
+FAMILY_NAME = "attention_fwd_mma"
+DTYPES = ("fp16", "bf16")
+HEAD_DIMS = (64, 96, 128, 192, 256)
+
+#: ``mask_flags`` bits (runtime scalar)
+MASK_DOC = 1  #: doc_q / doc_k are valid: keys of another document are masked (partial chunks only)
+MASK_TOKEN = 2  #: tok_mask is valid: token-level mask (partial chunks only)
+
+#: dynamic shared memory limit per CTA (opt-in), bytes. sm80 cubins also run on sm86/sm89 (99 KB), so the sm80
+#: configurations are chosen to fit 99 KB as well (see ``_TILES``).
+SMEM_LIMIT = {"sm80": 163 * 1024, "sm90": 227 * 1024, "sm100": 227 * 1024, "sm120": 99 * 1024}
+SMEM_LIMIT_PORTABLE_SM8X = 99 * 1024
+
+#: (tile_m, tile_n, num_warps) per head dim; per-arch overrides below.
+_TILES_DEFAULT = {
+    64: (128, 128, 4),
+    96: (128, 64, 4),
+    128: (128, 64, 4),
+    192: (128, 64, 8),
+    256: (64, 64, 4),
+}
+_TILES_ARCH = {
+    # Hopper / Blackwell have 227 KB: d256 with 128 query rows and 8 warps (128 KB), as FA2 on A100.
+    "sm90": {256: (128, 64, 8)},
+    "sm100": {256: (128, 64, 8)},
+}
+
+_DT_BYTES = 2
+#: Q, O, K, V element strides must be multiples of this (16-byte vectors); pointers 16-byte aligned.
+_VEC = 8
+
+#: kernel parameters, in ABI order. Pointer ``align`` = byte alignment the kernel assumes.
+PARAMS: tuple[Param, ...] = (
+    Param("q", "ptr", 16),  # [total_q, Hq, D] fp16/bf16, last dim contiguous
+    Param("k", "ptr", 16),  # [total_k, Hkv, D]
+    Param("v", "ptr", 16),  # [total_k, Hkv, D]
+    Param("o", "ptr", 16),  # [total_q, Hq, D] output
+    Param("lse", "ptr", 4),  # [Hq, total_q] fp32 output (natural log), token stride 1
+    Param("cu_seqlens_q", "ptr", 4),  # int32 [B+1]
+    Param("cu_seqlens_k", "ptr", 4),  # int32 [B+1]
+    Param("tiles", "ptr", 4),  # int32 [num_tiles, 8]
+    Param("chunks", "ptr", 4),  # int32 [C, 2]
+    Param("doc_q", "ptr", 4),  # int32 [total_q] (read only if mask_flags & MASK_DOC)
+    Param("doc_k", "ptr", 4),  # int32 [total_k] (read only if mask_flags & MASK_DOC)
+    Param("tok_mask", "ptr", 1),  # uint8 [Hm, total_q, max_nb] (read only if mask_flags & MASK_TOKEN)
+    Param("q_stride_tok", "i64"),  # element strides
+    Param("q_stride_head", "i64"),
+    Param("k_stride_tok", "i64"),
+    Param("k_stride_head", "i64"),
+    Param("v_stride_tok", "i64"),
+    Param("v_stride_head", "i64"),
+    Param("o_stride_tok", "i64"),
+    Param("o_stride_head", "i64"),
+    Param("lse_stride_head", "i64"),
+    Param("tm_stride_head", "i64"),  # tok_mask element strides
+    Param("tm_stride_tok", "i64"),
+    Param("tm_stride_blk", "i64"),
+    Param("num_tiles", "i32"),
+    Param("softmax_scale_log2", "f32"),  # softmax_scale * log2(e)
+    Param("window_left", "i32"),  # -1 = unbounded
+    Param("window_right", "i32"),  # -1 = unbounded (causal: 0)
+    Param("qhead_per_kvhead", "i32"),  # Hq // Hkv
+    Param("pack_gqa", "i32"),  # G (== qhead_per_kvhead) or 1 = off
+    Param("tok_block_k", "i32"),  # key block size of tok_mask (>= 1)
+    Param("tok_head_div", "i32"),  # hm = hq // tok_head_div (1: per q head, group: per kv head, Hq: broadcast)
+    Param("mask_flags", "i32"),  # MASK_DOC | MASK_TOKEN
+)
+PARAM_NAMES = tuple(p.name for p in PARAMS)
+
+
+def tile_config(arch: str, head_dim: int) -> tuple[int, int, int]:
+    """(tile_m, tile_n, num_warps) of the variant for ``arch`` and ``head_dim``."""
+    return _TILES_ARCH.get(arch, {}).get(head_dim, _TILES_DEFAULT[head_dim])
+
+
+def smem_bytes(tile_m: int, tile_n: int, head_dim: int) -> int:
+    """Dynamic shared memory of a variant: Q (reused for O) + K + V, each 1024-byte aligned."""
+
+    def up(x: int) -> int:
+        return (x + 1023) // 1024 * 1024
+
+    return up(tile_m * head_dim * _DT_BYTES) + 2 * up(tile_n * head_dim * _DT_BYTES)
+
+
+def variant_name(dtype: str, head_dim: int) -> str:
+    return f"{FAMILY_NAME}_{dtype}_d{head_dim}"
+
+
+def entry_name(variant: Variant) -> str:
+    """The cubin entry (kernel) name: ``set_name_prefix(f"vb_{name}", keep_mangled_name=False)`` + ``_0``."""
+    return f"vb_{variant.name}_0"
+
+
+def _requires(head_dim: int) -> tuple[dict[str, Any], ...]:
+    req: list[dict[str, Any]] = []
+    for p in ("q", "k", "v", "o"):
+        req.append({"what": f"{p} pointer 16-byte aligned", "value": p, "divisible_by": 16})
+    for p in ("lse", "cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k"):
+        req.append({"what": f"{p} pointer 4-byte aligned", "value": p, "divisible_by": 4})
+    for s in ("q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head",
+              "o_stride_tok", "o_stride_head"):
+        req.append({"what": f"{s} multiple of {_VEC} elements (16 bytes)", "value": s, "divisible_by": _VEC})
+    req.append({"what": "num_tiles >= 1 (skip the launch when there is no tile)", "value": "num_tiles",
+                "range": [1, 2**31 - 1]})
+    req.append({"what": "qhead_per_kvhead >= 1", "value": "qhead_per_kvhead", "range": [1, 2**31 - 1]})
+    req.append({"what": "pack_gqa >= 1", "value": "pack_gqa", "range": [1, 2**31 - 1]})
+    req.append({"what": "tok_block_k >= 1", "value": "tok_block_k", "range": [1, 2**31 - 1]})
+    req.append({"what": "tok_head_div >= 1", "value": "tok_head_div", "range": [1, 2**31 - 1]})
+    req.append({"what": "mask_flags in 0..3", "value": "mask_flags", "range": [0, 3]})
+    return tuple(req)
+
+
+def variants(arch: str) -> list[Variant]:
+    if arch not in ARCHES:
+        raise ValueError(f"unknown arch {arch!r}")
+    out = []
+    for dtype in DTYPES:
+        for d in HEAD_DIMS:
+            tm, tn, nw = tile_config(arch, d)
+            smem = smem_bytes(tm, tn, d)
+            assert smem <= SMEM_LIMIT[arch], (arch, d, smem)
+            out.append(
+                Variant(
+                    family=FAMILY_NAME,
+                    name=variant_name(dtype, d),
+                    arch=arch,
+                    key={"dtype": dtype, "head_dim": d},
+                    params=PARAMS,
+                    block=(32 * nw, 1, 1),
+                    grid=("num_tiles", 1, 1),
+                    requires=_requires(d),
+                    extra={
+                        "tile_m": tm,
+                        "tile_n": tn,
+                        "num_warps": nw,
+                        "smem_bytes": smem,
+                        "entry": f"vb_{variant_name(dtype, d)}_0",
+                        "mask_flags": {"doc": MASK_DOC, "token": MASK_TOKEN},
+                        "lse_token_stride": 1,
+                    },
+                )
+            )
+    return out
+
+
+FAMILY = Family(name=FAMILY_NAME, module=__name__, variants=variants, sources=(__name__,))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Build time (imports cutlass)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def compile_args(variant: Variant):
+    """``(host_jit_function, args)`` for ``cute.compile``; fake (null) pointers and zero scalars."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import nullptr
+
+    dtype = cutlass.BFloat16 if variant.key["dtype"] == "bf16" else cutlass.Float16
+    elem = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "lse": cutlass.Float32, "tok_mask": cutlass.Uint8}
+    scal = {"i32": cutlass.Int32, "i64": cutlass.Int64, "f32": cutlass.Float32}
+    args = []
+    for p in variant.params:
+        if p.kind == "ptr":
+            args.append(nullptr(elem.get(p.name, cutlass.Int32), cute.AddressSpace.gmem, assumed_align=p.align))
+        elif p.kind == "f32":
+            args.append(scal[p.kind](1.0))
+        else:
+            args.append(scal[p.kind](1))
+    host = _make_host(variant.name, variant.key["dtype"], variant.key["head_dim"], variant.extra["tile_m"],
+                      variant.extra["tile_n"], variant.extra["num_warps"])
+    return host, args
+
+
+def capture_cases(variant: Variant) -> list[dict[str, Any]]:
+    """A few realistic parameter sets (fake pointers) for the launch-capture check."""
+    base = 0x7F0000000000
+    cases = []
+    shapes = [  # (num_tiles, Hq, Hkv, total_q, total_k, pack, flags, wl, wr)
+        (1, 1, 1, 1, 1, 1, 0, -1, -1),
+        (37, 8, 2, 1000, 3000, 1, 0, -1, 0),
+        (4096, 32, 8, 65536, 65536, 4, MASK_DOC | MASK_TOKEN, 127, 0),
+        (513, 16, 16, 7777, 123, 1, MASK_TOKEN, 0, 5),
+    ]
+    d = variant.key["head_dim"]
+    for i, (nt, hq, hkv, tq, tk, pack, flags, wl, wr) in enumerate(shapes):
+        c: dict[str, Any] = {}
+        for j, p in enumerate(variant.params):
+            if p.kind == "ptr":
+                c[p.name] = base + (i << 36) + (j << 30)
+        g = hq // hkv
+        c.update(
+            q_stride_tok=hq * d, q_stride_head=d, k_stride_tok=hkv * d, k_stride_head=d,
+            v_stride_tok=2 * hkv * d + 8 * i, v_stride_head=d, o_stride_tok=hq * d, o_stride_head=d,
+            lse_stride_head=tq, tm_stride_head=tq * 64, tm_stride_tok=64, tm_stride_blk=1,
+            num_tiles=nt, softmax_scale_log2=(1.0 / math.sqrt(d)) * math.log2(math.e), window_left=wl,
+            window_right=wr, qhead_per_kvhead=g, pack_gqa=pack, tok_block_k=64,
+            tok_head_div=1 if i % 2 else max(g, 1), mask_flags=flags,
+        )
+        cases.append(c)
+    return cases
+
+
+@functools.cache
+def _make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int):
+    from ._attn_fwd_mma_impl import make_host
+
+    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps)
