@@ -1,0 +1,280 @@
+"""Layout generators over fixed blocks: dense, causal, sliding window, attention sinks, document masking, random
+blocks at a density, top-k blocks from a score tensor. All vectorised (no Python loop per block or token).
+
+Every generator returns a :class:`BlockSparseLayout` whose element mask carries the token-level rule (causal,
+window, documents), so that partial blocks are exact at token level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._host import as_int, cdiv, check_block_size, check_int32, exclusive_cumsum, ragged_arange, to_host
+from .core import BlockSparseLayout, build_from_cells, check_head_mode, fixed_partition, resolve_cu
+from .importers import all_cells
+from .mask import ElementMask, band_classify, resolve_mask
+
+
+def _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads):
+    cu_q, cu_k = resolve_cu(cu_seqlens_q, cu_seqlens_k)
+    bq = check_block_size(block_q, "block_q")
+    bk = check_block_size(block_k, "block_k")
+    if isinstance(num_heads, (bool, np.bool_)) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+        raise ValueError(f"num_heads: expected a positive int, got {num_heads!r}")
+    return cu_q, cu_k, bq, bk, int(num_heads)
+
+
+def _geometry(cu_q, cu_k, bq, bk):
+    lq = np.diff(cu_q.astype(np.int64))
+    lk = np.diff(cu_k.astype(np.int64))
+    M = cdiv(lq, bq)
+    N = cdiv(lk, bk)
+    return lq, lk, M, N, exclusive_cumsum(M)
+
+
+def _rows_one_head(cu_q, cu_k, bq, bk):
+    """Per query block of one head: (b, q_start, q_len, off, len_k)."""
+    lq, lk, M, N, cu_m = _geometry(cu_q, cu_k, bq, bk)
+    b, m = ragged_arange(M)
+    qs = m * bq
+    ql = np.minimum(bq, lq[b] - qs)
+    return b, qs, ql, (lk - lq)[b], lk[b], N[b], int(cu_m[-1])
+
+
+def _band_cells(cu_q, cu_k, bq, bk, lo, hi):
+    """Cells (row, kb) of one head whose key block meets lo <= j - i - off <= hi for some query of the row."""
+    b, qs, ql, off, lk, N, TM = _rows_one_head(cu_q, cu_k, bq, bk)
+    jlo = np.zeros_like(qs) if lo is None else np.maximum(qs + off + lo, 0)
+    jhi = lk - 1 if hi is None else np.minimum(qs + ql - 1 + off + hi, lk - 1)
+    klo = jlo // bk
+    khi = np.where(jhi >= jlo, jhi // bk, klo - 1)
+    n = np.maximum(khi - klo + 1, 0)
+    row, t = ragged_arange(n)
+    return row, klo[row] + t, TM
+
+
+def _classify_band(cu_q, cu_k, bq, bk, row, kb, lo, hi):
+    b, qs, ql, off, lk, N, _ = _rows_one_head(cu_q, cu_k, bq, bk)
+    ks = kb * bk
+    kl = np.minimum(bk, lk[row] - ks)
+    return band_classify(qs[row], ql[row], ks, kl, off[row], lo, hi)
+
+
+def _replicate(row, kb, code, TM, num_heads):
+    if num_heads == 1:
+        return row, kb, code
+    h = np.repeat(np.arange(num_heads, dtype=np.int64), row.shape[0])
+    return np.tile(row, num_heads) + h * TM, np.tile(kb, num_heads), np.tile(code, num_heads)
+
+
+def _finish(cu_q, cu_k, bq, bk, num_heads, head_mode, row, kb, code, mask, name):
+    hm = check_head_mode(head_mode, num_heads, "per_q_head")
+    qpart = fixed_partition(cu_q, bq, num_heads, "cu_seqlens_q")
+    kpart = fixed_partition(cu_k, bk, num_heads, "cu_seqlens_k")
+    return build_from_cells(cu_q, cu_k, num_heads, hm, qpart, kpart, row, kb, code, mask, bq, bk,
+                            {"format": "generator", "generator": name})
+
+
+def _band_layout(cu_q, cu_k, bq, bk, num_heads, head_mode, mask: ElementMask, sink_blocks: int, name: str):
+    lo, hi = mask.band
+    row, kb, TM = _band_cells(cu_q, cu_k, bq, bk, lo, hi)
+    all_, none = _classify_band(cu_q, cu_k, bq, bk, row, kb, lo, hi)
+    row, kb, code = row[~none], kb[~none], np.where(all_[~none], 2, 1)
+    if sink_blocks:
+        # sink key blocks [0, sink_blocks) of every row, exempt from the left window: full where the upper bound
+        # (causal / right window) allows every pair, dropped where it allows none, partial otherwise
+        b, qs, ql, off, lk, N, _ = _rows_one_head(cu_q, cu_k, bq, bk)
+        srow, skb = ragged_arange(np.minimum(N, sink_blocks))
+        sall, snone = _classify_band(cu_q, cu_k, bq, bk, srow, skb, None, hi)
+        srow, skb, scode = srow[~snone], skb[~snone], np.where(sall[~snone], 2, 1)
+        KB = int(N.max()) + 1 if N.size else 1
+        key = np.concatenate([row * KB + kb, srow * KB + skb])
+        codes = np.concatenate([code, scode])
+        order = np.argsort(key, kind="stable")
+        key, codes = key[order], codes[order]
+        u, first = np.unique(key, return_index=True)
+        code = np.maximum.reduceat(codes, first) if u.size else codes[:0]
+        row, kb = u // KB, u % KB
+    row, kb, code = _replicate(row, kb, code, TM, num_heads)
+    return _finish(cu_q, cu_k, bq, bk, num_heads, head_mode, row, kb, code, mask, name)
+
+
+def _check_window(v, name):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < -1:
+        raise ValueError(f"{name}: expected an int >= -1 (-1 = unbounded), got {v!r}")
+    return int(v)
+
+
+def dense(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, block_q: int = 128, block_k: int = 128,
+          num_heads: int = 1, head_mode: str | None = None, element_mask: ElementMask | None = None,
+          causal: bool | None = None, window: tuple[int, int] | None = None) -> BlockSparseLayout:
+    """Every block of every sequence (dense varlen attention), classified against the element mask."""
+    cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
+    mask = resolve_mask(element_mask, causal, window).validated(cu_q, cu_k, H)
+    if mask.doc_ids_q is None and mask.token_mask is None:
+        return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, 0, "dense")
+    row, kb, _, _ = all_cells(cu_q, cu_k, bq, bk, H)
+    hm = check_head_mode(head_mode, H, "per_q_head")
+    qpart = fixed_partition(cu_q, bq, H, "cu_seqlens_q")
+    kpart = fixed_partition(cu_k, bk, H, "cu_seqlens_k")
+    return build_from_cells(cu_q, cu_k, H, hm, qpart, kpart, row, kb, None, mask, bq, bk,
+                            {"format": "generator", "generator": "dense"}, auto=np.ones(row.shape[0], np.bool_))
+
+
+def causal(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, block_q: int = 128, block_k: int = 128,
+           num_heads: int = 1, head_mode: str | None = None) -> BlockSparseLayout:
+    """Causal attention (bottom-right aligned): blocks below the diagonal full, diagonal blocks partial."""
+    cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
+    mask = ElementMask(causal=True).validated(cu_q, cu_k, H)
+    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, 0, "causal")
+
+
+def sliding_window(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, window_left: int, window_right: int = 0,
+                   sink_blocks: int = 0, block_q: int = 128, block_k: int = 128, num_heads: int = 1,
+                   head_mode: str | None = None) -> BlockSparseLayout:
+    """Sliding window ``i + off - window_left <= j <= i + off + window_right`` (``-1`` = unbounded;
+    ``window_right = 0`` is causal), optionally with ``sink_blocks`` attention-sink key blocks (see
+    :func:`attention_sinks`)."""
+    cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
+    wl = _check_window(window_left, "window_left")
+    wr = _check_window(window_right, "window_right")
+    sb = _check_sinks(sink_blocks)
+    mask = ElementMask(window_left=wl, window_right=wr).validated(cu_q, cu_k, H)
+    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, sb, "sliding_window")
+
+
+def _check_sinks(v):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f"sink_blocks: expected a non-negative int, got {v!r}")
+    return int(v)
+
+
+def attention_sinks(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, sink_blocks: int, window_left: int = -1,
+                    window_right: int = -1, causal: bool = True, block_q: int = 128, block_k: int = 128,
+                    num_heads: int = 1, head_mode: str | None = None) -> BlockSparseLayout:
+    """The first ``sink_blocks`` key blocks of every sequence for every query block, plus the (causal / window)
+    band. Sink blocks are exempt from the left window: they are full where the causal / right bound allows every
+    pair and partial (masked by the layout's element mask, i.e. causal and window) on the diagonal."""
+    cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
+    wl = _check_window(window_left, "window_left")
+    wr = _check_window(window_right, "window_right")
+    sb = _check_sinks(sink_blocks)
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal: expected a bool, got {causal!r}")
+    mask = ElementMask(causal=bool(causal), window_left=wl, window_right=wr).validated(cu_q, cu_k, H)
+    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, sb, "attention_sinks")
+
+
+def document(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, doc_ids_q: Any, doc_ids_k: Any = None,
+             causal: bool = False, window: tuple[int, int] | None = None, block_q: int = 128, block_k: int = 128,
+             num_heads: int = 1, head_mode: str | None = None) -> BlockSparseLayout:
+    """Document masking inside packed sequences: a pair is allowed iff its query and key carry the same document
+    id (``doc_ids_q [total_q]``, ``doc_ids_k [total_k]``, default = ``doc_ids_q``), optionally causal / windowed.
+    Blocks with no same-document pair are dropped, single-document blocks are full."""
+    cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
+    dq = as_int(doc_ids_q, "doc_ids_q", ndim=1)
+    dk = dq if doc_ids_k is None else as_int(doc_ids_k, "doc_ids_k", ndim=1)
+    mask = resolve_mask(ElementMask(doc_ids_q=dq, doc_ids_k=dk), bool(causal), window).validated(cu_q, cu_k, H)
+    row, kb, _, _ = all_cells(cu_q, cu_k, bq, bk, H)
+    hm = check_head_mode(head_mode, H, "per_q_head")
+    qpart = fixed_partition(cu_q, bq, H, "cu_seqlens_q")
+    kpart = fixed_partition(cu_k, bk, H, "cu_seqlens_k")
+    return build_from_cells(cu_q, cu_k, H, hm, qpart, kpart, row, kb, None, mask, bq, bk,
+                            {"format": "generator", "generator": "document"}, auto=np.ones(row.shape[0], np.bool_))
+
+
+def random_blocks(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, density: float, num_heads: int = 1,
+                  head_mode: str | None = None, seed: Any = 0, keep_diagonal: bool = True, causal: bool = False,
+                  block_q: int = 128, block_k: int = 128) -> BlockSparseLayout:
+    """Random blocks: each (query block, key block) cell is kept with probability ``density`` (independently per
+    head; ``seed`` is an int or a ``numpy.random.Generator``). ``keep_diagonal`` always keeps the blocks the
+    (bottom-right) diagonal crosses, so no row is empty. With ``causal`` only cells below / on the diagonal are
+    candidates and the diagonal ones are partial; otherwise every kept block is full."""
+    cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
+    try:
+        density = float(density)
+    except (TypeError, ValueError):
+        raise TypeError(f"density: expected a float in [0, 1], got {density!r}") from None
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"density: expected a float in [0, 1], got {density}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    mask = ElementMask(causal=bool(causal)).validated(cu_q, cu_k, H)
+    lo, hi = mask.band
+    row, kb, TM = _band_cells(cu_q, cu_k, bq, bk, lo, hi)  # candidates (all cells when not causal)
+    all_, none = _classify_band(cu_q, cu_k, bq, bk, row, kb, lo, hi)
+    diag_all, diag_none = _classify_band(cu_q, cu_k, bq, bk, row, kb, 0, 0)
+    row, kb, code = _replicate(row, kb, np.where(all_, 2, 1), TM, H)
+    diag = np.tile(~diag_none, H)
+    keep = rng.random(row.shape[0]) < density
+    if keep_diagonal:
+        keep |= diag
+    hm = head_mode if head_mode is not None else ("broadcast" if H == 1 else "per_q_head")
+    return _finish(cu_q, cu_k, bq, bk, H, hm, row[keep], kb[keep], code[keep], mask, "random_blocks")
+
+
+def topk_blocks(scores: Any, cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, k: int, block_q: int = 128,
+                block_k: int = 128, head_mode: str | None = None, causal: bool = False,
+                keep_diagonal: bool = False) -> BlockSparseLayout:
+    """The ``k`` highest-scoring key blocks of every query block (NSA / MoBA-style selection).
+
+    ``scores``: float ``[H, total_m_blocks, max N_b]`` (rows = global query blocks) or ``[B, H, max M_b, max N_b]``
+    (padded per sequence). Padding cells, ``-inf`` scores and (with ``causal``) blocks above the diagonal are never
+    selected; ties go to the lower block index. ``keep_diagonal`` adds the diagonal blocks."""
+    cu_q, cu_k, bq, bk, _ = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, 1)
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k: expected a non-negative int, got {k!r}")
+    s = to_host(scores, "scores")
+    if not np.issubdtype(s.dtype, np.floating) and not np.issubdtype(s.dtype, np.integer):
+        raise TypeError(f"scores: expected a float array, got dtype {s.dtype}")
+    s = s.astype(np.float64)
+    if np.isnan(s).any():
+        raise ValueError("scores: NaN scores cannot be ranked")
+    lq, lk, M, N, cu_m = _geometry(cu_q, cu_k, bq, bk)
+    B = cu_q.shape[0] - 1
+    TM = int(cu_m[-1])
+    maxM = int(M.max()) if B else 0
+    maxN = int(N.max()) if B else 0
+    seq_m = np.repeat(np.arange(B, dtype=np.int64), M)
+    if s.ndim == 3:
+        H = s.shape[0]
+        if s.shape[1] != TM or s.shape[2] < maxN:
+            raise ValueError(f"scores: expected shape [H, {TM}, >= {maxN}] (global query blocks x key blocks), got "
+                             f"{tuple(s.shape)}")
+        grid = s[:, :, :maxN]
+    elif s.ndim == 4:
+        Bs, H, mb, nb = s.shape
+        if Bs not in (1, B) or mb < maxM or nb < maxN:
+            raise ValueError(f"scores: expected shape [{B} (or 1), H, >= {maxM}, >= {maxN}], got {tuple(s.shape)}")
+        mloc = np.arange(TM, dtype=np.int64) - cu_m[seq_m]
+        src_b = seq_m if Bs > 1 else np.zeros_like(seq_m)
+        grid = np.transpose(s[src_b, :, mloc, :maxN], (1, 0, 2))
+    else:
+        raise ValueError(f"scores: expected a 3-D or 4-D score tensor, got shape {tuple(s.shape)}")
+    check_int32(H * TM * maxN, "scores", "number of cells")
+    mask = ElementMask(causal=bool(causal)).validated(cu_q, cu_k, H)
+    lo, hi = mask.band
+    valid = np.arange(maxN)[None, :] < N[seq_m][:, None]  # [TM, maxN]
+    r1, c1 = np.nonzero(valid)
+    all_, none = _classify_band(cu_q, cu_k, bq, bk, r1, c1, lo, hi)
+    allowed = np.zeros((TM, maxN), dtype=np.bool_)
+    allowed[r1[~none], c1[~none]] = True
+    g = np.where(allowed[None], grid, -np.inf)
+    kk = min(int(k), maxN)
+    order = np.argsort(-g, axis=2, kind="stable")[:, :, :kk]
+    picked = np.take_along_axis(g, order, axis=2) > -np.inf
+    h, r, t = np.nonzero(picked)
+    sel = np.zeros((H, TM, maxN), dtype=np.bool_)
+    sel[h, r, order[h, r, t]] = True
+    if keep_diagonal:
+        d_all, d_none = _classify_band(cu_q, cu_k, bq, bk, r1, c1, 0, 0)
+        sel[:, r1[~d_none], c1[~d_none]] = True
+    full_cell = np.zeros((TM, maxN), dtype=np.bool_)
+    full_cell[r1, c1] = all_
+    h, r, c = np.nonzero(sel)
+    code = np.where(full_cell[r, c], 2, 1)
+    return _finish(cu_q, cu_k, bq, bk, H, head_mode, h * TM + r, c, code, mask, "topk_blocks")
+
+
+__all__ = ["dense", "causal", "sliding_window", "attention_sinks", "document", "random_blocks", "topk_blocks"]
