@@ -70,7 +70,7 @@ def _tile_index():
 
 def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int):
     """Build the ``@cute.jit`` host function (and its kernel) of one variant."""
-    dtype = BFloat16 if dtype_name == "bf16" else Float16
+    dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
     nthr = 32 * num_warps
     kblk = 64 if D % 64 == 0 else 32  # smem swizzle atom width (elements)
     sw_bits = 3 if kblk == 64 else 2
@@ -263,7 +263,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             for it in cutlass.range_constexpr((tile_m + nthr - 1) // nthr):
                 r = tidx + it * nthr
                 if r < tile_m:
-                    tq = cutlass.min(r // G, q_len - 1)  # rows past q_len * G: clamp (never written)
+                    tq = cutlass.max(cutlass.min(r // G, q_len - 1), 0)  # rows past q_len * G: clamp
                     sRowPos[r] = q_start + tq + diag
                     if (mask_flags & MASK_DOC) != 0:
                         sRowDoc[r] = doc_q[tok0 + tq]
@@ -454,7 +454,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             # ---------------------------------------------------------------- epilogue
             for rr in cutlass.range_constexpr(n_rows):
                 ssum = _quad_sum(row_sum[rr])
-                empty = ssum == 0.0 or ssum != ssum
+                empty = ssum == 0.0  # no allowed key in the row: O = 0, LSE = -inf
                 inv = cute.arch.rcp_approx(1.0 if empty else ssum)
                 lse_val[rr] = (
                     -Float32.inf
@@ -477,7 +477,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             rO.store(acc_O.load().to(dtype))
             cute.arch.cp_async_wait_group(0)  # a tile without chunks may still be loading Q
             cute.arch.barrier()
-            r2s_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype)
+            r2s_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=32)
             r2s = cute.make_tiled_copy_C(r2s_atom, tiled_mma).get_slice(tidx)
             cute.copy(r2s_atom, r2s.retile(rO), r2s.partition_D(sO))
             cute.arch.barrier()

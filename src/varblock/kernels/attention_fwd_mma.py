@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 from typing import Any
 
 from .registry import ARCHES, Family, Param, Variant
 
 FAMILY_NAME = "attention_fwd_mma"
-DTYPES = ("fp16", "bf16")
+#: (short name used in variant names, dtype name used in keys)
+DTYPES = (("fp16", "float16"), ("bf16", "bfloat16"))
 HEAD_DIMS = (64, 96, 128, 192, 256)
 
 #: ``mask_flags`` bits (runtime scalar)
@@ -45,18 +47,19 @@ MASK_TOKEN = 2  #: tok_mask is valid: token-level mask (partial chunks only)
 SMEM_LIMIT = {"sm80": 163 * 1024, "sm90": 227 * 1024, "sm100": 227 * 1024, "sm120": 99 * 1024}
 SMEM_LIMIT_PORTABLE_SM8X = 99 * 1024
 
-#: (tile_m, tile_n, num_warps) per head dim; per-arch overrides below.
+#: (tile_m, tile_n, num_warps) per head dim; per-arch overrides below. The defaults fit 99 KB of shared memory
+#: (sm86/sm89 run the sm80 cubins; sm120 has 99 KB), so d192/d256 use 64-row tiles there.
 _TILES_DEFAULT = {
     64: (128, 128, 4),
     96: (128, 64, 4),
     128: (128, 64, 4),
-    192: (128, 64, 8),
+    192: (64, 64, 4),
     256: (64, 64, 4),
 }
 _TILES_ARCH = {
-    # Hopper / Blackwell have 227 KB: d256 with 128 query rows and 8 warps (128 KB), as FA2 on A100.
-    "sm90": {256: (128, 64, 8)},
-    "sm100": {256: (128, 64, 8)},
+    # Hopper / Blackwell datacenter parts have 227 KB: 128 query rows and 8 warps (as FA2 on A100)
+    "sm90": {192: (128, 64, 8), 256: (128, 64, 8)},
+    "sm100": {192: (128, 64, 8), 256: (128, 64, 8)},
 }
 
 _DT_BYTES = 2
@@ -108,12 +111,19 @@ def tile_config(arch: str, head_dim: int) -> tuple[int, int, int]:
 
 
 def smem_bytes(tile_m: int, tile_n: int, head_dim: int) -> int:
-    """Dynamic shared memory of a variant: Q (reused for O) + K + V, each 1024-byte aligned."""
+    """Dynamic shared memory of a variant (the kernel's SharedStorage struct): Q (reused for O), K, V (each 1024-byte
+    aligned), then per-row mask info (int32 position, int32 doc id, int64 token-mask offset), per-column doc ids
+    (int32) and token-mask bits (tile_n / 32 words per row); the total is rounded up to 1024 bytes."""
 
-    def up(x: int) -> int:
-        return (x + 1023) // 1024 * 1024
+    def up(x: int, a: int) -> int:
+        return (x + a - 1) // a * a
 
-    return up(tile_m * head_dim * _DT_BYTES) + 2 * up(tile_n * head_dim * _DT_BYTES)
+    off = 0
+    for size, align in ((tile_m * head_dim * _DT_BYTES, 1024), (tile_n * head_dim * _DT_BYTES, 1024),
+                        (tile_n * head_dim * _DT_BYTES, 1024), (4 * tile_m, 16), (4 * tile_m, 16), (8 * tile_m, 16),
+                        (4 * tile_n, 16), (tile_m * tile_n // 8, 16)):
+        off = up(off, align) + size
+    return up(off, 1024)
 
 
 def variant_name(dtype: str, head_dim: int) -> str:
@@ -148,17 +158,17 @@ def variants(arch: str) -> list[Variant]:
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}")
     out = []
-    for dtype in DTYPES:
+    for dtype, dtype_name in DTYPES:
         for d in HEAD_DIMS:
             tm, tn, nw = tile_config(arch, d)
             smem = smem_bytes(tm, tn, d)
-            assert smem <= SMEM_LIMIT[arch], (arch, d, smem)
+            assert smem <= (SMEM_LIMIT_PORTABLE_SM8X if arch == "sm80" else SMEM_LIMIT[arch]), (arch, d, smem)
             out.append(
                 Variant(
                     family=FAMILY_NAME,
                     name=variant_name(dtype, d),
                     arch=arch,
-                    key={"dtype": dtype, "head_dim": d},
+                    key={"dtype": dtype_name, "head_dim": d},
                     params=PARAMS,
                     block=(32 * nw, 1, 1),
                     grid=("num_tiles", 1, 1),
@@ -177,7 +187,12 @@ def variants(arch: str) -> list[Variant]:
     return out
 
 
-FAMILY = Family(name=FAMILY_NAME, module=__name__, variants=variants, sources=(__name__,))
+FAMILY = Family(
+    name=FAMILY_NAME,
+    module=__name__,
+    variants=variants,
+    sources=(__file__, str(Path(__file__).with_name("_attn_fwd_mma_impl.py"))),
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,7 +206,7 @@ def compile_args(variant: Variant):
     import cutlass.cute as cute
     from cutlass.cute.runtime import nullptr
 
-    dtype = cutlass.BFloat16 if variant.key["dtype"] == "bf16" else cutlass.Float16
+    dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
     elem = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "lse": cutlass.Float32, "tok_mask": cutlass.Uint8}
     scal = {"i32": cutlass.Int32, "i64": cutlass.Int64, "f32": cutlass.Float32}
     args = []
@@ -218,7 +233,7 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
         (513, 16, 16, 7777, 123, 1, MASK_TOKEN, 0, 5),
     ]
     d = variant.key["head_dim"]
-    for i, (nt, hq, hkv, tq, tk, pack, flags, wl, wr) in enumerate(shapes):
+    for i, (nt, hq, hkv, tq, _tk, pack, flags, wl, wr) in enumerate(shapes):
         c: dict[str, Any] = {}
         for j, p in enumerate(variant.params):
             if p.kind == "ptr":

@@ -1,0 +1,239 @@
+"""Work list of the attention forward kernels (docs/contracts.md section 2), built from a layout's ``RowSpans``.
+
+Pure NumPy and vectorised: no Python loop per row, entry, tile or token.
+
+Output, for a kernel tile size ``(tile_m, tile_n)``:
+
+* ``tiles`` int32 ``[T, 8]``: ``(batch, head, q_start, q_len, chunk_begin, n_full, n_partial, flags)``. One CTA
+  processes one tile. ``head`` is the query head, or the KV head with pack-GQA (``pack_gqa = G > 1``: tile row ``r``
+  is token ``q_start + r // G`` of query head ``head * G + r % G``; ``q_len`` counts tokens, ``q_len * G <=
+  tile_m``). ``flags`` is reserved (0).
+* ``chunks`` int32 ``[C, 2]``: ``(k_start, k_len)`` with ``1 <= k_len <= tile_n``, relative to the sequence start;
+  a tile's chunks are ``chunks[chunk_begin : chunk_begin + n_full + n_partial]``, the ``n_full`` full ones first.
+
+Rules: a tile never crosses a layout row (rows longer than the tile are split); entries longer than ``tile_n`` are
+split into chunks; tiles of the same layout row share that row's chunk list (one copy, whatever the number of query
+heads or query splits). Query tokens that no layout row covers (a layout may leave them out) get tiles with no chunk,
+so that every ``(query head, token)`` is written exactly once (O = 0, LSE = -inf there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+HEAD_MODES = ("per_q_head", "per_kv_head", "broadcast")
+TILE_FIELDS = ("batch", "head", "q_start", "q_len", "chunk_begin", "n_full", "n_partial", "flags")
+_I32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class WorkList:
+    tiles: np.ndarray  #: int32 [T, 8]
+    chunks: np.ndarray  #: int32 [C, 2]
+    tile_m: int
+    tile_n: int
+    pack_gqa: int  #: G (1 = off)
+
+    @property
+    def num_tiles(self) -> int:
+        return int(self.tiles.shape[0])
+
+
+def _i64(a: Any, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise TypeError(f"rows.{name}: expected a 1-D integer array, got dtype {arr.dtype} shape {arr.shape}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _to_i32(a: np.ndarray, what: str) -> np.ndarray:
+    if a.size and (a.min() < -_I32_MAX - 1 or a.max() > _I32_MAX):
+        raise ValueError(f"{what} does not fit in int32")
+    return a.astype(np.int32)
+
+
+def _segment_ids(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts c_r: (r repeated c_r times, position 0..c_r-1 inside each group)."""
+    total = int(counts.sum())
+    ids = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+    starts = np.cumsum(counts) - counts
+    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+    return ids, pos
+
+
+def build_worklist(
+    rows: Any,
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any,
+    *,
+    num_heads_q: int,
+    num_heads_kv: int,
+    head_mode: str,
+    tile_m: int,
+    tile_n: int,
+    pack_gqa: bool | int = False,
+    num_layout_heads: int | None = None,
+    longest_first: bool = False,
+) -> WorkList:
+    """Tiles and chunks for ``rows`` (a ``RowSpans``: head, batch, q_start, q_len, ent_ptr, n_full, k_start, k_len).
+
+    ``pack_gqa``: False/1 (off), True (G = Hq // Hkv) or G itself (must equal Hq // Hkv); needs a layout shared by
+    the group (``per_kv_head`` or ``broadcast``). ``longest_first`` orders tiles by decreasing chunk count (stable),
+    which shortens the tail of a non-persistent launch; otherwise tiles follow the rows, query heads innermost.
+    """
+    hq_n, hkv_n = int(num_heads_q), int(num_heads_kv)
+    if hq_n < 1 or hkv_n < 1 or hq_n % hkv_n:
+        raise ValueError(f"num_heads_q={hq_n} must be a positive multiple of num_heads_kv={hkv_n}")
+    group = hq_n // hkv_n
+    if head_mode not in HEAD_MODES:
+        raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {head_mode!r}")
+    if tile_m < 1 or tile_n < 1:
+        raise ValueError(f"tile_m={tile_m}, tile_n={tile_n} must be >= 1")
+    if pack_gqa is True:
+        g = group
+    elif pack_gqa is False or pack_gqa is None:
+        g = 1
+    else:
+        g = int(pack_gqa)
+        if g != 1 and g != group:
+            raise ValueError(f"pack_gqa={g} must be 1 or the group size Hq // Hkv = {group}")
+    if g > 1 and head_mode == "per_q_head":
+        raise ValueError("pack_gqa needs a layout shared by the GQA group (head_mode per_kv_head or broadcast)")
+    if g > tile_m:
+        raise ValueError(f"pack_gqa group {g} does not fit in tile_m={tile_m}")
+    hl_expected = {"per_q_head": hq_n, "per_kv_head": hkv_n, "broadcast": 1}[head_mode]
+    hl_n = hl_expected if num_layout_heads is None else int(num_layout_heads)
+    if hl_n != hl_expected:
+        raise ValueError(f"head_mode {head_mode!r} needs {hl_expected} layout heads, the layout has {hl_n}")
+
+    cu_q = np.asarray(cu_seqlens_q).astype(np.int64)
+    cu_k = np.asarray(cu_seqlens_k).astype(np.int64)
+    if cu_q.ndim != 1 or cu_q.shape != cu_k.shape or cu_q.shape[0] < 1:
+        raise ValueError("cu_seqlens_q / cu_seqlens_k must be 1-D of the same length B + 1")
+    len_q, len_k = np.diff(cu_q), np.diff(cu_k)
+    if (len_q < 0).any() or (len_k < 0).any():
+        raise ValueError("cu_seqlens_q / cu_seqlens_k must be non-decreasing")
+    nb = cu_q.shape[0] - 1
+
+    head, batch = _i64(rows.head, "head"), _i64(rows.batch, "batch")
+    q_start, q_len = _i64(rows.q_start, "q_start"), _i64(rows.q_len, "q_len")
+    ent_ptr, n_full = _i64(rows.ent_ptr, "ent_ptr"), _i64(rows.n_full, "n_full")
+    k_start, k_len = _i64(rows.k_start, "k_start"), _i64(rows.k_len, "k_len")
+    nr, ne = head.shape[0], k_start.shape[0]
+    if not (batch.shape[0] == q_start.shape[0] == q_len.shape[0] == n_full.shape[0] == nr):
+        raise ValueError("rows: head/batch/q_start/q_len/n_full must have the same length")
+    if ent_ptr.shape[0] != nr + 1 or k_len.shape[0] != ne or (nr + 1 and (ent_ptr[0] != 0 or ent_ptr[-1] != ne)):
+        raise ValueError("rows.ent_ptr must be CSR offsets [R+1] from 0 to the number of entries")
+    n_ent = np.diff(ent_ptr)
+    if (n_ent < 0).any() or (n_full < 0).any() or (n_full > n_ent).any():
+        raise ValueError("rows: ent_ptr must be non-decreasing and 0 <= n_full <= entries of the row")
+    if nr:
+        if (head < 0).any() or (head >= hl_n).any():
+            raise ValueError(f"rows.head out of range [0, {hl_n})")
+        if (batch < 0).any() or (batch >= nb).any():
+            raise ValueError(f"rows.batch out of range [0, {nb})")
+        if (q_len < 1).any() or (q_start < 0).any() or (q_start + q_len > len_q[batch]).any():
+            raise ValueError("rows: query spans must satisfy q_len >= 1 and lie inside their sequence")
+    if ne:
+        ent_row = np.repeat(np.arange(nr, dtype=np.int64), n_ent)
+        if (k_len < 1).any() or (k_start < 0).any() or (k_start + k_len > len_k[batch[ent_row]]).any():
+            raise ValueError("rows: key spans must satisfy k_len >= 1 and lie inside their sequence")
+
+    # ---- chunks: split every entry into ceil(k_len / tile_n) pieces (entry order kept: full entries first)
+    n_ch_e = (k_len + tile_n - 1) // tile_n
+    e_id, e_pos = _segment_ids(n_ch_e)
+    ch_start = k_start[e_id] + e_pos * tile_n
+    ch_len = np.minimum(k_len[e_id] - e_pos * tile_n, tile_n)
+    csum = np.concatenate([[0], np.cumsum(n_ch_e)])
+    row_cbeg = csum[ent_ptr[:-1]]
+    row_nfull = csum[ent_ptr[:-1] + n_full] - row_cbeg
+    row_npart = csum[ent_ptr[1:]] - row_cbeg - row_nfull
+
+    # ---- complete the rows: every query token of every (layout head, sequence) must be in exactly one row
+    key = head * nb + batch
+    if nr > 1:
+        prev_end = q_start[:-1] + q_len[:-1]
+        same = key[1:] == key[:-1]
+        if (key[1:] < key[:-1]).any() or (same & (q_start[1:] < prev_end)).any():
+            raise ValueError("rows must be sorted by (head, batch, q_start) and must not overlap")
+    # gaps before each row (within its (head, batch)), and after the last row of every (head, batch)
+    start_of = np.zeros(nr, dtype=np.int64)
+    if nr > 1:
+        start_of[1:] = np.where(key[1:] == key[:-1], q_start[:-1] + q_len[:-1], 0)
+    gap_b = q_start - start_of
+    sel = gap_b > 0
+    g_key, g_start, g_len = [key[sel]], [start_of[sel]], [gap_b[sel]]
+    last_end = np.zeros(hl_n * nb, dtype=np.int64)
+    if nr:
+        is_last = np.ones(nr, dtype=bool)
+        is_last[:-1] = key[1:] != key[:-1]
+        last_end[key[is_last]] = (q_start + q_len)[is_last]
+    all_keys = np.arange(hl_n * nb, dtype=np.int64)
+    tail = np.tile(len_q, hl_n) - last_end
+    sel = tail > 0
+    g_key.append(all_keys[sel])
+    g_start.append(last_end[sel])
+    g_len.append(tail[sel])
+    gk, gs, gl = (np.concatenate(x) for x in (g_key, g_start, g_len))
+    zeros = np.zeros(gk.shape[0], dtype=np.int64)
+    r_key = np.concatenate([key, gk])
+    r_qs = np.concatenate([q_start, gs])
+    r_ql = np.concatenate([q_len, gl])
+    r_cb = np.concatenate([row_cbeg, zeros])
+    r_nf = np.concatenate([row_nfull, zeros])
+    r_np = np.concatenate([row_npart, zeros])
+    order = np.lexsort((r_qs, r_key))
+    r_key, r_qs, r_ql, r_cb, r_nf, r_np = (a[order] for a in (r_key, r_qs, r_ql, r_cb, r_nf, r_np))
+    r_head, r_batch = r_key // nb if nb else r_key, r_key % nb if nb else r_key
+
+    # ---- tiles: per row, (query split) x (tile head); tile heads innermost
+    if g > 1:  # tile head = KV head; rows of a tile are (token, head in group) pairs
+        n_th = hkv_n if head_mode == "broadcast" else 1
+        tpt = tile_m // g  # tokens per tile
+    else:
+        n_th = {"per_q_head": 1, "per_kv_head": group, "broadcast": hq_n}[head_mode]
+        tpt = tile_m
+    n_seg = (r_ql + tpt - 1) // tpt
+    t_row, t_pos = _segment_ids(n_seg * n_th)
+    seg = t_pos // n_th
+    th = t_pos % n_th
+    if g > 1:
+        t_head = th if head_mode == "broadcast" else r_head[t_row]
+    else:
+        t_head = {"per_q_head": r_head[t_row], "per_kv_head": r_head[t_row] * group + th, "broadcast": th}[head_mode]
+    t_qs = r_qs[t_row] + seg * tpt
+    t_ql = np.minimum(r_ql[t_row] - seg * tpt, tpt)
+    tiles = np.stack([r_batch[t_row], t_head, t_qs, t_ql, r_cb[t_row], r_nf[t_row], r_np[t_row],
+                      np.zeros_like(t_qs)], axis=1)
+    if longest_first and tiles.shape[0]:
+        tiles = tiles[np.argsort(-(tiles[:, 5] + tiles[:, 6]), kind="stable")]
+    chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, 2), dtype=np.int64)
+    return WorkList(tiles=_to_i32(tiles.reshape(-1, 8), "tiles"), chunks=_to_i32(chunks.reshape(-1, 2), "chunks"),
+                    tile_m=int(tile_m), tile_n=int(tile_n), pack_gqa=g)
+
+
+def tile_pairs(wl: WorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_q: int, num_heads_kv: int):
+    """Expand a work list into the (query head, packed query token, packed key token, partial) tuples it computes,
+    as flat int64 arrays (test helper; vectorised, memory proportional to the number of pairs)."""
+    cu_q = np.asarray(cu_seqlens_q).astype(np.int64)
+    cu_k = np.asarray(cu_seqlens_k).astype(np.int64)
+    t = wl.tiles.astype(np.int64)
+    g = wl.pack_gqa
+    # rows of each tile: (token, head)
+    n_rows = t[:, 3] * g
+    tid, rpos = _segment_ids(n_rows)
+    tok = cu_q[t[tid, 0]] + t[tid, 2] + rpos // g
+    hq = t[tid, 1] * g + rpos % g if g > 1 else t[tid, 1]
+    # chunks of each row's tile
+    nch = t[tid, 5] + t[tid, 6]
+    rid, cpos = _segment_ids(nch)
+    c = t[tid[rid], 4] + cpos
+    partial = cpos >= t[tid[rid], 5]
+    ch = wl.chunks.astype(np.int64)
+    klen = ch[c, 1]
+    pid, kpos = _segment_ids(klen)
+    ktok = cu_k[t[tid[rid[pid]], 0]] + ch[c[pid], 0] + kpos
+    return hq[rid[pid]], tok[rid[pid]], ktok, partial[pid]
