@@ -139,7 +139,7 @@ def spans_partition(cu: np.ndarray, num_heads: int, seg: np.ndarray, start: np.n
     counts = np.bincount(seg, minlength=nseg) if seg.size else np.zeros(nseg, dtype=np.int64)
     ptr = exclusive_cumsum(counts)
     if seg.size and (np.diff(seg) < 0).any():
-        raise ValueError(f"{name}: spans must be ordered by (head, sequence)")
+        raise ValueError(f"{name}: rows / spans must be ordered by (head, sequence, start)")
     # tiling: first start 0, contiguous, last end == len
     lens = np.tile(np.diff(cu.astype(np.int64)), num_heads)
     expected_start = np.zeros_like(start)
@@ -210,8 +210,7 @@ class BlockSparseLayout:
         row_seg = qpart.seg()
         nk_row = np.diff(kpart.ptr)[row_seg] if R else np.zeros(0, dtype=np.int64)
         if E:
-            if e_row.min() < 0 or e_row.max() >= R:
-                raise ValueError("layout: entry row index out of range")  # internal invariant
+            assert 0 <= e_row.min() and e_row.max() < R, "internal: entry row index out of range"
             bad = (e_kb < 0) | (e_kb >= nk_row[e_row])
             if bad.any():
                 i = int(np.argmax(bad))

@@ -226,11 +226,9 @@ def topk_blocks(scores: Any, cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, k: 
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"k: expected a non-negative int, got {k!r}")
     s = to_host(scores, "scores")
-    if not np.issubdtype(s.dtype, np.floating) and not np.issubdtype(s.dtype, np.integer):
+    if s.dtype == np.bool_ or not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)):
         raise TypeError(f"scores: expected a float array, got dtype {s.dtype}")
-    s = s.astype(np.float64)
-    if np.isnan(s).any():
-        raise ValueError("scores: NaN scores cannot be ranked")
+    check_int32(int(np.prod(s.shape, dtype=np.int64)), "scores", "number of cells")
     lq, lk, M, N, cu_m = _geometry(cu_q, cu_k, bq, bk)
     B = cu_q.shape[0] - 1
     TM = int(cu_m[-1])
@@ -252,7 +250,9 @@ def topk_blocks(scores: Any, cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, k: 
         grid = np.transpose(s[src_b, :, mloc, :maxN], (1, 0, 2))
     else:
         raise ValueError(f"scores: expected a 3-D or 4-D score tensor, got shape {tuple(s.shape)}")
-    check_int32(H * TM * maxN, "scores", "number of cells")
+    grid = grid.astype(np.float64)
+    if np.isnan(grid).any():
+        raise ValueError("scores: NaN scores cannot be ranked")
     mask = ElementMask(causal=bool(causal)).validated(cu_q, cu_k, H)
     lo, hi = mask.band
     valid = np.arange(maxN)[None, :] < N[seq_m][:, None]  # [TM, maxN]

@@ -366,11 +366,7 @@ def _batched_geometry(cnt_shape, idx_shape, cu_q, cu_k, bq, bk, nk_grid, ignore,
     if B and int(M.max()) > Mg:
         raise ValueError(f"{cnt_name}: {Mg} query blocks per sequence, but a sequence of cu_seqlens_q has "
                          f"{int(M.max())} blocks of {bq}")
-    if B and int(N.max()) > nk_grid:
-        raise ValueError(f"{cnt_name}: {nk_grid} key blocks per sequence, but a sequence of cu_seqlens_k has "
-                         f"{int(N.max())} blocks of {bk}")
-    if W > nk_grid:
-        raise ValueError(f"{cnt_name}: index width {W} exceeds the {nk_grid} key blocks of the grid")
+    assert W <= nk_grid and (not B or int(N.max()) <= nk_grid), "internal: grid narrower than the sequences"
     G = Bp * Hp * Mg
     grid = _Grid(np.arange(G, dtype=np.int64) * W, np.full(G, W, dtype=np.int64),
                  np.full(G, nk_grid, dtype=np.int64))
@@ -497,7 +493,7 @@ def from_fa4(bst: Any, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None, *, bl
                                  f"multiple of total_m_blocks = {TM}")
             else:
                 W = TNp // TM
-            if B and int(N.max()) > W:
+            if TM and int(N[M > 0].max()) > W:
                 raise ValueError(f"mask_block_idx: {W} index slots per query block, but a sequence has "
                                  f"{int(N.max())} key blocks; pass cu_block_idx_offsets")
             base = np.arange(TM, dtype=np.int64) * W
@@ -651,10 +647,10 @@ def to_fa4(layout: BlockSparseLayout, *, varlen: bool | None = None, pad: str | 
         seq_m = np.repeat(np.arange(B, dtype=np.int64), M)
         mloc = np.arange(TM, dtype=np.int64) - cu_m[seq_m]
         if uniform:
-            W = width if width is not None else src.get("width", int(N.max()) if B else 0)
-            if B and int(N.max()) > W:
-                raise ValueError(f"width: {W} slots per query block cannot hold a sequence of {int(N.max())} key "
-                                 f"blocks")
+            W = width if width is not None else src.get("width", int(N[M > 0].max()) if TM else 0)
+            if TM and int(N[M > 0].max()) > W:
+                raise ValueError(f"width: {W} slots per query block cannot hold a sequence of "
+                                 f"{int(N[M > 0].max())} key blocks")
             TN = TM * W
             check_int32(TN * max(H, 1), "mask_block_idx", "total index slots")
             base = np.arange(TM, dtype=np.int64) * W
@@ -1227,8 +1223,6 @@ def from_row_spans(rows: RowSpans, cu_seqlens_q: Any, cu_seqlens_k: Any, num_hea
     if ((f["batch"] < 0) | (f["batch"] >= B)).any():
         raise ValueError(f"rows.batch: sequence indices must lie in [0, {B})")
     seg = f["head"] * B + f["batch"]
-    if R > 1 and (np.diff(seg) < 0).any():
-        raise ValueError("rows: rows must be ordered by (head, batch, q_start)")
     bq = check_block_size(block_q, "block_q") if block_q is not None else None
     bk = check_block_size(block_k, "block_k") if block_k is not None else None
     qpart = spans_partition(cu_q, H, seg, f["q_start"], f["q_len"], "rows (query spans)")
