@@ -92,6 +92,7 @@ class Family:
 #: kernel family modules, in build order (each defines FAMILY)
 FAMILY_MODULES = (
     "varblock.kernels.merge_states",
+    "varblock.kernels.attention_fwd_mma",
 )
 
 

@@ -1,0 +1,122 @@
+"""``attention``: varlen (block-sparse) attention forward."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from varblock.plan import FAMILY, Plan
+from varblock.plan import plan as make_plan
+from varblock.runtime import arrays
+from varblock.runtime.device import stream_for
+from varblock.runtime.launch import launch_variant
+from varblock.runtime.params import check_requires
+from varblock.runtime.select import variant_for
+from varblock.runtime.tensors import (
+    as_device_array,
+    check_dtype,
+    check_inner_contiguous,
+    check_ndim,
+    check_same_device,
+    check_shape,
+)
+
+_DT = {"bfloat16": "bf16", "float16": "fp16"}
+_LOG2E = 1.4426950408889634
+
+
+def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q: Any = None,
+              cu_seqlens_k: Any = None, layout: Any = None, causal: bool = False,
+              window: tuple[int, int] | None = None, softmax_scale: float | None = None, return_lse: bool = False,
+              out: Any = None, lse: Any = None, stream: Any = None) -> Any:
+    """Varlen attention forward over a block-sparse layout.
+
+    Args:
+        q: ``[total_q, Hq, D]`` bfloat16/float16; k, v: ``[total_k, Hkv, D]`` (last dim contiguous, other strides
+            multiples of 8 elements, 16-byte aligned).
+        plan: a :func:`varblock.plan` for this batch shape. Without one, pass ``cu_seqlens_q``
+            (``cu_seqlens_k``), ``layout``/``causal``/``window``: a plan is made and cached.
+        softmax_scale: default ``1/sqrt(D)``.
+        return_lse: also return the natural-log LSE ``[Hq, total_q]`` float32 (empty rows: -inf).
+        out, lse: optional preallocated outputs.
+        stream: stream to run on (default: the current stream of the inputs' framework).
+
+    Returns:
+        ``out`` (``[total_q, Hq, D]``, dtype of q), or ``(out, lse)`` with ``return_lse``, as the caller's array type.
+        Query rows with no kept key give 0 (LSE -inf).
+    """
+    qa = as_device_array(q, "q")
+    ka = as_device_array(k, "k")
+    va = as_device_array(v, "v")
+    for a in (qa, ka, va):
+        check_dtype(a, tuple(_DT))
+        check_ndim(a, 3, "[total_tokens, num_heads, head_dim]")
+        check_inner_contiguous(a)
+    if not (qa.dtype == ka.dtype == va.dtype):
+        raise TypeError(f"q, k, v: dtypes must match, got {qa.dtype}, {ka.dtype}, {va.dtype}")
+    ordinal = check_same_device([qa, ka, va])
+    total_q, hq, d = qa.shape
+    if plan is None:
+        if cu_seqlens_q is None:
+            raise TypeError("plan: pass a varblock.plan(...) or cu_seqlens_q= (and cu_seqlens_k=, layout=)")
+        plan = make_plan(cu_seqlens_q, cu_seqlens_k, num_heads_q=hq, num_heads_kv=ka.shape[1], head_dim=d,
+                         layout=layout, causal=causal, window=window, device=ordinal)
+    elif not isinstance(plan, Plan):
+        raise TypeError(f"plan: expected a varblock Plan, got {type(plan).__name__}")
+    elif cu_seqlens_q is not None or layout is not None:
+        raise TypeError("plan: pass either a plan or cu_seqlens_q/layout, not both")
+    if plan.device_id != ordinal:
+        raise ValueError(f"plan: made for cuda:{plan.device_id}, but q is on cuda:{ordinal}")
+    check_shape(qa, (plan.total_q, plan.num_heads_q, plan.head_dim), "= [total_q, num_heads_q, head_dim] of the plan")
+    check_shape(ka, (plan.total_k, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
+    check_shape(va, (plan.total_k, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
+    entry = variant_for(FAMILY, ordinal, {"dtype": qa.dtype, "head_dim": d})
+    st = stream_for(stream, ordinal, like=q)
+    if out is None:
+        out, _ = arrays.empty(q, (total_q, hq, d), qa.dtype, ordinal, st)
+    oa = as_device_array(out, "out")
+    check_dtype(oa, (qa.dtype,))
+    check_shape(oa, (total_q, hq, d), "= [total_q, num_heads_q, head_dim]")
+    check_inner_contiguous(oa)
+    if lse is None:
+        lse, _ = arrays.empty(q, (hq, total_q), "float32", ordinal, st)
+    la = as_device_array(lse, "lse")
+    check_dtype(la, ("float32",))
+    check_shape(la, (hq, total_q), "= [num_heads_q, total_q]")
+    if total_q > 1 and la.strides[1] != 1:
+        raise ValueError(f"lse: the token dimension must be contiguous, got strides {la.strides}")
+    check_same_device([qa, ka, va, oa, la])
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(d)
+    if not (isinstance(softmax_scale, (int, float)) and math.isfinite(softmax_scale)):
+        raise ValueError(f"softmax_scale: expected a finite number, got {softmax_scale!r}")
+    ts = plan.tok_strides
+    values = {
+        "q": qa.ptr, "k": ka.ptr, "v": va.ptr, "o": oa.ptr, "lse": la.ptr,
+        "cu_seqlens_q": plan.ptr("cu_seqlens_q"), "cu_seqlens_k": plan.ptr("cu_seqlens_k"),
+        "tiles": plan.ptr("tiles"), "chunks": plan.ptr("chunks"), "doc_q": plan.ptr("doc_q"),
+        "doc_k": plan.ptr("doc_k"), "tok_mask": plan.ptr("tok_mask"),
+        "q_stride_tok": qa.strides[0], "q_stride_head": qa.strides[1],
+        "k_stride_tok": ka.strides[0], "k_stride_head": ka.strides[1],
+        "v_stride_tok": va.strides[0], "v_stride_head": va.strides[1],
+        "o_stride_tok": oa.strides[0], "o_stride_head": oa.strides[1],
+        "lse_stride_head": la.strides[0] if hq > 1 else total_q,
+        "tm_stride_head": ts[0], "tm_stride_tok": ts[1], "tm_stride_blk": ts[2],
+        "num_tiles": plan.num_tiles, "softmax_scale_log2": float(softmax_scale) * _LOG2E,
+        "window_left": plan.window_left, "window_right": plan.window_right,
+        "qhead_per_kvhead": plan.num_heads_q // plan.num_heads_kv, "pack_gqa": plan.pack_gqa,
+        "tok_block_k": plan.tok_block_k, "tok_head_div": plan.tok_head_div, "mask_flags": plan.mask_flags,
+    }
+    for name in ("q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head",
+                 "o_stride_tok", "o_stride_head"):  # extent-1 modes may carry any stride (DLPack canonicalises)
+        if values[name] % 8:
+            dim = {"tok": 0, "head": 1}[name.rsplit("_", 1)[1]]
+            arr = {"q": qa, "k": ka, "v": va, "o": oa}[name[0]]
+            if arr.shape[dim] <= 1:
+                values[name] = arr.shape[2] * (arr.shape[1] if dim == 0 else 1)
+    if plan.num_tiles:
+        bad = check_requires(entry["requires"], values)
+        if bad:
+            raise ValueError("attention: " + "; ".join(bad))
+        launch_variant(entry, ordinal, st, values)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,55 @@
+"""Device buffers owned by varblock (plans, work lists, semaphores), allocated through cuda.core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from varblock.runtime.device import device
+
+
+class DeviceBuffer:
+    """A cuda.core device allocation with its pointer; freed when the object is garbage-collected."""
+
+    def __init__(self, ordinal: int, nbytes: int):
+        self.ordinal = ordinal
+        self.nbytes = int(nbytes)
+        dev = device(ordinal)
+        self._buf = dev.allocate(max(self.nbytes, 16), stream=dev.default_stream)
+        dev.default_stream.sync()
+        self.ptr = int(self._buf.handle)
+
+    @classmethod
+    def from_host(cls, ordinal: int, array: np.ndarray) -> DeviceBuffer:
+        """A synchronous copy of a host array (C order) to a new device buffer."""
+        from cuda.bindings import driver
+
+        a = np.ascontiguousarray(array)
+        b = cls(ordinal, a.nbytes)
+        if a.nbytes:
+            (err,) = driver.cuMemcpyHtoD(b.ptr, a.ctypes.data, a.nbytes)
+            if int(err) != 0:
+                raise RuntimeError(f"cuMemcpyHtoD failed: {err}")
+        return b
+
+    @classmethod
+    def zeros(cls, ordinal: int, nbytes: int) -> DeviceBuffer:
+        from cuda.bindings import driver
+
+        b = cls(ordinal, nbytes)
+        (err,) = driver.cuMemsetD8(b.ptr, 0, max(b.nbytes, 16))
+        if int(err) != 0:
+            raise RuntimeError(f"cuMemsetD8 failed: {err}")
+        return b
+
+    def to_host(self, dtype: Any, count: int) -> np.ndarray:
+        """A synchronous copy back to the host (tests, debugging)."""
+        from cuda.bindings import driver
+
+        out = np.empty(count, dtype=dtype)
+        if out.nbytes:
+            (err,) = driver.cuMemcpyDtoH(out.ctypes.data, self.ptr, out.nbytes)
+            if int(err) != 0:
+                raise RuntimeError(f"cuMemcpyDtoH failed: {err}")
+        return out
