@@ -219,6 +219,27 @@ def test_inputs_through_dlpack_and_duck_types(wrap):
     assert np.array_equal(to_host(FakeDeviceTensor(cu), "x"), cu)
 
 
+class FakeGradTensor:
+    """Like a CPU tensor that requires grad: no export until .detach()."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, *args, **kwargs):
+        raise RuntimeError("Can't export tensors that require gradient")
+
+    def __array__(self, *args, **kwargs):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad")
+
+    def detach(self):
+        return FakeDLPack(self._a)
+
+
+def test_to_host_detaches_autograd_tensors():
+    a = np.arange(6).reshape(2, 3)
+    assert np.array_equal(to_host(FakeGradTensor(a), "x"), a)
+
+
 def test_to_host_rejects_opaque_objects():
     with pytest.raises(TypeError, match="cu_seqlens_q"):
         vl.from_block_mask(np.ones((1, 1, 1), bool), object(), block_q=16, block_k=16)

@@ -578,3 +578,22 @@ def test_topk_blocks(bt, bq, bk, k, H, causal, padded, seed):
                 want = sorted(cand[:k])
                 assert np.flatnonzero(got[m]).tolist() == want
                 assert all(got[m, n] == code[m, n] for n in want)
+
+
+def test_export_expands_kv_heads_to_query_heads():
+    """FA4 / FlexAttention index query heads: a per-KV-head layout is repeated over each GQA group."""
+    cu = cu_of([40, 17, 0])
+    lay = vl.random_blocks(cu, density=0.5, num_heads=2, head_mode="per_kv_head", seed=1, block_q=16, block_k=16,
+                           causal=True)
+    f = lay.to_fa4(num_heads_q=6)
+    assert f.mask_block_cnt.shape == (6, 5)
+    back = vl.from_fa4(f, cu, cu, causal=True)
+    assert back.head_mode == "per_q_head"
+    for b in range(3):
+        for hq in range(6):
+            assert np.array_equal(back.token_mask(b, hq), lay.token_mask(b, hq // 3))
+    fx = lay.to_flex(num_heads_q=6)
+    assert fx["kv_indices"].shape[1] == 6 and fx["full_q_indices"].shape[1] == 6
+    assert np.array_equal(fx["kv_num_blocks"][:, 3], lay.to_flex()["kv_num_blocks"][:, 1])
+    bc = vl.causal(cu, block_q=16, block_k=16)
+    assert bc.to_fa4(num_heads_q=8).mask_block_cnt.shape[0] == 1  # broadcast stays one head

@@ -349,6 +349,10 @@ CASES = [
      r"width: 1 slots per query block cannot hold a sequence of 3 key blocks"),
     ("to_fa4 num_m_blocks", lambda: lay().to_fa4(varlen=False, num_m_blocks=2), ValueError,
      r"num_m_blocks: 2 is less than the 3 query blocks"),
+    ("export heads multiple", lambda: vl.dense(CU, block_q=16, block_k=16, num_heads=2, head_mode="per_kv_head")
+     .to_fa4(num_heads_q=5), ValueError, r"num_heads_q: expected a positive multiple of the layout's 2 heads"),
+    ("export heads per_q", lambda: vl.dense(CU, block_q=16, block_k=16, num_heads=2).to_flex(num_heads_q=4),
+     ValueError, r"num_heads_q: the layout has 2 per-query-head patterns, got 4"),
     # ---- FlexAttention
     ("flex lead dims", lambda: vl.from_flex(flex(kv_num_blocks=np.zeros((1, 1, 1, 3), I32))), ValueError,
      r"kv_num_blocks / kv_indices: expected \[\.\.\., num_q_blocks\] counts"),

@@ -20,7 +20,8 @@ def to_host(x: Any, name: str) -> np.ndarray:
 
     Accepts NumPy arrays, Python sequences, and any object exposing ``__dlpack__`` or ``__array__`` (PyTorch,
     CuPy, JAX, ...). Device tensors are copied to the host: ``np.from_dlpack`` first, then ``np.asarray``, then
-    the object's own ``.cpu()`` (PyTorch style) or ``.get()`` (CuPy style). No framework is imported.
+    the object's own ``.detach()`` / ``.cpu()`` (PyTorch style) or ``.get()`` (CuPy style). No framework is
+    imported.
     """
     if isinstance(x, np.ndarray):
         return x
@@ -37,7 +38,7 @@ def to_host(x: Any, name: str) -> np.ndarray:
             return np.asarray(x)
         except Exception as e:
             errors.append(f"np.asarray: {e}")
-    for meth in ("cpu", "get"):
+    for meth in ("detach", "cpu", "get"):
         fn = getattr(x, meth, None)
         if callable(fn):
             try:

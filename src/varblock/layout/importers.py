@@ -627,10 +627,36 @@ def _batched_export(layout, Bp, M_grid, W, nk_grid, direction, pads, include_ful
 
 def to_fa4(layout: BlockSparseLayout, *, varlen: bool | None = None, pad: str | None = None,
            include_full: bool | None = None, width: int | None = None, uniform_k: bool | None = None,
-           broadcast_batch: bool | None = None, num_m_blocks: int | None = None) -> FA4BlockSparse:
+           broadcast_batch: bool | None = None, num_m_blocks: int | None = None,
+           num_heads_q: int | None = None) -> FA4BlockSparse:
     """Export as FA4 ``BlockSparseTensorsTorch`` fields (NumPy int32). Defaults reproduce the source format of a
     layout imported with :func:`from_fa4` bit for bit (varlen or batched, padding convention, broadcast, width);
-    otherwise varlen-packed, zero padding, full blocks included."""
+    otherwise varlen-packed, zero padding, full blocks included. FA4 indexes query heads: ``num_heads_q`` repeats
+    the heads of a ``per_kv_head`` layout over their GQA groups (a broadcast layout stays 1 head)."""
+    out = _to_fa4(layout, varlen, pad, include_full, width, uniform_k, broadcast_batch, num_m_blocks)
+    rep = _head_repeat(layout, num_heads_q)
+    if rep == 1:
+        return out
+    ax = 0 if out.cu_total_m_blocks is not None else 1
+    return out._replace(**{f: np.repeat(getattr(out, f), rep, axis=ax) for f in
+                           ("mask_block_cnt", "mask_block_idx", "full_block_cnt", "full_block_idx")
+                           if getattr(out, f) is not None})
+
+
+def _head_repeat(layout: BlockSparseLayout, num_heads_q: int | None) -> int:
+    if num_heads_q is None or layout.head_mode == "broadcast":
+        return 1
+    if isinstance(num_heads_q, (bool, np.bool_)) or not isinstance(num_heads_q, (int, np.integer)) \
+            or num_heads_q < 1 or num_heads_q % layout.num_heads:
+        raise ValueError(f"num_heads_q: expected a positive multiple of the layout's {layout.num_heads} heads, got "
+                         f"{num_heads_q!r}")
+    if layout.head_mode == "per_q_head" and num_heads_q != layout.num_heads:
+        raise ValueError(f"num_heads_q: the layout has {layout.num_heads} per-query-head patterns, got "
+                         f"{num_heads_q}")
+    return int(num_heads_q) // layout.num_heads
+
+
+def _to_fa4(layout, varlen, pad, include_full, width, uniform_k, broadcast_batch, num_m_blocks):
     bq, bk = _fixed_required(layout, "to_fa4")
     src = layout.source if layout.source.get("format") == "fa4" else {}
     varlen = src.get("varlen", True) if varlen is None else bool(varlen)
@@ -914,12 +940,22 @@ def from_flex(block_mask: Any = None, cu_seqlens_q: Any = None, cu_seqlens_k: An
 
 def to_flex(layout: BlockSparseLayout, *, packed: bool | None = None, BLOCK_SIZE: Any = None, pad: str | None = None,
             include_full: bool | None = None, width: int | None = None, seq_lengths: tuple[int, int] | None = None,
-            broadcast_batch: bool | None = None, transposed: bool = True) -> dict[str, Any]:
+            broadcast_batch: bool | None = None, transposed: bool = True,
+            num_heads_q: int | None = None) -> dict[str, Any]:
     """Export as FlexAttention ``BlockMask`` tensors (dict of NumPy int32 arrays + ``BLOCK_SIZE``/``seq_lengths``),
     including the transposed ``q_num_blocks``/``q_indices`` (and ``full_q_*``) FlexAttention's backward uses.
     Feed them to ``BlockMask.from_kv_blocks`` (or construct ``BlockMask`` directly). Default padding beyond the
     counts is FlexAttention's own (the remaining block indices ascending). Defaults reproduce a layout imported with
-    :func:`from_flex` exactly."""
+    :func:`from_flex` exactly. ``num_heads_q`` repeats the heads of a ``per_kv_head`` layout over their GQA
+    groups (BlockMask's head dimension is the query heads')."""
+    out = _to_flex(layout, packed, BLOCK_SIZE, pad, include_full, width, seq_lengths, broadcast_batch, transposed)
+    rep = _head_repeat(layout, num_heads_q)
+    if rep > 1:
+        out = {k: (np.repeat(v, rep, axis=1) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+    return out
+
+
+def _to_flex(layout, packed, BLOCK_SIZE, pad, include_full, width, seq_lengths, broadcast_batch, transposed):
     src = layout.source if layout.source.get("format") == "flex" else {}
     packed = src.get("packed", False) if packed is None else bool(packed)
     pads_src = src.get("pad", {}) or {}
