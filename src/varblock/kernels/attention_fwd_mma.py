@@ -16,10 +16,16 @@ Row mapping: with ``pack_gqa == 1`` the tile's ``head`` is the query head and ti
 ``q_start + r // G`` of query head ``head * G + r % G`` (``q_len`` counts tokens, ``q_len * G <= tile_m``).
 The KV head of a tile is always ``(head * pack_gqa) // qhead_per_kvhead``.
 
+Element mask of partial chunks (query ``i``, key ``j`` relative to their sequences, ``off = len_k - len_q``):
+``(window_left < 0 or j >= i + off - window_left) and (window_right < 0 or j <= i + off + window_right)``, and with
+``mask_flags & MASK_DOC`` ``doc_q[tq] == doc_k[tk]``, and with ``mask_flags & MASK_TOKEN``
+``tok_mask[hq // tok_head_div, tq, j // tok_block_k] != 0``. Pointers of unused inputs may be 0.
+
 Kernel ABI (see ``PARAMS``): only raw global pointers and scalars, in the order of ``PARAMS``; the host
-``@cute.jit`` function takes exactly these and launches once with grid ``[num_tiles, 1, 1]``. The kernel walks
-tiles ``blockIdx.x, blockIdx.x + gridDim.x, ...`` (``_first_tile``/``_next_tile``), so a smaller grid is also
-correct; a persistent scheduler will replace those two functions.
+``@cute.jit`` function takes exactly these and launches once with grid ``[num_tiles, 1, 1]`` (do not launch for
+``num_tiles == 0``). One CTA per tile, tile index ``blockIdx.x`` (``_tile_index`` in the implementation: the
+persistent scheduler replaces it). Entry name: ``vb_<variant name>_0``. Parameter byte offsets (all arches):
+12 pointers at 0..88, 12 int64 at 96..184, then 9 four-byte scalars at 192..224 (228 bytes).
 
 This module imports ``cutlass`` only inside functions, so the registry can list variants without the DSL.
 """
@@ -59,7 +65,11 @@ _TILES_DEFAULT = {
 _TILES_ARCH = {
     # Hopper / Blackwell datacenter parts have 227 KB: 128 query rows and 8 warps (as FA2 on A100)
     "sm90": {192: (128, 64, 8), 256: (128, 64, 8)},
-    "sm100": {192: (128, 64, 8), 256: (128, 64, 8)},
+    # ptxas for sm_100f / sm_120f allocates mma.sync code less tightly than for sm_80 / sm_90a: with 192 fp32
+    # accumulators per thread (d64 at 128x128, d128 at 128x64 with 4 warps) it spills 250-650 bytes, so these
+    # arches keep O + S accumulators at <= 160 per thread
+    "sm100": {64: (128, 64, 4), 128: (128, 64, 8), 192: (128, 64, 8), 256: (128, 64, 8)},
+    "sm120": {64: (128, 64, 4), 128: (128, 64, 8)},
 }
 
 _DT_BYTES = 2
@@ -135,7 +145,7 @@ def entry_name(variant: Variant) -> str:
     return f"vb_{variant.name}_0"
 
 
-def _requires(head_dim: int) -> tuple[dict[str, Any], ...]:
+def _requires(tile_m: int) -> tuple[dict[str, Any], ...]:
     req: list[dict[str, Any]] = []
     for p in ("q", "k", "v", "o"):
         req.append({"what": f"{p} pointer 16-byte aligned", "value": p, "divisible_by": 16})
@@ -147,7 +157,9 @@ def _requires(head_dim: int) -> tuple[dict[str, Any], ...]:
     req.append({"what": "num_tiles >= 1 (skip the launch when there is no tile)", "value": "num_tiles",
                 "range": [1, 2**31 - 1]})
     req.append({"what": "qhead_per_kvhead >= 1", "value": "qhead_per_kvhead", "range": [1, 2**31 - 1]})
-    req.append({"what": "pack_gqa >= 1", "value": "pack_gqa", "range": [1, 2**31 - 1]})
+    req.append({"what": "pack_gqa in [1, tile_m]", "value": "pack_gqa", "range": [1, tile_m]})
+    for w in ("window_left", "window_right"):  # -1 = unbounded; clamp larger windows to the longest sequence
+        req.append({"what": f"{w} in [-1, 2**30]", "value": w, "range": [-1, 2**30]})
     req.append({"what": "tok_block_k >= 1", "value": "tok_block_k", "range": [1, 2**31 - 1]})
     req.append({"what": "tok_head_div >= 1", "value": "tok_head_div", "range": [1, 2**31 - 1]})
     req.append({"what": "mask_flags in 0..3", "value": "mask_flags", "range": [0, 3]})
@@ -172,7 +184,7 @@ def variants(arch: str) -> list[Variant]:
                     params=PARAMS,
                     block=(32 * nw, 1, 1),
                     grid=("num_tiles", 1, 1),
-                    requires=_requires(d),
+                    requires=_requires(tm),
                     extra={
                         "tile_m": tm,
                         "tile_n": tn,

@@ -1,0 +1,107 @@
+"""Build-time tests of the attention_fwd_mma family: variant table (no DSL), CPU compile of a few variants (DSL).
+
+The compile tests run the DSL in a subprocess per arch (CUTE_DSL_ARCH is read at import) and check the entry name,
+the parameter ABI (sizes from the PTX signature), the block size and the dynamic shared memory the host code asks
+for (equal to ``smem_bytes``). Full builds with launch capture are build_kernels.py's job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from varblock.kernels import attention_fwd_mma as fam
+from varblock.kernels import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+HAVE_DSL = importlib.util.find_spec("cutlass") is not None
+
+
+@pytest.mark.parametrize("arch", registry.DEFAULT_ARCHES)
+def test_variant_table(arch):
+    vs = fam.variants(arch)
+    assert len(vs) == len(fam.DTYPES) * len(fam.HEAD_DIMS)
+    assert len({v.name for v in vs}) == len(vs)
+    for v in vs:
+        tm, tn, nw = v.extra["tile_m"], v.extra["tile_n"], v.extra["num_warps"]
+        assert (tm, tn, nw) == fam.tile_config(arch, v.key["head_dim"])
+        assert v.block == (32 * nw, 1, 1) and v.grid == ("num_tiles", 1, 1)
+        assert tm % (16 * nw) == 0 and tn % 64 == 0
+        limit = fam.SMEM_LIMIT_PORTABLE_SM8X if arch == "sm80" else fam.SMEM_LIMIT[arch]
+        assert v.extra["smem_bytes"] == fam.smem_bytes(tm, tn, v.key["head_dim"]) <= limit
+        assert v.extra["entry"] == fam.entry_name(v) == f"vb_{v.name}_0"
+        assert [p.name for p in v.params] == list(fam.PARAM_NAMES)
+        # every register the accumulators need fits: O (tile_m * D) and S (tile_m * tile_n) per thread
+        acc = (tm * v.key["head_dim"] + tm * tn) // (32 * nw)
+        assert acc <= 192, (v.name, acc)
+
+
+def test_module_imports_without_dsl():
+    code = "import sys; import varblock.kernels.attention_fwd_mma as m; m.variants('sm90'); " \
+           "print('cutlass' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.stdout.strip() == "False"
+
+
+_COMPILE = textwrap.dedent("""
+    import json, os, re, sys
+    sys.path.insert(0, {src!r})
+    from varblock.kernels import attention_fwd_mma as fam, registry
+    os.environ["CUTE_DSL_ARCH"] = registry.ARCHES[{arch!r}]["target"]
+    os.environ["CUTE_DSL_KEEP"] = "ptx"
+    os.environ["CUTE_DSL_DUMP_DIR"] = {dump!r}
+    import cutlass.cute as cute
+    out = {{}}
+    for v in fam.variants({arch!r}):
+        if v.name not in {names!r}:
+            continue
+        host, args = fam.compile_args(v)
+        c = cute.compile(host, *args)
+        ptx = c.artifacts.PTX
+        m = re.search(r"\\.entry\\s+(\\w+)\\s*\\((.*?)\\)", ptx, re.S)
+        sizes = []
+        for p in m.group(2).split(","):
+            p = p.strip()
+            if not p:
+                continue
+            mb = re.search(r"\\.b8\\s+\\w+\\[(\\d+)\\]", p)
+            sizes.append(int(mb.group(1)) if mb else int(re.match(r"\\.param\\s+\\.[a-z](\\d+)", p).group(1)) // 8)
+        low = str(c.ir_module)
+        consts = [int(x) for x in re.findall(r"llvm.mlir.constant\\((\\d+) : i64\\)", low)]
+        reqntid = re.search(r"\\.reqntid\\s+(\\d+),\\s*(\\d+),\\s*(\\d+)", ptx)
+        out[v.name] = dict(entries=list(c.kernel_info.keys()), ptx_entry=m.group(1), sizes=sizes,
+                           smem_in_host=fam.smem_bytes(v.extra["tile_m"], v.extra["tile_n"], v.key["head_dim"])
+                           in consts, reqntid=[int(x) for x in reqntid.groups()] if reqntid else None)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.build
+@pytest.mark.skipif(not HAVE_DSL, reason="nvidia-cutlass-dsl not installed")
+@pytest.mark.parametrize("arch,names", [
+    ("sm80", ["attention_fwd_mma_bf16_d128", "attention_fwd_mma_fp16_d96"]),
+    ("sm90", ["attention_fwd_mma_bf16_d256"]),
+    ("sm120", ["attention_fwd_mma_fp16_d192"]),
+])
+def test_compile(arch, names, tmp_path):
+    code = _COMPILE.format(src=str(ROOT / "src"), arch=arch, dump=str(tmp_path), names=names)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert sorted(res) == sorted(names)
+    by_name = {v.name: v for v in fam.variants(arch)}
+    for name, r in res.items():
+        v = by_name[name]
+        assert r["entries"] == [fam.entry_name(v)] and r["ptx_entry"] == fam.entry_name(v)
+        assert r["sizes"] == [p.size for p in v.params]
+        assert r["smem_in_host"], "smem_bytes() is not the size the host code launches with"
+        if r["reqntid"]:
+            assert r["reqntid"] == list(v.block)
