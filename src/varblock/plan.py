@@ -97,6 +97,8 @@ class Plan:
     tok_head_div: int
     buffers: dict[str, Any] = field(default_factory=dict, repr=False)
     tok_strides: tuple[int, int, int] = (0, 0, 0)
+    #: prepared launches of this plan, keyed by (variant, strides, softmax scale)
+    launch_cache: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
     @property
     def total_q(self) -> int:

@@ -9,8 +9,7 @@ from varblock.plan import FAMILY, Plan
 from varblock.plan import plan as make_plan
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
-from varblock.runtime.launch import launch_variant
-from varblock.runtime.params import check_requires
+from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
     as_device_array,
@@ -90,6 +89,20 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
         softmax_scale = 1.0 / math.sqrt(d)
     if not (isinstance(softmax_scale, (int, float)) and math.isfinite(softmax_scale)):
         raise ValueError(f"softmax_scale: expected a finite number, got {softmax_scale!r}")
+    if plan.num_tiles:
+        key = (entry["name"], qa.strides, ka.strides, va.strides, oa.strides, la.strides, float(softmax_scale))
+        prepared = plan.launch_cache.get(key)
+        if prepared is None:
+            prepared = PreparedLaunch(entry, ordinal, _values(plan, qa, ka, va, oa, la, float(softmax_scale)),
+                                      pointers=("q", "k", "v", "o", "lse"), what="attention")
+            plan.launch_cache[key] = prepared
+        prepared(st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr))
+    return (out, lse) if return_lse else out
+
+
+def _values(plan: Plan, qa, ka, va, oa, la, softmax_scale: float) -> dict[str, Any]:
+    """Every kernel parameter of the portable forward for this plan and these arrays."""
+    total_q, hq, d = qa.shape
     ts = plan.tok_strides
     values = {
         "q": qa.ptr, "k": ka.ptr, "v": va.ptr, "o": oa.ptr, "lse": la.ptr,
@@ -102,21 +115,15 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
         "o_stride_tok": oa.strides[0], "o_stride_head": oa.strides[1],
         "lse_stride_head": la.strides[0] if hq > 1 else total_q,
         "tm_stride_head": ts[0], "tm_stride_tok": ts[1], "tm_stride_blk": ts[2],
-        "num_tiles": plan.num_tiles, "softmax_scale_log2": float(softmax_scale) * _LOG2E,
+        "num_tiles": plan.num_tiles, "softmax_scale_log2": softmax_scale * _LOG2E,
         "window_left": plan.window_left, "window_right": plan.window_right,
         "qhead_per_kvhead": plan.num_heads_q // plan.num_heads_kv, "pack_gqa": plan.pack_gqa,
         "tok_block_k": plan.tok_block_k, "tok_head_div": plan.tok_head_div, "mask_flags": plan.mask_flags,
     }
-    for name in ("q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head",
-                 "o_stride_tok", "o_stride_head"):  # extent-1 modes may carry any stride (DLPack canonicalises)
-        if values[name] % 8:
-            dim = {"tok": 0, "head": 1}[name.rsplit("_", 1)[1]]
-            arr = {"q": qa, "k": ka, "v": va, "o": oa}[name[0]]
-            if arr.shape[dim] <= 1:
-                values[name] = arr.shape[2] * (arr.shape[1] if dim == 0 else 1)
-    if plan.num_tiles:
-        bad = check_requires(entry["requires"], values)
-        if bad:
-            raise ValueError("attention: " + "; ".join(bad))
-        launch_variant(entry, ordinal, st, values)
-    return (out, lse) if return_lse else out
+    for arr, prefix in ((qa, "q"), (ka, "k"), (va, "v"), (oa, "o")):
+        # an extent-1 mode may carry any stride (DLPack canonicalises it): use the compact one
+        if arr.shape[0] <= 1:
+            values[f"{prefix}_stride_tok"] = arr.shape[1] * arr.shape[2]
+        if arr.shape[1] <= 1:
+            values[f"{prefix}_stride_head"] = arr.shape[2]
+    return values

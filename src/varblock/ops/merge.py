@@ -6,8 +6,7 @@ from typing import Any
 
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
-from varblock.runtime.launch import launch_variant
-from varblock.runtime.params import check_requires
+from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
     as_device_array,
@@ -19,6 +18,8 @@ from varblock.runtime.tensors import (
 )
 
 _FLOATS = ("float32", "bfloat16", "float16")
+_POINTERS = ("out_parts", "lse_parts", "out", "lse")
+_prepared: dict[tuple, PreparedLaunch] = {}
 _PAIRS = {("float32", "float32"), ("float32", "bfloat16"), ("float32", "float16"), ("bfloat16", "bfloat16"),
           ("float16", "float16")}
 
@@ -72,7 +73,20 @@ def merge_states(out_parts: Any, lse_parts: Any, *, out_dtype: str | None = None
     check_shape(lo, (h, t), "= [num_heads, total_q]")
     check_inner_contiguous(o)
     check_same_device([op, lp, o, lo])
-    values = {
+    key = (entry["name"], ordinal, op.shape, op.strides, lp.strides, o.strides, lo.strides)
+    prepared = _prepared.get(key)
+    if prepared is None:
+        prepared = PreparedLaunch(entry, ordinal, _values(op, lp, o, lo), pointers=_POINTERS, what="merge_states")
+        if len(_prepared) >= 256:
+            _prepared.clear()
+        _prepared[key] = prepared
+    prepared(st, (op.ptr, lp.ptr, o.ptr, lo.ptr))
+    return out, lse
+
+
+def _values(op, lp, o, lo) -> dict[str, Any]:
+    s, t, h, d = op.shape
+    return {
         "out_parts": op.ptr, "lse_parts": lp.ptr, "out": o.ptr, "lse": lo.ptr,
         "num_splits": s, "total_q": t, "num_heads": h, "head_dim": d,
         "op_stride_s": op.strides[0], "op_stride_t": op.strides[1], "op_stride_h": op.strides[2],
@@ -80,8 +94,3 @@ def merge_states(out_parts: Any, lse_parts: Any, *, out_dtype: str | None = None
         "o_stride_t": o.strides[0], "o_stride_h": o.strides[1], "l_stride_h": lo.strides[0],
         "l_stride_t": lo.strides[1],
     }
-    bad = check_requires(entry["requires"], values)
-    if bad:
-        raise ValueError("merge_states: " + "; ".join(bad))
-    launch_variant(entry, ordinal, st, values)
-    return out, lse

@@ -119,7 +119,8 @@ def _framework_current_stream(obj: Any, ordinal: int) -> int | None:
     if mod == "torch":
         import torch
 
-        return int(torch.cuda.current_stream(ordinal).cuda_stream)
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # the fast accessor Triton uses
+        return int(raw(ordinal)) if raw is not None else int(torch.cuda.current_stream(ordinal).cuda_stream)
     if mod == "cupy":
         import cupy
 

@@ -32,19 +32,37 @@ class DeviceArray:
         return ITEMSIZE[self.dtype]
 
 
+_dtype_names: dict[Any, str] = {}
+
+
+def _normalise_dtype(dt: Any) -> str:
+    """'float32', 'bfloat16', ... for a NumPy/torch/cupy/jax dtype object (cached per dtype object)."""
+    name = _dtype_names.get(dt)
+    if name is None:
+        text = str(dt)
+        name = next((n for n in ITEMSIZE if text == n or text.endswith("." + n)), text)
+        _dtype_names[dt] = name
+    return name
+
+
 def _dtype_name(view: Any, obj: Any) -> str:
     """Normalised dtype name; bfloat16 is recognised even where NumPy has no such type."""
-    name = ""
-    try:
-        name = str(view.dtype)
-    except Exception:  # cuda.core cannot express the dtype in NumPy (bfloat16 without ml_dtypes)
-        pass
-    if "bfloat16" in str(getattr(obj, "dtype", "")):
+    own = getattr(obj, "dtype", None)
+    if own is not None and _normalise_dtype(own) == "bfloat16":
         return "bfloat16"
-    for n in ITEMSIZE:
-        if name == n or name.endswith("." + n):
-            return n
-    return name or str(getattr(obj, "dtype", "unknown"))
+    try:
+        return _normalise_dtype(view.dtype)
+    except Exception:  # cuda.core cannot express the dtype in NumPy (bfloat16 without ml_dtypes)
+        return _normalise_dtype(own) if own is not None else "unknown"
+
+
+def _torch_view(obj: Any, name: str) -> DeviceArray:
+    """Fast path for torch tensors (no DLPack capsule): the same facts StridedMemoryView would report."""
+    if not obj.is_cuda:
+        raise ValueError(f"{name}: expected an array on a CUDA device, got one in host memory "
+                         f"(move it to the GPU first, e.g. .cuda() / cupy.asarray)")
+    return DeviceArray(name, obj.data_ptr(), tuple(obj.shape), tuple(obj.stride()), _normalise_dtype(obj.dtype),
+                       obj.device.index, obj)
 
 
 def as_device_array(obj: Any, name: str, *, stream_handle: int = -1) -> DeviceArray:
@@ -54,6 +72,8 @@ def as_device_array(obj: Any, name: str, *, stream_handle: int = -1) -> DeviceAr
 
     if obj is None:
         raise TypeError(f"{name}: expected a CUDA device array, got None")
+    if type(obj).__module__ == "torch" and hasattr(obj, "data_ptr"):
+        return _torch_view(obj, name)
     try:
         if hasattr(obj, "__dlpack__"):
             view = StridedMemoryView.from_dlpack(obj, stream_ptr=stream_handle)
