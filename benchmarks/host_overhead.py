@@ -8,6 +8,8 @@ the GPU work is tiny so the host is the bottleneck)."""
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -28,13 +30,17 @@ def main() -> None:
     import varblock
 
     t1 = time.perf_counter()
+    prof = cProfile.Profile()
+    prof.enable()
     p = varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=128, causal=True)
+    prof.disable()
     t2 = time.perf_counter()
     out = varblock.attention(q, k, v, p)
     torch.cuda.synchronize()
     t3 = time.perf_counter()
     print(f"cold start: import {1e3 * (t1 - t0):.1f} ms + plan {1e3 * (t2 - t1):.1f} ms + first attention call "
           f"(module load + launch + sync) {1e3 * (t3 - t2):.1f} ms = {1e3 * (t3 - t0):.1f} ms")
+    pstats.Stats(prof).sort_stats("cumtime").print_stats(14)
     lse = torch.empty(8, 384, device="cuda")
     for label, kw in (("out= and lse= preallocated", {"out": out, "lse": lse, "return_lse": True}),
                       ("outputs allocated per call", {})):

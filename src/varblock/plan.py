@@ -99,6 +99,34 @@ class Plan:
     tok_strides: tuple[int, int, int] = (0, 0, 0)
     #: prepared launches of this plan, keyed by (variant, strides, softmax scale)
     launch_cache: dict[tuple, Any] = field(default_factory=dict, repr=False)
+    #: "persistent" (a grid of num_ctas CTAs pulls tiles with atomicAdd) or "single" (one CTA per tile)
+    scheduler: str = "single"
+    num_ctas: int = 0
+    #: tile counters for the persistent schedule: one {next, done} pair per stream, reset by the kernel itself
+    counter_slots: dict[int, int] = field(default_factory=dict, repr=False)
+    debug_counts: Any = field(default=None, repr=False)
+
+    MAX_STREAMS = 64
+
+    def counter_ptr(self, stream_handle: int) -> int:
+        """Address of this stream's tile counter (slots are zeroed once at plan creation; the kernel resets its
+        counter after every launch, so nothing is allocated or cleared per call, also inside CUDA graphs)."""
+        slot = self.counter_slots.get(stream_handle)
+        if slot is None:
+            if len(self.counter_slots) >= self.MAX_STREAMS:
+                raise RuntimeError(f"plan: used from more than {self.MAX_STREAMS} streams; make one plan per group "
+                                   "of streams")
+            slot = self.counter_slots[stream_handle] = len(self.counter_slots)
+        return self.buffers["tile_counters"].ptr + 8 * slot
+
+    def enable_tile_counts(self) -> Any:
+        """Debugging aid: from now on every launch adds 1 to ``counts[tile]`` for each tile it processes; returns
+        the device buffer (int32 [num_tiles]; read it with ``.to_host(numpy.int32, plan.num_tiles)``)."""
+        from varblock.runtime.memory import DeviceBuffer
+
+        self.debug_counts = DeviceBuffer.zeros(self.device_id, 4 * max(self.num_tiles, 1))
+        self.launch_cache.clear()
+        return self.debug_counts
 
     @property
     def total_q(self) -> int:
@@ -170,7 +198,7 @@ def _resolve_layout(layout, cu_q, cu_k, causal, window, tile_m, tile_n, num_head
 def plan(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_heads_q: int, num_heads_kv: int | None = None,
          head_dim: int, layout: BlockSparseLayout | None = None, causal: bool = False,
          window: tuple[int, int] | None = None, pack_gqa: bool | None = None, device: int | None = None,
-         dtype: str | None = None, cache: bool = True) -> Plan:
+         dtype: str | None = None, scheduler: str = "auto", cache: bool = True) -> Plan:
     """Plan varlen (block-sparse) attention for one batch shape; reuse the plan for every layer.
 
     Args:
@@ -184,6 +212,8 @@ def plan(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_heads_q: int, num_h
         pack_gqa: pack the query heads of a GQA group into one tile (None: automatic).
         device: CUDA device ordinal (default: that of device cu_seqlens, else 0).
         dtype: accepted for API symmetry; a plan serves fp16 and bf16 alike.
+        scheduler: "persistent" (about one wave of CTAs pulls tiles, longest first, from a tile counter the kernel
+            resets itself), "single" (one CTA per tile) or "auto" (persistent when the tiles exceed one wave).
     """
     cu_q, dev_q = _host_int32(cu_seqlens_q, "cu_seqlens_q")
     cu_k, dev_k = _host_int32(cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q, "cu_seqlens_k")
@@ -202,8 +232,10 @@ def plan(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_heads_q: int, num_h
     if window is not None and (len(window) != 2 or any(int(w) < -1 for w in window)):
         raise ValueError(f"window: expected (left, right) with -1 = unbounded, got {window!r}")
     ordinal = device if device is not None else (dev_q if dev_q is not None else (dev_k or 0))
+    if scheduler not in ("auto", "persistent", "single"):
+        raise ValueError(f"scheduler: expected 'auto', 'persistent' or 'single', got {scheduler!r}")
     key = (cu_q.tobytes(), cu_k.tobytes(), int(num_heads_q), int(hkv), int(head_dim), bool(causal),
-           tuple(window) if window is not None else None, pack_gqa, int(ordinal), id(layout))
+           tuple(window) if window is not None else None, pack_gqa, int(ordinal), id(layout), scheduler)
     if cache and key in _cache:
         p = _cache[key]
         if p.layout is layout or layout is None:
@@ -217,6 +249,7 @@ def plan(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_heads_q: int, num_h
     lay.check_compatible(int(num_heads_q), int(hkv), int(head_dim))
     p = _make_plan(lay, cu_q, cu_k, int(num_heads_q), int(hkv), int(head_dim), int(ordinal), arch, tile_m, tile_n,
                    pack_gqa)
+    _choose_schedule(p, scheduler)
     if cache:
         _cache[key] = p
         while len(_cache) > _CACHE_SIZE:
@@ -244,7 +277,7 @@ def _make_plan(lay, cu_q, cu_k, hq, hkv, d, ordinal, arch, tile_m, tile_n, pack_
                         tile_m=tile_m, tile_n=tile_n, pack_gqa=g, num_layout_heads=lay.num_heads,
                         longest_first=True)
     m = lay.mask
-    wr = m.window_right
+    wl, wr = min(m.window_left, 2**30), min(m.window_right, 2**30)  # the kernel's int32 band arithmetic
     if m.causal:
         wr = 0 if wr < 0 else min(wr, 0)
     flags, tbk, tdiv = 0, 1, 1
@@ -253,6 +286,7 @@ def _make_plan(lay, cu_q, cu_k, hq, hkv, d, ordinal, arch, tile_m, tile_n, pack_
         "cu_seqlens_k": DeviceBuffer.from_host(ordinal, cu_k),
         "tiles": DeviceBuffer.from_host(ordinal, wl.tiles),
         "chunks": DeviceBuffer.from_host(ordinal, wl.chunks),
+        "tile_counters": DeviceBuffer.zeros(ordinal, 8 * Plan.MAX_STREAMS),
     }
     tok_strides = (0, 0, 0)
     if m.doc_ids_q is not None:
@@ -272,8 +306,30 @@ def _make_plan(lay, cu_q, cu_k, hq, hkv, d, ordinal, arch, tile_m, tile_n, pack_
             tdiv = {"per_q_head": 1, "per_kv_head": group, "broadcast": hq}[lay.head_mode]
     return Plan(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay,
                 device_id=ordinal, arch=arch, tile_m=tile_m, tile_n=tile_n, worklist=wl,
-                window_left=int(m.window_left), window_right=int(wr), mask_flags=flags, tok_block_k=tbk,
+                window_left=int(wl), window_right=int(wr), mask_flags=flags, tok_block_k=tbk,
                 tok_head_div=tdiv, buffers=bufs, tok_strides=tok_strides)
+
+
+def _choose_schedule(p: Plan, scheduler: str) -> None:
+    """Persistent grid size = resident CTAs per SM (occupancy of the variant) x SMs."""
+    from varblock.runtime.device import device, kernel
+    from varblock.runtime.manifest import find_variant, load_manifest
+
+    m = load_manifest()
+    e = find_variant(FAMILY, p.arch, {"dtype": "bfloat16", "head_dim": p.head_dim}, m)
+    supports = e is not None and any(q["name"] == "persistent" for q in e["params"])
+    if not supports or scheduler == "single" or p.num_tiles == 0:
+        if scheduler == "persistent" and not supports:
+            raise ValueError("scheduler: the built attention kernels have no persistent schedule; rebuild them")
+        p.scheduler, p.num_ctas = "single", p.num_tiles
+        return
+    k, _ = kernel(p.device_id, e, m["_dir"])
+    per_sm = k.occupancy.max_active_blocks_per_multiprocessor(int(e["block"][0]), int(e["dynamic_smem_bytes"]))
+    wave = max(1, int(per_sm)) * int(device(p.device_id).properties.multiprocessor_count)
+    if scheduler == "auto" and p.num_tiles <= wave:
+        p.scheduler, p.num_ctas = "single", p.num_tiles
+        return
+    p.scheduler, p.num_ctas = "persistent", min(p.num_tiles, wave)
 
 
 def clear_cache() -> None:

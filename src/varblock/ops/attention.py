@@ -21,6 +21,7 @@ from varblock.runtime.tensors import (
 )
 
 _DT = {"bfloat16": "bf16", "float16": "fp16"}
+_POINTERS = ("q", "k", "v", "o", "lse", "tile_counter")
 _LOG2E = 1.4426950408889634
 
 
@@ -94,9 +95,10 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
         prepared = plan.launch_cache.get(key)
         if prepared is None:
             prepared = PreparedLaunch(entry, ordinal, _values(plan, qa, ka, va, oa, la, float(softmax_scale)),
-                                      pointers=("q", "k", "v", "o", "lse"), what="attention")
+                                      pointers=_POINTERS, what="attention")
             plan.launch_cache[key] = prepared
-        prepared(st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr))
+        counter = plan.counter_ptr(int(st.handle)) if plan.scheduler == "persistent" else 0
+        prepared(st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr, counter))
     return (out, lse) if return_lse else out
 
 
@@ -119,6 +121,8 @@ def _values(plan: Plan, qa, ka, va, oa, la, softmax_scale: float) -> dict[str, A
         "window_left": plan.window_left, "window_right": plan.window_right,
         "qhead_per_kvhead": plan.num_heads_q // plan.num_heads_kv, "pack_gqa": plan.pack_gqa,
         "tok_block_k": plan.tok_block_k, "tok_head_div": plan.tok_head_div, "mask_flags": plan.mask_flags,
+        "num_tiles_ptr": 0, "tile_counter": 0, "persistent": int(plan.scheduler == "persistent"),
+        "num_ctas": plan.num_ctas, "debug_counts": plan.debug_counts.ptr if plan.debug_counts is not None else 0,
     }
     for arr, prefix in ((qa, "q"), (ka, "k"), (va, "v"), (oa, "o")):
         # an extent-1 mode may carry any stride (DLPack canonicalises it): use the compact one

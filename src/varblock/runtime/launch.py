@@ -32,6 +32,9 @@ class PreparedLaunch:
                                    shmem_size=int(entry.get("dynamic_smem_bytes") or 0), **kw)
         self.args = launch_args(entry["params"], values)
         names = [p["name"] for p in entry["params"]]
+        # positions (in the per-call tuple) of the pointers this variant takes; older builds may lack one
+        self.keep = [i for i, n in enumerate(pointers) if n in names]
+        pointers = [pointers[i] for i in self.keep]
         self.slots = [names.index(n) for n in pointers]
         aligns = {r["value"]: int(r["divisible_by"]) for r in entry["requires"]
                   if "divisible_by" in r and isinstance(r["value"], str)}
@@ -43,7 +46,8 @@ class PreparedLaunch:
         from cuda.core import launch
 
         args = list(self.args)
-        for slot, al, name, ptr in zip(self.slots, self.align, self.pointer_names, pointers):
+        for i, slot, al, name in zip(self.keep, self.slots, self.align, self.pointer_names):
+            ptr = pointers[i]
             if ptr % al:
                 raise ValueError(f"{self.what}: {name} address must be a multiple of {al} (got 0x{ptr:x})")
             args[slot] = ptr

@@ -1,0 +1,137 @@
+"""The dynamic persistent scheduler on the GPU: same results as one CTA per tile on every mask kind, every tile
+processed exactly once, a plan reused 1000 times, CUDA-graph replays, two streams sharing one plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import varblock
+from tests._attention_ref import attention_ref, check_attention
+from varblock import layout as L
+
+pytestmark = pytest.mark.gpu
+
+
+def _cu(lens):
+    return np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+
+
+def _qkv(torch, tq, tk, hq, hkv, d, seed, dtype="bfloat16"):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dt = getattr(torch, dtype)
+    return tuple(torch.randn(t, h, d, device="cuda", generator=g).to(dt) for t, h in ((tq, hq), (tk, hkv), (tk, hkv)))
+
+
+def _layouts():
+    lens = [1023, 3, 0, 2048, 113, 700]
+    cu = _cu(lens)
+    rng = np.random.default_rng(0)
+    doc = np.concatenate([np.repeat(np.arange(3), rng.multinomial(n, [0.3, 0.3, 0.4])) for n in lens]).astype(np.int32)
+    t = max(lens)
+    m1d = rng.random((len(lens), 2, t, (t + 63) // 64)) < 0.3
+    return cu, {
+        "random": L.random_blocks(cu, cu, density=0.3, num_heads=2, head_mode="per_kv_head", seed=1),
+        "causal": L.causal(cu, cu),
+        "window": L.sliding_window(cu, cu, window_left=300, window_right=0),
+        "document": L.document(cu, cu, doc_ids_q=doc, causal=True),
+        "token": L.from_seer_1d(m1d, cu, cu, block_size=64, head_mode="per_kv_head"),
+        "sinks": L.attention_sinks(cu, cu, sink_blocks=1, window_left=256),
+    }
+
+
+def _plan(lay, scheduler, **kw):
+    return varblock.plan(lay.cu_seqlens_q, lay.cu_seqlens_k, num_heads_q=8, num_heads_kv=2, head_dim=128,
+                         layout=lay, scheduler=scheduler, cache=False, **kw)
+
+
+@pytest.mark.parametrize("kind", ["random", "causal", "window", "document", "token", "sinks"])
+def test_persistent_equals_single(torch, kind):
+    cu, lays = _layouts()
+    lay = lays[kind]
+    q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 8, 2, 128, seed=3)
+    ps, pp = _plan(lay, "single"), _plan(lay, "persistent")
+    assert ps.scheduler == "single" and pp.scheduler == "persistent"
+    assert pp.num_ctas <= pp.num_tiles
+    os_, ls = varblock.attention(q, k, v, ps, return_lse=True)
+    op, lp = varblock.attention(q, k, v, pp, return_lse=True)
+    torch.cuda.synchronize()
+    assert torch.equal(os_, op) and torch.equal(ls, lp), "persistent and single-tile results differ"
+    ref_o, ref_l, base_o = attention_ref(torch, q, k, v, lay)
+    check_attention(torch, op, lp, ref_o, ref_l, base_o, what=kind)
+
+
+@pytest.mark.parametrize("scheduler", ["single", "persistent"])
+def test_every_tile_exactly_once(torch, scheduler):
+    cu, lays = _layouts()
+    p = _plan(lays["random"], scheduler)
+    counts = p.enable_tile_counts()
+    q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 8, 2, 128, seed=5)
+    varblock.attention(q, k, v, p)
+    torch.cuda.synchronize()
+    c = counts.to_host(np.int32, p.num_tiles)
+    assert (c == 1).all(), f"tiles processed {np.bincount(c)} times"
+    for _ in range(5):
+        varblock.attention(q, k, v, p)
+    torch.cuda.synchronize()
+    assert (counts.to_host(np.int32, p.num_tiles) == 6).all()
+
+
+def test_plan_reused_1000_times(torch):
+    cu, lays = _layouts()
+    lay = lays["causal"]
+    p = _plan(lay, "persistent")
+    q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 8, 2, 128, seed=7)
+    first = varblock.attention(q, k, v, p)
+    out = torch.empty_like(first)
+    for _ in range(1000):
+        varblock.attention(q, k, v, p, out=out)
+    torch.cuda.synchronize()
+    assert torch.equal(first, out)
+    ref_o, ref_l, base_o = attention_ref(torch, q, k, v, lay)
+    _, lse = varblock.attention(q, k, v, p, return_lse=True)
+    check_attention(torch, out, lse, ref_o, ref_l, base_o, what="after 1000 reuses")
+
+
+@pytest.mark.parametrize("scheduler", ["single", "persistent"])
+def test_cuda_graph_replay(torch, scheduler):
+    cu, lays = _layouts()
+    lay = lays["window"]
+    p = _plan(lay, scheduler)
+    q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 8, 2, 128, seed=9)
+    out = torch.empty_like(q)
+    lse = torch.empty(8, q.shape[0], device="cuda")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):  # warm up on the capture stream (loads the module, prepares the launch)
+        varblock.attention(q, k, v, p, out=out, lse=lse, return_lse=True)
+    s.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        varblock.attention(q, k, v, p, out=out, lse=lse, return_lse=True)
+    ref_o, ref_l, base_o = attention_ref(torch, q, k, v, lay)
+    for i in range(100):
+        out.fill_(float("nan"))
+        g.replay()
+        if i in (0, 99):
+            torch.cuda.synchronize()
+            check_attention(torch, out, lse, ref_o, ref_l, base_o, what=f"graph replay {i}")
+    torch.cuda.synchronize()
+
+
+def test_two_streams_share_a_plan(torch):
+    cu, lays = _layouts()
+    lay = lays["random"]
+    p = _plan(lay, "persistent")
+    q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 8, 2, 128, seed=11)
+    ref = varblock.attention(q, k, v, p)
+    torch.cuda.synchronize()
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+    o1, o2 = torch.empty_like(ref), torch.empty_like(ref)
+    for _ in range(50):
+        with torch.cuda.stream(s1):
+            varblock.attention(q, k, v, p, out=o1)
+        with torch.cuda.stream(s2):
+            varblock.attention(q, k, v, p, out=o2)
+    torch.cuda.synchronize()
+    assert torch.equal(o1, ref) and torch.equal(o2, ref)
+    assert len(p.counter_slots) >= 2
