@@ -93,6 +93,7 @@ class Family:
 FAMILY_MODULES = (
     "varblock.kernels.merge_states",
     "varblock.kernels.attention_fwd_mma",
+    "varblock.kernels.attention_prepare",
 )
 
 
