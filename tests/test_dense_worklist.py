@@ -256,8 +256,8 @@ def test_bad_inputs():
 # ------------------------------------------------------------------------------------------------------ GPU
 
 
-def _run_prepare(torch, cu_q, cu_k, *, nh, g, tile_m, tile_n, wl, wr, max_tiles=None, max_chunks=None,
-                 batch=None):
+def _run_prepare(torch, cu_q, cu_k, *, nh, g, tile_m, tile_n, wl, wr, max_tiles=None, max_chunks=None):
+    """Launch attention_prepare as the runtime would (poisoned outputs); returns (tiles, chunks, status)."""
     from varblock.runtime import device as _device
     from varblock.runtime.launch import launch_variant
     from varblock.runtime.select import variant_for
@@ -278,7 +278,7 @@ def _run_prepare(torch, cu_q, cu_k, *, nh, g, tile_m, tile_n, wl, wr, max_tiles=
     entry = variant_for("attention_prepare", 0, {})
     values = {"cu_seqlens_q": d_cq.data_ptr(), "cu_seqlens_k": d_ck.data_ptr(), "tiles": tiles.data_ptr(),
               "chunks": chunks.data_ptr(), "status": status.data_ptr(), "scratch": scratch.data_ptr(),
-              "batch": nb if batch is None else batch, "num_tile_heads": nh, "pack_gqa": g, "tile_m": tile_m,
+              "batch": nb, "num_tile_heads": nh, "pack_gqa": g, "tile_m": tile_m,
               "tile_n": tile_n, "window_left": wl, "window_right": wr, "max_tiles": max_tiles,
               "max_chunks": max_chunks}
     launch_variant(entry, 0, _device.stream_for(torch.cuda.current_stream(), 0), values)
