@@ -135,3 +135,44 @@ def test_two_streams_share_a_plan(torch):
     torch.cuda.synchronize()
     assert torch.equal(o1, ref) and torch.equal(o2, ref)
     assert len(p.counter_slots) >= 2
+
+
+@pytest.mark.parametrize("causal,window,hq,hkv,pack", [(False, None, 8, 2, None), (True, None, 8, 2, None),
+                                                       (True, (200, 0), 4, 4, None), (False, (64, 64), 8, 1, True),
+                                                       (True, None, 8, 2, True)])
+def test_device_plan_matches_host_plan(torch, causal, window, hq, hkv, pack):
+    """cu_seqlens on the GPU: the prepare kernel builds the work list there; results equal the host plan's."""
+    lens = [1023, 3, 0, 2048, 113, 1]
+    cu = _cu(lens)
+    cu_dev = torch.tensor(cu, device="cuda")
+    q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), hq, hkv, 128, seed=13)
+    kw = dict(num_heads_q=hq, num_heads_kv=hkv, head_dim=128, causal=causal, window=window, pack_gqa=pack)
+    ph = varblock.plan(cu, **kw, cache=False)
+    pd = varblock.plan(cu_dev, **kw, max_seqlen_q=max(lens), cache=False)
+    assert pd.on_device and pd.scheduler == "persistent"
+    oh, lh = varblock.attention(q, k, v, ph, return_lse=True)
+    od, ld = varblock.attention(q, k, v, pd, return_lse=True)
+    torch.cuda.synchronize()
+    assert torch.equal(oh, od) and torch.equal(lh, ld)
+    status = pd.buffers["status"].to_host(np.int32, 2)
+    assert status[1] == 0 and 0 < status[0] <= pd.max_tiles
+    ref_o, ref_l, base_o = attention_ref(torch, q, k, v, ph.layout)
+    check_attention(torch, od, ld, ref_o, ref_l, base_o, what="device plan")
+
+
+def test_device_plan_needs_no_host_sync(torch):
+    lens = [700, 300]
+    cu_dev = torch.tensor(_cu(lens), device="cuda")
+    q, k, v = _qkv(torch, 1000, 1000, 4, 2, 64, seed=17)
+    varblock.attention(q, k, v, cu_seqlens_q=cu_dev, causal=True)  # loads the modules
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(1e9))  # keep the GPU busy for a while
+    busy = torch.cuda.Event()
+    out = varblock.attention(q, k, v, cu_seqlens_q=cu_dev, causal=True)  # implicit device plan each call
+    busy.record()
+    assert not busy.query(), "planning with device cu_seqlens waited for the GPU"
+    torch.cuda.synchronize()
+    lay = varblock.plan(_cu(lens), num_heads_q=4, num_heads_kv=2, head_dim=64, causal=True).layout
+    ref_o, ref_l, base_o = attention_ref(torch, q, k, v, lay)
+    _, lse = varblock.attention(q, k, v, cu_seqlens_q=cu_dev, causal=True, return_lse=True)
+    check_attention(torch, out, lse, ref_o, ref_l, base_o, what="implicit device plan")

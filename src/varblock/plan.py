@@ -105,6 +105,13 @@ class Plan:
     #: tile counters for the persistent schedule: one {next, done} pair per stream, reset by the kernel itself
     counter_slots: dict[int, int] = field(default_factory=dict, repr=False)
     debug_counts: Any = field(default=None, repr=False)
+    #: device plans: the work list was built on the GPU by the prepare kernel (no host copy of cu_seqlens)
+    on_device: bool = False
+    max_tiles: int = 0
+    totals: tuple[int | None, int | None] = (None, None)
+    prepare_stream: Any = field(default=None, repr=False)
+    prepare_event: Any = field(default=None, repr=False)
+    ready_streams: set = field(default_factory=set, repr=False)
 
     MAX_STREAMS = 64
 
@@ -129,24 +136,35 @@ class Plan:
         return self.debug_counts
 
     @property
-    def total_q(self) -> int:
-        return int(self.cu_seqlens_q[-1])
+    def total_q(self) -> int | None:
+        """Query tokens (None for a device plan made without ``total_q``)."""
+        return self.totals[0] if self.on_device else int(self.cu_seqlens_q[-1])
 
     @property
-    def total_k(self) -> int:
-        return int(self.cu_seqlens_k[-1])
+    def total_k(self) -> int | None:
+        return self.totals[1] if self.on_device else int(self.cu_seqlens_k[-1])
 
     @property
     def batch_size(self) -> int:
+        if self.on_device:
+            return self.buffers["cu_seqlens_q"].nbytes // 4 - 1
         return int(self.cu_seqlens_q.shape[0] - 1)
 
     @property
     def num_tiles(self) -> int:
-        return self.worklist.num_tiles
+        """Tiles of the work list (for a device plan: its capacity; the kernel reads the count on the GPU)."""
+        return self.max_tiles if self.on_device else self.worklist.num_tiles
 
     @property
     def pack_gqa(self) -> int:
         return self.worklist.pack_gqa
+
+    def wait_ready(self, stream: Any) -> None:
+        """Order ``stream`` after the prepare kernel of a device plan (once per stream)."""
+        if self.on_device and int(stream.handle) not in self.ready_streams:
+            if int(stream.handle) != int(self.prepare_stream.handle):
+                stream.wait(self.prepare_event)
+            self.ready_streams.add(int(stream.handle))
 
     def ptr(self, name: str) -> int:
         b = self.buffers.get(name)
@@ -154,6 +172,8 @@ class Plan:
 
     def flops(self) -> float:
         """Forward FLOPs on computed pairs (4 * D per pair)."""
+        if self.layout is None:
+            raise ValueError("plan: a device plan has no host layout to count pairs from")
         return 4.0 * self.head_dim * self.layout.num_pairs(self.num_heads_q, self.num_heads_kv)
 
 
@@ -198,7 +218,9 @@ def _resolve_layout(layout, cu_q, cu_k, causal, window, tile_m, tile_n, num_head
 def plan(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_heads_q: int, num_heads_kv: int | None = None,
          head_dim: int, layout: BlockSparseLayout | None = None, causal: bool = False,
          window: tuple[int, int] | None = None, pack_gqa: bool | None = None, device: int | None = None,
-         dtype: str | None = None, scheduler: str = "auto", cache: bool = True) -> Plan:
+         dtype: str | None = None, scheduler: str = "auto", cache: bool = True,
+         max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, total_q: int | None = None,
+         total_k: int | None = None, stream: Any = None) -> Plan:
     """Plan varlen (block-sparse) attention for one batch shape; reuse the plan for every layer.
 
     Args:
@@ -214,19 +236,22 @@ def plan(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_heads_q: int, num_h
         dtype: accepted for API symmetry; a plan serves fp16 and bf16 alike.
         scheduler: "persistent" (about one wave of CTAs pulls tiles, longest first, from a tile counter the kernel
             resets itself), "single" (one CTA per tile) or "auto" (persistent when the tiles exceed one wave).
+        max_seqlen_q, max_seqlen_k, total_q, total_k: with device ``cu_seqlens`` and no layout, either pair sizes
+            the work list so that the prepare kernel builds it ON THE GPU, with no host synchronisation (on
+            ``stream``, default: the current stream of cu_seqlens' framework). Such a plan snapshots cu_seqlens at
+            creation. Without them, device cu_seqlens are copied to the host (a synchronisation).
     """
+    if layout is None and _is_device_array(cu_seqlens_q) and (
+            max_seqlen_q is not None or total_q is not None):
+        return _device_plan(cu_seqlens_q, cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q,
+                            num_heads_q=num_heads_q, num_heads_kv=num_heads_kv, head_dim=head_dim, causal=causal,
+                            window=window, pack_gqa=pack_gqa, max_seqlen_q=max_seqlen_q,
+                            max_seqlen_k=max_seqlen_k, total_q=total_q, total_k=total_k, stream=stream)
     cu_q, dev_q = _host_int32(cu_seqlens_q, "cu_seqlens_q")
     cu_k, dev_k = _host_int32(cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q, "cu_seqlens_k")
     if cu_q.shape != cu_k.shape:
         raise ValueError(f"cu_seqlens_k: expected {cu_q.shape[0]} entries like cu_seqlens_q, got {cu_k.shape[0]}")
-    hkv = num_heads_q if num_heads_kv is None else num_heads_kv
-    for nm, v in (("num_heads_q", num_heads_q), ("num_heads_kv", hkv), ("head_dim", head_dim)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{nm}: expected a positive int, got {v!r}")
-    if num_heads_q % hkv:
-        raise ValueError(f"num_heads_q: {num_heads_q} is not a multiple of num_heads_kv = {hkv}")
-    if head_dim not in HEAD_DIMS:
-        raise ValueError(f"head_dim: {head_dim} is not supported; supported: {HEAD_DIMS}")
+    hkv = _check_heads(num_heads_q, num_heads_kv, head_dim)
     if dtype is not None and dtype not in ("bfloat16", "float16"):
         raise TypeError(f"dtype: expected 'bfloat16' or 'float16', got {dtype!r}")
     if window is not None and (len(window) != 2 or any(int(w) < -1 for w in window)):
@@ -248,7 +273,7 @@ def plan(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_heads_q: int, num_h
     lay = _resolve_layout(layout, cu_q, cu_k, causal, window, tile_m, tile_n, num_heads_q)
     lay.check_compatible(int(num_heads_q), int(hkv), int(head_dim))
     p = _make_plan(lay, cu_q, cu_k, int(num_heads_q), int(hkv), int(head_dim), int(ordinal), arch, tile_m, tile_n,
-                   pack_gqa)
+                   pack_gqa, dense=layout is None)
     _choose_schedule(p, scheduler)
     if cache:
         _cache[key] = p
@@ -269,23 +294,126 @@ def _choose_pack(lay: BlockSparseLayout, hq: int, hkv: int, tile_m: int, pack_gq
     return group if pack_gqa else 1
 
 
-def _make_plan(lay, cu_q, cu_k, hq, hkv, d, ordinal, arch, tile_m, tile_n, pack_gqa) -> Plan:
+def _is_device_array(x: Any) -> bool:
+    dl = getattr(x, "__dlpack_device__", None)
+    return dl is not None and not isinstance(x, np.ndarray) and dl()[0] in (2, 13)
+
+
+def _check_heads(num_heads_q: Any, num_heads_kv: Any, head_dim: Any) -> int:
+    hkv = num_heads_q if num_heads_kv is None else num_heads_kv
+    for nm, v in (("num_heads_q", num_heads_q), ("num_heads_kv", hkv), ("head_dim", head_dim)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{nm}: expected a positive int, got {v!r}")
+    if num_heads_q % hkv:
+        raise ValueError(f"num_heads_q: {num_heads_q} is not a multiple of num_heads_kv = {hkv}")
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim: {head_dim} is not supported; supported: {HEAD_DIMS}")
+    return int(hkv)
+
+
+def _band(causal: bool, window: tuple[int, int] | None) -> tuple[int, int]:
+    """(window_left, window_right) as the kernels take them: causal folded into the right bound, -1 = unbounded,
+    bounded to 2**30 (the kernels' int32 band arithmetic)."""
+    wl, wr = (int(window[0]), int(window[1])) if window is not None else (-1, -1)
+    if window is not None and (wl < -1 or wr < -1):
+        raise ValueError(f"window: expected (left, right) with -1 = unbounded, got {window!r}")
+    if causal:
+        wr = 0 if wr < 0 else min(wr, 0)
+    return min(wl, 2**30), min(wr, 2**30)
+
+
+def _device_plan(cu_seqlens_q, cu_seqlens_k, *, num_heads_q, num_heads_kv, head_dim, causal, window, pack_gqa,
+                 max_seqlen_q, max_seqlen_k, total_q, total_k, stream) -> Plan:
+    """Dense / causal / window plan whose work list the prepare kernel builds on the GPU (no host sync)."""
+    from varblock.dense_worklist import capacities
+    from varblock.runtime.device import stream_for
+    from varblock.runtime.launch import PreparedLaunch
+    from varblock.runtime.memory import DeviceBuffer
+    from varblock.runtime.select import arch_for_device, variant_for
+    from varblock.runtime.tensors import as_device_array, check_same_device
+
+    hkv = _check_heads(num_heads_q, num_heads_kv, head_dim)
+    cq, ck = as_device_array(cu_seqlens_q, "cu_seqlens_q"), as_device_array(cu_seqlens_k, "cu_seqlens_k")
+    for a in (cq, ck):
+        if a.dtype != "int32" or len(a.shape) != 1 or a.shape[0] < 1 or (a.shape[0] > 1 and a.strides[0] != 1):
+            raise ValueError(f"{a.name}: expected a contiguous 1-D int32 array [batch + 1], got {a.dtype} {a.shape}")
+    if cq.shape != ck.shape:
+        raise ValueError(f"cu_seqlens_k: expected {cq.shape[0]} entries like cu_seqlens_q, got {ck.shape[0]}")
+    ordinal = check_same_device([cq, ck])
+    b = cq.shape[0] - 1
+    arch = arch_for_device(ordinal)
+    tile_m, tile_n = _tile_config(arch, int(head_dim))
+    group = num_heads_q // hkv
+    if pack_gqa and group == 1:
+        raise ValueError("pack_gqa: needs GQA (num_heads_q > num_heads_kv)")
+    small = max_seqlen_q is not None and int(max_seqlen_q) * group <= tile_m
+    g = group if group > 1 and (pack_gqa or (pack_gqa is None and small)) else 1
+    heads = hkv if g > 1 else int(num_heads_q)
+    tpt = tile_m // g
+    caps = []
+    if total_q is not None:
+        caps.append(capacities(int(total_q), int(total_k if total_k is not None else total_q), b, heads, g,
+                               tile_m, tile_n))
+    if max_seqlen_q is not None:
+        mk = int(max_seqlen_k if max_seqlen_k is not None else max_seqlen_q)
+        caps.append((heads * b * -(-int(max_seqlen_q) // tpt), b * -(-mk // tile_n)))
+    max_tiles = max(1, min(c[0] for c in caps))
+    max_chunks = max(1, min(c[1] for c in caps))
+    st = stream_for(stream, ordinal, like=cu_seqlens_q)
+    wl, wr = _band(causal, window)
+    bufs = {
+        "cu_seqlens_q": DeviceBuffer.copy_of(ordinal, cq.ptr, 4 * (b + 1), st),
+        "cu_seqlens_k": DeviceBuffer.copy_of(ordinal, ck.ptr, 4 * (b + 1), st),
+        "tiles": DeviceBuffer(ordinal, 32 * max_tiles, st),
+        "chunks": DeviceBuffer(ordinal, 8 * max_chunks, st),
+        "status": DeviceBuffer(ordinal, 8, st),
+        "scratch": DeviceBuffer(ordinal, 8 * (b + 1), st),
+        "tile_counters": DeviceBuffer.zeros(ordinal, 8 * Plan.MAX_STREAMS, st),
+    }
+    values = {"cu_seqlens_q": bufs["cu_seqlens_q"].ptr, "cu_seqlens_k": bufs["cu_seqlens_k"].ptr,
+              "tiles": bufs["tiles"].ptr, "chunks": bufs["chunks"].ptr, "status": bufs["status"].ptr,
+              "scratch": bufs["scratch"].ptr, "batch": b, "num_tile_heads": heads, "pack_gqa": g, "tile_m": tile_m,
+              "tile_n": tile_n, "window_left": wl, "window_right": wr, "max_tiles": max_tiles,
+              "max_chunks": max_chunks}
+    PreparedLaunch(variant_for("attention_prepare", ordinal, {}), ordinal, values, what="plan")(st, ())
+    wl_ = WorkList(tiles=np.zeros((0, 8), np.int32), chunks=np.zeros((0, 2), np.int32), tile_m=tile_m,
+                   tile_n=tile_n, pack_gqa=g)
+    p = Plan(cu_seqlens_q=None, cu_seqlens_k=None, num_heads_q=int(num_heads_q), num_heads_kv=hkv,
+             head_dim=int(head_dim), layout=None, device_id=ordinal, arch=arch, tile_m=tile_m, tile_n=tile_n,
+             worklist=wl_, window_left=wl, window_right=wr, mask_flags=0, tok_block_k=1, tok_head_div=1,
+             buffers=bufs, on_device=True, max_tiles=max_tiles,
+             totals=(int(total_q) if total_q is not None else None,
+                     int(total_k if total_k is not None else total_q) if total_q is not None else None),
+             prepare_stream=st)
+    p.prepare_event = st.record()
+    _choose_schedule(p, "persistent")
+    return p
+
+
+def _make_plan(lay, cu_q, cu_k, hq, hkv, d, ordinal, arch, tile_m, tile_n, pack_gqa, dense=False) -> Plan:
+    from varblock.dense_worklist import dense_worklist
     from varblock.runtime.memory import DeviceBuffer
 
     g = _choose_pack(lay, hq, hkv, tile_m, pack_gqa)
-    wl = build_worklist(lay.rows(), cu_q, cu_k, num_heads_q=hq, num_heads_kv=hkv, head_mode=lay.head_mode,
-                        tile_m=tile_m, tile_n=tile_n, pack_gqa=g, num_layout_heads=lay.num_heads,
-                        longest_first=True)
     m = lay.mask
-    wl, wr = min(m.window_left, 2**30), min(m.window_right, 2**30)  # the kernel's int32 band arithmetic
-    if m.causal:
-        wr = 0 if wr < 0 else min(wr, 0)
+    wl, wr = _band(m.causal, (m.window_left, m.window_right))
+    if dense and m.doc_ids_q is None and m.token_mask is None:
+        # the prepare kernel's format (per-sequence chunk lists: memory linear in the keys), longest tiles first
+        tiles, chunks = dense_worklist(cu_q, cu_k, num_tile_heads=hkv if g > 1 else hq, pack_gqa=g, tile_m=tile_m,
+                                       tile_n=tile_n, window_left=wl, window_right=wr)
+        tiles = tiles[np.argsort(-(tiles[:, 5].astype(np.int64) + tiles[:, 6]), kind="stable")]
+        worklist = WorkList(tiles=np.ascontiguousarray(tiles, np.int32), chunks=chunks, tile_m=tile_m,
+                            tile_n=tile_n, pack_gqa=g)
+    else:
+        worklist = build_worklist(lay.rows(), cu_q, cu_k, num_heads_q=hq, num_heads_kv=hkv,
+                                  head_mode=lay.head_mode, tile_m=tile_m, tile_n=tile_n, pack_gqa=g,
+                                  num_layout_heads=lay.num_heads, longest_first=True)
     flags, tbk, tdiv = 0, 1, 1
     bufs = {
         "cu_seqlens_q": DeviceBuffer.from_host(ordinal, cu_q),
         "cu_seqlens_k": DeviceBuffer.from_host(ordinal, cu_k),
-        "tiles": DeviceBuffer.from_host(ordinal, wl.tiles),
-        "chunks": DeviceBuffer.from_host(ordinal, wl.chunks),
+        "tiles": DeviceBuffer.from_host(ordinal, worklist.tiles),
+        "chunks": DeviceBuffer.from_host(ordinal, worklist.chunks),
         "tile_counters": DeviceBuffer.zeros(ordinal, 8 * Plan.MAX_STREAMS),
     }
     tok_strides = (0, 0, 0)
@@ -305,7 +433,7 @@ def _make_plan(lay, cu_q, cu_k, hq, hkv, d, ordinal, arch, tile_m, tile_n, pack_
         else:
             tdiv = {"per_q_head": 1, "per_kv_head": group, "broadcast": hq}[lay.head_mode]
     return Plan(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay,
-                device_id=ordinal, arch=arch, tile_m=tile_m, tile_n=tile_n, worklist=wl,
+                device_id=ordinal, arch=arch, tile_m=tile_m, tile_n=tile_n, worklist=worklist,
                 window_left=int(wl), window_right=int(wr), mask_flags=flags, tok_block_k=tbk,
                 tok_head_div=tdiv, buffers=bufs, tok_strides=tok_strides)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from varblock.plan import FAMILY, Plan
+from varblock.plan import FAMILY, Plan, _is_device_array
 from varblock.plan import plan as make_plan
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
@@ -59,17 +59,22 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
     if plan is None:
         if cu_seqlens_q is None:
             raise TypeError("plan: pass a varblock.plan(...) or cu_seqlens_q= (and cu_seqlens_k=, layout=)")
+        on_dev = layout is None and _is_device_array(cu_seqlens_q)
         plan = make_plan(cu_seqlens_q, cu_seqlens_k, num_heads_q=hq, num_heads_kv=ka.shape[1], head_dim=d,
-                         layout=layout, causal=causal, window=window, device=ordinal)
+                         layout=layout, causal=causal, window=window, device=ordinal,
+                         total_q=total_q if on_dev else None, total_k=ka.shape[0] if on_dev else None,
+                         cache=not on_dev, stream=stream if on_dev else None)
     elif not isinstance(plan, Plan):
         raise TypeError(f"plan: expected a varblock Plan, got {type(plan).__name__}")
     elif cu_seqlens_q is not None or layout is not None:
         raise TypeError("plan: pass either a plan or cu_seqlens_q/layout, not both")
     if plan.device_id != ordinal:
         raise ValueError(f"plan: made for cuda:{plan.device_id}, but q is on cuda:{ordinal}")
-    check_shape(qa, (plan.total_q, plan.num_heads_q, plan.head_dim), "= [total_q, num_heads_q, head_dim] of the plan")
-    check_shape(ka, (plan.total_k, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
-    check_shape(va, (plan.total_k, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
+    tq = plan.total_q if plan.total_q is not None else qa.shape[0]  # a device plan may not know its totals
+    tk = plan.total_k if plan.total_k is not None else ka.shape[0]
+    check_shape(qa, (tq, plan.num_heads_q, plan.head_dim), "= [total_q, num_heads_q, head_dim] of the plan")
+    check_shape(ka, (tk, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
+    check_shape(va, (tk, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
     entry = variant_for(FAMILY, ordinal, {"dtype": qa.dtype, "head_dim": d})
     st = stream_for(stream, ordinal, like=q)
     if out is None:
@@ -97,6 +102,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
             prepared = PreparedLaunch(entry, ordinal, _values(plan, qa, ka, va, oa, la, float(softmax_scale)),
                                       pointers=_POINTERS, what="attention")
             plan.launch_cache[key] = prepared
+        plan.wait_ready(st)
         counter = plan.counter_ptr(int(st.handle)) if plan.scheduler == "persistent" else 0
         prepared(st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr, counter))
     return (out, lse) if return_lse else out
@@ -121,7 +127,8 @@ def _values(plan: Plan, qa, ka, va, oa, la, softmax_scale: float) -> dict[str, A
         "window_left": plan.window_left, "window_right": plan.window_right,
         "qhead_per_kvhead": plan.num_heads_q // plan.num_heads_kv, "pack_gqa": plan.pack_gqa,
         "tok_block_k": plan.tok_block_k, "tok_head_div": plan.tok_head_div, "mask_flags": plan.mask_flags,
-        "num_tiles_ptr": 0, "tile_counter": 0, "persistent": int(plan.scheduler == "persistent"),
+        "num_tiles_ptr": plan.ptr("status") if plan.on_device else 0, "tile_counter": 0,
+        "persistent": int(plan.scheduler == "persistent"),
         "num_ctas": plan.num_ctas, "debug_counts": plan.debug_counts.ptr if plan.debug_counts is not None else 0,
     }
     for arr, prefix in ((qa, "q"), (ka, "k"), (va, "v"), (oa, "o")):

@@ -12,12 +12,15 @@ from varblock.runtime.device import device
 class DeviceBuffer:
     """A cuda.core device allocation with its pointer; freed when the object is garbage-collected."""
 
-    def __init__(self, ordinal: int, nbytes: int):
+    def __init__(self, ordinal: int, nbytes: int, stream: Any = None):
+        """Allocate ``nbytes``. Without ``stream`` the allocation is complete on return (usable from any
+        stream); with a cuda.core ``stream`` it is stream-ordered on that stream, with no host synchronisation."""
         self.ordinal = ordinal
         self.nbytes = int(nbytes)
         dev = device(ordinal)
-        self._buf = dev.allocate(max(self.nbytes, 16), stream=dev.default_stream)
-        dev.default_stream.sync()
+        self._buf = dev.allocate(max(self.nbytes, 16), stream=stream if stream is not None else dev.default_stream)
+        if stream is None:
+            dev.default_stream.sync()
         self.ptr = int(self._buf.handle)
 
     @classmethod
@@ -34,13 +37,29 @@ class DeviceBuffer:
         return b
 
     @classmethod
-    def zeros(cls, ordinal: int, nbytes: int) -> DeviceBuffer:
+    def zeros(cls, ordinal: int, nbytes: int, stream: Any = None) -> DeviceBuffer:
+        """A zeroed buffer; with ``stream``, allocated and cleared in that stream's order (no host sync)."""
         from cuda.bindings import driver
 
-        b = cls(ordinal, nbytes)
-        (err,) = driver.cuMemsetD8(b.ptr, 0, max(b.nbytes, 16))
+        b = cls(ordinal, nbytes, stream)
+        if stream is None:
+            (err,) = driver.cuMemsetD8(b.ptr, 0, max(b.nbytes, 16))
+        else:
+            (err,) = driver.cuMemsetD8Async(b.ptr, 0, max(b.nbytes, 16), int(stream.handle))
         if int(err) != 0:
             raise RuntimeError(f"cuMemsetD8 failed: {err}")
+        return b
+
+    @classmethod
+    def copy_of(cls, ordinal: int, src_ptr: int, nbytes: int, stream: Any) -> DeviceBuffer:
+        """A stream-ordered device-to-device copy of ``nbytes`` at ``src_ptr`` (no host sync)."""
+        from cuda.bindings import driver
+
+        b = cls(ordinal, nbytes, stream)
+        if nbytes:
+            (err,) = driver.cuMemcpyDtoDAsync(b.ptr, src_ptr, nbytes, int(stream.handle))
+            if int(err) != 0:
+                raise RuntimeError(f"cuMemcpyDtoDAsync failed: {err}")
         return b
 
     def to_host(self, dtype: Any, count: int) -> np.ndarray:
