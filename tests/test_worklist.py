@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from varblock.worklist import build_worklist, tile_pairs
+from varblock.worklist import TILE_FIELDS, WorkList, build_worklist, tile_pairs
 
 
 @dataclass
@@ -156,6 +156,24 @@ def worklist_pairs(wl, cu_q, cu_k, hq, hkv, mask):
     return set(zip(h[keep].tolist(), tq[keep].tolist(), tk[keep].tolist())), h, tq, tk
 
 
+def with_left_partials(wl: WorkList, rng: np.random.Generator) -> WorkList:
+    """The same work as ``wl``, with each tile's chunks copied to a list of its own in the kernel's general order:
+    ``n_left`` (random) of its partial chunks first, then its full chunks, then the other partial chunks."""
+    t = wl.tiles.astype(np.int64).copy()
+    out_chunks, pos = [], 0
+    for ti in range(t.shape[0]):  # small cases only
+        cb, nf, npart = (int(x) for x in t[ti, 4:7])
+        full = wl.chunks[cb:cb + nf]
+        part = wl.chunks[cb + nf:cb + nf + npart]
+        nl = int(rng.integers(0, npart + 1))
+        out_chunks += [part[:nl], full, part[nl:]]
+        t[ti, 4], t[ti, 7] = pos, nl
+        pos += nf + npart
+    chunks = np.concatenate(out_chunks) if out_chunks else np.zeros((0, 2), np.int32)
+    return WorkList(tiles=t.astype(np.int32), chunks=chunks.astype(np.int32).reshape(-1, 2), tile_m=wl.tile_m,
+                    tile_n=wl.tile_n, pack_gqa=wl.pack_gqa)
+
+
 def check_structure(wl, cu_q, hq, rows, tile_m, tile_n):
     t, c = wl.tiles, wl.chunks
     g = wl.pack_gqa
@@ -163,6 +181,7 @@ def check_structure(wl, cu_q, hq, rows, tile_m, tile_n):
     assert (t[:, 3] >= 1).all() and (t[:, 3] * g <= tile_m).all()
     assert ((c[:, 1] >= 1) & (c[:, 1] <= tile_n)).all()
     assert (t[:, 4] + t[:, 5] + t[:, 6] <= c.shape[0]).all()
+    assert TILE_FIELDS[7] == "n_left" and (t[:, 7] == 0).all()  # the builder puts full chunks first
     # chunk lists are shared, not copied: exactly one chunk per tile_n piece of every entry
     assert c.shape[0] == int(((rows.k_len.astype(np.int64) + tile_n - 1) // tile_n).sum())
     # every (query head, token) is in exactly one tile
@@ -198,16 +217,19 @@ def test_pairs_equal_layout(seed, heads, head_mode, nb, tiles, pack, drop_rows, 
     wl = build_worklist(rows, cu_q, cu_k, num_heads_q=hq, num_heads_kv=hkv, head_mode=head_mode, tile_m=tile_m,
                         tile_n=tile_n, pack_gqa=pack, longest_first=longest_first)
     check_structure(wl, cu_q, hq, rows, tile_m, tile_n)
-    got, h, tq, tk = worklist_pairs(wl, cu_q, cu_k, hq, hkv, mask)
-    # no pair is computed twice
-    key = (h * (int(cu_q[-1]) + 1) + tq) * (int(cu_k[-1]) + 1) + tk
-    assert np.unique(key).shape[0] == key.shape[0]
-    assert got == layout_pairs(rows, cu_q, cu_k, hq, hkv, head_mode, mask)
+    expected = layout_pairs(rows, cu_q, cu_k, hq, hkv, head_mode, mask)
+    for w in (wl, with_left_partials(wl, rng)):  # n_left = 0 (the builder), random n_left (general order)
+        got, h, tq, tk = worklist_pairs(w, cu_q, cu_k, hq, hkv, mask)
+        # no pair is computed twice
+        key = (h * (int(cu_q[-1]) + 1) + tq) * (int(cu_k[-1]) + 1) + tk
+        assert np.unique(key).shape[0] == key.shape[0]
+        assert got == expected
 
 
 def kernel_model(wl, q, k, v, cu_q, cu_k, hq, hkv, mask, scale, tile_n):
-    """float64 model of attention_fwd_mma: per tile, per chunk (full: tail only; partial: element mask), online
-    softmax with the check_inf rule; O = 0 / LSE = -inf for rows without any allowed key."""
+    """float64 model of attention_fwd_mma: per tile, per chunk (full: tail only; partial, i.e. chunk ``ci < n_left``
+    or ``ci >= n_left + n_full``: element mask), online softmax with the check_inf rule; O = 0 / LSE = -inf for rows
+    without any allowed key."""
     group = hq // hkv
     g = wl.pack_gqa
     tq_n = q.shape[0]
@@ -215,7 +237,7 @@ def kernel_model(wl, q, k, v, cu_q, cu_k, hq, hkv, mask, scale, tile_n):
     lse = np.full((hq, tq_n), np.nan)
     batch_of_q = np.repeat(np.arange(len(cu_q) - 1), np.diff(cu_q))
     for t in wl.tiles:
-        b, head, qs, ql, cb, nf, npart = (int(x) for x in t[:7])
+        b, head, qs, ql, cb, nf, npart, nl = (int(x) for x in t[:8])
         r = np.arange(ql * g)
         tok = int(cu_q[b]) + qs + r // g
         hqs = head * g + r % g if g > 1 else np.full(r.shape, head)
@@ -229,7 +251,7 @@ def kernel_model(wl, q, k, v, cu_q, cu_k, hq, hkv, mask, scale, tile_n):
             assert 1 <= kl <= tile_n
             kt = int(cu_k[b]) + ks + np.arange(kl)
             s = qq @ k[kt, hk].T
-            if ci >= nf:
+            if ci < nl or ci >= nl + nf:  # partial chunk
                 ok = mask.allowed(np.repeat(hqs, kl), np.repeat(tok, kl), np.tile(kt, len(r)), cu_q, cu_k,
                                   batch_of_q).reshape(len(r), kl)
                 s = np.where(ok, s, -np.inf)
@@ -288,12 +310,13 @@ def test_kernel_model_matches_dense(seed, heads, head_mode, tiles, pack):
     k = rng.standard_normal((int(cu_k[-1]), hkv, d))
     v = rng.standard_normal((int(cu_k[-1]), hkv, d))
     scale = 1 / np.sqrt(d)
-    o, lse = kernel_model(wl, q, k, v, cu_q, cu_k, hq, hkv, mask, scale, tile_n)
     pairs = layout_pairs(rows, cu_q, cu_k, hq, hkv, head_mode, mask)
     o_ref, lse_ref = dense_reference(pairs, q, k, v, hq, hkv, scale)
-    assert not np.isnan(o).any() and not np.isnan(lse).any()  # every (token, head) written
-    np.testing.assert_allclose(o, o_ref, atol=1e-12, rtol=1e-10)
-    np.testing.assert_allclose(lse, lse_ref, atol=1e-12, rtol=1e-10)
+    for w in (wl, with_left_partials(wl, rng)):
+        o, lse = kernel_model(w, q, k, v, cu_q, cu_k, hq, hkv, mask, scale, tile_n)
+        assert not np.isnan(o).any() and not np.isnan(lse).any()  # every (token, head) written
+        np.testing.assert_allclose(o, o_ref, atol=1e-12, rtol=1e-10)
+        np.testing.assert_allclose(lse, lse_ref, atol=1e-12, rtol=1e-10)
 
 
 def test_split_rows_and_entries_share_chunks():
@@ -316,6 +339,15 @@ def test_split_rows_and_entries_share_chunks():
     assert wl.pack_gqa == 2
     assert wl.tiles[:, :4].tolist() == [[0, 0, 0, 64], [0, 0, 64, 64], [0, 0, 128, 64], [0, 0, 192, 64],
                                         [0, 0, 256, 44]]
+
+
+def test_n_left_partial_classification():
+    # one tile, chunks [p0, f0, f1, p1, p2]: n_left = 1, n_full = 2, n_partial = 3 -> partial iff i in {0, 3, 4}
+    wl = WorkList(tiles=np.array([[0, 0, 0, 1, 0, 2, 3, 1]], np.int32),
+                  chunks=np.array([[0, 1], [1, 1], [2, 1], [3, 1], [4, 1]], np.int32), tile_m=16, tile_n=16,
+                  pack_gqa=1)
+    h, tq, tk, part = tile_pairs(wl, [0, 1], [0, 5], num_heads_q=1, num_heads_kv=1)
+    assert tk.tolist() == [0, 1, 2, 3, 4] and part.tolist() == [True, False, False, True, True]
 
 
 def test_missing_rows_get_empty_tiles():

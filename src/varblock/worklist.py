@@ -4,12 +4,16 @@ Pure NumPy and vectorised: no Python loop per row, entry, tile or token.
 
 Output, for a kernel tile size ``(tile_m, tile_n)``:
 
-* ``tiles`` int32 ``[T, 8]``: ``(batch, head, q_start, q_len, chunk_begin, n_full, n_partial, flags)``. One CTA
-  processes one tile. ``head`` is the query head, or the KV head with pack-GQA (``pack_gqa = G > 1``: tile row ``r``
-  is token ``q_start + r // G`` of query head ``head * G + r % G``; ``q_len`` counts tokens, ``q_len * G <=
-  tile_m``). ``flags`` is reserved (0).
+* ``tiles`` int32 ``[T, 8]``: ``(batch, head, q_start, q_len, chunk_begin, n_full, n_partial, n_left)``. A CTA
+  processes one tile at a time. ``head`` is the query head, or the KV head with pack-GQA (``pack_gqa = G > 1``: tile
+  row ``r`` is token ``q_start + r // G`` of query head ``head * G + r % G``; ``q_len`` counts tokens, ``q_len * G
+  <= tile_m``).
 * ``chunks`` int32 ``[C, 2]``: ``(k_start, k_len)`` with ``1 <= k_len <= tile_n``, relative to the sequence start;
-  a tile's chunks are ``chunks[chunk_begin : chunk_begin + n_full + n_partial]``, the ``n_full`` full ones first.
+  a tile's chunks are ``chunks[chunk_begin : chunk_begin + n_full + n_partial]``; chunk ``i`` of the tile (0-based)
+  is *partial* iff ``i < n_left or i >= n_left + n_full``, *full* otherwise. So a tile's list is ``n_left`` partial
+  chunks, then the ``n_full`` full ones, then ``n_partial - n_left`` partial ones (a dense sliding-window row can
+  reference one contiguous per-sequence list: left-edge partial, full middle, right-edge partial). This builder
+  always writes ``n_left = 0`` (full chunks first, then partial).
 
 Rules: a tile never crosses a layout row (rows longer than the tile are split); entries longer than ``tile_n`` are
 split into chunks; tiles of the same layout row share that row's chunk list (one copy, whatever the number of query
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 
 HEAD_MODES = ("per_q_head", "per_kv_head", "broadcast")
-TILE_FIELDS = ("batch", "head", "q_start", "q_len", "chunk_begin", "n_full", "n_partial", "flags")
+TILE_FIELDS = ("batch", "head", "q_start", "q_len", "chunk_begin", "n_full", "n_partial", "n_left")
 _I32_MAX = 2**31 - 1
 
 
@@ -207,7 +211,7 @@ def build_worklist(
     t_qs = r_qs[t_row] + seg * tpt
     t_ql = np.minimum(r_ql[t_row] - seg * tpt, tpt)
     tiles = np.stack([r_batch[t_row], t_head, t_qs, t_ql, r_cb[t_row], r_nf[t_row], r_np[t_row],
-                      np.zeros_like(t_qs)], axis=1)
+                      np.zeros_like(t_qs)], axis=1)  # n_left = 0: full chunks first
     if longest_first and tiles.shape[0]:
         tiles = tiles[np.argsort(-(tiles[:, 5] + tiles[:, 6]), kind="stable")]
     chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, 2), dtype=np.int64)
@@ -231,7 +235,8 @@ def tile_pairs(wl: WorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_
     nch = t[tid, 5] + t[tid, 6]
     rid, cpos = _segment_ids(nch)
     c = t[tid[rid], 4] + cpos
-    partial = cpos >= t[tid[rid], 5]
+    n_left = t[tid[rid], 7]
+    partial = (cpos < n_left) | (cpos >= n_left + t[tid[rid], 5])
     ch = wl.chunks.astype(np.int64)
     klen = ch[c, 1]
     pid, kpos = _segment_ids(klen)
