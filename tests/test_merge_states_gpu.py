@@ -158,3 +158,21 @@ def _odd_byte_view(t):
                 "shape": tuple(base.shape), "typestr": "<u2", "version": 3,
                 "data": (base.data_ptr() + 1, False), "strides": tuple(2 * s for s in base.stride())}
     return OddView(t)
+
+
+def test_merge_jax():
+    """JAX arrays in, JAX arrays out (through DLPack)."""
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("jax sees no GPU")
+    rng = np.random.default_rng(2)
+    op_h = rng.normal(size=(2, 65, 3, 64)).astype(np.float32)
+    lp_h = rng.normal(size=(2, 3, 65)).astype(np.float32)
+    op, lp = jnp.asarray(op_h), jnp.asarray(lp_h)
+    op.block_until_ready()
+    out, lse = varblock.merge_states(op, lp)
+    assert isinstance(out, jax.Array) and out.shape == (65, 3, 64)
+    ref_o, ref_l = merge_reference(op_h.astype(np.float64), lp_h.astype(np.float64))
+    assert_close(np.asarray(out), ref_o, "float32")
+    assert_close(np.asarray(lse), ref_l, "float32")
