@@ -65,15 +65,20 @@ def _torch_view(obj: Any, name: str) -> DeviceArray:
                        obj.device.index, obj)
 
 
-def as_device_array(obj: Any, name: str, *, stream_handle: int = -1) -> DeviceArray:
-    """A zero-copy view of ``obj`` on a CUDA device. ``stream_handle``: the stream the kernel will run on, so
-    a DLPack producer can order its pending work before it (-1: no synchronisation requested)."""
+def as_device_array(obj: Any, name: str, *, stream_handle: int = 1) -> DeviceArray:
+    """A zero-copy view of ``obj`` on a CUDA device. ``stream_handle``: the stream the consumer orders its work on
+    (DLPack producers such as JAX and CuPy make the data ready for it; default: the legacy default stream, where
+    varblock launches for frameworks without a current-stream notion; -1: no synchronisation)."""
     from cuda.core.utils import StridedMemoryView
 
     if obj is None:
         raise TypeError(f"{name}: expected a CUDA device array, got None")
     if type(obj).__module__ == "torch" and hasattr(obj, "data_ptr"):
         return _torch_view(obj, name)
+    dl_device = getattr(obj, "__dlpack_device__", None)
+    if dl_device is not None and dl_device()[0] in (1, 3):  # kDLCPU, kDLCUDAHost
+        raise ValueError(f"{name}: expected an array on a CUDA device, got one in host memory "
+                         f"(move it to the GPU first, e.g. .cuda() / cupy.asarray)")
     try:
         if hasattr(obj, "__dlpack__"):
             view = StridedMemoryView.from_dlpack(obj, stream_ptr=stream_handle)
