@@ -32,7 +32,7 @@ def test_variant_table(arch):
     for v in vs:
         tm, tn, nw = v.extra["tile_m"], v.extra["tile_n"], v.extra["num_warps"]
         assert (tm, tn, nw) == fam.tile_config(arch, v.key["head_dim"])
-        assert v.block == (32 * nw, 1, 1) and v.grid == ("num_tiles", 1, 1)
+        assert v.block == (32 * nw, 1, 1) and v.grid == ("num_ctas", 1, 1)
         assert tm % (16 * nw) == 0 and tn % 64 == 0
         limit = fam.SMEM_LIMIT_PORTABLE_SM8X if arch == "sm80" else fam.SMEM_LIMIT[arch]
         assert v.extra["smem_bytes"] == fam.smem_bytes(tm, tn, v.key["head_dim"]) <= limit
@@ -41,6 +41,39 @@ def test_variant_table(arch):
         # every register the accumulators need fits: O (tile_m * D) and S (tile_m * tile_n) per thread
         acc = (tm * v.key["head_dim"] + tm * tn) // (32 * nw)
         assert acc <= 192, (v.name, acc)
+
+
+def test_param_abi():
+    """The scheduler parameters are appended after mask_flags: the offsets of the older parameters are unchanged."""
+    names = list(fam.PARAM_NAMES)
+    assert names[:33] == [
+        "q", "k", "v", "o", "lse", "cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k", "tok_mask",
+        "q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head",
+        "o_stride_tok", "o_stride_head", "lse_stride_head", "tm_stride_head", "tm_stride_tok", "tm_stride_blk",
+        "num_tiles", "softmax_scale_log2", "window_left", "window_right", "qhead_per_kvhead", "pack_gqa",
+        "tok_block_k", "tok_head_div", "mask_flags"]
+    assert names[33:] == ["num_tiles_ptr", "tile_counter", "debug_counts", "persistent", "num_ctas"]
+    # natural alignment (what the PTX signature and the cubin's KPARAM_INFO give)
+    off, offsets = 0, {}
+    for p in fam.PARAMS:
+        off = (off + p.size - 1) // p.size * p.size
+        offsets[p.name] = off
+        off += p.size
+    assert offsets["num_tiles"] == 192 and offsets["mask_flags"] == 224
+    assert [offsets[n] for n in names[33:]] == [232, 240, 248, 256, 260] and off == 264
+    kinds = {p.name: (p.kind, p.align) for p in fam.PARAMS}
+    assert kinds["num_tiles_ptr"] == kinds["tile_counter"] == kinds["debug_counts"] == ("ptr", 4)
+    assert kinds["persistent"][0] == kinds["num_ctas"][0] == "i32"
+
+
+def test_capture_cases_cover_the_schedule():
+    v = fam.variants("sm90")[0]
+    cases = fam.capture_cases(v)
+    assert {c["persistent"] for c in cases} == {0, 1}
+    for name in ("num_tiles_ptr", "tile_counter", "debug_counts"):
+        assert {c[name] == 0 for c in cases} == {True, False}, name
+    assert any(c["num_tiles"] == 0 and c["num_tiles_ptr"] != 0 for c in cases)
+    assert all(c["num_ctas"] >= 1 for c in cases)
 
 
 def test_module_imports_without_dsl():

@@ -13,6 +13,19 @@ See ``attention_fwd_mma.py`` for the contract (work list, parameters, masks). La
   max is still -inf use 0 as max ("check_inf"), so fully masked chunks contribute exactly 0;
 * epilogue: O / row_sum (rows with sum 0 give O = 0), LSE = ln(sum) + max * scale (-inf for sum 0); O goes through
   shared memory for 16-byte global stores, rows ``>= q_len * pack_gqa`` are not written.
+* tile loop (``while tile >= 0``; ``-1`` ends it): with ``persistent == 0`` it runs once (tile ``blockIdx.x``).
+  With ``persistent == 1`` thread 0 issues ``atomicAdd(&tile_counter[0], 1)`` right after reading the tile
+  descriptor and stores ``gridDim.x + old`` to ``sSched[0]`` once the Q / K loads are issued (its latency hides
+  behind them); every thread reads it after the epilogue barriers and compares it with the tile count (kept in
+  ``sSched[1]``, so it is not in a register across the loop), then one more barrier: nobody overwrites sQ (= sO)
+  or ``sSched[0]`` for the next tile before every thread has read them. Counter reset: at exit thread 0 does
+  ``fence.acq_rel.gpu; atom.acq_rel.gpu.add(&tile_counter[1], 1)``; all of a CTA's fetches precede its fence, so
+  the CTA that sees ``gridDim.x - 1`` is the last to fetch and stores ``{0, 0}`` (visible to the next launch).
+* per-thread setup (copy / MMA partitions, coordinates, ``thread_setup``): a loop around the tile code lets LLVM
+  hoist its address math out of the tile loop, where it stays live through the whole tile and ptxas spills more.
+  ``setup_per_tile=True`` rebuilds it in every tile from an opaque thread index (a volatile ``mov %tid.x``, masked
+  so that LLVM still knows its range), which keeps the code of a tile as in a one-tile kernel; ``False`` builds it
+  once before the loop. Which one spills less depends on the variant (``attention_fwd_mma._SETUP_HOISTED``).
 """
 
 # (no `from __future__ import annotations`: cute.struct reads the annotations as objects)
@@ -21,6 +34,7 @@ import math
 import cutlass
 import cutlass.cute as cute
 from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint8, Uint32, Uint64
+from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync, warp
 
 LN2 = math.log(2.0)
@@ -60,18 +74,20 @@ def _quad_sum(x):
     return x + cute.arch.shuffle_sync_bfly(x, offset=1, mask=-1, mask_and_clamp=31)
 
 
-def _tile_index():
-    """Index of this CTA's tile in the work list (a persistent scheduler will replace this: atomicAdd on a tile
-    counter and a loop over tiles; note that a loop around the whole body made ptxas spill more, because LLVM
-    hoists tile-invariant address math out of it)."""
-    bidx, _, _ = cute.arch.block_idx()
-    return Int32(bidx)
+@cutlass.dsl_user_op
+def _thread_idx_opaque(*, loc=None, ip=None):
+    """``threadIdx.x`` read by a volatile ``mov``, which LLVM cannot hoist out of a loop (nor merge with another
+    read): values derived from it are recomputed in the loop body."""
+    return Int32(llvm.inline_asm(Int32.mlir_type, [], "mov.u32 $0, %tid.x;", "=r", has_side_effects=True,
+                                 loc=loc, ip=ip))
 
 
-def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int):
+def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
+              setup_per_tile: bool = True):
     """Build the ``@cute.jit`` host function (and its kernel) of one variant."""
     dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
     nthr = 32 * num_warps
+    assert nthr & (nthr - 1) == 0
     kblk = 64 if D % 64 == 0 else 32  # smem swizzle atom width (elements)
     sw_bits = 3 if kblk == 64 else 2
     tpr = kblk // 8  # threads per row in global<->shared copies
@@ -94,6 +110,8 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         # token-mask keep bits of each (row, key column) as tile_n / 32 words per row
         sDocK: cute.struct.Align[cute.struct.MemRange[Int32, tile_n], 16]
         sTok: cute.struct.Align[cute.struct.MemRange[Uint32, tile_m * (tile_n // 32)], 16]
+        # persistent schedule: the next tile index, fetched by thread 0 and broadcast to the CTA
+        sSched: cute.struct.Align[cute.struct.MemRange[Int32, 4], 16]
 
     def smem_layout(rows):
         atom = cute.make_composed_layout(
@@ -101,59 +119,9 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         )
         return cute.tile_to_shape(atom, (rows, D), (0, 1))
 
-    @cute.kernel
-    def kernel(
-        q: cute.Pointer,
-        k: cute.Pointer,
-        v: cute.Pointer,
-        o: cute.Pointer,
-        lse: cute.Pointer,
-        cu_seqlens_q: cute.Pointer,
-        cu_seqlens_k: cute.Pointer,
-        tiles: cute.Pointer,
-        chunks: cute.Pointer,
-        doc_q: cute.Pointer,
-        doc_k: cute.Pointer,
-        tok_mask: cute.Pointer,
-        q_stride_tok: Int64,
-        q_stride_head: Int64,
-        k_stride_tok: Int64,
-        k_stride_head: Int64,
-        v_stride_tok: Int64,
-        v_stride_head: Int64,
-        o_stride_tok: Int64,
-        o_stride_head: Int64,
-        lse_stride_head: Int64,
-        tm_stride_head: Int64,
-        tm_stride_tok: Int64,
-        tm_stride_blk: Int64,
-        num_tiles: Int32,
-        softmax_scale_log2: Float32,
-        window_left: Int32,
-        window_right: Int32,
-        qhead_per_kvhead: Int32,
-        pack_gqa: Int32,
-        tok_block_k: Int32,
-        tok_head_div: Int32,
-        mask_flags: Int32,
-    ):
-        tidx, _, _ = cute.arch.thread_idx()
-
-        # ---------------------------------------------------------------- static setup
-        smem = cutlass.utils.SmemAllocator()
-        storage = smem.allocate(SharedStorage)
-        sQ = storage.sQ.get_tensor(smem_layout(tile_m))
-        sK = storage.sK.get_tensor(smem_layout(tile_n))
-        sV = storage.sV.get_tensor(smem_layout(tile_n))
-        sVt = cute.composition(sV, cute.make_layout((D, tile_n), stride=(tile_n, 1)))  # (D, tile_n) view
+    def thread_setup(tidx, sQ, sK, sV, sVt):
+        """This thread's copy / MMA partitions, accumulators and coordinates (no control flow: plain tracing)."""
         sO = sQ
-        sRowPos = storage.sRowPos.get_tensor(cute.make_layout(tile_m))
-        sRowDoc = storage.sRowDoc.get_tensor(cute.make_layout(tile_m))
-        sRowTm = storage.sRowTm.get_tensor(cute.make_layout(tile_m))
-        sDocK = storage.sDocK.get_tensor(cute.make_layout(tile_n))
-        n_words = tile_n // 32
-        sTok = storage.sTok.get_tensor(cute.make_layout((tile_m, n_words), stride=(n_words, 1)))
-
         g2s_atom = cute.make_copy_atom(
             cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), dtype, num_bits_per_copy=128
         )
@@ -215,6 +183,75 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         row_max = cute.make_rmem_tensor(n_rows, Float32)
         row_sum = cute.make_rmem_tensor(n_rows, Float32)
         lse_val = cute.make_rmem_tensor(n_rows, Float32)
+        return (
+            g2s, s2g, g2s_thr, s2g_thr, tiled_mma, tSrQ, tSrK, tOrVt, acc_O, acc_shape_S, s2r_Q, s2r_K, s2r_V,
+            tSsQ, tSrQ_v, tSsK, tSrK_v, tOsVt, tOrVt_v, tQsQ, tQcQ, tKsK, tVsV, tKcK, t0KcK, tOsO, tOcO, tScS,
+            t0ScS, taccOcO, n_rows, n_cols, row_max, row_sum, lse_val
+        )
+
+    def tile_setup(hoisted, tidx, sQ, sK, sV, sVt):
+        return hoisted if hoisted is not None else thread_setup(tidx, sQ, sK, sV, sVt)
+
+    @cute.kernel
+    def kernel(
+        q: cute.Pointer,
+        k: cute.Pointer,
+        v: cute.Pointer,
+        o: cute.Pointer,
+        lse: cute.Pointer,
+        cu_seqlens_q: cute.Pointer,
+        cu_seqlens_k: cute.Pointer,
+        tiles: cute.Pointer,
+        chunks: cute.Pointer,
+        doc_q: cute.Pointer,
+        doc_k: cute.Pointer,
+        tok_mask: cute.Pointer,
+        q_stride_tok: Int64,
+        q_stride_head: Int64,
+        k_stride_tok: Int64,
+        k_stride_head: Int64,
+        v_stride_tok: Int64,
+        v_stride_head: Int64,
+        o_stride_tok: Int64,
+        o_stride_head: Int64,
+        lse_stride_head: Int64,
+        tm_stride_head: Int64,
+        tm_stride_tok: Int64,
+        tm_stride_blk: Int64,
+        num_tiles: Int32,
+        softmax_scale_log2: Float32,
+        window_left: Int32,
+        window_right: Int32,
+        qhead_per_kvhead: Int32,
+        pack_gqa: Int32,
+        tok_block_k: Int32,
+        tok_head_div: Int32,
+        mask_flags: Int32,
+        num_tiles_ptr: cute.Pointer,
+        tile_counter: cute.Pointer,
+        debug_counts: cute.Pointer,
+        persistent: Int32,
+        num_ctas: Int32,
+    ):
+        tidx, _, _ = cute.arch.thread_idx()
+        tidx0 = tidx
+
+        # ---------------------------------------------------------------- static setup
+        smem = cutlass.utils.SmemAllocator()
+        storage = smem.allocate(SharedStorage)
+        sQ = storage.sQ.get_tensor(smem_layout(tile_m))
+        sK = storage.sK.get_tensor(smem_layout(tile_n))
+        sV = storage.sV.get_tensor(smem_layout(tile_n))
+        sVt = cute.composition(sV, cute.make_layout((D, tile_n), stride=(tile_n, 1)))  # (D, tile_n) view
+        sO = sQ
+        sRowPos = storage.sRowPos.get_tensor(cute.make_layout(tile_m))
+        sRowDoc = storage.sRowDoc.get_tensor(cute.make_layout(tile_m))
+        sRowTm = storage.sRowTm.get_tensor(cute.make_layout(tile_m))
+        sDocK = storage.sDocK.get_tensor(cute.make_layout(tile_n))
+        n_words = tile_n // 32
+        sTok = storage.sTok.get_tensor(cute.make_layout((tile_m, n_words), stride=(n_words, 1)))
+        sSched = storage.sSched.get_tensor(cute.make_layout(4))
+
 
         q_st = cute.assume(q_stride_tok, divby=8)
         q_sh = cute.assume(q_stride_head, divby=8)
@@ -225,9 +262,33 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         o_st = cute.assume(o_stride_tok, divby=8)
         o_sh = cute.assume(o_stride_head, divby=8)
         G = pack_gqa
+        # per-thread setup built once (None: rebuilt in every tile, see the tile loop)
+        hoisted = thread_setup(tidx, sQ, sK, sV, sVt) if cutlass.const_expr(not setup_per_tile) else None
 
-        tile = _tile_index()
-        if tile < num_tiles:
+        # ---------------------------------------------------------------- schedule
+        # persistent == 0: one tile per CTA (blockIdx.x). persistent == 1: first tile blockIdx.x, then
+        # gridDim.x + atomicAdd(&tile_counter[0], 1) (fetched by thread 0 early in each tile, broadcast through
+        # sSched); the last CTA to finish resets tile_counter = {0, 0} for the next launch.
+        nt = num_tiles
+        if num_tiles_ptr.toint() != Int64(0):
+            nt = num_tiles_ptr[0]
+        if tidx0 == 0:
+            sSched[1] = nt  # read back after a barrier: nt need not stay in a register across the tile loop
+        bidx, _, _ = cute.arch.block_idx()
+        tile = Int32(bidx)
+        if tile >= nt:
+            tile = Int32(-1)
+        while tile >= 0:
+            if cutlass.const_expr(setup_per_tile):
+                # rebuilt in every tile from an opaque thread index: LLVM cannot hoist the per-thread address math
+                # of the chunk loop and the epilogue out of the tile loop (where it would stay live through the
+                # whole tile); the mask tells LLVM the range of the index (nthr is a power of 2)
+                tidx = _thread_idx_opaque() & (nthr - 1)
+            (
+                g2s, s2g, g2s_thr, s2g_thr, tiled_mma, tSrQ, tSrK, tOrVt, acc_O, acc_shape_S, s2r_Q, s2r_K,
+                s2r_V, tSsQ, tSrQ_v, tSsK, tSrK_v, tOsVt, tOrVt_v, tQsQ, tQcQ, tKsK, tVsV, tKcK, t0KcK, tOsO,
+                tOcO, tScS, t0ScS, taccOcO, n_rows, n_cols, row_max, row_sum, lse_val
+            ) = tile_setup(hoisted, tidx, sQ, sK, sV, sVt)
             tb = tile * 8
             batch = tiles[tb]
             head = tiles[tb + 1]
@@ -235,7 +296,16 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             q_len = tiles[tb + 3]
             chunk_begin = tiles[tb + 4]
             n_full = tiles[tb + 5]
+            n_left = tiles[tb + 7]  # chunk ci is partial iff ci < n_left or ci >= n_left + n_full
             n_chunks = n_full + tiles[tb + 6]
+            fetched = Int32(0)
+            if persistent != 0:
+                if tidx == 0:
+                    # prefetch the next tile index (stored to sSched after the Q / K loads are issued)
+                    fetched = cute.arch.atomic_add(tile_counter, Int32(1))
+            if debug_counts.toint() != Int64(0):
+                if tidx == 0:
+                    cute.arch.atomic_add(debug_counts + tile, Int32(1))
             seq_q = cu_seqlens_q[batch]
             len_q = cu_seqlens_q[batch + 1] - seq_q
             seq_k = cu_seqlens_k[batch]
@@ -287,6 +357,10 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     else:
                         tKsK[None, n, None].fill(0)
             cute.arch.cp_async_commit_group()
+            if persistent != 0:
+                if tidx == 0:
+                    # read by every thread after the epilogue barriers of this tile
+                    sSched[0] = cute.arch.grid_dim()[0] + fetched
 
             acc_O.fill(0.0)
             row_max.fill(-Float32.inf)
@@ -300,6 +374,8 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                 k_start = chunks[c * 2]
                 k_len = chunks[c * 2 + 1]
                 kv_row0 = Int64(seq_k + k_start)
+                # ci < n_left (wraps to a large unsigned value) or ci >= n_left + n_full
+                partial = Uint32(ci - n_left) >= Uint32(n_full)
 
                 # K(c) (and Q) landed; every thread is done with V(c-1): load V(c)
                 cute.arch.cp_async_wait_group(0)
@@ -330,7 +406,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
 
                 # partial chunk: per-chunk mask inputs -> smem (read after the barrier below; the previous
                 # chunk's readers are all past the barrier at the top of this iteration)
-                if ci >= n_full:
+                if partial:
                     if (mask_flags & MASK_DOC) != 0:
                         for it in cutlass.range_constexpr((tile_n + nthr - 1) // nthr):
                             j = tidx + it * nthr
@@ -379,7 +455,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
 
                 # ------------------------------------------------------------ masks
                 acc_S_mn = _mn_view(acc_S)
-                if ci >= n_full:
+                if partial:
                     # partial chunk: window / causal (+ k_len tail), then document ids, then token mask
                     for rr in cutlass.range_constexpr(n_rows):
                         a = sRowPos[tScS[rr, 0][0]]  # i + diag: key j is on the diagonal of query i at j = a
@@ -493,6 +569,25 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     for kk in cutlass.range_constexpr(cute.size(tOrO, mode=[2])):
                         cute.copy(s2g, tOrO[None, m, kk], go[None, tOcO[0, m, kk][1] // 8])
 
+            # ---------------------------------------------------------------- next tile
+            tile_next = Int32(-1)
+            if persistent != 0:
+                tile_next = sSched[0]
+                if tile_next >= sSched[1]:
+                    tile_next = Int32(-1)
+                # every thread has read sO and sSched before the next tile's Q loads and index fetch
+                cute.arch.barrier()
+            tile = tile_next
+
+        if persistent != 0:
+            if tidx0 == 0:
+                # all of this CTA's fetches precede its 'done' increment; the last CTA resets the counter
+                cute.arch.fence_acq_rel_gpu()
+                done = cute.arch.atomic_add(tile_counter + 1, Int32(1), sem="acq_rel", scope="gpu")
+                if done == cute.arch.grid_dim()[0] - 1:
+                    tile_counter[0] = Int32(0)
+                    tile_counter[1] = Int32(0)
+
 
     kernel.set_name_prefix(f"vb_{name}", remove_cutlass_symbol=True, keep_mangled_name=False)
 
@@ -531,13 +626,18 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         tok_block_k: Int32,
         tok_head_div: Int32,
         mask_flags: Int32,
+        num_tiles_ptr: cute.Pointer,
+        tile_counter: cute.Pointer,
+        debug_counts: cute.Pointer,
+        persistent: Int32,
+        num_ctas: Int32,
     ):
         kernel(
             q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, tiles, chunks, doc_q, doc_k, tok_mask,
             q_stride_tok, q_stride_head, k_stride_tok, k_stride_head, v_stride_tok, v_stride_head,
             o_stride_tok, o_stride_head, lse_stride_head, tm_stride_head, tm_stride_tok, tm_stride_blk,
             num_tiles, softmax_scale_log2, window_left, window_right, qhead_per_kvhead, pack_gqa,
-            tok_block_k, tok_head_div, mask_flags,
-        ).launch(grid=[num_tiles, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
+            tok_block_k, tok_head_div, mask_flags, num_tiles_ptr, tile_counter, debug_counts, persistent, num_ctas,
+        ).launch(grid=[num_ctas, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
 
     return host

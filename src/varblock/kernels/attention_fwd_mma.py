@@ -1,15 +1,16 @@
 """Portable varlen block-sparse attention forward: warp-level MMA (mma.sync m16n8k16), CuTe DSL.
 
 One source, compiled for every arch in ``registry.ARCHES`` (sm80, sm90a, sm100f, sm120f). It is the correctness
-backbone of the library and the fallback on GPUs without a tuned kernel. FA2-style: one CTA per work-list tile,
-Q tile in shared memory, K/V chunks streamed with cp.async (single stage: K(c+1) load overlaps softmax + PV(c),
-V(c) load overlaps QK(c)), ldmatrix + mma.sync, online softmax in fp32 with exp2.
+backbone of the library and the fallback on GPUs without a tuned kernel. FA2-style: a CTA works on one work-list
+tile at a time, Q tile in shared memory, K/V chunks streamed with cp.async (single stage: K(c+1) load overlaps
+softmax + PV(c), V(c) load overlaps QK(c)), ldmatrix + mma.sync, online softmax in fp32 with exp2.
 
-What one CTA does (``docs/contracts.md`` section 2): it reads ``tiles[t] = (batch, head, q_start, q_len,
-chunk_begin, n_full, n_partial, flags)`` and loops over ``chunks[chunk_begin : chunk_begin + n_full + n_partial]``
-(each ``(k_start, k_len)``, positions relative to the sequence starts). Full chunks get no element mask (only the
-``k_len < tile_n`` tail is masked); partial chunks get the element mask (window/causal, document ids, token mask).
-Rows with no allowed key get O = 0 and LSE = -inf.
+What one tile is (``docs/contracts.md`` section 2): ``tiles[t] = (batch, head, q_start, q_len, chunk_begin, n_full,
+n_partial, n_left)``; the CTA loops over ``chunks[chunk_begin : chunk_begin + n_full + n_partial]`` (each
+``(k_start, k_len)``, positions relative to the sequence starts). Chunk ``i`` of the tile is partial iff ``i <
+n_left or i >= n_left + n_full``, full otherwise (``n_left = 0``: full chunks first, then partial). Full chunks get
+no element mask (only the ``k_len < tile_n`` tail is masked); partial chunks get the element mask (window/causal,
+document ids, token mask). Rows with no allowed key get O = 0 and LSE = -inf.
 
 Row mapping: with ``pack_gqa == 1`` the tile's ``head`` is the query head and tile row ``r`` is query token
 ``q_start + r``; with ``pack_gqa == G > 1`` the tile's ``head`` is the KV head and tile row ``r`` is token
@@ -21,11 +22,28 @@ Element mask of partial chunks (query ``i``, key ``j`` relative to their sequenc
 ``mask_flags & MASK_DOC`` ``doc_q[tq] == doc_k[tk]``, and with ``mask_flags & MASK_TOKEN``
 ``tok_mask[hq // tok_head_div, tq, j // tok_block_k] != 0``. Pointers of unused inputs may be 0.
 
+Schedule. The tile count is ``*num_tiles_ptr`` (int32 written on the device, e.g. by a prepare kernel) when
+``num_tiles_ptr != 0``, else the scalar ``num_tiles``; it is read once per CTA. The grid is ``[num_ctas, 1, 1]``.
+
+* ``persistent == 0``: one tile per CTA, tile ``blockIdx.x``; CTAs with ``blockIdx.x >= tile count`` do nothing
+  (so ``num_ctas = num_tiles`` when the count is known on the host, or an upper bound of it). No atomics;
+  ``tile_counter`` is not touched (may be 0).
+* ``persistent == 1``: dynamic persistent schedule (``num_ctas`` about a few CTAs per SM). A CTA's first tile is
+  ``blockIdx.x``, its next ones ``gridDim.x + atomicAdd(&tile_counter[0], 1)``, in the order of the tile table
+  (sort it longest-first), until the index reaches the tile count. Thread 0 fetches the next index early in each
+  tile (its latency hides behind the Q/K loads) and broadcasts it through shared memory. ``tile_counter`` is
+  ``int32[2] = {next, done}``, zero before the first launch; at exit every CTA does ``threadfence();
+  atomicAdd(&done, 1)`` and the last one resets both to 0, so the counter is ready for the next launch (plans can be
+  reused call after call and in CUDA graphs with no memset). Two launches sharing one counter must not overlap in
+  time (same stream, or distinct counters).
+* ``debug_counts`` (int32 ``[tile count]``, or 0 = off): every processed tile does ``atomicAdd(&debug_counts[tile],
+  1)`` once (tests check that each tile is processed exactly once).
+
 Kernel ABI (see ``PARAMS``): only raw global pointers and scalars, in the order of ``PARAMS``; the host
-``@cute.jit`` function takes exactly these and launches once with grid ``[num_tiles, 1, 1]`` (do not launch for
-``num_tiles == 0``). One CTA per tile, tile index ``blockIdx.x`` (``_tile_index`` in the implementation: the
-persistent scheduler replaces it). Entry name: ``vb_<variant name>_0``. Parameter byte offsets (all arches):
-12 pointers at 0..88, 12 int64 at 96..184, then 9 four-byte scalars at 192..224 (228 bytes).
+``@cute.jit`` function takes exactly these and launches once with grid ``[num_ctas, 1, 1]``. Entry name:
+``vb_<variant name>_0``. Parameter byte offsets (all arches): 12 pointers at 0..88, 12 int64 at 96..184, 9
+four-byte scalars at 192..224, then ``num_tiles_ptr`` 232, ``tile_counter`` 240, ``debug_counts`` 248,
+``persistent`` 256, ``num_ctas`` 260 (264 bytes).
 
 This module imports ``cutlass`` only inside functions, so the registry can list variants without the DSL.
 """
@@ -72,6 +90,11 @@ _TILES_ARCH = {
     "sm120": {64: (128, 64, 4), 128: (128, 64, 8)},
 }
 
+#: (arch, head_dim) whose per-thread setup (copy / MMA partitions, coordinates) is built once before the tile loop,
+#: where LLVM hoists its address math out of the loop; elsewhere it is rebuilt in every tile from an opaque thread
+#: index (``_attn_fwd_mma_impl._thread_idx_opaque``). Chosen per variant by ptxas spill bytes (see the impl module).
+_SETUP_HOISTED = {("sm90", 128), ("sm120", 256)}
+
 _DT_BYTES = 2
 #: Q, O, K, V element strides must be multiples of this (16-byte vectors); pointers 16-byte aligned.
 _VEC = 8
@@ -111,6 +134,11 @@ PARAMS: tuple[Param, ...] = (
     Param("tok_block_k", "i32"),  # key block size of tok_mask (>= 1)
     Param("tok_head_div", "i32"),  # hm = hq // tok_head_div (1: per q head, group: per kv head, Hq: broadcast)
     Param("mask_flags", "i32"),  # MASK_DOC | MASK_TOKEN
+    Param("num_tiles_ptr", "ptr", 4),  # int32 [1] or 0: if nonzero, the tile count (overrides num_tiles)
+    Param("tile_counter", "ptr", 4),  # int32 [2] = {next, done}, zero before the first launch (persistent == 1)
+    Param("debug_counts", "ptr", 4),  # int32 [num_tiles] or 0: every processed tile adds 1 to its entry
+    Param("persistent", "i32"),  # 0: one tile per CTA (tile = blockIdx.x); 1: dynamic persistent schedule
+    Param("num_ctas", "i32"),  # the grid size
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
 
@@ -123,7 +151,8 @@ def tile_config(arch: str, head_dim: int) -> tuple[int, int, int]:
 def smem_bytes(tile_m: int, tile_n: int, head_dim: int) -> int:
     """Dynamic shared memory of a variant (the kernel's SharedStorage struct): Q (reused for O), K, V (each 1024-byte
     aligned), then per-row mask info (int32 position, int32 doc id, int64 token-mask offset), per-column doc ids
-    (int32) and token-mask bits (tile_n / 32 words per row); the total is rounded up to 1024 bytes."""
+    (int32), token-mask bits (tile_n / 32 words per row) and 16 bytes for the persistent scheduler (the next tile
+    index); the total is rounded up to 1024 bytes."""
 
     def up(x: int, a: int) -> int:
         return (x + a - 1) // a * a
@@ -131,7 +160,7 @@ def smem_bytes(tile_m: int, tile_n: int, head_dim: int) -> int:
     off = 0
     for size, align in ((tile_m * head_dim * _DT_BYTES, 1024), (tile_n * head_dim * _DT_BYTES, 1024),
                         (tile_n * head_dim * _DT_BYTES, 1024), (4 * tile_m, 16), (4 * tile_m, 16), (8 * tile_m, 16),
-                        (4 * tile_n, 16), (tile_m * tile_n // 8, 16)):
+                        (4 * tile_n, 16), (tile_m * tile_n // 8, 16), (16, 16)):
         off = up(off, align) + size
     return up(off, 1024)
 
@@ -154,8 +183,12 @@ def _requires(tile_m: int) -> tuple[dict[str, Any], ...]:
     for s in ("q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head",
               "o_stride_tok", "o_stride_head"):
         req.append({"what": f"{s} multiple of {_VEC} elements (16 bytes)", "value": s, "divisible_by": _VEC})
-    req.append({"what": "num_tiles >= 1 (skip the launch when there is no tile)", "value": "num_tiles",
-                "range": [1, 2**31 - 1]})
+    for p in ("num_tiles_ptr", "tile_counter", "debug_counts"):
+        req.append({"what": f"{p} pointer 4-byte aligned", "value": p, "divisible_by": 4})
+    req.append({"what": "num_tiles >= 0 (ignored when num_tiles_ptr is nonzero)", "value": "num_tiles",
+                "range": [0, 2**31 - 1]})
+    req.append({"what": "num_ctas >= 1 (the grid size)", "value": "num_ctas", "range": [1, 2**31 - 1]})
+    req.append({"what": "persistent in 0..1", "value": "persistent", "range": [0, 1]})
     req.append({"what": "qhead_per_kvhead >= 1", "value": "qhead_per_kvhead", "range": [1, 2**31 - 1]})
     req.append({"what": "pack_gqa in [1, tile_m]", "value": "pack_gqa", "range": [1, tile_m]})
     for w in ("window_left", "window_right"):  # -1 = unbounded; clamp larger windows to the longest sequence
@@ -183,13 +216,14 @@ def variants(arch: str) -> list[Variant]:
                     key={"dtype": dtype_name, "head_dim": d},
                     params=PARAMS,
                     block=(32 * nw, 1, 1),
-                    grid=("num_tiles", 1, 1),
+                    grid=("num_ctas", 1, 1),
                     requires=_requires(tm),
                     extra={
                         "tile_m": tm,
                         "tile_n": tn,
                         "num_warps": nw,
                         "smem_bytes": smem,
+                        "setup_per_tile": (arch, d) not in _SETUP_HOISTED,
                         "entry": f"vb_{variant_name(dtype, d)}_0",
                         "mask_flags": {"doc": MASK_DOC, "token": MASK_TOKEN},
                         "lse_token_stride": 1,
@@ -230,7 +264,7 @@ def compile_args(variant: Variant):
         else:
             args.append(scal[p.kind](1))
     host = _make_host(variant.name, variant.key["dtype"], variant.key["head_dim"], variant.extra["tile_m"],
-                      variant.extra["tile_n"], variant.extra["num_warps"])
+                      variant.extra["tile_n"], variant.extra["num_warps"], variant.extra["setup_per_tile"])
     return host, args
 
 
@@ -238,18 +272,18 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
     """A few realistic parameter sets (fake pointers) for the launch-capture check."""
     base = 0x7F0000000000
     cases = []
-    shapes = [  # (num_tiles, Hq, Hkv, total_q, total_k, pack, flags, wl, wr)
-        (1, 1, 1, 1, 1, 1, 0, -1, -1),
-        (37, 8, 2, 1000, 3000, 1, 0, -1, 0),
-        (4096, 32, 8, 65536, 65536, 4, MASK_DOC | MASK_TOKEN, 127, 0),
-        (513, 16, 16, 7777, 123, 1, MASK_TOKEN, 0, 5),
+    shapes = [  # (num_tiles, Hq, Hkv, total_q, total_k, pack, flags, wl, wr, persistent, num_ctas, null pointers)
+        (1, 1, 1, 1, 1, 1, 0, -1, -1, 0, 1, ("num_tiles_ptr", "tile_counter", "debug_counts")),
+        (37, 8, 2, 1000, 3000, 1, 0, -1, 0, 1, 264, ("num_tiles_ptr",)),
+        (0, 32, 8, 65536, 65536, 4, MASK_DOC | MASK_TOKEN, 127, 0, 1, 528, ()),  # count from num_tiles_ptr
+        (513, 16, 16, 7777, 123, 1, MASK_TOKEN, 0, 5, 0, 4096, ("tile_counter",)),
     ]
     d = variant.key["head_dim"]
-    for i, (nt, hq, hkv, tq, _tk, pack, flags, wl, wr) in enumerate(shapes):
+    for i, (nt, hq, hkv, tq, _tk, pack, flags, wl, wr, pers, nctas, nulls) in enumerate(shapes):
         c: dict[str, Any] = {}
         for j, p in enumerate(variant.params):
             if p.kind == "ptr":
-                c[p.name] = base + (i << 36) + (j << 30)
+                c[p.name] = 0 if p.name in nulls else base + (i << 36) + (j << 30)
         g = hq // hkv
         c.update(
             q_stride_tok=hq * d, q_stride_head=d, k_stride_tok=hkv * d, k_stride_head=d,
@@ -257,14 +291,14 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
             lse_stride_head=tq, tm_stride_head=tq * 64, tm_stride_tok=64, tm_stride_blk=1,
             num_tiles=nt, softmax_scale_log2=(1.0 / math.sqrt(d)) * math.log2(math.e), window_left=wl,
             window_right=wr, qhead_per_kvhead=g, pack_gqa=pack, tok_block_k=64,
-            tok_head_div=1 if i % 2 else max(g, 1), mask_flags=flags,
+            tok_head_div=1 if i % 2 else max(g, 1), mask_flags=flags, persistent=pers, num_ctas=nctas,
         )
         cases.append(c)
     return cases
 
 
 @functools.cache
-def _make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int):
+def _make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int, setup_per_tile: bool):
     from ._attn_fwd_mma_impl import make_host
 
-    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps)
+    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps, setup_per_tile)
