@@ -93,7 +93,7 @@ _TILES_ARCH = {
 #: (arch, head_dim) whose per-thread setup (copy / MMA partitions, coordinates) is built once before the tile loop,
 #: where LLVM hoists its address math out of the loop; elsewhere it is rebuilt in every tile from an opaque thread
 #: index (``_attn_fwd_mma_impl._thread_idx_opaque``). Chosen per variant by ptxas spill bytes (see the impl module).
-_SETUP_HOISTED = {("sm90", 128), ("sm120", 256)}
+_SETUP_HOISTED = {("sm80", 64), ("sm90", 128), ("sm120", 256)}
 
 _DT_BYTES = 2
 #: Q, O, K, V element strides must be multiples of this (16-byte vectors); pointers 16-byte aligned.
