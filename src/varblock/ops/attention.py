@@ -13,6 +13,7 @@ from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
     as_device_array,
+    check_aligned,
     check_dtype,
     check_inner_contiguous,
     check_ndim,
@@ -52,6 +53,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
         check_dtype(a, tuple(_DT))
         check_ndim(a, 3, "[total_tokens, num_heads, head_dim]")
         check_inner_contiguous(a)
+        check_aligned(a, 16)
     if not (qa.dtype == ka.dtype == va.dtype):
         raise TypeError(f"q, k, v: dtypes must match, got {qa.dtype}, {ka.dtype}, {va.dtype}")
     ordinal = check_same_device([qa, ka, va])
@@ -78,14 +80,16 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
     entry = variant_for(FAMILY, ordinal, {"dtype": qa.dtype, "head_dim": d})
     st = stream_for(stream, ordinal, like=q)
     if out is None:
-        out, _ = arrays.empty(q, (total_q, hq, d), qa.dtype, ordinal, st)
-    oa = as_device_array(out, "out")
+        out, oa = arrays.empty_array(q, "out", (total_q, hq, d), qa.dtype, ordinal, st)
+    else:
+        oa = as_device_array(out, "out")
     check_dtype(oa, (qa.dtype,))
     check_shape(oa, (total_q, hq, d), "= [total_q, num_heads_q, head_dim]")
     check_inner_contiguous(oa)
     if lse is None:
-        lse, _ = arrays.empty(q, (hq, total_q), "float32", ordinal, st)
-    la = as_device_array(lse, "lse")
+        lse, la = arrays.empty_array(q, "lse", (hq, total_q), "float32", ordinal, st)
+    else:
+        la = as_device_array(lse, "lse")
     check_dtype(la, ("float32",))
     check_shape(la, (hq, total_q), "= [num_heads_q, total_q]")
     if total_q > 1 and la.strides[1] != 1:

@@ -10,6 +10,7 @@ from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
     as_device_array,
+    check_aligned,
     check_dtype,
     check_inner_contiguous,
     check_ndim,
@@ -51,6 +52,8 @@ def merge_states(out_parts: Any, lse_parts: Any, *, out_dtype: str | None = None
         raise ValueError("out_parts: need at least one split (num_splits = out_parts.shape[0] >= 1)")
     check_shape(lp, (s, h, t), "= [num_splits, num_heads, total_q] of out_parts")
     check_inner_contiguous(op)
+    check_aligned(op, op.itemsize)
+    check_aligned(lp, 4)
     ordinal = check_same_device([op, lp])
     o = as_device_array(out, "out") if out is not None else None
     out_dtype = out_dtype or (o.dtype if o is not None else op.dtype)
@@ -62,11 +65,11 @@ def merge_states(out_parts: Any, lse_parts: Any, *, out_dtype: str | None = None
     entry = variant_for("merge_states", ordinal, {"in_dtype": op.dtype, "out_dtype": out_dtype})
     st = stream_for(stream, ordinal, like=out_parts)
     if o is None:
-        out, _ = arrays.empty(out_parts, (t, h, d), out_dtype, ordinal, st)
-        o = as_device_array(out, "out")
+        out, o = arrays.empty_array(out_parts, "out", (t, h, d), out_dtype, ordinal, st)
     if lse is None:
-        lse, _ = arrays.empty(out_parts, (h, t), "float32", ordinal, st)
-    lo = as_device_array(lse, "lse")
+        lse, lo = arrays.empty_array(out_parts, "lse", (h, t), "float32", ordinal, st)
+    else:
+        lo = as_device_array(lse, "lse")
     check_dtype(o, (out_dtype,))
     check_dtype(lo, ("float32",))
     check_shape(o, (t, h, d), "= [total_q, num_heads, head_dim]")

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from varblock.runtime.tensors import ITEMSIZE
+from varblock.runtime.tensors import ITEMSIZE, DeviceArray, compact_strides
 
 
 def framework_of(obj: Any) -> str:
@@ -59,3 +59,10 @@ def _cuda_core_empty(shape: tuple[int, ...], dtype: str, device_id: int, stream:
     n = int(np.prod(shape)) * ITEMSIZE[dtype]
     buf = device(device_id).allocate(max(n, 1), stream=stream)
     return StridedMemoryView.from_buffer(buf, shape, dtype=_numpy_dtype(dtype))
+
+
+def empty_array(like: Any, name: str, shape: tuple[int, ...], dtype: str, device_id: int, stream: Any
+                ) -> tuple[Any, DeviceArray]:
+    """``empty`` plus its :class:`DeviceArray` description (compact strides), without exporting it again."""
+    obj, ptr = empty(like, shape, dtype, device_id, stream)
+    return obj, DeviceArray(name, ptr, tuple(shape), compact_strides(tuple(shape)), dtype, device_id, obj)

@@ -95,11 +95,7 @@ def as_device_array(obj: Any, name: str, *, stream_handle: int = 1) -> DeviceArr
     shape = tuple(int(s) for s in view.shape)
     strides = view.strides
     if strides is None:  # compact row-major
-        acc, st = 1, []
-        for s in reversed(shape):
-            st.append(acc)
-            acc *= max(s, 1)
-        strides = tuple(reversed(st))
+        strides = compact_strides(shape)
     return DeviceArray(name, int(view.ptr), shape, tuple(int(s) for s in strides), _dtype_name(view, obj),
                        int(view.device_id), obj)
 
@@ -128,8 +124,16 @@ def check_inner_contiguous(a: DeviceArray) -> None:
 
 def check_aligned(a: DeviceArray, alignment: int) -> None:
     if a.ptr % alignment:
-        raise ValueError(f"{a.name}: data pointer 0x{a.ptr:x} is not {alignment}-byte aligned "
-                         f"(a sliced view? pass a contiguous copy)")
+        raise ValueError(f"{a.name}: {a.name} address must be a multiple of {alignment} (got 0x{a.ptr:x}; a sliced "
+                         f"view? pass a contiguous copy)")
+
+
+def compact_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    acc, st = 1, []
+    for s in reversed(shape):
+        st.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(st))
 
 
 def check_same_device(arrays: Sequence[DeviceArray]) -> int:
