@@ -237,3 +237,22 @@ def test_check_detects_a_wrong_result(torch):
     ref_o, ref_l, base_o = attention_ref(torch, q, k, v, p.layout)
     with pytest.raises(AssertionError):
         check_attention(torch, out, lse, ref_o, ref_l, base_o, what="wrong scale")
+
+
+def test_fast_path_still_checks_alignment_and_signature(torch):
+    """Repeated calls take the prepared fast path; a misaligned view with the same shape and strides, or a changed
+    signature, is still caught."""
+    cu = _cu([64, 64])
+    p = varblock.plan(cu, num_heads_q=2, head_dim=64, causal=True)
+    base = torch.randn(128 * 2 * 64 + 8, device="cuda", dtype=torch.bfloat16)
+    q = base[: 128 * 2 * 64].view(128, 2, 64)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    a = varblock.attention(q, k, v, p)
+    b = varblock.attention(q, k, v, p)  # fast path
+    torch.cuda.synchronize()
+    assert torch.equal(a, b) and len(p.fast_paths) == 1
+    shifted = base[1: 1 + 128 * 2 * 64].view(128, 2, 64)
+    with pytest.raises(ValueError, match="q address must be a multiple of 16"):
+        varblock.attention(shifted, k, v, p)
+    with pytest.raises(TypeError, match="dtypes must match"):
+        varblock.attention(q, k.half(), v, p)

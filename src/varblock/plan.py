@@ -99,6 +99,8 @@ class Plan:
     tok_strides: tuple[int, int, int] = (0, 0, 0)
     #: prepared launches of this plan, keyed by (variant, strides, softmax scale)
     launch_cache: dict[tuple, Any] = field(default_factory=dict, repr=False)
+    #: torch argument signatures already validated by ``attention`` -> (prepared launch, out shape, lse shape)
+    fast_paths: dict[tuple, Any] = field(default_factory=dict, repr=False)
     #: "persistent" (a grid of num_ctas CTAs pulls tiles with atomicAdd) or "single" (one CTA per tile)
     scheduler: str = "single"
     num_ctas: int = 0
@@ -133,6 +135,7 @@ class Plan:
 
         self.debug_counts = DeviceBuffer.zeros(self.device_id, 4 * max(self.num_tiles, 1))
         self.launch_cache.clear()
+        self.fast_paths.clear()
         return self.debug_counts
 
     @property
