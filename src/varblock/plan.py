@@ -238,7 +238,8 @@ def plan(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_heads_q: int, num_h
         device: CUDA device ordinal (default: that of device cu_seqlens, else 0).
         dtype: accepted for API symmetry; a plan serves fp16 and bf16 alike.
         scheduler: "persistent" (about one wave of CTAs pulls tiles, longest first, from a tile counter the kernel
-            resets itself), "single" (one CTA per tile) or "auto" (persistent when the tiles exceed one wave).
+            resets itself), "single" (one CTA per tile) or "auto" (single for host plans, which measured as fast
+            or faster with this kernel; persistent for device plans).
         max_seqlen_q, max_seqlen_k, total_q, total_k: with device ``cu_seqlens`` and no layout, either pair sizes
             the work list so that the prepare kernel builds it ON THE GPU, with no host synchronisation (on
             ``stream``, default: the current stream of cu_seqlens' framework). Such a plan snapshots cu_seqlens at
@@ -454,12 +455,16 @@ def _choose_schedule(p: Plan, scheduler: str) -> None:
             raise ValueError("scheduler: the built attention kernels have no persistent schedule; rebuild them")
         p.scheduler, p.num_ctas = "single", p.num_tiles
         return
+    if scheduler == "auto" and not p.on_device:
+        # Measured on an H200 (benchmarks/bench_scheduler.py, W1 and W3, d128): with host-sorted longest-first tiles
+        # the hardware's own block dispatch already balances the portable kernel, and the persistent loop was 0-5%
+        # slower (it does not overlap one tile's epilogue with the next tile's loads yet). Device plans, whose tile
+        # count only the GPU knows, are always persistent.
+        p.scheduler, p.num_ctas = "single", p.num_tiles
+        return
     k, _ = kernel(p.device_id, e, m["_dir"])
     per_sm = k.occupancy.max_active_blocks_per_multiprocessor(int(e["block"][0]), int(e["dynamic_smem_bytes"]))
     wave = max(1, int(per_sm)) * int(device(p.device_id).properties.multiprocessor_count)
-    if scheduler == "auto" and p.num_tiles <= wave:
-        p.scheduler, p.num_ctas = "single", p.num_tiles
-        return
     p.scheduler, p.num_ctas = "persistent", min(p.num_tiles, wave)
 
 
