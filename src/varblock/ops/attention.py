@@ -50,7 +50,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
         fast = _torch_fast_path(q, k, v, plan, softmax_scale, out, lse, return_lse)
         if fast is not None:
             return fast
-    out_given, lse_given = out, lse
+    out_given, lse_given, scale_given = out, lse, softmax_scale
     qa = as_device_array(q, "q")
     ka = as_device_array(k, "k")
     va = as_device_array(v, "v")
@@ -115,7 +115,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
         counter = plan.counter_ptr(int(st.handle)) if plan.scheduler == "persistent" else 0
         prepared(st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr, counter))
         if stream is None and type(q).__module__ == "torch":
-            plan.fast_paths[_torch_signature(q, k, v, softmax_scale, out_given, lse_given)] = (
+            plan.fast_paths[_torch_signature(q, k, v, scale_given, out_given, lse_given)] = (
                 prepared, (total_q, hq, d), (hq, total_q))
     return (out, lse) if return_lse else out
 
