@@ -340,7 +340,8 @@ def worker(args: argparse.Namespace) -> int:
             if c:
                 caps[v.name] = c
             n_built += 1
-            print(f"[{arch}] {v.name}: {e['compile_seconds']:.2f} s, regs {e['regs']}, smem "
+            regs = f", regs {e['regs']}" if e.get("regs") else ""
+            print(f"[{arch}] {v.name}: {e['compile_seconds']:.2f} s{regs}, smem "
                   f"{e['dynamic_smem_bytes']} B, {len(c)} capture cases ok", flush=True)
     part = {"arch": arch, "target": registry.ARCHES[arch]["target"], "dsl_version": version("nvidia-cutlass-dsl"),
             "family_hashes": fh, "variants": entries,
