@@ -259,6 +259,7 @@ def build_variant(variant: registry.Variant, fam_module, arch_dir: Path, capture
         raise RuntimeError(f"{variant.name}: block {variant.block} != kernel's required {ck['reqntid']}")
     entry_d = variant.manifest_entry()
     entry_d.update({"entry": entry, "cubin": f"{variant.name}.cubin", "regs": ck.get("regs"),
+                    "frame_bytes": ck.get("frame_bytes", 0),
                     "static_smem_bytes": ck["static_smem"], "param_offsets": [o for o, _ in ck["params"]],
                     "compile_seconds": round(seconds, 2), "cluster_dims": None, "pdl": False, "cooperative": False})
     captures = []
@@ -340,7 +341,7 @@ def worker(args: argparse.Namespace) -> int:
             if c:
                 caps[v.name] = c
             n_built += 1
-            regs = f", regs {e['regs']}" if e.get("regs") else ""
+            regs = f", regs {e['regs']}, stack frame {e['frame_bytes']} B" if e.get("regs") else ""
             print(f"[{arch}] {v.name}: {e['compile_seconds']:.2f} s{regs}, smem "
                   f"{e['dynamic_smem_bytes']} B, {len(c)} capture cases ok", flush=True)
     part = {"arch": arch, "target": registry.ARCHES[arch]["target"], "dsl_version": version("nvidia-cutlass-dsl"),

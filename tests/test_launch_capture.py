@@ -49,6 +49,7 @@ def test_cubin_signature_matches_manifest(arch, entry):
     k = cubin_kernels((CUBINS / arch / entry["cubin"]).read_bytes())[entry["entry"]]
     assert [s for _, s in k["params"]] == [p["size"] for p in entry["params"]]
     assert k.get("reqntid", entry["block"]) == entry["block"]
+    assert 0 < k["regs"] <= 255 and k["regs"] * entry["block"][0] <= 65536, "register count read from the cubin"
 
 
 def test_every_registered_variant_is_built():
