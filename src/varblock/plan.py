@@ -180,14 +180,21 @@ class Plan:
         return 4.0 * self.head_dim * self.layout.num_pairs(self.num_heads_q, self.num_heads_kv)
 
 
-def _tile_config(arch: str, head_dim: int) -> tuple[int, int]:
-    from varblock.runtime.manifest import find_variant, load_manifest
+def _attention_entry(arch: str, head_dim: int) -> dict | None:
+    """A built forward variant for (arch, head_dim); tile sizes, block and occupancy do not depend on the dtype."""
+    from varblock.runtime.manifest import find_variant
 
-    m = load_manifest()
     for dt in ("bfloat16", "float16"):
-        e = find_variant(FAMILY, arch, {"dtype": dt, "head_dim": head_dim}, m)
+        e = find_variant(FAMILY, arch, {"dtype": dt, "head_dim": head_dim})
         if e is not None:
-            return int(e["extra"]["tile_m"]), int(e["extra"]["tile_n"])
+            return e
+    return None
+
+
+def _tile_config(arch: str, head_dim: int) -> tuple[int, int]:
+    e = _attention_entry(arch, head_dim)
+    if e is not None:
+        return int(e["extra"]["tile_m"]), int(e["extra"]["tile_n"])
     raise ValueError(f"head_dim: no attention kernel is built for head_dim={head_dim} on {arch}; built head dims: "
                      f"{sorted({k['head_dim'] for k in _keys(arch)})}")
 
@@ -445,10 +452,9 @@ def _make_plan(lay, cu_q, cu_k, hq, hkv, d, ordinal, arch, tile_m, tile_n, pack_
 def _choose_schedule(p: Plan, scheduler: str) -> None:
     """Persistent grid size = resident CTAs per SM (occupancy of the variant) x SMs."""
     from varblock.runtime.device import device, kernel
-    from varblock.runtime.manifest import find_variant, load_manifest
+    from varblock.runtime.manifest import load_manifest
 
-    m = load_manifest()
-    e = find_variant(FAMILY, p.arch, {"dtype": "bfloat16", "head_dim": p.head_dim}, m)
+    e = _attention_entry(p.arch, p.head_dim)
     supports = e is not None and any(q["name"] == "persistent" for q in e["params"])
     if not supports or scheduler == "single" or p.num_tiles == 0:
         if scheduler == "persistent" and not supports:
@@ -462,7 +468,7 @@ def _choose_schedule(p: Plan, scheduler: str) -> None:
         # count only the GPU knows, are always persistent.
         p.scheduler, p.num_ctas = "single", p.num_tiles
         return
-    k, _ = kernel(p.device_id, e, m["_dir"])
+    k, _ = kernel(p.device_id, e, load_manifest()["_dir"])
     per_sm = k.occupancy.max_active_blocks_per_multiprocessor(int(e["block"][0]), int(e["dynamic_smem_bytes"]))
     wave = max(1, int(per_sm)) * int(device(p.device_id).properties.multiprocessor_count)
     p.scheduler, p.num_ctas = "persistent", min(p.num_tiles, wave)

@@ -21,7 +21,7 @@ from varblock.runtime.tensors import (
     check_shape,
 )
 
-_DT = {"bfloat16": "bf16", "float16": "fp16"}
+_DTYPES = ("bfloat16", "float16")
 _POINTERS = ("q", "k", "v", "o", "lse", "tile_counter")
 _LOG2E = 1.4426950408889634
 
@@ -55,7 +55,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
     ka = as_device_array(k, "k")
     va = as_device_array(v, "v")
     for a in (qa, ka, va):
-        check_dtype(a, tuple(_DT))
+        check_dtype(a, _DTYPES)
         check_ndim(a, 3, "[total_tokens, num_heads, head_dim]")
         check_inner_contiguous(a)
         check_aligned(a, 16)
