@@ -10,15 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from varblock.dense_worklist import (
-    ERR_CAPACITY,
-    ERR_CU_SEQLENS,
-    ERR_OK,
-    ERR_PARAMS,
-    capacities,
-    dense_worklist,
-    prepare_status,
-)
+from varblock.abi import ERR_CAPACITY, ERR_CU_SEQLENS, ERR_OK, ERR_PARAMS
+from varblock.dense_worklist import capacities, dense_worklist, prepare_status
 
 
 def _seg(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

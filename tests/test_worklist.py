@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from varblock.worklist import TILE_FIELDS, WorkList, build_worklist, tile_pairs
+from varblock.abi import TILE_FIELDS
+from varblock.worklist import WorkList, build_worklist, tile_pairs
 
 
 @dataclass

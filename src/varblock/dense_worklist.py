@@ -30,13 +30,7 @@ from typing import Any
 
 import numpy as np
 
-TILE_FIELDS = ("batch", "head", "q_start", "q_len", "chunk_begin", "n_full", "n_partial", "n_left")
-
-#: device status error codes (``status[1]`` of the attention_prepare kernel)
-ERR_OK = 0
-ERR_CAPACITY = 1
-ERR_CU_SEQLENS = 2
-ERR_PARAMS = 3
+from .abi import CHUNK_WIDTH, ERR_CAPACITY, ERR_CU_SEQLENS, ERR_OK, ERR_PARAMS, TILE_WIDTH
 
 
 def _cdiv(a: Any, b: Any) -> Any:
@@ -94,7 +88,7 @@ def dense_worklist(cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_tile_heads: int,
     # ---- chunks
     c_b = np.repeat(np.arange(nb, dtype=np.int64), n_ch)
     ks = (np.arange(c_b.shape[0], dtype=np.int64) - ch_ofs[c_b]) * tn
-    chunks = np.stack([ks, np.minimum(tn, lk[c_b] - ks)], axis=1).reshape(-1, 2)
+    chunks = np.stack([ks, np.minimum(tn, lk[c_b] - ks)], axis=1).reshape(-1, CHUNK_WIDTH)
 
     # ---- tiles: global m-block index = t // H (m-blocks of a sequence from last to first), head = t % H
     mb_b = np.repeat(np.arange(nb, dtype=np.int64), n_mb)
@@ -125,7 +119,7 @@ def dense_worklist(cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_tile_heads: int,
     zero = np.zeros_like(qs)
     cb = ch_ofs[b] + np.where(some, klo, 0)
     tiles = np.stack([b, head, qs, ql, cb, np.where(some, nf, zero), np.where(some, npart, zero),
-                      np.where(some, nl, zero)], axis=1).reshape(-1, 8)
+                      np.where(some, nl, zero)], axis=1).reshape(-1, TILE_WIDTH)
     return tiles.astype(np.int32), chunks.astype(np.int32)
 
 

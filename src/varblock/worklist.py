@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-HEAD_MODES = ("per_q_head", "per_kv_head", "broadcast")
-TILE_FIELDS = ("batch", "head", "q_start", "q_len", "chunk_begin", "n_full", "n_partial", "n_left")
+from .abi import CHUNK_WIDTH, HEAD_MODES, TILE_N_FULL, TILE_N_PARTIAL, TILE_WIDTH
+
 _I32_MAX = 2**31 - 1
 
 
@@ -213,9 +213,10 @@ def build_worklist(
     tiles = np.stack([r_batch[t_row], t_head, t_qs, t_ql, r_cb[t_row], r_nf[t_row], r_np[t_row],
                       np.zeros_like(t_qs)], axis=1)  # n_left = 0: full chunks first
     if longest_first and tiles.shape[0]:
-        tiles = tiles[np.argsort(-(tiles[:, 5] + tiles[:, 6]), kind="stable")]
+        tiles = tiles[np.argsort(-(tiles[:, TILE_N_FULL] + tiles[:, TILE_N_PARTIAL]), kind="stable")]
     chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, 2), dtype=np.int64)
-    return WorkList(tiles=_to_i32(tiles.reshape(-1, 8), "tiles"), chunks=_to_i32(chunks.reshape(-1, 2), "chunks"),
+    return WorkList(tiles=_to_i32(tiles.reshape(-1, TILE_WIDTH), "tiles"),
+                    chunks=_to_i32(chunks.reshape(-1, CHUNK_WIDTH), "chunks"),
                     tile_m=int(tile_m), tile_n=int(tile_n), pack_gqa=g)
 
 

@@ -9,15 +9,29 @@ import cutlass
 import cutlass.cute as cute
 from cutlass import Int32, Int64
 
-from varblock.kernels._dsl import fake_pointer
-from varblock.kernels.attention_prepare import (
+from varblock.abi import (
+    CHUNK_K_LEN,
+    CHUNK_K_START,
+    CHUNK_WIDTH,
     ERR_CAPACITY,
     ERR_CU_SEQLENS,
     ERR_OK,
     ERR_PARAMS,
-    THREADS,
-    WARPS,
+    STATUS_ERROR,
+    STATUS_NUM_TILES,
+    STATUS_WIDTH,
+    TILE_BATCH,
+    TILE_CHUNK_BEGIN,
+    TILE_HEAD,
+    TILE_N_FULL,
+    TILE_N_LEFT,
+    TILE_N_PARTIAL,
+    TILE_Q_LEN,
+    TILE_Q_START,
+    TILE_WIDTH,
 )
+from varblock.kernels._dsl import fake_pointer
+from varblock.kernels.attention_prepare import THREADS, WARPS
 from varblock.kernels.registry import Variant
 
 _SMEM_BYTES = 3 * WARPS * 4
@@ -73,7 +87,7 @@ def _prepare_kernel(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tile
     g_cq = cute.make_tensor(cu_seqlens_q, cute.make_layout(nb + 1))
     g_ck = cute.make_tensor(cu_seqlens_k, cute.make_layout(nb + 1))
     g_sc = cute.make_tensor(scratch, cute.make_layout(2 * nb + 2))
-    g_st = cute.make_tensor(status, cute.make_layout(2))
+    g_st = cute.make_tensor(status, cute.make_layout(STATUS_WIDTH))
 
     # ---- (1) per-thread range of sequences: validate, count m-blocks and chunks
     per = (nb + (THREADS - 1)) // THREADS
@@ -153,14 +167,16 @@ def _prepare_kernel(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tile
             g_sc[nb] = tot_m
             g_sc[2 * nb + 1] = tot_n
     if tid == 0:
-        g_st[0] = num_tiles
-        g_st[1] = code
+        g_st[STATUS_NUM_TILES] = num_tiles
+        g_st[STATUS_ERROR] = code
     cute.arch.barrier()
 
     # ---- (3) fill tiles and chunks
     if code == ERR_OK:
-        g_t = cute.make_tensor(tiles, cute.make_layout((cutlass.max(max_tiles, Int32(1)), 8), stride=(8, 1)))
-        g_c = cute.make_tensor(chunks, cute.make_layout((cutlass.max(max_chunks, Int32(1)), 2), stride=(2, 1)))
+        t_lay = cute.make_layout((cutlass.max(max_tiles, Int32(1)), TILE_WIDTH), stride=(TILE_WIDTH, 1))
+        c_lay = cute.make_layout((cutlass.max(max_chunks, Int32(1)), CHUNK_WIDTH), stride=(CHUNK_WIDTH, 1))
+        g_t = cute.make_tensor(tiles, t_lay)
+        g_c = cute.make_tensor(chunks, c_lay)
         wl = Int64(window_left)
         wr = Int64(window_right)
         tn64 = Int64(tn)
@@ -220,14 +236,14 @@ def _prepare_kernel(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tile
                 if nf64 > 0:
                     nl = Int32(flo - klo)
                 cb = cofs + Int32(klo)
-            g_t[t, 0] = b
-            g_t[t, 1] = head
-            g_t[t, 2] = qs
-            g_t[t, 3] = ql
-            g_t[t, 4] = cb
-            g_t[t, 5] = nf
-            g_t[t, 6] = npart
-            g_t[t, 7] = nl
+            g_t[t, TILE_BATCH] = b
+            g_t[t, TILE_HEAD] = head
+            g_t[t, TILE_Q_START] = qs
+            g_t[t, TILE_Q_LEN] = ql
+            g_t[t, TILE_CHUNK_BEGIN] = cb
+            g_t[t, TILE_N_FULL] = nf
+            g_t[t, TILE_N_PARTIAL] = npart
+            g_t[t, TILE_N_LEFT] = nl
 
         lo = Int32(0)
         for c in cutlass.range(tid, tot_n, THREADS):
@@ -241,8 +257,8 @@ def _prepare_kernel(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tile
             b = lo
             ks = (c - g_sc[nb + 1 + b]) * tn
             lk = g_ck[b + 1] - g_ck[b]
-            g_c[c, 0] = ks
-            g_c[c, 1] = cutlass.min(tn, lk - ks)
+            g_c[c, CHUNK_K_START] = ks
+            g_c[c, CHUNK_K_LEN] = cutlass.min(tn, lk - ks)
 
 
 def make_host(variant: Variant):

@@ -55,16 +55,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .. import abi
+from ..abi import MASK_DOC, MASK_FLAG_BITS, MASK_TOKEN
 from .registry import ARCHES, Family, Param, Variant
 
 FAMILY_NAME = "attention_fwd_mma"
 #: (short name used in variant names, dtype name used in keys)
 DTYPES = (("fp16", "float16"), ("bf16", "bfloat16"))
-HEAD_DIMS = (64, 96, 128, 192, 256)
-
-#: ``mask_flags`` bits (runtime scalar)
-MASK_DOC = 1  #: doc_q / doc_k are valid: keys of another document are masked (partial chunks only)
-MASK_TOKEN = 2  #: tok_mask is valid: token-level mask (partial chunks only)
+HEAD_DIMS = abi.HEAD_DIMS[FAMILY_NAME]
 
 #: dynamic shared memory limit per CTA (opt-in), bytes. sm80 cubins also run on sm86/sm89 (99 KB), so the sm80
 #: configurations are chosen to fit 99 KB as well (see ``_TILES``).
@@ -225,7 +223,7 @@ def variants(arch: str) -> list[Variant]:
                         "smem_bytes": smem,
                         "setup_per_tile": (arch, d) not in _SETUP_HOISTED,
                         "entry": f"vb_{variant_name(dtype, d)}_0",
-                        "mask_flags": {"doc": MASK_DOC, "token": MASK_TOKEN},
+                        "mask_flags": dict(MASK_FLAG_BITS),
                         "lse_token_stride": 1,
                     },
                 )
@@ -237,7 +235,7 @@ FAMILY = Family(
     name=FAMILY_NAME,
     module=__name__,
     variants=variants,
-    sources=(__file__, str(Path(__file__).with_name("_attn_fwd_mma_impl.py"))),
+    sources=(__file__, str(Path(__file__).with_name("_attn_fwd_mma_impl.py")), abi.__file__),
 )
 
 

@@ -37,17 +37,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import abi
 from .registry import ARCHES, Family, Param, Variant
 
 FAMILY_NAME = "attention_prepare"
 THREADS = 512
 WARPS = THREADS // 32
-
-#: status error codes (``status[1]``)
-ERR_OK = 0
-ERR_CAPACITY = 1
-ERR_CU_SEQLENS = 2
-ERR_PARAMS = 3
 
 #: kernel parameters, in ABI order
 PARAMS: tuple[Param, ...] = (
@@ -90,7 +85,7 @@ def variants(arch: str) -> list[Variant]:
 
 
 FAMILY = Family(name=FAMILY_NAME, module=__name__, variants=variants,
-                sources=(__file__, str(Path(__file__).with_name("_attention_prepare_dsl.py"))))
+                sources=(__file__, str(Path(__file__).with_name("_attention_prepare_dsl.py")), abi.__file__))
 
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:

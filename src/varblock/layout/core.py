@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..abi import HEAD_MODES
 from ._host import (
     INT32_MAX,
     as_int,
@@ -31,9 +32,6 @@ from ._host import (
     ragged_arange,
 )
 from .mask import ElementMask, band_classify, band_count
-
-HEAD_MODES = ("per_q_head", "per_kv_head", "broadcast")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # plain containers
