@@ -1,6 +1,7 @@
 """Host-side helpers shared by the layout package: input conversion, validation, ragged index arithmetic.
 
-Only NumPy and the standard library are imported here (the runtime must not import a framework at module import).
+Arrays reach the host through :func:`varblock.runtime.frameworks.to_host` (re-exported here), the one adapter for
+NumPy, sequences, and torch / CuPy / JAX / DLPack tensors on the host or a GPU. No framework is imported here.
 """
 
 from __future__ import annotations
@@ -9,51 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.frameworks import to_host
+
 INT32_MAX = 2**31 - 1
 
 #: kernel-supported fixed block sizes: multiples of 16 in [16, 1024]
 BLOCK_MIN, BLOCK_MAX, BLOCK_MULTIPLE = 16, 1024, 16
-
-
-def to_host(x: Any, name: str) -> np.ndarray:
-    """Return ``x`` as a NumPy array on the host.
-
-    Accepts NumPy arrays, Python sequences, and any object exposing ``__dlpack__`` or ``__array__`` (PyTorch,
-    CuPy, JAX, ...). Device tensors are copied to the host: ``np.from_dlpack`` first, then ``np.asarray``, then
-    the object's own ``.detach()`` / ``.cpu()`` (PyTorch style) or ``.get()`` (CuPy style). No framework is
-    imported.
-    """
-    if isinstance(x, np.ndarray):
-        return x
-    if x is None:
-        raise TypeError(f"{name}: expected an array, got None")
-    errors = []
-    if hasattr(x, "__dlpack__"):
-        try:
-            return np.from_dlpack(x)
-        except Exception as e:  # device tensor, unsupported dtype, ...
-            errors.append(f"np.from_dlpack: {e}")
-    if hasattr(x, "__array__") or isinstance(x, (list, tuple, int, float, bool, np.generic)):
-        try:
-            return np.asarray(x)
-        except Exception as e:
-            errors.append(f"np.asarray: {e}")
-    for meth in ("detach", "cpu", "get"):
-        fn = getattr(x, meth, None)
-        if callable(fn):
-            try:
-                y = fn()
-            except Exception as e:
-                errors.append(f".{meth}(): {e}")
-                continue
-            if y is x:
-                continue
-            if isinstance(y, np.ndarray):
-                return y
-            return to_host(y, name)
-    detail = "; ".join(errors) if errors else "it has neither __dlpack__ nor __array__"
-    raise TypeError(f"{name}: expected a NumPy array or a DLPack/array-interface tensor, got {type(x).__name__} "
-                    f"({detail})")
 
 
 def as_int(x: Any, name: str, *, ndim: int | None = None, shape: tuple | None = None) -> np.ndarray:

@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from varblock.runtime.frameworks import current_stream_handle
+
 _lock = threading.Lock()
 _devices: dict[int, Any] = {}
 _kernels: dict[tuple[int, str, str], Any] = {}
@@ -82,7 +84,7 @@ def stream_for(stream: Any, ordinal: int, like: Any = None) -> Any:
     framework that produced ``like`` (torch, cupy), else the device's default stream."""
     handle = None
     if stream is None and like is not None:
-        handle = _framework_current_stream(like, ordinal)
+        handle = current_stream_handle(like, ordinal)
         if handle is None:
             return device(ordinal).default_stream
     elif stream is not None:
@@ -113,17 +115,3 @@ def stream_for(stream: Any, ordinal: int, like: Any = None) -> Any:
         _streams[key] = s
     return s
 
-
-def _framework_current_stream(obj: Any, ordinal: int) -> int | None:
-    mod = type(obj).__module__.split(".")[0]
-    if mod == "torch":
-        import torch
-
-        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # the fast accessor Triton uses
-        return int(raw(ordinal)) if raw is not None else int(torch.cuda.current_stream(ordinal).cuda_stream)
-    if mod == "cupy":
-        import cupy
-
-        with cupy.cuda.Device(ordinal):
-            return int(cupy.cuda.get_current_stream().ptr)
-    return None
