@@ -14,24 +14,21 @@ Storage (see docs/layout.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..abi import HEAD_MODES
 from ._host import (
-    INT32_MAX,
-    as_int,
-    cdiv,
-    check_block_size,
-    check_cu_seqlens,
     check_int32,
     exclusive_cumsum,
     frozen,
     ragged_arange,
 )
-from .mask import ElementMask, band_classify, band_count
+from .mask import ElementMask, band_count
+from .partition import Partition
 
 # ---------------------------------------------------------------------------------------------------------------
 # plain containers
@@ -87,84 +84,6 @@ class ColSpans:
     @property
     def num_entries(self) -> int:
         return int(self.q_start.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
-class Partition:
-    """Token spans tiling each (layout head, sequence): segment ``s = h * B + b`` owns spans ``ptr[s]:ptr[s+1]``."""
-
-    ptr: np.ndarray  #: int64 [Hl*B+1]
-    start: np.ndarray  #: int32 [N]
-    length: np.ndarray  #: int32 [N]
-
-    @property
-    def size(self) -> int:
-        return int(self.start.shape[0])
-
-    def counts(self) -> np.ndarray:
-        return np.diff(self.ptr)
-
-    def seg(self) -> np.ndarray:
-        return np.repeat(np.arange(self.ptr.shape[0] - 1, dtype=np.int64), self.counts())
-
-
-def fixed_partition(cu: np.ndarray, block: int, num_heads: int, name: str) -> Partition:
-    lens = np.diff(cu.astype(np.int64))
-    nb = cdiv(lens, block)
-    total = int(nb.sum()) * num_heads
-    check_int32(total, name, "number of blocks (all heads)")
-    counts = np.tile(nb, num_heads)
-    _, pos = ragged_arange(counts)
-    seg_len = np.repeat(np.tile(lens, num_heads), counts)
-    start = pos * block
-    length = np.minimum(block, seg_len - start)
-    return Partition(frozen(exclusive_cumsum(counts)), frozen(start.astype(np.int32)),
-                     frozen(length.astype(np.int32)))
-
-
-def spans_partition(cu: np.ndarray, num_heads: int, seg: np.ndarray, start: np.ndarray, length: np.ndarray,
-                    name: str) -> Partition:
-    """Partition from spans already sorted by (segment, start); validated to tile every sequence exactly."""
-    B = cu.shape[0] - 1
-    nseg = num_heads * B
-    seg = np.asarray(seg, dtype=np.int64)
-    start = np.asarray(start, dtype=np.int64)
-    length = np.asarray(length, dtype=np.int64)
-    check_int32(int(start.shape[0]), name, "number of spans")
-    if (length < 1).any():
-        i = int(np.argmax(length < 1))
-        raise ValueError(f"{name}: span {i} has length {int(length[i])}; spans must be at least 1 token long")
-    counts = np.bincount(seg, minlength=nseg) if seg.size else np.zeros(nseg, dtype=np.int64)
-    ptr = exclusive_cumsum(counts)
-    if seg.size and (np.diff(seg) < 0).any():
-        raise ValueError(f"{name}: rows / spans must be ordered by (head, sequence, start)")
-    # tiling: first start 0, contiguous, last end == len
-    lens = np.tile(np.diff(cu.astype(np.int64)), num_heads)
-    expected_start = np.zeros_like(start)
-    if start.size:
-        end = start + length
-        expected_start[1:] = end[:-1]
-        first = ptr[:-1][counts > 0]
-        expected_start[first] = 0
-        bad = start != expected_start
-        if bad.any():
-            i = int(np.argmax(bad))
-            s = int(seg[i])
-            raise ValueError(f"{name}: spans of head {s // max(B, 1)}, sequence {s % max(B, 1)} do not tile the "
-                             f"sequence: span starting at {int(start[i])} should start at {int(expected_start[i])}")
-        last = ptr[1:][counts > 0] - 1
-        ends = end[last]
-        want = lens[counts > 0]
-        if (ends != want).any():
-            j = int(np.argmax(ends != want))
-            s = int(np.flatnonzero(counts > 0)[j])
-            raise ValueError(f"{name}: spans of head {s // B}, sequence {s % B} end at {int(ends[j])}, "
-                             f"but the sequence has {int(want[j])} tokens")
-    missing = (counts == 0) & (lens > 0)
-    if missing.any():
-        s = int(np.argmax(missing))
-        raise ValueError(f"{name}: no span covers head {s // B}, sequence {s % B} ({int(lens[s])} tokens)")
-    return Partition(frozen(ptr), frozen(start.astype(np.int32)), frozen(length.astype(np.int32)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -534,55 +453,19 @@ class BlockSparseLayout:
             raise TypeError(f"mask: expected an ElementMask, got {type(mask).__name__}")
         return self._with_mask(mask)
 
-    # ----------------------------------------------------------------------------------------------- importers
-    # (implemented in importers.py; bound here so that they read as BlockSparseLayout.from_...)
-    @classmethod
-    def from_block_mask(cls, mask, cu_seqlens_q, cu_seqlens_k=None, block_q=128, block_k=128, **kw):
-        from .importers import from_block_mask
-        return from_block_mask(mask, cu_seqlens_q, cu_seqlens_k, block_q=block_q, block_k=block_k, **kw)
-
-    @classmethod
-    def from_fa4(cls, bst, cu_seqlens_q=None, cu_seqlens_k=None, **kw):
-        from .importers import from_fa4
-        return from_fa4(bst, cu_seqlens_q, cu_seqlens_k, **kw)
-
-    @classmethod
-    def from_flex(cls, block_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, **kw):
-        from .importers import from_flex
-        return from_flex(block_mask, cu_seqlens_q, cu_seqlens_k, **kw)
-
-    @classmethod
-    def from_seer_2d(cls, mask, cu_seqlens_q, cu_seqlens_k=None, **kw):
-        from .importers import from_seer_2d
-        return from_seer_2d(mask, cu_seqlens_q, cu_seqlens_k, **kw)
-
-    @classmethod
-    def from_seer_1d(cls, mask, cu_seqlens_q, cu_seqlens_k=None, **kw):
-        from .importers import from_seer_1d
-        return from_seer_1d(mask, cu_seqlens_q, cu_seqlens_k, **kw)
-
-    @classmethod
-    def from_flashinfer(cls, block_mask_map, block_row_sz, block_col_sz, cu_seqlens_q=None, cu_seqlens_k=None,
-                        **kw):
-        from .importers import from_flashinfer
-        return from_flashinfer(block_mask_map, block_row_sz, block_col_sz, cu_seqlens_q, cu_seqlens_k, **kw)
-
-    @classmethod
-    def from_row_spans(cls, rows, cu_seqlens_q, cu_seqlens_k, num_heads, head_mode=None, **kw):
-        from .importers import from_row_spans
-        return from_row_spans(rows, cu_seqlens_q, cu_seqlens_k, num_heads, head_mode, **kw)
-
-    def to_fa4(self, **kw):
-        from .importers import to_fa4
-        return to_fa4(self, **kw)
-
-    def to_flex(self, **kw):
-        from .importers import to_flex
-        return to_flex(self, **kw)
-
-    def to_flashinfer(self, **kw):
-        from .importers import to_flashinfer
-        return to_flashinfer(self, **kw)
+    # ----------------------------------------------------------------------------------------------- formats
+    # Importers and exporters live in one module per format (block_mask, fa4, flex, seer, flashinfer, spans);
+    # varblock/layout/__init__.py binds them here, so that core.py imports none of them.
+    from_block_mask: ClassVar[Callable[..., BlockSparseLayout]]
+    from_fa4: ClassVar[Callable[..., BlockSparseLayout]]
+    from_flex: ClassVar[Callable[..., BlockSparseLayout]]
+    from_seer_2d: ClassVar[Callable[..., BlockSparseLayout]]
+    from_seer_1d: ClassVar[Callable[..., BlockSparseLayout]]
+    from_flashinfer: ClassVar[Callable[..., BlockSparseLayout]]
+    from_row_spans: ClassVar[Callable[..., BlockSparseLayout]]
+    to_fa4: Callable[..., Any]
+    to_flex: Callable[..., dict[str, Any]]
+    to_flashinfer: Callable[..., dict[str, np.ndarray]]
 
 
 def _raise_dup(row, kb, row_seg, qpart, B, both=False):
@@ -603,132 +486,4 @@ def _mask_equal(a: ElementMask, b: ElementMask) -> bool:
     return True
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# shared builder pieces used by importers and generators
-
-
-def check_head_mode(head_mode: str | None, num_heads: int, default: str) -> str:
-    if head_mode is None:
-        return "broadcast" if num_heads == 1 else default
-    if head_mode not in HEAD_MODES:
-        raise ValueError(f"head_mode: expected one of {HEAD_MODES}, got {head_mode!r}")
-    if head_mode == "broadcast" and num_heads != 1:
-        raise ValueError(f"head_mode: 'broadcast' needs exactly 1 layout head, the input has {num_heads}")
-    return head_mode
-
-
-def resolve_cu(cu_seqlens_q, cu_seqlens_k) -> tuple[np.ndarray, np.ndarray]:
-    cu_q = check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q")
-    cu_k = cu_q if cu_seqlens_k is None else check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k")
-    if cu_k.shape != cu_q.shape:
-        raise ValueError(f"cu_seqlens_k: expected shape {tuple(cu_q.shape)} (same batch as cu_seqlens_q), got "
-                         f"{tuple(cu_k.shape)}")
-    return cu_q, cu_k
-
-
-def classify(cu_q: np.ndarray, cu_k: np.ndarray, num_heads: int, qpart: Partition, kpart: Partition,
-             mask: ElementMask, c_row: np.ndarray, c_kg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For candidate cells (row index, global key-span index): (every pair allowed, no pair allowed) under
-    ``mask`` (validated). 'all' and 'none' are sound; undecidable cells are reported as neither (partial)."""
-    B = cu_q.shape[0] - 1
-    n = c_row.shape[0]
-    all_ = np.ones(n, dtype=np.bool_)
-    none = np.zeros(n, dtype=np.bool_)
-    if n == 0 or mask.is_empty:
-        return all_, none
-    row_seg = qpart.seg()
-    seg = row_seg[c_row]
-    b = seg % B
-    qs = qpart.start[c_row].astype(np.int64)
-    ql = qpart.length[c_row].astype(np.int64)
-    ks = kpart.start[c_kg].astype(np.int64)
-    kl = kpart.length[c_kg].astype(np.int64)
-    lo, hi = mask.band
-    if lo is not None or hi is not None:
-        off = (np.diff(cu_k.astype(np.int64)) - np.diff(cu_q.astype(np.int64)))[b]
-        a, z = band_classify(qs, ql, ks, kl, off, lo, hi)
-        all_ &= a
-        none |= z
-    if mask.doc_ids_q is not None or mask.token_mask is not None:
-        # per-row reductions over the row's query tokens (rows tile the tokens of each (head, sequence))
-        rseg_all = row_seg
-        gq_start = cu_q.astype(np.int64)[rseg_all % B] + qpart.start
-        gather_q = _span_gather(gq_start, qpart.length.astype(np.int64))
-        offs_q = exclusive_cumsum(qpart.length.astype(np.int64))[:-1]
-        if mask.doc_ids_q is not None:
-            kseg = kpart.seg()
-            gk_start = cu_k.astype(np.int64)[kseg % B] + kpart.start
-            gather_k = _span_gather(gk_start, kpart.length.astype(np.int64))
-            offs_k = exclusive_cumsum(kpart.length.astype(np.int64))[:-1]
-            dq = mask.doc_ids_q[gather_q]
-            dk = mask.doc_ids_k[gather_k]
-            if qpart.size and dq.size:
-                qmin, qmax = np.minimum.reduceat(dq, offs_q), np.maximum.reduceat(dq, offs_q)
-            else:
-                qmin = qmax = np.zeros(qpart.size, dtype=np.int32)
-            if kpart.size and dk.size:
-                kmin, kmax = np.minimum.reduceat(dk, offs_k), np.maximum.reduceat(dk, offs_k)
-            else:
-                kmin = kmax = np.zeros(kpart.size, dtype=np.int32)
-            a1, a2, b1, b2 = qmin[c_row], qmax[c_row], kmin[c_kg], kmax[c_kg]
-            all_ &= (a1 == a2) & (b1 == b2) & (a1 == b1)
-            none |= (a2 < b1) | (b2 < a1)
-        if mask.token_mask is not None:
-            tm = mask.token_mask
-            tbk = mask.token_block_k
-            hm_row = (rseg_all // B) if tm.shape[0] > 1 else np.zeros(qpart.size, dtype=np.int64)
-            rows_needed = np.unique(c_row)
-            # reduce only the rows some cell needs
-            lens = qpart.length.astype(np.int64)[rows_needed]
-            g = _span_gather(gq_start[rows_needed], lens)
-            hm_tok = np.repeat(hm_row[rows_needed], lens)
-            vals = tm[hm_tok, g]  # [sum lens, max_nb]
-            offs = exclusive_cumsum(lens)[:-1]
-            anyc = np.logical_or.reduceat(vals, offs, axis=0)
-            allc = np.logical_and.reduceat(vals, offs, axis=0)
-            pos = np.searchsorted(rows_needed, c_row)
-            c0 = ks // tbk
-            c1 = (ks + kl - 1) // tbk
-            cs_any = np.zeros((anyc.shape[0], anyc.shape[1] + 1), dtype=np.int64)
-            cs_all = np.zeros_like(cs_any)
-            np.cumsum(anyc, axis=1, out=cs_any[:, 1:])
-            np.cumsum(allc, axis=1, out=cs_all[:, 1:])
-            n_any = cs_any[pos, c1 + 1] - cs_any[pos, c0]
-            n_all = cs_all[pos, c1 + 1] - cs_all[pos, c0]
-            all_ &= n_all == (c1 - c0 + 1)
-            none |= n_any == 0
-    return all_ & ~none, none
-
-
-def _span_gather(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    seg, pos = ragged_arange(lens)
-    return starts[seg] + pos
-
-
-def build_from_cells(cu_q, cu_k, num_heads, head_mode, qpart, kpart, c_row, c_kb, code, mask, block_q, block_k,
-                     source=None, auto=None):
-    """Common tail of importers: cells (row, key block index in the row's key partition) with codes
-    1 = partial, 2 = full, or (``auto`` = bool array of kept cells) classified against the element mask."""
-    mask = mask.validated(cu_q, cu_k, num_heads)
-    c_row = np.asarray(c_row, dtype=np.int64)
-    c_kb = np.asarray(c_kb, dtype=np.int64)
-    if auto is not None:
-        if mask.is_empty:
-            full = np.ones(c_row.shape[0], dtype=np.bool_)
-        else:
-            kg = kpart.ptr[:-1][qpart.seg()[c_row]] + c_kb
-            all_, none = classify(cu_q, cu_k, num_heads, qpart, kpart, mask, c_row, kg)
-            keep = ~none
-            if not keep.all():
-                c_row, c_kb, all_ = c_row[keep], c_kb[keep], all_[keep]
-            full = all_
-    else:
-        full = np.asarray(code) == 2
-    return BlockSparseLayout._build(cu_q, cu_k, num_heads, head_mode, qpart, kpart, c_row, c_kb, full, mask,
-                                    block_q, block_k, source, mask_validated=True)
-
-
-__all__ = [
-    "BlockSparseLayout", "RowSpans", "ColSpans", "Partition", "ElementMask", "HEAD_MODES", "INT32_MAX",
-    "fixed_partition", "spans_partition", "check_block_size", "as_int",
-]
+__all__ = ["BlockSparseLayout", "RowSpans", "ColSpans", "Partition", "HEAD_MODES"]

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from ._common import all_cells
 from ._host import as_int, cdiv, check_block_size, check_int32, exclusive_cumsum, ragged_arange, to_host
-from .core import BlockSparseLayout, build_from_cells, check_head_mode, fixed_partition, resolve_cu
-from .importers import all_cells
+from .build import build_from_cells, check_head_mode, resolve_cu
+from .core import BlockSparseLayout
 from .mask import ElementMask, band_classify, resolve_mask
+from .partition import fixed_partition
 
 
 def _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads):
