@@ -82,7 +82,8 @@ def to_host(x: Any, name: str) -> np.ndarray:
 
     Accepts NumPy arrays, Python sequences and scalars, torch / CuPy / JAX arrays on the host or a GPU, and any
     object exporting ``__dlpack__``, ``__cuda_array_interface__``, ``__array__``, or offering ``.detach()`` /
-    ``.cpu()`` / ``.get()`` (torch / CuPy style). Raises ``TypeError`` naming ``name`` otherwise.
+    ``.cpu()`` / ``.get()`` (torch / CuPy style). bfloat16 arrays come back as float32 (exact; NumPy has no
+    bfloat16). Raises ``TypeError`` naming ``name`` otherwise.
     """
     if isinstance(x, np.ndarray):
         return x
@@ -94,6 +95,8 @@ def to_host(x: Any, name: str) -> np.ndarray:
         except Exception as e:
             raise TypeError(f"{name}: cannot convert the {type(x).__name__} to an array ({e})") from e
     errors: list[str] = []
+    if framework_of(x) == "torch" and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        x = x.float()  # NumPy has no bfloat16; the widening is exact
     if is_device_array(x):
         a = _device_to_host(x, errors)
     else:
@@ -102,6 +105,8 @@ def to_host(x: Any, name: str) -> np.ndarray:
         detail = "; ".join(errors) if errors else "it has neither __dlpack__ nor __array__"
         raise TypeError(f"{name}: expected a NumPy array or a DLPack/array-interface tensor, got "
                         f"{type(x).__name__} ({detail})")
+    if a.dtype.name == "bfloat16":  # ml_dtypes arrays (JAX)
+        a = a.astype(np.float32)
     return a
 
 
