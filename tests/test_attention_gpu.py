@@ -9,6 +9,7 @@ import pytest
 import varblock
 from tests._attention_ref import attention_ref, check_attention
 from varblock import layout as L
+from varblock.ops.state import state_of
 
 pytestmark = pytest.mark.gpu
 
@@ -192,7 +193,7 @@ def test_plan_reuse_and_cache(torch):
     ("gqa", ValueError, "num_heads_q: 6 is not a multiple"),
     ("stride", ValueError, "q_stride_tok multiple of 8"),
     ("no_plan", TypeError, "plan: pass"),
-    ("cu_bad", ValueError, "cu_seqlens_q: cumulative sequence lengths"),
+    ("cu_bad", ValueError, "cu_seqlens_q: must be non-decreasing"),
     ("lse_shape", ValueError, "lse: expected shape"),
 ])
 def test_attention_bad_input(torch, case, exc, match):
@@ -264,9 +265,78 @@ def test_fast_path_still_checks_alignment_and_signature(torch):
     finally:
         A._torch_fast_path = orig
     torch.cuda.synchronize()
-    assert torch.equal(a, b) and len(p.fast_paths) == 1 and hits == [True]
+    assert torch.equal(a, b) and len(state_of(p).fast_paths) == 1 and hits == [True]
     shifted = base[1: 1 + 128 * 2 * 64].view(128, 2, 64)
     with pytest.raises(ValueError, match="q address must be a multiple of 16"):
         varblock.attention(shifted, k, v, p)
     with pytest.raises(TypeError, match="dtypes must match"):
         varblock.attention(q, k.half(), v, p)
+
+
+def _warm(torch, p, q, k, v, **kw):
+    """Two calls: the second takes the fast path (asserted)."""
+    varblock.attention(q, k, v, p, **kw)
+    n = len(state_of(p).fast_paths)
+    varblock.attention(q, k, v, p, **kw)
+    torch.cuda.synchronize()
+    assert n >= 1 and len(state_of(p).fast_paths) == n
+
+
+@pytest.mark.parametrize("extra", [{"cu_seqlens_q": "cu"}, {"cu_seqlens_k": "cu"}, {"layout": "lay"},
+                                   {"causal": True}, {"window": (8, 0)}])
+def test_fast_path_refuses_plan_with_planning_arguments(torch, extra):
+    """Bug 8.4: a plan plus arguments that would make another plan is refused every time, also when warm."""
+    cu = _cu([64, 64])
+    p = varblock.plan(cu, num_heads_q=2, head_dim=64, causal=True, cache=False)
+    q, k, v = _qkv(torch, 128, 128, 2, 2, 64, "bfloat16", seed=47)
+    kw = {n: (cu if x == "cu" else p.layout if x == "lay" else x) for n, x in extra.items()}
+    for warm in (False, True):
+        if warm:
+            _warm(torch, p, q, k, v)
+        with pytest.raises(TypeError, match="plan: pass either a plan or"):
+            varblock.attention(q, k, v, p, **kw)
+
+
+@pytest.mark.parametrize("target", ["q", "k", "v", "q_overlap", "lse_in_out"])
+def test_out_aliasing_inputs_is_refused(torch, target):
+    """``out=`` (or ``lse=``) sharing memory with q, k, v or the other output is refused, cold and warm."""
+    cu = _cu([64, 64])
+    p = varblock.plan(cu, num_heads_q=2, head_dim=64, causal=True, cache=False)
+    q, k, v = _qkv(torch, 128, 128, 2, 2, 64, "bfloat16", seed=53)
+    big = torch.empty(2 * 128 * 2 * 64, dtype=torch.bfloat16, device="cuda")
+    out_ok, lse_ok = torch.empty_like(q), torch.empty(2, 128, device="cuda")
+    if target == "q_overlap":  # q and out are different views of one buffer that overlap by half
+        q = big[: 128 * 2 * 64].view(128, 2, 64).copy_(q)
+        kw = {"out": big[64 * 2 * 64: 64 * 2 * 64 + 128 * 2 * 64].view(128, 2, 64)}
+    elif target == "lse_in_out":
+        kw = {"out": out_ok, "lse": out_ok.view(torch.float32).view(-1)[: 2 * 128].view(2, 128)}
+    else:
+        kw = {"out": {"q": q, "k": k, "v": v}[target]}
+    for warm in (False, True):
+        if warm:
+            _warm(torch, p, q, k, v, out=out_ok, lse=lse_ok)
+        with pytest.raises(ValueError, match="memory overlaps"):
+            varblock.attention(q, k, v, p, **kw)
+
+
+def test_backend_choice_and_forcing(torch):
+    """``backend=``: auto records the chosen family; forcing a known family works; unknown ones and a plan of
+    another family are refused with the family named."""
+    cu = _cu([100, 3])
+    p = varblock.plan(cu, num_heads_q=2, head_dim=64, causal=True, cache=False)
+    assert p.family == varblock.families.family_names("attention_fwd")[-1] == "attention_fwd_mma"
+    assert set(p.declined) == set(varblock.families.family_names("attention_fwd")[:-1])
+    forced = varblock.plan(cu, num_heads_q=2, head_dim=64, causal=True, cache=False, backend="attention_fwd_mma")
+    assert forced.family == "attention_fwd_mma" and forced.declined == {}
+    q, k, v = _qkv(torch, 103, 103, 2, 2, 64, "bfloat16", seed=59)
+    a = varblock.attention(q, k, v, p)
+    b = varblock.attention(q, k, v, forced, backend="attention_fwd_mma")
+    c = varblock.attention(q, k, v, cu_seqlens_q=cu, causal=True, backend="attention_fwd_mma")
+    torch.cuda.synchronize()
+    assert torch.equal(a, b) and torch.equal(a, c)
+    with pytest.raises(ValueError, match="unknown attention_fwd kernel family 'nope'"):
+        varblock.plan(cu, num_heads_q=2, head_dim=64, backend="nope")
+    with pytest.raises(ValueError, match="backend: the plan runs kernel family attention_fwd_mma"):
+        varblock.attention(q, k, v, p, backend="nope")
+    with pytest.raises(ValueError, match="attention_fwd_mma cannot run this problem: head_dim: 80"):
+        varblock.plan(cu, num_heads_q=2, head_dim=80, backend="attention_fwd_mma")

@@ -1,17 +1,22 @@
-"""``attention``: varlen (block-sparse) attention forward."""
+"""``attention``: varlen (block-sparse) attention forward, launched through the kernel family its plan chose."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from varblock.plan import FAMILY, Plan, _is_device_array
+from varblock import families
+from varblock.ops.checks import byte_span, check_no_alias, check_plan_call, extent
+from varblock.ops.state import PlanState, state_of
+from varblock.plan import Plan
 from varblock.plan import plan as make_plan
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
+from varblock.runtime.frameworks import is_device_array
 from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
+    DeviceArray,
     as_device_array,
     check_aligned,
     check_dtype,
@@ -21,15 +26,14 @@ from varblock.runtime.tensors import (
     check_shape,
 )
 
+OP = "attention_fwd"
 _DTYPES = ("bfloat16", "float16")
-_POINTERS = ("q", "k", "v", "o", "lse", "tile_counter")
-_LOG2E = 1.4426950408889634
 
 
 def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q: Any = None,
               cu_seqlens_k: Any = None, layout: Any = None, causal: bool = False,
               window: tuple[int, int] | None = None, softmax_scale: float | None = None, return_lse: bool = False,
-              out: Any = None, lse: Any = None, stream: Any = None) -> Any:
+              out: Any = None, lse: Any = None, stream: Any = None, backend: str = "auto") -> Any:
     """Varlen attention forward over a block-sparse layout.
 
     Args:
@@ -39,21 +43,55 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
             (``cu_seqlens_k``), ``layout``/``causal``/``window``: a plan is made and cached.
         softmax_scale: default ``1/sqrt(D)``.
         return_lse: also return the natural-log LSE ``[Hq, total_q]`` float32 (empty rows: -inf).
-        out, lse: optional preallocated outputs.
+        out, lse: optional preallocated outputs (must not overlap q, k, v or each other).
         stream: stream to run on (default: the current stream of the inputs' framework).
+        backend: "auto" or a kernel family name (see :func:`varblock.plan`); with a plan, it must be the plan's.
 
     Returns:
         ``out`` (``[total_q, Hq, D]``, dtype of q), or ``(out, lse)`` with ``return_lse``, as the caller's array type.
         Query rows with no kept key give 0 (LSE -inf).
     """
-    if plan is not None and stream is None and type(q).__module__ == "torch" and isinstance(plan, Plan):
+    check_plan_call(plan, Plan, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, layout=layout,
+                    causal=causal, window=window, backend=backend)
+    if plan is not None and stream is None and type(q).__module__ == "torch":
         fast = _torch_fast_path(q, k, v, plan, softmax_scale, out, lse, return_lse)
         if fast is not None:
             return fast
     out_given, lse_given, scale_given = out, lse, softmax_scale
-    qa = as_device_array(q, "q")
-    ka = as_device_array(k, "k")
-    va = as_device_array(v, "v")
+    qa, ka, va = _inputs(q, k, v)
+    ordinal = check_same_device([qa, ka, va])
+    total_q, hq, d = qa.shape
+    if plan is None:
+        on_dev = layout is None and is_device_array(cu_seqlens_q)
+        plan = make_plan(cu_seqlens_q, cu_seqlens_k, num_heads_q=hq, num_heads_kv=ka.shape[1], head_dim=d,
+                         layout=layout, causal=causal, window=window, device=ordinal, backend=backend,
+                         total_q=total_q if on_dev else None, total_k=ka.shape[0] if on_dev else None,
+                         cache=not on_dev, stream=stream if on_dev else None)
+    _check_against_plan(plan, qa, ka, va, ordinal)
+    binding = families.binding(OP, plan.family)
+    entry = variant_for(binding.name, ordinal, {"dtype": qa.dtype, "head_dim": d})
+    st = stream_for(stream, ordinal, like=q)
+    out, oa, lse, la = _outputs(q, (qa, ka, va), out, lse, ordinal, st)
+    softmax_scale = _scale(softmax_scale, d)
+    if plan.num_tiles:
+        state = state_of(plan)
+        key = (entry["name"], qa.strides, ka.strides, va.strides, oa.strides, la.strides, softmax_scale)
+        prepared = state.launches.get(key)
+        if prepared is None:
+            values = binding.bind(plan, {"q": qa, "k": ka, "v": va, "o": oa, "lse": la},
+                                  {"softmax_scale": softmax_scale})
+            prepared = PreparedLaunch(entry, ordinal, values, pointers=binding.pointers, what="attention")
+            state.launches[key] = prepared
+        _launch(plan, state, prepared, st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr))
+        if stream is None and type(q).__module__ == "torch":
+            spans = tuple(byte_span(a.shape, a.strides, a.itemsize) for a in (qa, ka, va, oa, la))
+            state.fast_paths[_torch_signature(q, k, v, scale_given, out_given, lse_given)] = (
+                prepared, (total_q, hq, d), (hq, total_q), spans)
+    return (out, lse) if return_lse else out
+
+
+def _inputs(q: Any, k: Any, v: Any) -> tuple[DeviceArray, DeviceArray, DeviceArray]:
+    qa, ka, va = as_device_array(q, "q"), as_device_array(k, "k"), as_device_array(v, "v")
     for a in (qa, ka, va):
         check_dtype(a, _DTYPES)
         check_ndim(a, 3, "[total_tokens, num_heads, head_dim]")
@@ -61,20 +99,10 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
         check_aligned(a, 16)
     if not (qa.dtype == ka.dtype == va.dtype):
         raise TypeError(f"q, k, v: dtypes must match, got {qa.dtype}, {ka.dtype}, {va.dtype}")
-    ordinal = check_same_device([qa, ka, va])
-    total_q, hq, d = qa.shape
-    if plan is None:
-        if cu_seqlens_q is None:
-            raise TypeError("plan: pass a varblock.plan(...) or cu_seqlens_q= (and cu_seqlens_k=, layout=)")
-        on_dev = layout is None and _is_device_array(cu_seqlens_q)
-        plan = make_plan(cu_seqlens_q, cu_seqlens_k, num_heads_q=hq, num_heads_kv=ka.shape[1], head_dim=d,
-                         layout=layout, causal=causal, window=window, device=ordinal,
-                         total_q=total_q if on_dev else None, total_k=ka.shape[0] if on_dev else None,
-                         cache=not on_dev, stream=stream if on_dev else None)
-    elif not isinstance(plan, Plan):
-        raise TypeError(f"plan: expected a varblock Plan, got {type(plan).__name__}")
-    elif cu_seqlens_q is not None or layout is not None:
-        raise TypeError("plan: pass either a plan or cu_seqlens_q/layout, not both")
+    return qa, ka, va
+
+
+def _check_against_plan(plan: Plan, qa: DeviceArray, ka: DeviceArray, va: DeviceArray, ordinal: int) -> None:
     if plan.device_id != ordinal:
         raise ValueError(f"plan: made for cuda:{plan.device_id}, but q is on cuda:{ordinal}")
     tq = plan.total_q if plan.total_q is not None else qa.shape[0]  # a device plan may not know its totals
@@ -82,42 +110,50 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
     check_shape(qa, (tq, plan.num_heads_q, plan.head_dim), "= [total_q, num_heads_q, head_dim] of the plan")
     check_shape(ka, (tk, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
     check_shape(va, (tk, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
-    entry = variant_for(FAMILY, ordinal, {"dtype": qa.dtype, "head_dim": d})
-    st = stream_for(stream, ordinal, like=q)
-    if out is None:
-        out, oa = arrays.empty_array(q, "out", (total_q, hq, d), qa.dtype, ordinal, st)
-    else:
+
+
+def _outputs(q: Any, ins: tuple[DeviceArray, DeviceArray, DeviceArray], out: Any, lse: Any, ordinal: int, st: Any
+             ) -> tuple[Any, DeviceArray, Any, DeviceArray]:
+    """The output and LSE arrays (allocated in q's framework unless given), checked; given ones must not alias."""
+    qa = ins[0]
+    total_q, hq, d = qa.shape
+    out_given, lse_given = out is not None, lse is not None
+    if out_given:
         oa = as_device_array(out, "out")
+    else:
+        out, oa = arrays.empty_array(q, "out", (total_q, hq, d), qa.dtype, ordinal, st)
     check_dtype(oa, (qa.dtype,))
     check_shape(oa, (total_q, hq, d), "= [total_q, num_heads_q, head_dim]")
     check_inner_contiguous(oa)
-    if lse is None:
-        lse, la = arrays.empty_array(q, "lse", (hq, total_q), "float32", ordinal, st)
-    else:
+    if lse_given:
         la = as_device_array(lse, "lse")
+    else:
+        lse, la = arrays.empty_array(q, "lse", (hq, total_q), "float32", ordinal, st)
     check_dtype(la, ("float32",))
     check_shape(la, (hq, total_q), "= [num_heads_q, total_q]")
     if total_q > 1 and la.strides[1] != 1:
         raise ValueError(f"lse: the token dimension must be contiguous, got strides {la.strides}")
-    check_same_device([qa, ka, va, oa, la])
+    check_same_device([qa, oa, la])
+    if out_given or lse_given:
+        given = [(a.name, extent(a)) for a, g in ((oa, out_given), (la, lse_given)) if g]
+        check_no_alias(given, [(a.name, extent(a)) for a in ins])
+    return out, oa, lse, la
+
+
+def _scale(softmax_scale: Any, head_dim: int) -> float:
     if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(d)
-    if not (isinstance(softmax_scale, (int, float)) and math.isfinite(softmax_scale)):
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(
+            softmax_scale):
         raise ValueError(f"softmax_scale: expected a finite number, got {softmax_scale!r}")
-    if plan.num_tiles:
-        key = (entry["name"], qa.strides, ka.strides, va.strides, oa.strides, la.strides, float(softmax_scale))
-        prepared = plan.launch_cache.get(key)
-        if prepared is None:
-            prepared = PreparedLaunch(entry, ordinal, _values(plan, qa, ka, va, oa, la, float(softmax_scale)),
-                                      pointers=_POINTERS, what="attention")
-            plan.launch_cache[key] = prepared
-        plan.wait_ready(st)
-        counter = plan.counter_ptr(int(st.handle)) if plan.scheduler == "persistent" else 0
-        prepared(st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr, counter))
-        if stream is None and type(q).__module__ == "torch":
-            plan.fast_paths[_torch_signature(q, k, v, scale_given, out_given, lse_given)] = (
-                prepared, (total_q, hq, d), (hq, total_q))
-    return (out, lse) if return_lse else out
+    return float(softmax_scale)
+
+
+def _launch(plan: Plan, state: PlanState, prepared: PreparedLaunch, st: Any, pointers: tuple[int, ...]) -> None:
+    """Order ``st`` after a device plan's prepare kernel, pick the stream's tile counter, launch."""
+    state.wait_ready(plan, st)
+    counter = state.counter_ptr(plan, int(st.handle)) if plan.scheduler == "persistent" else 0
+    prepared(st, (*pointers, counter))
 
 
 def _torch_signature(q, k, v, softmax_scale, out, lse) -> tuple:
@@ -130,55 +166,28 @@ def _torch_signature(q, k, v, softmax_scale, out, lse) -> tuple:
 
 def _torch_fast_path(q, k, v, plan: Plan, softmax_scale, out, lse, return_lse):
     """A call whose argument signature this plan has already validated and prepared: only the pointers (alignment
-    checked) and the stream change. Returns None on a miss (the full path validates and records the signature)."""
+    and aliasing checked here, per call) and the stream change. Returns None on a miss (the full path validates
+    and records the signature). The plan-versus-arguments combination was checked by the caller."""
+    state = state_of(plan)
     try:
-        hit = plan.fast_paths.get(_torch_signature(q, k, v, softmax_scale, out, lse))
+        hit = state.fast_paths.get(_torch_signature(q, k, v, softmax_scale, out, lse))
     except (AttributeError, TypeError):  # not tensors after all (e.g. a list for out): take the full path
         return None
     if hit is None:
         return None
-    prepared, oshape, lshape = hit
+    prepared, oshape, lshape, spans = hit
+    ptrs = [q.data_ptr(), k.data_ptr(), v.data_ptr()]
+    if out is not None or lse is not None:
+        ins = [(n, (p, p + s)) for n, p, s in zip(("q", "k", "v"), ptrs, spans)]
+        given = [(n, (t.data_ptr(), t.data_ptr() + s)) for n, t, s in (("out", out, spans[3]), ("lse", lse, spans[4]))
+                 if t is not None]
+        check_no_alias(given, ins)
     import torch
 
-    dev = q.get_device()
     if out is None:
         out = torch.empty(oshape, dtype=q.dtype, device=q.device)
     if lse is None:
         lse = torch.empty(lshape, dtype=torch.float32, device=q.device)
-    st = stream_for(None, dev, like=q)
-    plan.wait_ready(st)
-    counter = plan.counter_ptr(int(st.handle)) if plan.scheduler == "persistent" else 0
-    prepared(st, (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), counter))
+    st = stream_for(None, q.get_device(), like=q)
+    _launch(plan, state, prepared, st, (*ptrs, out.data_ptr(), lse.data_ptr()))
     return (out, lse) if return_lse else out
-
-
-def _values(plan: Plan, qa, ka, va, oa, la, softmax_scale: float) -> dict[str, Any]:
-    """Every kernel parameter of the portable forward for this plan and these arrays."""
-    total_q, hq, d = qa.shape
-    ts = plan.tok_strides
-    values = {
-        "q": qa.ptr, "k": ka.ptr, "v": va.ptr, "o": oa.ptr, "lse": la.ptr,
-        "cu_seqlens_q": plan.ptr("cu_seqlens_q"), "cu_seqlens_k": plan.ptr("cu_seqlens_k"),
-        "tiles": plan.ptr("tiles"), "chunks": plan.ptr("chunks"), "doc_q": plan.ptr("doc_q"),
-        "doc_k": plan.ptr("doc_k"), "tok_mask": plan.ptr("tok_mask"),
-        "q_stride_tok": qa.strides[0], "q_stride_head": qa.strides[1],
-        "k_stride_tok": ka.strides[0], "k_stride_head": ka.strides[1],
-        "v_stride_tok": va.strides[0], "v_stride_head": va.strides[1],
-        "o_stride_tok": oa.strides[0], "o_stride_head": oa.strides[1],
-        "lse_stride_head": la.strides[0] if hq > 1 else total_q,
-        "tm_stride_head": ts[0], "tm_stride_tok": ts[1], "tm_stride_blk": ts[2],
-        "num_tiles": plan.num_tiles, "softmax_scale_log2": softmax_scale * _LOG2E,
-        "window_left": plan.window_left, "window_right": plan.window_right,
-        "qhead_per_kvhead": plan.num_heads_q // plan.num_heads_kv, "pack_gqa": plan.pack_gqa,
-        "tok_block_k": plan.tok_block_k, "tok_head_div": plan.tok_head_div, "mask_flags": plan.mask_flags,
-        "num_tiles_ptr": plan.ptr("status") if plan.on_device else 0, "tile_counter": 0,
-        "persistent": int(plan.scheduler == "persistent"),
-        "num_ctas": plan.num_ctas, "debug_counts": plan.debug_counts.ptr if plan.debug_counts is not None else 0,
-    }
-    for arr, prefix in ((qa, "q"), (ka, "k"), (va, "v"), (oa, "o")):
-        # an extent-1 mode may carry any stride (DLPack canonicalises it): use the compact one
-        if arr.shape[0] <= 1:
-            values[f"{prefix}_stride_tok"] = arr.shape[1] * arr.shape[2]
-        if arr.shape[1] <= 1:
-            values[f"{prefix}_stride_head"] = arr.shape[2]
-    return values
