@@ -108,7 +108,7 @@ def flashinfer(rng, wrap):
 
 def row_spans(rng, wrap):
     rs = _random_layout(rng).rows()
-    wrapped = RowSpans(**{f: wrap(np.array(getattr(rs, f))) for f in
+    wrapped = RowSpans(**{f: wrap(np.array(getattr(rs, f), dtype=np.int32)) for f in
                           ("head", "batch", "q_start", "q_len", "ent_ptr", "n_full", "k_start", "k_len")})
     return vl.BlockSparseLayout.from_row_spans(wrapped, wrap(cu_of(LENS)), wrap(cu_of(LENS)), 2, causal=True)
 
