@@ -299,4 +299,4 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
 def _make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int, setup_per_tile: bool):
     from ._attn_fwd_mma_impl import make_host
 
-    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps, setup_per_tile)
+    return make_host(name, PARAMS, dtype_name, D, tile_m, tile_n, num_warps, setup_per_tile)
