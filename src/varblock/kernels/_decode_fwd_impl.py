@@ -1,0 +1,483 @@
+"""CuTe DSL implementation of ``decode_fwd`` (build time only: imports ``cutlass``). Contract: ``decode_fwd.py``.
+
+Shared memory: sQ ``(16, D, warps_m)`` (one 16-row slice per row warp), the K and V rings ``(kw, D, stages *
+warps_n)`` (``kw = tile_n / warps_n`` keys per warp; stage ``s`` is slices ``s * warps_n ..``), rows of 64 elements
+swizzled (cp.async writes and ldmatrix reads without bank conflicts). Every K/V row is fetched by its own 16-byte
+cp.async vectors from the address its page gives; rows past ``k_len`` are zero-filled.
+
+Pipeline: chunk ``c`` goes to stage ``c % stages``; ``stages - 1`` chunks are in flight while one is computed
+(``cp.async.wait_group(stages - 2)`` + one barrier per chunk; the barrier also frees the stage refilled next).
+Each warp computes S = Q K^T for its 16 rows and its ``kw`` keys (mma.sync m16n8k16, fp32), the online softmax
+(exp2, ``-inf`` rows use 0 as max), and O += P V with P in registers. The epilogue merges the ``warps_n`` softmax
+states through shared memory (fp32, the K/V ring is reused), then writes ``o``/``lse`` or the split partial and,
+in the last split of a row tile, the merged result.
+"""
+
+# (no `from __future__ import annotations`: cute.struct reads the annotations as objects)
+import math
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import BFloat16, Float16, Float32, Int32, Int64
+from cutlass.cute.nvgpu import cpasync, warp
+
+from varblock.decode_plan import abi
+
+LN2 = math.log(2.0)
+W = abi.ITEM_WIDTH
+CW = abi.CHUNK_WIDTH
+
+
+def _mn_view(t):
+    """View an mma C-fragment ``((2, 2), MMA_M, MMA_N)`` as ``(rows, cols)`` = ``((2, MMA_M), (2, MMA_N))``."""
+    lay = cute.make_layout(t.layout.shape)
+    mn = cute.make_layout(
+        ((lay.shape[0][1], lay.shape[1]), (lay.shape[0][0], lay.shape[2])),
+        stride=((lay.stride[0][1], lay.stride[1]), (lay.stride[0][0], lay.stride[2])),
+    )
+    return cute.make_tensor(t.iterator, cute.composition(t.layout, mn))
+
+
+def _acc_to_frag_a(t):
+    """The S accumulator ``((2, 2), MMA_M, MMA_N)`` as the A operand of the PV mma ``((2, 2, 2), MMA_M, MMA_N/2)``."""
+    div = cute.logical_divide(t.layout, (None, None, 2))
+    lay = cute.make_layout(
+        ((div.shape[0], div.shape[2][0]), div.shape[1], div.shape[2][1]),
+        stride=((div.stride[0], div.stride[2][0]), div.stride[1], div.stride[2][1]),
+    )
+    return cute.make_tensor(t.iterator, lay)
+
+
+def _quad_max(x):
+    x = cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=2, mask=-1, mask_and_clamp=31))
+    return cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=1, mask=-1, mask_and_clamp=31))
+
+
+def _quad_sum(x):
+    x = x + cute.arch.shuffle_sync_bfly(x, offset=2, mask=-1, mask_and_clamp=31)
+    return x + cute.arch.shuffle_sync_bfly(x, offset=1, mask=-1, mask_and_clamp=31)
+
+
+def _warp_max(x):
+    for i in range(5):
+        x = cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=1 << i))
+    return x
+
+
+def _warp_sum(x):
+    for i in range(5):
+        x = x + cute.arch.shuffle_sync_bfly(x, offset=1 << i)
+    return x
+
+
+@cute.jit
+def load_chunk(ci: Int32, stage: Int32, chunks: cute.Pointer, chunk_begin: Int32, tKsK: cute.Tensor,
+               tVsV: cute.Tensor, tKcK: cute.Tensor, g2s: cute.TiledCopy, kv_row_base: Int64, k_st: Int64,
+               v_st: Int64, k_sp: Int64, v_sp: Int64, k_head_off: Int64, v_head_off: Int64, paged: Int32,
+               page_table: cute.Pointer, pt_row: Int64, page_size: Int32, k_cache: cute.Pointer,
+               v_cache: cute.Pointer, D: cutlass.Constexpr, kw: cutlass.Constexpr, warps_n: cutlass.Constexpr):
+    """K and V rows of chunk ``ci`` of the item -> ring stage ``stage`` (cp.async, no commit). Each row is
+    addressed through its page (``paged``) or from the sequence's first row; rows past ``k_len`` are zeroed."""
+    c = (chunk_begin + ci) * CW
+    k_start = chunks[c + abi.CHUNK_K_START]
+    k_len = chunks[c + abi.CHUNK_K_LEN]
+    for i in cutlass.range_constexpr(warps_n):
+        sl = stage * warps_n + i
+        for n in cutlass.range_constexpr(cute.size(tKsK, mode=[1])):
+            r = i * kw + tKcK[0, n, 0][0]
+            if r < k_len:
+                j = k_start + r
+                k_off = kv_row_base * k_st + Int64(j) * k_st + k_head_off
+                v_off = kv_row_base * v_st + Int64(j) * v_st + v_head_off
+                if paged != 0:
+                    pg_idx = j // page_size
+                    page = Int64(page_table[pt_row + Int64(pg_idx)])
+                    in_page = Int64(j - pg_idx * page_size)
+                    k_off = page * k_sp + in_page * k_st + k_head_off
+                    v_off = page * v_sp + in_page * v_st + v_head_off
+                k_off = cute.assume(k_off, divby=8)
+                v_off = cute.assume(v_off, divby=8)
+                gk = cute.tiled_divide(cute.make_tensor(k_cache + k_off, cute.make_layout(D)), (8,))
+                gv = cute.tiled_divide(cute.make_tensor(v_cache + v_off, cute.make_layout(D)), (8,))
+                for kk in cutlass.range_constexpr(cute.size(tKsK, mode=[2])):
+                    col = tKcK[0, n, kk][1] // 8
+                    cute.copy(g2s, gk[None, col], tKsK[None, n, kk, sl])
+                    cute.copy(g2s, gv[None, col], tVsV[None, n, kk, sl])
+            else:
+                tKsK[None, n, None, sl].fill(0)
+                tVsV[None, n, None, sl].fill(0)
+
+
+def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stages: int, warps_m: int,
+              warps_n: int):
+    """Build the ``@cute.jit`` host function (and its kernel) of one variant."""
+    dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
+    num_warps = warps_m * warps_n
+    nthr = 32 * num_warps
+    kw = tile_n // warps_n  # keys per warp per chunk
+    nsl = stages * warps_n  # ring slices
+    assert D % 64 == 0 and kw % 16 == 0 and tile_m == 16 * warps_m and stages >= 2
+    tpr = 8  # threads per 64-element row segment (16-byte vectors)
+    rows_per_pass = nthr // tpr
+    assert 16 % rows_per_pass == 0 or rows_per_pass % 16 == 0
+    assert kw % rows_per_pass == 0 and 16 % rows_per_pass == 0
+    n_dcol = D // 32  # head-dim elements per lane in the epilogue
+
+    @cute.struct
+    class SharedStorage:
+        sQ: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * D], 1024]
+        sK: cute.struct.Align[cute.struct.MemRange[dtype, stages * tile_n * D], 1024]
+        sV: cute.struct.Align[cute.struct.MemRange[dtype, stages * tile_n * D], 1024]
+        sStat: cute.struct.Align[cute.struct.MemRange[Float32, 2 * warps_n * tile_m], 16]  # (max | scale, sum)
+        sRow: cute.struct.Align[cute.struct.MemRange[Float32, 3 * tile_m], 16]  # lse per row
+        sFlag: cute.struct.Align[cute.struct.MemRange[Int32, 4], 16]
+
+    def swizzled(rows, slices):
+        atom = cute.make_composed_layout(cute.make_swizzle(3, 3, 3), 0, cute.make_layout((8, 64), stride=(64, 1)))
+        return cute.tile_to_shape(atom, (rows, D, slices), (0, 1, 2))
+
+    @cute.kernel
+    def kernel(
+        q: cute.Pointer, k_cache: cute.Pointer, v_cache: cute.Pointer, o: cute.Pointer, lse: cute.Pointer,
+        cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, page_table: cute.Pointer, items: cute.Pointer,
+        chunks: cute.Pointer, part_o: cute.Pointer, part_lse: cute.Pointer, counters: cute.Pointer,
+        num_items_ptr: cute.Pointer,
+        q_stride_tok: Int64, q_stride_head: Int64, k_stride_page: Int64, k_stride_tok: Int64, k_stride_head: Int64,
+        v_stride_page: Int64, v_stride_tok: Int64, v_stride_head: Int64, o_stride_tok: Int64,
+        o_stride_head: Int64, lse_stride_head: Int64, pt_stride: Int64,
+        num_items: Int32, softmax_scale_log2: Float32, group_size: Int32, page_size: Int32, paged: Int32,
+        causal: Int32, num_ctas: Int32,
+    ):
+        tidx, _, _ = cute.arch.thread_idx()
+        bidx, _, _ = cute.arch.block_idx()
+        warp_id = tidx // 32
+        lane = tidx % 32
+        wm = warp_id // warps_n
+        wn = warp_id % warps_n
+
+        smem = cutlass.utils.SmemAllocator()
+        storage = smem.allocate(SharedStorage)
+        sQ = storage.sQ.get_tensor(swizzled(16, warps_m))
+        sK = storage.sK.get_tensor(swizzled(kw, nsl))
+        sV = storage.sV.get_tensor(swizzled(kw, nsl))
+        sVt = cute.composition(sV, cute.make_layout((D, kw, nsl), stride=(kw, 1, kw * D)))
+        sStat = storage.sStat.get_tensor(cute.make_layout((2, warps_n, tile_m), stride=(warps_n * tile_m, tile_m, 1)))
+        sRow = storage.sRow.get_tensor(cute.make_layout(tile_m))
+        sFlag = storage.sFlag.get_tensor(cute.make_layout(4))
+        # epilogue buffer: fp32 (warps_n, tile_m, D) over the K/V ring (sV follows sK: both 1024-aligned,
+        # sizes multiples of 1024)
+        sE = cute.make_tensor(cute.recast_ptr(storage.sK.data_ptr(), dtype=Float32),
+                              cute.make_layout((warps_n, tile_m, D), stride=(tile_m * D, D, 1)))
+
+        q_st = cute.assume(q_stride_tok, divby=8)
+        q_sh = cute.assume(q_stride_head, divby=8)
+        k_sp = cute.assume(k_stride_page, divby=8)
+        k_st = cute.assume(k_stride_tok, divby=8)
+        k_sh = cute.assume(k_stride_head, divby=8)
+        v_sp = cute.assume(v_stride_page, divby=8)
+        v_st = cute.assume(v_stride_tok, divby=8)
+        v_sh = cute.assume(v_stride_head, divby=8)
+        G = group_size
+
+        # ------------------------------------------------------------------ per-thread setup
+        g2s_atom = cute.make_copy_atom(cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), dtype,
+                                       num_bits_per_copy=128)
+        g2s = cute.make_tiled_copy_tv(g2s_atom, cute.make_layout((rows_per_pass, tpr), stride=(tpr, 1)),
+                                      cute.make_layout((1, 8)))
+        g2s_thr = g2s.get_slice(tidx)
+        tQsQ = g2s_thr.partition_D(sQ)  # (CPY, rows, D/64, warps_m)
+        tKsK = g2s_thr.partition_D(sK)  # (CPY, rows, D/64, nsl)
+        tVsV = g2s_thr.partition_D(sV)
+        tQcQ = g2s_thr.partition_S(cute.make_identity_tensor((16, D)))
+        tKcK = g2s_thr.partition_S(cute.make_identity_tensor((kw, D)))
+
+        tiled_mma = cute.make_tiled_mma(warp.MmaF16BF16Op(dtype, Float32, (16, 8, 16)), (1, 1, 1),
+                                        permutation_mnk=(16, 16, 16))
+        thr_mma = tiled_mma.get_slice(lane)
+        sQw = sQ[None, None, wm]
+        tSrQ = thr_mma.make_fragment_A(thr_mma.partition_A(sQw))
+        tSrK = thr_mma.make_fragment_B(thr_mma.partition_B(sK[None, None, 0]))
+        tOrVt = thr_mma.make_fragment_B(thr_mma.partition_B(sVt[None, None, 0]))
+        acc_O = cute.make_rmem_tensor(thr_mma.partition_shape_C((16, D)), Float32)
+        acc_shape_S = thr_mma.partition_shape_C((16, kw))
+        s2r_Q = cute.make_tiled_copy_A(
+            cute.make_copy_atom(warp.LdMatrix8x8x16bOp(transpose=False, num_matrices=4), dtype), tiled_mma
+        ).get_slice(lane)
+        s2r_K = cute.make_tiled_copy_B(
+            cute.make_copy_atom(warp.LdMatrix8x8x16bOp(transpose=False, num_matrices=4), dtype), tiled_mma
+        ).get_slice(lane)
+        s2r_V = cute.make_tiled_copy_B(
+            cute.make_copy_atom(warp.LdMatrix8x8x16bOp(transpose=True, num_matrices=4), dtype), tiled_mma
+        ).get_slice(lane)
+        tSsQ = s2r_Q.partition_S(sQw)
+        tSrQ_v = s2r_Q.retile(tSrQ)
+        tSsK = s2r_K.partition_S(sK)  # (CPY, N, K, nsl)
+        tSrK_v = s2r_K.retile(tSrK)
+        tOsVt = s2r_V.partition_S(sVt)  # (CPY, D, kw, nsl)
+        tOrVt_v = s2r_V.retile(tOrVt)
+        cS = cute.make_identity_tensor((16, kw))
+        tScS = _mn_view(thr_mma.partition_C(cS))
+        t0ScS = _mn_view(tiled_mma.get_slice(0).partition_C(cS))
+        taccOcO = _mn_view(thr_mma.partition_C(cute.make_identity_tensor((16, D))))
+        n_rows = cute.size(tScS, mode=[0])
+        n_cols = cute.size(tScS, mode=[1])
+        row_max = cute.make_rmem_tensor(n_rows, Float32)
+        row_sum = cute.make_rmem_tensor(n_rows, Float32)
+        row_lim = cute.make_rmem_tensor(n_rows, Int32)  # causal: last allowed key (sequence position)
+        row_g = cute.make_rmem_tensor(n_rows, Int32)  # head in group
+
+        n_items = num_items
+        if num_items_ptr.toint() != Int64(0):
+            n_items = num_items_ptr[0]
+        if bidx < n_items:
+            it = bidx * W
+            batch = items[it + abi.ITEM_BATCH]
+            kv_head = items[it + abi.ITEM_KV_HEAD]
+            row_start = items[it + abi.ITEM_ROW_START]
+            chunk_begin = items[it + abi.ITEM_CHUNK_BEGIN]
+            n_chunks = items[it + abi.ITEM_N_CHUNKS]
+            slot = items[it + abi.ITEM_SLOT]
+            slot_base = items[it + abi.ITEM_SLOT_BASE]
+            num_splits = items[it + abi.ITEM_NUM_SPLITS]
+            kv_len = items[it + abi.ITEM_KV_LEN]
+            seq_q = cu_seqlens_q[batch]
+            n_q = cu_seqlens_q[batch + 1] - seq_q
+            rows_valid = cutlass.min(n_q * G - row_start, tile_m)
+            hq0 = kv_head * G
+            kv_row_base = Int64(0)
+            if paged == 0:
+                kv_row_base = Int64(cu_seqlens_k[batch])
+            pt_row = Int64(batch) * pt_stride
+            k_head_off = Int64(kv_head) * k_sh
+            v_head_off = Int64(kv_head) * v_sh
+
+            # -------------------------------------------------------------- Q rows: global -> shared
+            for sl in cutlass.range_constexpr(warps_m):
+                for m in cutlass.range_constexpr(cute.size(tQsQ, mode=[1])):
+                    r = sl * 16 + tQcQ[0, m, 0][0]
+                    if r < rows_valid:
+                        p = row_start + r
+                        tq = p // G
+                        hq = hq0 + (p - tq * G)
+                        off = Int64(seq_q + tq) * q_st + Int64(hq) * q_sh
+                        gq = cute.tiled_divide(cute.make_tensor(q + off, cute.make_layout(D)), (8,))
+                        for kk in cutlass.range_constexpr(cute.size(tQsQ, mode=[2])):
+                            cute.copy(g2s, gq[None, tQcQ[0, m, kk][1] // 8], tQsQ[None, m, kk, sl])
+                    else:
+                        tQsQ[None, m, None, sl].fill(0)
+
+            # per-row mask inputs of this thread's accumulator rows
+            for rr in cutlass.range_constexpr(n_rows):
+                p = row_start + wm * 16 + tScS[rr, 0][0]
+                tq = p // G
+                row_g[rr] = cutlass.min(p - tq * G, 31)
+                row_lim[rr] = kv_len - n_q + tq
+
+            ctx = (chunks, chunk_begin, tKsK, tVsV, tKcK, g2s, kv_row_base, k_st, v_st, k_sp, v_sp, k_head_off,
+                   v_head_off, paged, page_table, pt_row, page_size, k_cache, v_cache, D, kw, warps_n)
+            # -------------------------------------------------------------- pipeline prologue
+            for s in cutlass.range_constexpr(stages - 1):
+                if s < n_chunks:
+                    load_chunk(Int32(s), Int32(s), *ctx)
+                cute.arch.cp_async_commit_group()
+
+            acc_O.fill(0.0)
+            row_max.fill(-Float32.inf)
+            row_sum.fill(0.0)
+            acc_O_mn = _mn_view(acc_O)
+            col0 = tScS[0, 0][1]
+            warp_key0 = wn * kw
+            lim_tok0 = kv_len - n_q  # causal: keys past this need the mask for some token
+
+            # -------------------------------------------------------------- main loop
+            for ci in cutlass.range(n_chunks, unroll=1):
+                cute.arch.cp_async_wait_group(stages - 2)
+                cute.arch.barrier()
+                nxt = ci + (stages - 1)
+                if nxt < n_chunks:
+                    load_chunk(nxt, nxt % stages, *ctx)
+                cute.arch.cp_async_commit_group()
+
+                stage = ci % stages
+                sl = stage * warps_n + wn
+                c = (chunk_begin + ci) * CW
+                k_start = chunks[c + abi.CHUNK_K_START]
+                k_len = chunks[c + abi.CHUNK_K_LEN]
+                head_mask = chunks[c + abi.CHUNK_HEAD_MASK]
+
+                # S = Q K^T
+                acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
+                acc_S.fill(0.0)
+                nk = cute.size(tSsQ, mode=[2])
+                cute.copy(s2r_Q, tSsQ[None, None, 0], tSrQ_v[None, None, 0])
+                cute.copy(s2r_K, tSsK[None, None, 0, sl], tSrK_v[None, None, 0])
+                for kk in cutlass.range_constexpr(nk):
+                    if kk + 1 < nk:
+                        cute.copy(s2r_Q, tSsQ[None, None, kk + 1], tSrQ_v[None, None, kk + 1])
+                        cute.copy(s2r_K, tSsK[None, None, kk + 1, sl], tSrK_v[None, None, kk + 1])
+                    cute.gemm(tiled_mma, acc_S, tSrQ[None, None, kk], tSrK[None, None, kk], acc_S)
+
+                # masks: k_len tail, causal, per-head chunk mask
+                acc_S_mn = _mn_view(acc_S)
+                need = (k_len < tile_n) | (head_mask != abi.HEAD_MASK_ALL)
+                if causal != 0:
+                    need = need | (k_start + k_len - 1 > lim_tok0)
+                if need:
+                    for rr in cutlass.range_constexpr(n_rows):
+                        hi = k_len
+                        if causal != 0:
+                            hi = cutlass.min(hi, row_lim[rr] - k_start + 1)
+                        if head_mask != abi.HEAD_MASK_ALL:
+                            if ((head_mask >> row_g[rr]) & 1) == 0:
+                                hi = Int32(0)
+                        hi = hi - warp_key0 - col0
+                        for cc in cutlass.range_constexpr(n_cols):
+                            s = acc_S_mn[rr, cc]
+                            acc_S_mn[rr, cc] = -Float32.inf if t0ScS[0, cc][1] >= hi else s
+
+                # online softmax
+                for rr in cutlass.range_constexpr(n_rows):
+                    srow = acc_S_mn[rr, None].load()
+                    m_cur = _quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
+                    m_prev = row_max[rr]
+                    m_new = cute.arch.fmax(m_prev, m_cur)
+                    row_max[rr] = m_new
+                    m_safe = 0.0 if m_new == -Float32.inf else m_new
+                    m_scaled = m_safe * softmax_scale_log2
+                    pr = cute.math.exp2(srow * softmax_scale_log2 - m_scaled, fastmath=True)
+                    corr = cute.math.exp2(m_prev * softmax_scale_log2 - m_scaled, fastmath=True)
+                    row_sum[rr] = row_sum[rr] * corr + pr.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
+                    acc_S_mn[rr, None] = pr
+                    acc_O_mn[rr, None] = acc_O_mn[rr, None].load() * corr
+
+                # O += P V
+                rP = cute.make_fragment_like(acc_S, dtype)
+                rP.store(acc_S.load().to(dtype))
+                tOrP = _acc_to_frag_a(rP)
+                nkv = cute.size(tOrP, mode=[2])
+                cute.copy(s2r_V, tOsVt[None, None, 0, sl], tOrVt_v[None, None, 0])
+                for kk in cutlass.range_constexpr(nkv):
+                    if kk + 1 < nkv:
+                        cute.copy(s2r_V, tOsVt[None, None, kk + 1, sl], tOrVt_v[None, None, kk + 1])
+                    cute.gemm(tiled_mma, acc_O, tOrP[None, None, kk], tOrVt[None, None, kk], acc_O)
+
+            # -------------------------------------------------------------- merge the warps' states
+            cute.arch.cp_async_wait_group(0)
+            cute.arch.barrier()  # every warp is done with the ring: it becomes sE
+            for rr in cutlass.range_constexpr(n_rows):
+                ssum = _quad_sum(row_sum[rr])
+                if col0 == 0:
+                    r = wm * 16 + tScS[rr, 0][0]
+                    sStat[0, wn, r] = row_max[rr]
+                    sStat[1, wn, r] = ssum
+            for rr in cutlass.range_constexpr(n_rows):
+                for cc in cutlass.range_constexpr(cute.size(taccOcO, mode=[1])):
+                    rc = taccOcO[rr, cc]
+                    sE[wn, wm * 16 + rc[0], rc[1]] = acc_O_mn[rr, cc]
+            cute.arch.barrier()
+            if tidx < tile_m:
+                m_all = -Float32.inf
+                for w in cutlass.range_constexpr(warps_n):
+                    m_all = cute.arch.fmax(m_all, sStat[0, w, tidx])
+                m_safe = 0.0 if m_all == -Float32.inf else m_all
+                total = Float32(0.0)
+                for w in cutlass.range_constexpr(warps_n):
+                    f = cute.math.exp2((sStat[0, w, tidx] - m_safe) * softmax_scale_log2, fastmath=True)
+                    total += sStat[1, w, tidx] * f
+                    sStat[0, w, tidx] = f
+                inv = Float32(0.0) if total == 0.0 else Float32(1.0) / total
+                for w in cutlass.range_constexpr(warps_n):
+                    sStat[0, w, tidx] = sStat[0, w, tidx] * inv
+                sRow[tidx] = -Float32.inf if total == 0.0 else (
+                    m_safe * softmax_scale_log2 + cute.math.log2(total, fastmath=True)) * LN2
+            cute.arch.barrier()
+
+            # -------------------------------------------------------------- outputs
+            if num_splits == 1:
+                for r in cutlass.range(warp_id, rows_valid, num_warps, unroll=1):
+                    p = row_start + r
+                    tq = p // G
+                    hq = hq0 + (p - tq * G)
+                    orow = o + (Int64(seq_q + tq) * o_stride_tok + Int64(hq) * o_stride_head)
+                    for i in cutlass.range_constexpr(n_dcol):
+                        d = lane + 32 * i
+                        acc = Float32(0.0)
+                        for w in cutlass.range_constexpr(warps_n):
+                            acc += sE[w, r, d] * sStat[0, w, r]
+                        orow[d] = acc.to(dtype)
+                    if lane == 0:
+                        lse[Int64(hq) * lse_stride_head + Int64(seq_q + tq)] = sRow[r]
+            else:
+                for r in cutlass.range(warp_id, rows_valid, num_warps, unroll=1):
+                    prow = part_o + (Int64(slot) * tile_m + r) * D
+                    for i in cutlass.range_constexpr(n_dcol):
+                        d = lane + 32 * i
+                        acc = Float32(0.0)
+                        for w in cutlass.range_constexpr(warps_n):
+                            acc += sE[w, r, d] * sStat[0, w, r]
+                        prow[d] = acc
+                    if lane == 0:
+                        part_lse[Int64(slot) * tile_m + r] = sRow[r]
+                # publish the partial; the last split of the row tile merges them all
+                cute.arch.fence_acq_rel_gpu()
+                cute.arch.barrier()
+                if tidx == 0:
+                    done = cute.arch.atomic_add(counters + slot_base, Int32(1), sem="acq_rel", scope="gpu")
+                    sFlag[0] = Int32(1) if done == num_splits - 1 else Int32(0)
+                cute.arch.barrier()
+                if sFlag[0] != 0:
+                    cute.arch.fence_acq_rel_gpu()
+                    for r in cutlass.range(warp_id, rows_valid, num_warps, unroll=1):
+                        p = row_start + r
+                        tq = p // G
+                        hq = hq0 + (p - tq * G)
+                        m = -Float32.inf
+                        for s in cutlass.range(lane, num_splits, 32, unroll=1):
+                            m = cute.arch.fmax(m, part_lse[Int64(slot_base + s) * tile_m + r])
+                        m = _warp_max(m)
+                        m_safe = 0.0 if m == -Float32.inf else m
+                        total = Float32(0.0)
+                        for s in cutlass.range(lane, num_splits, 32, unroll=1):
+                            total += cute.math.exp(part_lse[Int64(slot_base + s) * tile_m + r] - m_safe)
+                        total = _warp_sum(total)
+                        inv = Float32(0.0) if total == 0.0 else Float32(1.0) / total
+                        accs = cute.make_rmem_tensor(n_dcol, Float32)
+                        accs.fill(0.0)
+                        for s in cutlass.range(num_splits, unroll=1):
+                            ls = part_lse[Int64(slot_base + s) * tile_m + r]
+                            if ls != -Float32.inf:
+                                wgt = cute.math.exp(ls - m_safe) * inv
+                                prow = part_o + (Int64(slot_base + s) * tile_m + r) * D
+                                for i in cutlass.range_constexpr(n_dcol):
+                                    accs[i] = accs[i] + wgt * prow[lane + 32 * i]
+                        orow = o + (Int64(seq_q + tq) * o_stride_tok + Int64(hq) * o_stride_head)
+                        for i in cutlass.range_constexpr(n_dcol):
+                            orow[lane + 32 * i] = accs[i].to(dtype)
+                        if lane == 0:
+                            lse[Int64(hq) * lse_stride_head + Int64(seq_q + tq)] = (
+                                -Float32.inf if total == 0.0 else m_safe + cute.math.log(total))
+                    if tidx == 0:
+                        counters[slot_base] = Int32(0)
+
+    kernel.set_name_prefix(f"vb_{name}", remove_cutlass_symbol=True, keep_mangled_name=False)
+
+    @cute.jit
+    def host(
+        q: cute.Pointer, k_cache: cute.Pointer, v_cache: cute.Pointer, o: cute.Pointer, lse: cute.Pointer,
+        cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, page_table: cute.Pointer, items: cute.Pointer,
+        chunks: cute.Pointer, part_o: cute.Pointer, part_lse: cute.Pointer, counters: cute.Pointer,
+        num_items_ptr: cute.Pointer,
+        q_stride_tok: Int64, q_stride_head: Int64, k_stride_page: Int64, k_stride_tok: Int64, k_stride_head: Int64,
+        v_stride_page: Int64, v_stride_tok: Int64, v_stride_head: Int64, o_stride_tok: Int64,
+        o_stride_head: Int64, lse_stride_head: Int64, pt_stride: Int64,
+        num_items: Int32, softmax_scale_log2: Float32, group_size: Int32, page_size: Int32, paged: Int32,
+        causal: Int32, num_ctas: Int32,
+    ):
+        kernel(
+            q, k_cache, v_cache, o, lse, cu_seqlens_q, cu_seqlens_k, page_table, items, chunks, part_o, part_lse,
+            counters, num_items_ptr, q_stride_tok, q_stride_head, k_stride_page, k_stride_tok, k_stride_head,
+            v_stride_page, v_stride_tok, v_stride_head, o_stride_tok, o_stride_head, lse_stride_head, pt_stride,
+            num_items, softmax_scale_log2, group_size, page_size, paged, causal, num_ctas,
+        ).launch(grid=[num_ctas, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
+
+    return host

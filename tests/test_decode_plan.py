@@ -1,0 +1,167 @@
+"""Decode work lists on the CPU: a float64 model of the kernel run over the plan's items and chunks must equal
+the independent reference (``varblock.reference_decode``) for paged and contiguous caches, GQA 1/4/8, 0-16 new
+tokens, empty caches, every sparsity importer, forced and automatic split-KV; plus the plan's invariants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests._decode_model import run_model
+from varblock import reference_decode
+from varblock.decode_plan import abi
+from varblock.decode_plan.plan import _check_lengths, _tile_m
+from varblock.decode_plan.worklist import MIN_CHUNKS_PER_SPLIT, build_worklist, chunks_per_split
+from varblock.layout import decode as LD
+
+
+def _case(rng, B, hkv, g, d=16, page_size=16, max_kv=300, max_q=4, causal=True):
+    n_q = rng.integers(0, max_q + 1, size=B)
+    n_q[0] = max(n_q[0], 1)
+    kv = rng.integers(0, max_kv, size=B)
+    if causal:
+        kv = np.maximum(kv, n_q)
+    cu_q = np.concatenate([[0], np.cumsum(n_q)])
+    pages_per = (kv + page_size - 1) // page_size
+    num_pages = int(pages_per.sum()) + 3
+    perm = rng.permutation(num_pages)
+    pt = np.zeros((B, int(pages_per.max(initial=0)) + 1), dtype=np.int64)
+    off = 0
+    for b in range(B):
+        pt[b, :pages_per[b]] = perm[off:off + pages_per[b]]
+        off += pages_per[b]
+    hq = hkv * g
+    q = rng.standard_normal((int(cu_q[-1]), hq, d))
+    kc = rng.standard_normal((num_pages, page_size, hkv, d))
+    vc = rng.standard_normal((num_pages, page_size, hkv, d))
+    return cu_q, kv, pt, q, kc, vc
+
+
+def _layout(kind, rng, kv, hkv, hq, bs):
+    if kind == "dense":
+        return None
+    if kind == "dense_layout":
+        return LD.dense_decode(kv, block_size=bs, num_heads=hkv)
+    nb = int(LD.num_blocks(kv, bs).max(initial=0)) + 1
+    valid = np.arange(nb)[None, :] < LD.num_blocks(kv, bs)[:, None]
+    if kind in ("seer_kv", "seer_q"):
+        heads = hkv if kind == "seer_kv" else hq
+        m = (rng.random((kv.shape[0], heads, nb)) < 0.4) & valid[:, None, :]
+        return LD.from_seer_decode_mask(m, kv_lens=kv, block_size=bs,
+                                        head_mode="per_kv_head" if kind == "seer_kv" else "per_q_head")
+    if kind == "topk":
+        k = 3
+        idx = np.full((kv.shape[0], hkv, k), -1)
+        cnt = np.zeros((kv.shape[0], hkv), dtype=np.int64)
+        for b in range(kv.shape[0]):
+            n = int(LD.num_blocks(kv, bs)[b])
+            for h in range(hkv):
+                sel = rng.permutation(n)[:k]
+                idx[b, h, :sel.size] = sel
+                cnt[b, h] = rng.integers(0, sel.size + 1)
+        return LD.from_topk_indices(idx, kv_lens=kv, block_size=bs, counts=cnt)
+    if kind == "window":
+        return LD.window_sinks(kv, block_size=bs, window=70, sinks=5, num_heads=hkv)
+    if kind == "empty":
+        return LD.from_block_lists([], [], kv_lens=kv, block_size=bs, num_heads=hkv)
+    raise AssertionError(kind)
+
+
+KINDS = ["dense", "dense_layout", "seer_kv", "seer_q", "topk", "window", "empty"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("g", [1, 4, 8])
+@pytest.mark.parametrize("paged", [True, False])
+@pytest.mark.parametrize("splits", [None, 1, 3])
+def test_model_matches_reference(kind, g, paged, splits):
+    rng = np.random.default_rng(hash((kind, g, paged, splits)) % 2**32)
+    B, hkv, bs = 5, 2, 32
+    cu_q, kv, pt, q, kc, vc = _case(rng, B, hkv, g, max_q=16 if g == 1 else 4)
+    hq = hkv * g
+    lay = _layout(kind, rng, kv, hkv, hq, bs)
+    if paged:
+        ps = kc.shape[1]
+
+        def rows(cache):
+            return lambda b, j: cache[pt[b, j // ps], j % ps]
+        k_rows, v_rows = rows(kc), rows(vc)
+        ref = reference_decode.decode(q, kc, vc, cu_seqlens_q=cu_q, kv_lens=kv, page_table=pt, layout=lay)
+    else:
+        cu_k = np.concatenate([[0], np.cumsum(kv)])
+        kflat = rng.standard_normal((int(cu_k[-1]) + 5, hkv, q.shape[2]))
+        vflat = rng.standard_normal(kflat.shape)
+
+        def rows_c(cache):
+            return lambda b, j: cache[cu_k[b] + j]
+        k_rows, v_rows = rows_c(kflat), rows_c(vflat)
+        ref = reference_decode.decode(q, kflat, vflat, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, layout=lay)
+    tm = _tile_m(cu_q, g)
+    wl = build_worklist(cu_q, kv, num_heads_q=hq, num_heads_kv=hkv, tile_m=tm, tile_n=32, layout=lay, num_sms=2,
+                        num_splits=splits)
+    out, lse = run_model(wl, q, k_rows, v_rows, cu_q, num_heads_kv=hkv, causal=True)
+    np.testing.assert_allclose(out, ref[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref[1]))
+    fin = np.isfinite(ref[1])
+    np.testing.assert_allclose(lse[fin], ref[1][fin], rtol=1e-10)
+
+
+def test_worklist_invariants():
+    rng = np.random.default_rng(7)
+    B, hkv, g, bs = 9, 4, 4, 16
+    cu_q, kv, _pt, _q, _kc, _vc = _case(rng, B, hkv, g, max_kv=4000, max_q=8)
+    lay = _layout("seer_q", rng, kv, hkv, hkv * g, bs)
+    wl = build_worklist(cu_q, kv, num_heads_q=hkv * g, num_heads_kv=hkv, tile_m=64, tile_n=64, layout=lay,
+                        num_sms=4)
+    it, ch = wl.items, wl.chunks
+    assert it.dtype == np.int32 and ch.dtype == np.int32 and it.shape[1] == abi.ITEM_WIDTH
+    assert (ch[:, abi.CHUNK_K_LEN] >= 1).all() and (ch[:, abi.CHUNK_K_LEN] <= 64).all()
+    assert (np.diff(it[:, abi.ITEM_N_CHUNKS]) <= 0).all(), "items longest first"
+    split = it[it[:, abi.ITEM_NUM_SPLITS] > 1]
+    assert np.unique(split[:, abi.ITEM_SLOT]).size == split.shape[0] == wl.num_slots
+    for b in range(B):  # chunks of one item lie in one sequence and do not overlap
+        for row in it[it[:, abi.ITEM_BATCH] == b]:
+            c = ch[row[abi.ITEM_CHUNK_BEGIN]:row[abi.ITEM_CHUNK_BEGIN] + row[abi.ITEM_N_CHUNKS]]
+            assert (c[:, 0] + c[:, 1] <= kv[b]).all()
+            assert (c[1:, 0] >= c[:-1, 0] + c[:-1, 1]).all()
+            if row[abi.ITEM_NUM_SPLITS] > 1:
+                assert row[abi.ITEM_N_CHUNKS] >= 1
+
+
+def test_split_heuristic_fills_the_gpu():
+    """batch 1 x 128k and batch 256 x 2k (Hkv 8, 64-key chunks) both give at least a wave on 132 SMs x 2."""
+    for B, L in ((1, 131072), (256, 2048), (64, 32768)):
+        cu_q = np.arange(B + 1)
+        kv = np.full(B, L)
+        wl = build_worklist(cu_q, kv, num_heads_q=64, num_heads_kv=8, tile_m=16, tile_n=64, layout=None,
+                            num_sms=132, ctas_per_sm=2)
+        assert wl.num_items >= 264, (B, L, wl.num_items)
+        n = wl.items[:, abi.ITEM_N_CHUNKS]
+        assert n.min() >= min(MIN_CHUNKS_PER_SPLIT, L // 64) and n.max() <= 2 * n.min() + 1
+    assert chunks_per_split(10, 132, 2) == MIN_CHUNKS_PER_SPLIT
+    assert chunks_per_split(10**6, 100, 1) == 5000
+
+
+def test_per_q_head_masks_union():
+    kv = np.array([256])
+    m = np.zeros((1, 4, 4), dtype=bool)
+    m[0, 0, [0, 1]] = True
+    m[0, 1, [1]] = True
+    m[0, 2, [0, 1, 3]] = True
+    m[0, 3, [0, 1]] = True
+    lay = LD.from_seer_decode_mask(m, kv_lens=kv, block_size=64, head_mode="per_q_head")
+    wl = build_worklist(np.array([0, 1]), kv, num_heads_q=4, num_heads_kv=1, tile_m=16, tile_n=128, layout=lay,
+                        num_sms=1, num_splits=1)
+    got = [tuple(int(x) for x in c) for c in wl.chunks]
+    assert got == [(0, 64, 0b1101), (64, 64, -1), (192, 64, 0b0100)]
+
+
+def test_check_lengths_errors():
+    with pytest.raises(ValueError, match="at most 16 new tokens"):
+        _check_lengths(np.array([0, 17]), np.array([20]), True)
+    with pytest.raises(ValueError, match="kv_len 2 < 3 new tokens"):
+        _check_lengths(np.array([0, 3]), np.array([2]), True)
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        _check_lengths(np.array([0, 3, 2]), np.array([4, 4]), True)
+    with pytest.raises(ValueError, match="kv_lens"):
+        _check_lengths(np.array([0, 1]), np.array([4, 4]), True)
