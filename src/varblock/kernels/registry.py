@@ -94,6 +94,7 @@ FAMILY_MODULES = (
     "varblock.kernels.merge_states",
     "varblock.kernels.attention_fwd_mma",
     "varblock.kernels.attention_prepare",
+    "varblock.kernels.decode_fwd",
 )
 
 
