@@ -41,7 +41,8 @@ def framework_of(obj: Any) -> str:
     return fw
 
 
-def _dlpack_device(obj: Any) -> tuple[int, int] | None:
+def dlpack_device(obj: Any) -> tuple[int, int] | None:
+    """(DLPack device type, device id) from ``obj.__dlpack_device__()``; None when it has none or cannot tell."""
     fn = getattr(obj, "__dlpack_device__", None)
     if fn is None:
         return None
@@ -56,7 +57,7 @@ def device_ordinal(obj: Any) -> int | None:
     """The CUDA device ordinal of a device array (see :func:`is_device_array`), else None."""
     if obj is None or isinstance(obj, (np.ndarray, np.generic, list, tuple, int, float, bool)):
         return None
-    dl = _dlpack_device(obj)
+    dl = dlpack_device(obj)
     if dl is not None:
         return dl[1] if dl[0] in _DEVICE_TYPES else None
     cai = getattr(obj, "__cuda_array_interface__", None)
@@ -273,5 +274,7 @@ def _cuda_core_empty(shape: tuple[int, ...], dtype: str, device_id: int, stream:
     return StridedMemoryView.from_buffer(buf, shape, dtype=dt)
 
 
-__all__ = ["FRAMEWORKS", "framework_of", "is_device_array", "device_ordinal", "to_host",
-           "current_stream_handle", "numpy_dtype", "empty"]
+__all__ = [
+    "FRAMEWORKS", "DL_CPU", "DL_CUDA", "DL_CUDA_HOST", "DL_CUDA_MANAGED", "framework_of", "dlpack_device",
+    "is_device_array", "device_ordinal", "to_host", "current_stream_handle", "numpy_dtype", "empty",
+]

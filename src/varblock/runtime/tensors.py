@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from varblock.runtime.frameworks import DL_CPU, DL_CUDA_HOST, framework_of
+from varblock.runtime.frameworks import DL_CPU, DL_CUDA_HOST, dlpack_device, framework_of
 
 #: varblock dtype names and their sizes in bytes
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int64": 8, "uint8": 1, "bool": 1}
@@ -77,8 +77,8 @@ def as_device_array(obj: Any, name: str, *, stream_handle: int = 1) -> DeviceArr
         raise TypeError(f"{name}: expected a CUDA device array, got None")
     if framework_of(obj) == "torch" and hasattr(obj, "data_ptr"):
         return _torch_view(obj, name)
-    dl_device = getattr(obj, "__dlpack_device__", None)
-    if dl_device is not None and dl_device()[0] in (DL_CPU, DL_CUDA_HOST):
+    dl = dlpack_device(obj)
+    if dl is not None and dl[0] in (DL_CPU, DL_CUDA_HOST):
         raise ValueError(f"{name}: expected an array on a CUDA device, got one in host memory "
                          f"(move it to the GPU first, e.g. .cuda() / cupy.asarray)")
     try:
