@@ -7,16 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from ._host import (
-    cdiv,
-    check_block_size,
-    check_int32,
-    exclusive_cumsum,
-    ragged_arange,
-)
+from ._host import cdiv, check_block_size, check_int32, exclusive_cumsum, ragged_arange
 
 
 def block_pair(block_size: Any, name: str) -> tuple[int, int]:
+    """(block_q, block_k) from an int or a pair, each a supported block size."""
     if isinstance(block_size, (tuple, list)):
         if len(block_size) != 2:
             raise ValueError(f"{name}: expected an int or a (block_q, block_k) pair, got {block_size!r}")
@@ -26,12 +21,14 @@ def block_pair(block_size: Any, name: str) -> tuple[int, int]:
 
 
 def padding_arg(padding: str) -> bool:
+    """True for padding='ignore', False for 'error'."""
     if padding not in ("error", "ignore"):
         raise ValueError(f"padding: expected 'error' or 'ignore', got {padding!r}")
     return padding == "ignore"
 
 
 def field(obj: Any, name: str) -> Any:
+    """``obj[name]`` of a dict, ``obj.name`` of an object, None when absent."""
     if obj is None:
         return None
     if isinstance(obj, dict):
@@ -40,6 +37,7 @@ def field(obj: Any, name: str) -> Any:
 
 
 def pos_str(flat: int, shape: tuple) -> str:
+    """The N-D position of a flat index, for error messages."""
     return str(tuple(int(i) for i in np.unravel_index(int(flat), shape))) if len(shape) else "()"
 
 
@@ -52,11 +50,13 @@ def nonzero_nd(a: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def seq_blocks(cu: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks per sequence and their exclusive cumulative sum."""
     n = cdiv(np.diff(cu.astype(np.int64)), block)
     return n, exclusive_cumsum(n)
 
 
 def uniform_cu(batch: int, seqlen: int, name: str) -> np.ndarray:
+    """cu_seqlens of ``batch`` sequences of ``seqlen`` tokens each."""
     if isinstance(seqlen, (bool, np.bool_)) or not isinstance(seqlen, (int, np.integer)) or seqlen < 0:
         raise ValueError(f"{name}: expected a non-negative int, got {seqlen!r}")
     total = batch * int(seqlen)

@@ -31,6 +31,7 @@ def as_int(x: Any, name: str, *, ndim: int | None = None, shape: tuple | None = 
 
 
 def as_bool(x: Any, name: str, *, ndim: int | None = None) -> np.ndarray:
+    """Host bool array (0/1 integers accepted), checked for ndim."""
     a = to_host(x, name)
     if a.dtype != np.bool_:
         if np.issubdtype(a.dtype, np.integer):
@@ -78,11 +79,13 @@ def check_block_size(v: Any, name: str) -> int:
 
 
 def check_int32(value: int, name: str, what: str) -> None:
+    """Raise when ``value`` exceeds the int32 range the kernels index with."""
     if value > INT32_MAX:
         raise ValueError(f"{name}: {what} = {value} exceeds the int32 range (2^31 - 1) that the kernels index with")
 
 
 def cdiv(a, b):
+    """Ceiling division (ints or integer arrays)."""
     return -(-a // b)
 
 
@@ -109,6 +112,7 @@ def exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
 
 
 def frozen(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous read-only array."""
     a = np.ascontiguousarray(a)
     a.setflags(write=False)
     return a

@@ -8,16 +8,14 @@ from typing import NamedTuple
 import numpy as np
 
 from ._common import pos_str, seq_blocks
-from ._host import (
-    as_int,
-    exclusive_cumsum,
-    ragged_arange,
-)
+from ._host import as_int, exclusive_cumsum, ragged_arange
 from .core import BlockSparseLayout
 from .partition import fixed_partition
 
 
 class Grid(NamedTuple):
+    """Geometry of a count/index list pair: where each list row's slots start, how many, index bound."""
+
     slot_base: np.ndarray  # int64 [G] flat position of slot 0 of each list row in the index array
     width: np.ndarray  # int64 [G] slots per row
     nk: np.ndarray  # int64 [G] index bound (number of key blocks of the row); complement padding range
@@ -128,6 +126,7 @@ def gather_rows(lr_g: np.ndarray, g: np.ndarray, vals: np.ndarray, G: int) -> tu
 
 
 def norm_lists(cnt_arr, idx_arr, cnt_name, idx_name, ndim_cnt, ndim_idx):
+    """Counts and indices as host int64 arrays of the expected ranks."""
     cnt = as_int(cnt_arr, cnt_name)
     idx = as_int(idx_arr, idx_name)
     if cnt.ndim != ndim_cnt or idx.ndim != ndim_idx:
@@ -195,12 +194,14 @@ def import_lists(lists, grid, lr_g, qpart, kpart, N_row_b, ignore, allow_unsorte
 
 
 def fixed_required(layout: BlockSparseLayout, what: str) -> tuple[int, int]:
+    """The layout's (block_q, block_k); ValueError for variable spans."""
     if not layout.is_fixed:
         raise ValueError(f"layout: {what} needs fixed block sizes (block_q/block_k); this layout has variable spans")
     return layout.block_q, layout.block_k
 
 
 def pick_pad(pad, source_pad, default):
+    """The padding convention to export: the argument, else the imported one, else ``default``."""
     if pad is not None:
         return pad
     if isinstance(source_pad, str) and source_pad in ("zeros", "complement"):
@@ -261,6 +262,7 @@ def batched_export(layout, Bp, M_grid, W, nk_grid, direction, pads, include_full
 
 
 def head_repeat(layout: BlockSparseLayout, num_heads_q: int | None) -> int:
+    """How often to repeat each layout head to index ``num_heads_q`` query heads."""
     if num_heads_q is None or layout.head_mode == "broadcast":
         return 1
     if isinstance(num_heads_q, (bool, np.bool_)) or not isinstance(num_heads_q, (int, np.integer)) \

@@ -7,10 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._common import nonzero_nd, padding_arg, pos_str, seq_blocks
-from ._host import (
-    check_block_size,
-    to_host,
-)
+from ._host import check_block_size, to_host
 from .build import build_from_cells, check_head_mode, resolve_cu
 from .core import BlockSparseLayout
 from .mask import ElementMask, resolve_mask

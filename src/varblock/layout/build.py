@@ -6,17 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..abi import HEAD_MODES
-from ._host import (
-    check_cu_seqlens,
-    exclusive_cumsum,
-    ragged_arange,
-)
+from ._host import check_cu_seqlens, exclusive_cumsum, ragged_arange
 from .core import BlockSparseLayout
 from .mask import ElementMask, band_classify
 from .partition import Partition
 
 
 def check_head_mode(head_mode: str | None, num_heads: int, default: str) -> str:
+    """The head mode to use for ``num_heads`` layout heads (``default`` when None)."""
     if head_mode is None:
         return "broadcast" if num_heads == 1 else default
     if head_mode not in HEAD_MODES:
@@ -27,6 +24,7 @@ def check_head_mode(head_mode: str | None, num_heads: int, default: str) -> str:
 
 
 def resolve_cu(cu_seqlens_q, cu_seqlens_k) -> tuple[np.ndarray, np.ndarray]:
+    """Validated int32 host cu_seqlens_q / cu_seqlens_k (k defaults to q) of one batch size."""
     cu_q = check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q")
     cu_k = cu_q if cu_seqlens_k is None else check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k")
     if cu_k.shape != cu_q.shape:
@@ -55,7 +53,7 @@ def classify(cu_q: np.ndarray, cu_k: np.ndarray, num_heads: int, qpart: Partitio
     lo, hi = mask.band
     if lo is not None or hi is not None:
         off = (np.diff(cu_k.astype(np.int64)) - np.diff(cu_q.astype(np.int64)))[b]
-        a, z = band_classify(qs, ql, ks, kl, off, lo, hi)
+        a, z = band_classify(qs, ql, ks, kl, off, lo, hi, sinks=mask.num_sink_tokens)
         all_ &= a
         none |= z
     if mask.doc_ids_q is not None or mask.token_mask is not None:
@@ -110,6 +108,7 @@ def classify(cu_q: np.ndarray, cu_k: np.ndarray, num_heads: int, qpart: Partitio
 
 
 def _span_gather(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Token indices of consecutive spans (start, length), concatenated."""
     seg, pos = ragged_arange(lens)
     return starts[seg] + pos
 

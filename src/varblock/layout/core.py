@@ -21,12 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..abi import HEAD_MODES
-from ._host import (
-    check_int32,
-    exclusive_cumsum,
-    frozen,
-    ragged_arange,
-)
+from ._host import check_int32, exclusive_cumsum, frozen, ragged_arange
 from .mask import ElementMask, band_count
 from .partition import Partition
 
@@ -408,7 +403,8 @@ class BlockSparseLayout:
                 lo, hi = m.band
                 b = rs.batch[e_row[part]]
                 off = (self.seqlens_k - self.seqlens_q)[b]
-                cnt = band_count(rs.q_start[e_row[part]], ql[part], rs.k_start[part], kl[part], off, lo, hi)
+                cnt = band_count(rs.q_start[e_row[part]], ql[part], rs.k_start[part], kl[part], off, lo, hi,
+                                 sinks=m.num_sink_tokens)
                 np.add.at(per_head_arr, e_head[part], cnt)
             else:
                 B = self.batch_size
@@ -469,6 +465,7 @@ class BlockSparseLayout:
 
 
 def _raise_dup(row, kb, row_seg, qpart, B, both=False):
+    """ValueError for an entry listed twice (or both full and partial)."""
     s = int(row_seg[int(row)])
     what = "is listed both as full and as partial" if both else "is listed twice"
     raise ValueError(f"key block {int(kb)} {what} for head {s // max(B, 1)}, sequence {s % max(B, 1)}, query block "
@@ -476,8 +473,9 @@ def _raise_dup(row, kb, row_seg, qpart, B, both=False):
 
 
 def _mask_equal(a: ElementMask, b: ElementMask) -> bool:
-    if (a.causal, a.window_left, a.window_right, a.token_block_k) != (b.causal, b.window_left, b.window_right,
-                                                                       b.token_block_k):
+    """Element masks describing the same rule."""
+    if (a.causal, a.window_left, a.window_right, a.token_block_k, a.num_sink_tokens) != (
+            b.causal, b.window_left, b.window_right, b.token_block_k, b.num_sink_tokens):
         return False
     for f in ("doc_ids_q", "doc_ids_k", "token_mask"):
         x, y = getattr(a, f), getattr(b, f)

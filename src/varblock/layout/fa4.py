@@ -7,12 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._common import block_pair, field, padding_arg, seq_blocks, uniform_cu
-from ._host import (
-    as_int,
-    check_int32,
-    exclusive_cumsum,
-    to_host,
-)
+from ._host import as_int, check_int32, exclusive_cumsum, to_host
 from ._lists import (
     Grid,
     batched_export,
@@ -87,6 +82,8 @@ def from_fa4(bst: Any, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None, *, bl
 
 
 class _Cells(NamedTuple):
+    """Kept cells read from FA4 tensors, with the batch and partitions they index."""
+
     cu_q: np.ndarray
     cu_k: np.ndarray
     num_heads: int
@@ -240,6 +237,7 @@ def to_fa4(layout: BlockSparseLayout, *, varlen: bool | None = None, pad: str | 
 
 
 def _to_fa4(layout, varlen, pad, include_full, width, uniform_k, broadcast_batch, num_m_blocks):
+    """FA4 fields for :func:`to_fa4` before the query-head expansion."""
     bq, bk = fixed_required(layout, "to_fa4")
     src = layout.source if layout.source.get("format") == "fa4" else {}
     varlen = src.get("varlen", True) if varlen is None else bool(varlen)

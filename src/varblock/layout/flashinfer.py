@@ -7,11 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._common import nonzero_nd, pos_str
-from ._host import (
-    INT32_MAX,
-    as_bool,
-    as_int,
-)
+from ._host import INT32_MAX, as_bool, as_int
 from .build import check_head_mode, resolve_cu
 from .core import BlockSparseLayout
 from .mask import ElementMask, resolve_mask

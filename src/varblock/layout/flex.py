@@ -7,10 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._common import block_pair, field, padding_arg, seq_blocks, uniform_cu
-from ._host import (
-    as_int,
-    cdiv,
-)
+from ._host import as_int, cdiv
 from ._lists import (
     Grid,
     batched_export,
@@ -32,6 +29,7 @@ _FLEX_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_in
 
 
 def _lead4(cnt, idx, cname, iname):
+    """Counts / indices with the (batch, head) leading dims made explicit: [B, H, MQ] / [B, H, MQ, W]."""
     cnt = as_int(cnt, cname)
     idx = as_int(idx, iname)
     if idx.ndim < 2 or idx.ndim > 4 or cnt.ndim != idx.ndim - 1:
@@ -179,6 +177,7 @@ def to_flex(layout: BlockSparseLayout, *, packed: bool | None = None, BLOCK_SIZE
 
 
 def _to_flex(layout, packed, BLOCK_SIZE, pad, include_full, width, seq_lengths, broadcast_batch, transposed):
+    """BlockMask tensors for :func:`to_flex` before the query-head expansion."""
     src = layout.source if layout.source.get("format") == "flex" else {}
     packed = src.get("packed", False) if packed is None else bool(packed)
     pads_src = src.get("pad", {}) or {}

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._host import (
-    exclusive_cumsum,
-    ragged_arange,
-)
+from ._host import exclusive_cumsum, ragged_arange
 from .build import build_from_cells
 from .partition import spans_partition
 
@@ -73,6 +70,7 @@ def packed_build(cu_q, cu_k, num_heads, head_mode, q_spans, k_spans, cells, emas
 
 
 def span_seq_range(span: np.ndarray, b: np.ndarray, nspan: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last sequence each span's pieces fall in (hi < lo: none)."""
     count = np.bincount(span, minlength=nspan) if span.size else np.zeros(nspan, dtype=np.int64)
     first = exclusive_cumsum(count)[:-1]
     lo = np.zeros(nspan, dtype=np.int64)

@@ -6,13 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._host import (
-    cdiv,
-    check_int32,
-    exclusive_cumsum,
-    frozen,
-    ragged_arange,
-)
+from ._host import cdiv, check_int32, exclusive_cumsum, frozen, ragged_arange
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +29,7 @@ class Partition:
 
 
 def fixed_partition(cu: np.ndarray, block: int, num_heads: int, name: str) -> Partition:
+    """Fixed blocks of ``block`` tokens (a shorter last one) for every (head, sequence)."""
     lens = np.diff(cu.astype(np.int64))
     nb = cdiv(lens, block)
     total = int(nb.sum()) * num_heads

@@ -7,11 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._common import all_cells, block_pair, padding_arg, seq_blocks
-from ._host import (
-    as_bool,
-    check_block_size,
-    ragged_arange,
-)
+from ._host import as_bool, check_block_size, ragged_arange
 from .block_mask import from_block_mask
 from .build import build_from_cells, check_head_mode, resolve_cu
 from .core import BlockSparseLayout

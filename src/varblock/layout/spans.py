@@ -6,11 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._host import (
-    as_int,
-    check_block_size,
-    ragged_arange,
-)
+from ._host import as_int, check_block_size, ragged_arange
 from .build import build_from_cells, check_head_mode, resolve_cu
 from .core import BlockSparseLayout, RowSpans
 from .mask import ElementMask, resolve_mask

@@ -264,6 +264,7 @@ def empty(like: Any, shape: tuple[int, ...], dtype: str, device_id: int, stream:
 
 
 def _cuda_core_empty(shape: tuple[int, ...], dtype: str, device_id: int, stream: Any) -> Any:
+    """A cuda.core allocation viewed as an array exporting DLPack."""
     from cuda.core.utils import StridedMemoryView
 
     from varblock.runtime.device import device
