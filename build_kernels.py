@@ -5,10 +5,12 @@
     python build_kernels.py --only 'merge_states*'     # a subset of variants (fnmatch on the variant name)
     python build_kernels.py --check                    # exit 1 when a cubin is missing or stale
 
-Writes cubins/<arch>/<variant>.cubin, cubins/manifest.json (what the runtime reads) and
-cubins/<arch>/capture.json (what the DSL's own host code launched for each capture case: the reference that
-tests/test_launch_capture.py compares the runtime's packer with). One process per arch: the DSL reads its target
-from CUTE_DSL_ARCH at import. Needs `pip install -e .[build]` (nvidia-cutlass-dsl) and, for launch capture, gcc.
+Writes cubins/<arch>/<variant>.cubin and what the runtime reads: cubins/manifest.json (the arches, and each kernel
+family's params / requires lists stored once) and cubins/<arch>/variants.json (that arch's variants). Also the
+worker's record cubins/<arch>/manifest.part.json (build only) and cubins/<arch>/capture.json (what the DSL's own
+host code launched for each capture case: the reference that tests/test_launch_capture.py compares the runtime's
+packer with). One process per arch: the DSL reads its target from CUTE_DSL_ARCH at import. Needs
+`pip install -e .[build]` (nvidia-cutlass-dsl) and, for launch capture, gcc.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ sys.path.insert(0, str(SRC))
 from varblock.kernels import registry  # noqa: E402
 from varblock.kernels._artifacts import cubin_kernels, ptx_entries  # noqa: E402
 from varblock.runtime.hashing import files_hash, text_hash  # noqa: E402
+from varblock.runtime.manifest import MANIFEST_FORMAT, content_id, read_arch_variants, read_manifest  # noqa: E402
 from varblock.runtime.params import grid_of, pack_bytes  # noqa: E402
 
 SHARED_SOURCES = [SRC / "varblock/kernels/registry.py", SRC / "varblock/kernels/_dsl.py"]
 STUB_SRC = ROOT / "tools/capture/capture_stub.c"
-MANIFEST_FORMAT = 1
 WORK = ROOT / "build" / "kernels"  # scratch: capture stub, DSL dumps (not shipped)
 
 
@@ -78,11 +80,12 @@ def selected(name: str, patterns: list[str] | None) -> bool:
     return patterns is None or any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def load_manifest(out: Path) -> dict:
-    path = out / "manifest.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"format": MANIFEST_FORMAT, "variants": {}}
+def built_variants(out: Path, arches: list[str]) -> dict[str, dict[str, dict]]:
+    """arch -> variant name -> manifest entry, as built under ``out`` (empty when nothing is)."""
+    if not (out / "manifest.json").exists():
+        return {arch: {} for arch in arches}
+    manifest = read_manifest(out)
+    return {arch: {e["name"]: e for e in read_arch_variants(manifest, arch)} for arch in arches}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -92,11 +95,15 @@ def load_manifest(out: Path) -> dict:
 
 def check(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    manifest = load_manifest(out)
+    try:
+        built = built_variants(out, args.arches)
+    except ValueError as ex:  # an older manifest format
+        print(f"check: {ex}")
+        return 1
     fh = family_hashes()
     problems = []
     for arch in args.arches:
-        have = {e["name"]: e for e in manifest.get("variants", {}).get(arch, [])}
+        have = built[arch]
         for v in registry.all_variants(arch):
             if not selected(v.name, args.patterns):
                 continue
@@ -143,26 +150,41 @@ def drive(args: argparse.Namespace) -> int:
                 if proc.returncode != 0:
                     print(f"[{arch}] FAILED (exit {proc.returncode})", flush=True)
                     rc = 1
-    merge_manifest(out, args.arches)
+    merge_manifest(out)
     print(f"build: {'FAILED' if rc else 'ok'} in {time.time() - t0:.1f} s -> {out / 'manifest.json'}", flush=True)
     return rc
 
 
-def merge_manifest(out: Path, arches: list[str]) -> None:
-    manifest = load_manifest(out)
-    manifest["format"] = MANIFEST_FORMAT
-    for arch in arches:
-        part = out / arch / "manifest.part.json"
-        if part.exists():
-            p = json.loads(part.read_text())
-            manifest["variants"][arch] = p["variants"]
-            manifest.setdefault("dsl_version", p["dsl_version"])
-            manifest.setdefault("family_hashes", {}).update(p["family_hashes"])
-            manifest.setdefault("family_sources", {}).update(p["family_sources"])
-            manifest.setdefault("arches", {})[arch] = {"target": registry.ARCHES[arch]["target"],
-                                                      "runs_on": registry.ARCHES[arch]["runs_on"]}
-    manifest["variants"] = dict(sorted(manifest["variants"].items()))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+def merge_manifest(out: Path) -> None:
+    """Write ``manifest.json`` (each family's distinct params / requires lists once, under a content id) and
+    ``<arch>/variants.json`` (entries naming those ids) from every arch's ``manifest.part.json`` under ``out``."""
+    families: dict[str, dict] = {}
+    arches: dict[str, dict] = {}
+    dsl_version = None
+    for part in sorted(out.glob("*/manifest.part.json")):
+        arch = part.parent.name
+        if arch not in registry.ARCHES:
+            continue
+        p = json.loads(part.read_text())
+        dsl_version = dsl_version or p["dsl_version"]
+        for name, h in p["family_hashes"].items():
+            fam = families.setdefault(name, {"hash": h, "sources": [], "params": {}, "requires": {}})
+            fam["hash"], fam["sources"] = h, p["family_sources"].get(name, fam["sources"])
+        variants = []
+        for e in p["variants"]:
+            e = dict(e)
+            for table in ("params", "requires"):
+                cid = content_id(e[table])
+                families[e["family"]][table].setdefault(cid, e[table])
+                e[table] = cid
+            variants.append(e)
+        doc = {"format": MANIFEST_FORMAT, "arch": arch, "variants": variants}
+        (out / arch / "variants.json").write_text(json.dumps(doc, indent=1) + "\n")
+        arches[arch] = {"target": registry.ARCHES[arch]["target"], "runs_on": registry.ARCHES[arch]["runs_on"],
+                        "variants": f"{arch}/variants.json", "count": len(variants)}
+    manifest = {"format": MANIFEST_FORMAT, "dsl_version": dsl_version, "arches": dict(sorted(arches.items())),
+                "families": dict(sorted(families.items()))}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -236,10 +258,11 @@ def _smem_from_host_ir(compiled) -> int | None:
     return int(mc.group(1)) if mc else None
 
 
-def build_variant(variant: registry.Variant, fam_module, arch_dir: Path, capture: Capture | None) -> tuple[dict, list]:
+def build_variant(variant: registry.Variant, family: registry.Family, arch_dir: Path, capture: Capture | None
+                  ) -> tuple[dict, list]:
     import cutlass.cute as cute
 
-    host, cargs = fam_module.compile_args(variant)
+    host, cargs = family.compile_args(variant)
     t0 = time.time()
     compiled = cute.compile(host, *cargs)
     seconds = time.time() - t0
@@ -266,7 +289,7 @@ def build_variant(variant: registry.Variant, fam_module, arch_dir: Path, capture
     smem_ir = _smem_from_host_ir(compiled)
     if capture is not None:
         smems = set()
-        for case in fam_module.capture_cases(variant):
+        for case in family.capture_cases(variant):
             got = capture.run(compiled, pack_bytes(entry_d["params"], case))
             mine_grid = list(grid_of(variant.grid, case))
             if got["grid"] != mine_grid:
@@ -307,7 +330,6 @@ def worker(args: argparse.Namespace) -> int:
     stub = WORK / "libvbcapture.so"
     if not args.no_capture:
         os.environ["CUTE_DSL_LIBS"] = str(stub)
-    import importlib
     from importlib.metadata import version
 
     capture = None if args.no_capture else Capture(stub)
@@ -318,8 +340,7 @@ def worker(args: argparse.Namespace) -> int:
     old_caps = json.loads(cap_path.read_text()) if cap_path.exists() else {}
     entries, caps, n_built, n_skip, failures = [], {}, 0, 0, []
     for fam in registry.families():
-        mod = importlib.import_module(fam.module)
-        for v in fam.variants(arch):
+        for v in fam.variants_for(arch):
             stamp = variant_stamp(v.manifest_entry(), fh[fam.name])
             prev = old.get(v.name)
             fresh = prev is not None and prev["stamp"] == stamp and (arch_dir / prev["cubin"]).exists()
@@ -331,7 +352,7 @@ def worker(args: argparse.Namespace) -> int:
                 n_skip += 1
                 continue
             try:
-                e, c = build_variant(v, mod, arch_dir, capture)
+                e, c = build_variant(v, fam, arch_dir, capture)
             except Exception as ex:  # report every failing variant, then fail the build
                 failures.append(f"{v.name}: {type(ex).__name__}: {ex}")
                 print(f"[{arch}] FAIL {v.name}: {type(ex).__name__}: {ex}", flush=True)

@@ -1,4 +1,4 @@
-"""Packs the built cubins (cubins/manifest.json, cubins/<arch>/*.cubin) into the wheel as varblock/cubins.
+"""Packs the built cubins (cubins/manifest.json, cubins/<arch>/variants.json, *.cubin) into the wheel (varblock/cubins).
 
 Build them first (`python build_kernels.py`), then `python -m build --wheel`. The kernel sources
 (varblock.kernels) are build-time only and stay out of the wheel."""
@@ -21,7 +21,7 @@ class BuildPyWithCubins(build_py):
         dst = Path(self.build_lib) / "varblock" / "cubins"
         dst.mkdir(parents=True, exist_ok=True)
         self.copy_file(str(src / "manifest.json"), str(dst / "manifest.json"))
-        for cubin in sorted(src.glob("*/*.cubin")):
+        for cubin in sorted([*src.glob("*/*.cubin"), *src.glob("*/variants.json")]):
             (dst / cubin.parent.name).mkdir(exist_ok=True)
             self.copy_file(str(cubin), str(dst / cubin.parent.name / cubin.name))
 

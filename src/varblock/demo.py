@@ -35,7 +35,7 @@ def _built() -> str:
         m = load_manifest()
     except FileNotFoundError as ex:
         return str(ex)
-    counts = {a: len(v) for a, v in m["variants"].items()}
+    counts = {a: info["count"] for a, info in m["arches"].items()}
     return f"{sum(counts.values())} kernels in {m['_dir']}: " + ", ".join(f"{a}: {n}" for a, n in counts.items())
 
 

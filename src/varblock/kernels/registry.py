@@ -83,10 +83,50 @@ class Variant:
 
 @dataclass(frozen=True)
 class Family:
+    """A kernel family as the build sees it; the one place that says what a family provides.
+
+    * ``name``: the family's name in the manifest (and of its runtime binding in ``varblock.families``);
+    * ``module``: the family module (plain Python: no cutlass at import). Besides ``FAMILY`` it defines
+      ``compile_args(variant) -> (host_jit_function, args)`` for ``cute.compile`` (imports cutlass: build time
+      only) and ``capture_cases(variant) -> [{param name: value}, ...]`` for the launch-capture check;
+    * ``variants(arch)``: its variants for a build arch;
+    * ``sources``: the files whose bytes stamp its cubins (with the shared build helpers);
+    * ``arches``: the build arches it is built for (default: every arch in ``ARCHES``).
+    """
+
     name: str
     module: str
     variants: Callable[[str], list[Variant]]
     sources: tuple[str, ...] = ()
+    arches: tuple[str, ...] = tuple(ARCHES)
+
+    def variants_for(self, arch: str) -> list[Variant]:
+        """The family's variants for ``arch`` (none where it is not built), checked to belong to it."""
+        if arch not in ARCHES:
+            raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHES)}")
+        if arch not in self.arches:
+            return []
+        vs = self.variants(arch)
+        bad = [v.name for v in vs if v.family != self.name or v.arch != arch]
+        if bad:
+            raise ValueError(f"kernel family {self.name}: variants {bad} name another family or arch")
+        return vs
+
+    def compile_args(self, variant: Variant) -> tuple[Callable, list[Any]]:
+        """``(host_jit_function, args)`` for ``cute.compile`` (imports cutlass)."""
+        return self._hook("compile_args")(variant)
+
+    def capture_cases(self, variant: Variant) -> list[dict[str, Any]]:
+        """Argument sets (fake device addresses) for the launch-capture check."""
+        return self._hook("capture_cases")(variant)
+
+    def _hook(self, name: str) -> Callable:
+        import importlib
+
+        fn = getattr(importlib.import_module(self.module), name, None)
+        if not callable(fn):
+            raise TypeError(f"kernel family {self.name}: module {self.module} defines no {name}(variant)")
+        return fn
 
 
 #: kernel family modules, in build order (each defines FAMILY)
@@ -108,7 +148,7 @@ def families() -> list[Family]:
 def all_variants(arch: str) -> list[Variant]:
     out: list[Variant] = []
     for fam in families():
-        out.extend(fam.variants(arch))
+        out.extend(fam.variants_for(arch))
     names = [v.name for v in out]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
