@@ -257,3 +257,115 @@ def test_reference_on_variable_block_layout():
     with pytest.raises(ValueError):
         ref.attention_pooling_1d(q, k, lay)
     assert ref.attention_pooling_1d(q, k, lay, block_k=11).shape == (2, 33, 3)
+
+
+# ------------------------------------------------------------------------------------------------ attention sinks
+
+
+def sink_rule(lq, lk, *, sinks, wl, wr=-1, causal=False):
+    """Brute-force token rule (StreamingLLM / FlexAttention): key j is visible to query i iff (j < sinks or
+    j >= i + off - wl) and j <= i + off + wr (and causal where asked); bool [lq, lk]."""
+    i = np.arange(lq)[:, None]
+    j = np.arange(lk)[None, :]
+    off = lk - lq
+    ok = (j < sinks) | (j >= i + off - wl) if wl >= 0 else np.ones((lq, lk), bool)
+    if wr >= 0:
+        ok = ok & (j <= i + off + wr)
+    if causal:
+        ok = ok & (j <= i + off)
+    return ok
+
+
+def brute_block_codes(allowed, bq, bk):
+    """2 where every pair of a block is visible, 1 where some are, 0 where none."""
+    lq, lk = allowed.shape
+    out = np.zeros((int(cdiv(lq, bq)), int(cdiv(lk, bk))), np.int8)
+    for m in range(out.shape[0]):
+        for n in range(out.shape[1]):
+            sub = allowed[m * bq:(m + 1) * bq, n * bk:(n + 1) * bk]
+            out[m, n] = 2 if sub.all() else int(sub.any())
+    return out
+
+
+SINK_LENS = ([300, 257, 1, 64], [300, 400, 5, 64])  # (len_q, len_k) per sequence: square and len_k > len_q
+
+
+@pytest.mark.parametrize("sinks", [1, 4, 64, 100])
+@pytest.mark.parametrize("bq,bk", [(64, 64), (32, 48)])
+@pytest.mark.parametrize("wl,wr,causal", [(32, -1, True), (32, 0, False), (40, 16, False), (32, -1, False)])
+def test_sinks_layout_is_the_token_rule(sinks, bq, bk, wl, wr, causal):
+    """attention_sinks: block codes and the token expansion are exactly the token rule, whether or not the block
+    size divides the sink count and the window (issue 8.3: sink keys stay visible when a sink block crosses the
+    diagonal)."""
+    lens_q, lens_k = SINK_LENS
+    cu_q, cu_k = cu_of(lens_q), cu_of(lens_k)
+    lay = vl.attention_sinks(cu_q, cu_k, num_sink_tokens=sinks, window_left=wl, window_right=wr, causal=causal,
+                             block_q=bq, block_k=bk, num_heads=2)
+    assert lay.mask.num_sink_tokens == sinks
+    total = 0
+    for b, (lq, lk) in enumerate(zip(lens_q, lens_k)):
+        want = sink_rule(lq, lk, sinks=sinks, wl=wl, wr=wr, causal=causal)
+        total += int(want.sum())
+        for h in range(2):
+            assert np.array_equal(lay.token_mask(b, h), want), (b, h)
+            assert np.array_equal(lay.block_codes(b, h), brute_block_codes(want, bq, bk)), (b, h)
+    assert lay.num_pairs() == 2 * total
+
+
+@pytest.mark.parametrize("sinks", [1, 4, 64, 100])
+def test_sinks_reference_forward(sinks):
+    """The float64 reference on a sinks layout equals dense masked softmax under the brute-force token rule."""
+    lens_q, lens_k = SINK_LENS
+    cu_q, cu_k = cu_of(lens_q), cu_of(lens_k)
+    lay = vl.attention_sinks(cu_q, cu_k, num_sink_tokens=sinks, window_left=32, causal=True, block_q=64,
+                             block_k=64, num_heads=1)
+    q, k, v = inputs(lay, 4, 2, seed=sinks)
+    out, lse = ref.attention_forward(q, k, v, lay)
+    for b, (lq, lk) in enumerate(zip(lens_q, lens_k)):
+        allowed = sink_rule(lq, lk, sinks=sinks, wl=32, causal=True)
+        sq, sk = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        for hq in range(4):
+            o, l_, _ = dense_attention(q[sq, hq], k[sk, hq // 2], v[sk, hq // 2], allowed, 1 / np.sqrt(8))
+            np.testing.assert_allclose(out[sq, hq], o, **TOL)
+            np.testing.assert_allclose(lse[hq, sq], l_, **TOL)
+
+
+def test_sink_blocks_is_shorthand_for_tokens():
+    cu = cu_of([200, 77])
+    a = vl.sliding_window(cu, cu, window_left=32, sink_blocks=2, block_q=32, block_k=32)
+    b = vl.sliding_window(cu, cu, window_left=32, num_sink_tokens=64, block_q=32, block_k=32)
+    c = vl.attention_sinks(cu, cu, sink_blocks=2, window_left=32, window_right=0, causal=False, block_q=32,
+                           block_k=32)
+    for b_ in range(2):
+        assert np.array_equal(a.block_codes(b_, 0), b.block_codes(b_, 0))
+        assert np.array_equal(a.token_mask(b_, 0), c.token_mask(b_, 0))
+    assert a.mask.num_sink_tokens == b.mask.num_sink_tokens == 64
+    with pytest.raises(ValueError, match="give one of them"):
+        vl.sliding_window(cu, cu, window_left=32, sink_blocks=1, num_sink_tokens=3)
+    with pytest.raises(ValueError, match="num_sink_tokens"):
+        vl.attention_sinks(cu, cu, num_sink_tokens=-1, window_left=4)
+    with pytest.raises(ValueError, match="num_sink_tokens"):
+        vl.attention_sinks(cu, cu, window_left=4)
+    with pytest.raises(ValueError, match="num_sink_tokens"):
+        vl.ElementMask(window_left=4, num_sink_tokens=True).validated(np.array([0, 4]), np.array([0, 4]), 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 60), st.integers(0, 30), st.integers(-1, 12), st.integers(0, 12), st.integers(1, 20),
+       st.integers(1, 20), st.integers(-10, 10))
+def test_band_classify_and_count_with_sinks(qs, ks, lo_, hi_, ql, kl, off):
+    """band_classify / band_count with sinks against enumeration of the rectangle's pairs."""
+    from varblock.layout.mask import band_classify, band_count
+
+    lo = None if lo_ < 0 else -lo_
+    for sinks in (0, 1, ks + kl // 2, ks + kl + 3):
+        i = np.arange(qs, qs + ql)[:, None]
+        j = np.arange(ks, ks + kl)[None, :]
+        d = j - i - off
+        ok = (d <= hi_) & (np.ones_like(d, bool) if lo is None else (d >= lo) | (j < sinks))
+        a, z = band_classify(np.array([qs]), np.array([ql]), np.array([ks]), np.array([kl]), np.array([off]), lo,
+                             hi_, sinks=sinks)
+        assert (bool(a[0]), bool(z[0])) == (bool(ok.all()), not ok.any())
+        n = band_count(np.array([qs]), np.array([ql]), np.array([ks]), np.array([kl]), np.array([off]), lo, hi_,
+                       sinks=sinks)
+        assert int(n[0]) == int(ok.sum())

@@ -57,11 +57,11 @@ def _band_cells(cu_q, cu_k, bq, bk, lo, hi):
     return row, klo[row] + t, TM
 
 
-def _classify_band(cu_q, cu_k, bq, bk, row, kb, lo, hi):
+def _classify_band(cu_q, cu_k, bq, bk, row, kb, lo, hi, sinks=0):
     b, qs, ql, off, lk, N, _ = _rows_one_head(cu_q, cu_k, bq, bk)
     ks = kb * bk
     kl = np.minimum(bk, lk[row] - ks)
-    return band_classify(qs[row], ql[row], ks, kl, off[row], lo, hi)
+    return band_classify(qs[row], ql[row], ks, kl, off[row], lo, hi, sinks=sinks)
 
 
 def _replicate(row, kb, code, TM, num_heads):
@@ -79,26 +79,22 @@ def _finish(cu_q, cu_k, bq, bk, num_heads, head_mode, row, kb, code, mask, name)
                             {"format": "generator", "generator": name})
 
 
-def _band_layout(cu_q, cu_k, bq, bk, num_heads, head_mode, mask: ElementMask, sink_blocks: int, name: str):
+def _band_layout(cu_q, cu_k, bq, bk, num_heads, head_mode, mask: ElementMask, name: str):
+    """Cells of the causal / window band plus, with a left window, the key blocks holding the mask's sink tokens
+    (``ceil(num_sink_tokens / block_k)`` of them), each classified exactly under the token rule (full, partial or
+    dropped)."""
     lo, hi = mask.band
+    sinks = mask.num_sink_tokens if lo is not None else 0
     row, kb, TM = _band_cells(cu_q, cu_k, bq, bk, lo, hi)
-    all_, none = _classify_band(cu_q, cu_k, bq, bk, row, kb, lo, hi)
-    row, kb, code = row[~none], kb[~none], np.where(all_[~none], 2, 1)
-    if sink_blocks:
-        # sink key blocks [0, sink_blocks) of every row, exempt from the left window: full where the upper bound
-        # (causal / right window) allows every pair, dropped where it allows none, partial otherwise
+    if sinks:
+        # sink key blocks [0, ceil(sinks / bk)) of every row, merged with the band cells (sorted, unique)
         b, qs, ql, off, lk, N, _ = _rows_one_head(cu_q, cu_k, bq, bk)
-        srow, skb = ragged_arange(np.minimum(N, sink_blocks))
-        sall, snone = _classify_band(cu_q, cu_k, bq, bk, srow, skb, None, hi)
-        srow, skb, scode = srow[~snone], skb[~snone], np.where(sall[~snone], 2, 1)
+        srow, skb = ragged_arange(np.minimum(N, cdiv(sinks, bk)))
         KB = int(N.max()) + 1 if N.size else 1
-        key = np.concatenate([row * KB + kb, srow * KB + skb])
-        codes = np.concatenate([code, scode])
-        order = np.argsort(key, kind="stable")
-        key, codes = key[order], codes[order]
-        u, first = np.unique(key, return_index=True)
-        code = np.maximum.reduceat(codes, first) if u.size else codes[:0]
-        row, kb = u // KB, u % KB
+        key = np.unique(np.concatenate([row * KB + kb, srow * KB + skb]))
+        row, kb = key // KB, key % KB
+    all_, none = _classify_band(cu_q, cu_k, bq, bk, row, kb, lo, hi, sinks)
+    row, kb, code = row[~none], kb[~none], np.where(all_[~none], 2, 1)
     row, kb, code = _replicate(row, kb, code, TM, num_heads)
     return _finish(cu_q, cu_k, bq, bk, num_heads, head_mode, row, kb, code, mask, name)
 
@@ -116,7 +112,7 @@ def dense(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, block_q: int = 128, bl
     cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
     mask = resolve_mask(element_mask, causal, window).validated(cu_q, cu_k, H)
     if mask.doc_ids_q is None and mask.token_mask is None:
-        return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, 0, "dense")
+        return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, "dense")
     row, kb, _, _ = all_cells(cu_q, cu_k, bq, bk, H)
     hm = check_head_mode(head_mode, H, "per_q_head")
     qpart = fixed_partition(cu_q, bq, H, "cu_seqlens_q")
@@ -130,43 +126,58 @@ def causal(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, block_q: int = 128, b
     """Causal attention (bottom-right aligned): blocks below the diagonal full, diagonal blocks partial."""
     cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
     mask = ElementMask(causal=True).validated(cu_q, cu_k, H)
-    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, 0, "causal")
+    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, "causal")
 
 
 def sliding_window(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, window_left: int, window_right: int = 0,
-                   sink_blocks: int = 0, block_q: int = 128, block_k: int = 128, num_heads: int = 1,
-                   head_mode: str | None = None) -> BlockSparseLayout:
+                   num_sink_tokens: int | None = None, sink_blocks: int | None = None, block_q: int = 128,
+                   block_k: int = 128, num_heads: int = 1, head_mode: str | None = None) -> BlockSparseLayout:
     """Sliding window ``i + off - window_left <= j <= i + off + window_right`` (``-1`` = unbounded;
-    ``window_right = 0`` is causal), optionally with ``sink_blocks`` attention-sink key blocks (see
-    :func:`attention_sinks`)."""
+    ``window_right = 0`` is causal), optionally with attention sinks: the first ``num_sink_tokens`` keys of every
+    sequence are exempt from the left bound (see :func:`attention_sinks`; ``sink_blocks=n`` is shorthand for
+    ``num_sink_tokens=n * block_k``)."""
     cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
     wl = _check_window(window_left, "window_left")
     wr = _check_window(window_right, "window_right")
-    sb = _check_sinks(sink_blocks)
-    mask = ElementMask(window_left=wl, window_right=wr).validated(cu_q, cu_k, H)
-    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, sb, "sliding_window")
+    sinks = _sink_tokens(num_sink_tokens, sink_blocks, bk, default=0)
+    mask = ElementMask(window_left=wl, window_right=wr, num_sink_tokens=sinks).validated(cu_q, cu_k, H)
+    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, "sliding_window")
 
 
-def _check_sinks(v):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise ValueError(f"sink_blocks: expected a non-negative int, got {v!r}")
-    return int(v)
+def _sink_tokens(num_sink_tokens, sink_blocks, block_k: int, default: int | None) -> int:
+    """Sink tokens from ``num_sink_tokens`` or the ``sink_blocks`` shorthand (``sink_blocks * block_k``)."""
+    for nm, v in (("num_sink_tokens", num_sink_tokens), ("sink_blocks", sink_blocks)):
+        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0):
+            raise ValueError(f"{nm}: expected a non-negative int, got {v!r}")
+    if num_sink_tokens is not None and sink_blocks is not None:
+        raise ValueError("num_sink_tokens / sink_blocks: give one of them (sink_blocks=n means n * block_k tokens)")
+    if num_sink_tokens is not None or sink_blocks is not None:
+        tokens = int(num_sink_tokens) if num_sink_tokens is not None else int(sink_blocks) * block_k
+        check_int32(tokens, "num_sink_tokens" if num_sink_tokens is not None else "sink_blocks", "sink tokens")
+        return tokens
+    if default is None:
+        raise ValueError("num_sink_tokens: required (or the sink_blocks shorthand)")
+    return default
 
 
-def attention_sinks(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, sink_blocks: int, window_left: int = -1,
-                    window_right: int = -1, causal: bool = True, block_q: int = 128, block_k: int = 128,
-                    num_heads: int = 1, head_mode: str | None = None) -> BlockSparseLayout:
-    """The first ``sink_blocks`` key blocks of every sequence for every query block, plus the (causal / window)
-    band. Sink blocks are exempt from the left window: they are full where the causal / right bound allows every
-    pair and partial (masked by the layout's element mask, i.e. causal and window) on the diagonal."""
+def attention_sinks(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, num_sink_tokens: int | None = None,
+                    sink_blocks: int | None = None, window_left: int = -1, window_right: int = -1,
+                    causal: bool = True, block_q: int = 128, block_k: int = 128, num_heads: int = 1,
+                    head_mode: str | None = None) -> BlockSparseLayout:
+    """Attention sinks (StreamingLLM / FlexAttention rule, at token level): key ``j`` is visible to query ``i`` iff
+    ``(j < num_sink_tokens or j >= i + off - window_left)`` and ``j <= i + off + window_right`` (and causal where
+    asked). The layout keeps the band's blocks and the ``ceil(num_sink_tokens / block_k)`` key blocks holding the
+    sinks, each full where every pair is visible, partial where some are (the kernel applies the same rule), dropped
+    otherwise, for any block size. ``sink_blocks=n`` is shorthand for ``num_sink_tokens=n * block_k``."""
     cu_q, cu_k, bq, bk, H = _setup(cu_seqlens_q, cu_seqlens_k, block_q, block_k, num_heads)
     wl = _check_window(window_left, "window_left")
     wr = _check_window(window_right, "window_right")
-    sb = _check_sinks(sink_blocks)
+    sinks = _sink_tokens(num_sink_tokens, sink_blocks, bk, default=None)
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool, got {causal!r}")
-    mask = ElementMask(causal=bool(causal), window_left=wl, window_right=wr).validated(cu_q, cu_k, H)
-    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, sb, "attention_sinks")
+    mask = ElementMask(causal=bool(causal), window_left=wl, window_right=wr,
+                       num_sink_tokens=sinks).validated(cu_q, cu_k, H)
+    return _band_layout(cu_q, cu_k, bq, bk, H, head_mode, mask, "attention_sinks")
 
 
 def document(cu_seqlens_q: Any, cu_seqlens_k: Any = None, *, doc_ids_q: Any, doc_ids_k: Any = None,

@@ -19,6 +19,10 @@ class ElementMask:
 
     * ``causal``: ``j <= i + off``.
     * ``window_left`` / ``window_right`` (``-1`` = unbounded): ``i + off - window_left <= j <= i + off + window_right``.
+    * ``num_sink_tokens`` (attention sinks, StreamingLLM / FlexAttention rule): keys ``j < num_sink_tokens`` are
+      exempt from the LEFT window bound; the right bound and causal still apply. So with a left window the band
+      condition is ``(j < num_sink_tokens or j >= i + off - window_left) and j <= i + off + window_right``, at token
+      level whatever the block size. Without a left window it changes nothing.
     * ``doc_ids_q`` / ``doc_ids_k``: int32 ``[total_q]`` / ``[total_k]``; the pair is allowed iff the ids are equal.
     * ``token_mask``: bool ``[Hm, total_q, max_nb]`` with ``token_block_k``: allowed iff
       ``token_mask[hm, cu_seqlens_q[b] + i, j // token_block_k]``; ``Hm`` is 1 (shared by all layout heads) or the
@@ -32,6 +36,7 @@ class ElementMask:
     doc_ids_k: np.ndarray | None = field(default=None, repr=False)
     token_mask: np.ndarray | None = field(default=None, repr=False)
     token_block_k: int = 0
+    num_sink_tokens: int = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -57,6 +62,8 @@ class ElementMask:
             parts.append("causal=True")
         if self.window_left >= 0 or self.window_right >= 0:
             parts.append(f"window=({self.window_left}, {self.window_right})")
+        if self.num_sink_tokens:
+            parts.append(f"num_sink_tokens={self.num_sink_tokens}")
         if self.doc_ids_q is not None:
             parts.append("doc_ids")
         if self.token_mask is not None:
@@ -72,6 +79,10 @@ class ElementMask:
             v = getattr(self, nm)
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < -1:
                 raise ValueError(f"mask.{nm}: expected an int >= -1 (-1 = unbounded), got {v!r}")
+        sinks = self.num_sink_tokens
+        if (isinstance(sinks, (bool, np.bool_)) or not isinstance(sinks, (int, np.integer))
+                or not 0 <= sinks <= INT32_MAX):
+            raise ValueError(f"mask.num_sink_tokens: expected an int in [0, 2**31 - 1], got {sinks!r}")
         total_q, total_k = int(cu_q[-1]), int(cu_k[-1])
         dq = dk = tm = None
         if (self.doc_ids_q is None) != (self.doc_ids_k is None):
@@ -100,7 +111,7 @@ class ElementMask:
             tm = _ro(np.array(tm, dtype=np.bool_, copy=True))
         return replace(self, causal=bool(self.causal), window_left=int(self.window_left),
                        window_right=int(self.window_right), doc_ids_q=dq, doc_ids_k=dk, token_mask=tm,
-                       token_block_k=tbk)
+                       token_block_k=tbk, num_sink_tokens=int(sinks))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, qi: np.ndarray, kj: np.ndarray, *, head: int, len_q: int, len_k: int, q0: int,
@@ -116,7 +127,7 @@ class ElementMask:
             if hi is not None:
                 out &= d <= hi
             if lo is not None:
-                out &= d >= lo
+                out &= (d >= lo) | (kj < self.num_sink_tokens)
         if self.doc_ids_q is not None:
             out &= self.doc_ids_q[q0 + qi] == self.doc_ids_k[k0 + kj]
         if self.token_mask is not None:
@@ -150,9 +161,28 @@ def resolve_mask(mask: ElementMask | None, causal: bool | None, window: tuple[in
     return mask
 
 
-def band_classify(qs, ql, ks, kl, off, lo, hi):
-    """For rectangles [qs, qs+ql) x [ks, ks+kl) and the constraint lo <= j - i - off <= hi (None = unbounded):
-    (all pairs allowed, no pair allowed). Exact: j - i takes every integer value of its range on a rectangle."""
+def _sink_split(ks, kl, sinks):
+    """Split key ranges [ks, ks+kl) at the sink boundary: (sink part length, rest start, rest length)."""
+    ks = np.asarray(ks, dtype=np.int64)
+    kl = np.asarray(kl, dtype=np.int64)
+    s_len = np.clip(sinks - ks, 0, kl)
+    return s_len, ks + s_len, kl - s_len
+
+
+def band_classify(qs, ql, ks, kl, off, lo, hi, sinks: int = 0):
+    """For rectangles [qs, qs+ql) x [ks, ks+kl) and the constraint lo <= j - i - off <= hi (None = unbounded),
+    where keys j < ``sinks`` are exempt from ``lo``: (all pairs allowed, no pair allowed). Exact: j - i takes every
+    integer value of its range on a rectangle (and on each side of the sink boundary)."""
+    if sinks > 0 and lo is not None:
+        s_len, rs, rl = _sink_split(ks, kl, sinks)
+        a1, n1 = _band_classify(qs, ql, ks, s_len, off, None, hi)
+        a2, n2 = _band_classify(qs, ql, rs, rl, off, lo, hi)
+        e1, e2 = s_len == 0, rl == 0  # an empty part constrains nothing
+        return (a1 | e1) & (a2 | e2), (n1 | e1) & (n2 | e2)
+    return _band_classify(qs, ql, ks, kl, off, lo, hi)
+
+
+def _band_classify(qs, ql, ks, kl, off, lo, hi):
     dmin = ks - (qs + ql - 1) - off
     dmax = (ks + kl - 1) - qs - off
     all_ = np.ones(np.shape(dmin), dtype=np.bool_)
@@ -166,8 +196,16 @@ def band_classify(qs, ql, ks, kl, off, lo, hi):
     return all_, none
 
 
-def band_count(qs, ql, ks, kl, off, lo, hi):
-    """Number of pairs in each rectangle with lo <= j - i - off <= hi (None = unbounded); int64, vectorised."""
+def band_count(qs, ql, ks, kl, off, lo, hi, sinks: int = 0):
+    """Number of pairs in each rectangle with lo <= j - i - off <= hi (None = unbounded; keys j < ``sinks`` exempt
+    from ``lo``); int64, vectorised."""
+    if sinks > 0 and lo is not None:
+        s_len, rs, rl = _sink_split(ks, kl, sinks)
+        return _band_count(qs, ql, ks, s_len, off, None, hi) + _band_count(qs, ql, rs, rl, off, lo, hi)
+    return _band_count(qs, ql, ks, kl, off, lo, hi)
+
+
+def _band_count(qs, ql, ks, kl, off, lo, hi):
     qs, ql, ks, kl, off = (np.asarray(a, dtype=np.int64) for a in (qs, ql, ks, kl, off))
 
     def s_cum(x, n):
