@@ -215,3 +215,18 @@ def test_importers_are_bound_to_the_class():
     assert np.array_equal(lay.to_fa4().mask_block_cnt, vl.to_fa4(lay).mask_block_cnt)
     assert lay.to_flashinfer().keys() == vl.to_flashinfer(lay).keys()
     assert lay.to_flex()["BLOCK_SIZE"] == (32, 32)
+
+
+@pytest.mark.parametrize("view", ["contiguous", "sliced", "transposed", "broadcast_row"])
+def test_generic_copy_arranges_the_copied_span_on_the_host(view):
+    """The generic device path copies the bytes an array's elements span, then arranges them with NumPy."""
+    base = np.random.default_rng().integers(-1000, 1000, size=(37, 5)).astype(np.int32)
+    v = {"contiguous": base, "sliced": base[3::2, 1:4], "transposed": base.T,
+         "broadcast_row": np.broadcast_to(base[4], (6, 5))}[view]
+    strides = tuple(s // v.itemsize for s in v.strides)
+    start = v.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    raw = base.view(np.uint8).reshape(-1)[start:start + fw.span_bytes(v.shape, strides, v.itemsize)]
+    got = fw.from_span(np.array(raw), v.dtype, v.shape, strides)
+    assert got.flags.c_contiguous and np.array_equal(got, v)
+    with pytest.raises(ValueError, match="negative strides"):
+        fw.span_bytes((3,), (-1,), 4)

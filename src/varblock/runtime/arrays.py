@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from varblock.runtime.frameworks import empty, framework_of
-from varblock.runtime.tensors import DeviceArray, compact_strides
+from varblock.runtime.frameworks import compact_strides, empty, framework_of
+from varblock.runtime.tensors import DeviceArray
 
 
 def empty_array(like: Any, name: str, shape: tuple[int, ...], dtype: str, device_id: int, stream: Any

@@ -186,22 +186,52 @@ def _device_to_host(x: Any, errors: list[str]) -> np.ndarray | None:
 
 
 def _copy_device_view(x: Any, errors: list[str]) -> np.ndarray | None:
-    """Generic DLPack / CUDA-array-interface producer: a cuda.core view copied into a new host array."""
+    """Generic DLPack / CUDA-array-interface producer: the bytes its elements span are copied contiguously through
+    cuda.core (a plain memcpy, never a JIT-compiled strided copy), then arranged on the host."""
     try:
+        from cuda.core import Buffer
         from cuda.core.utils import StridedMemoryView
 
         from varblock.runtime.device import device
 
         # stream 1 (legacy default): producers order their pending work before it
         src = StridedMemoryView.from_any_interface(x, stream_ptr=1)
-        out = np.empty(tuple(int(s) for s in src.shape), dtype=src.dtype)
-        if out.size:
-            dev = device(int(src.device_id))
-            src.copy_to(StridedMemoryView.from_array_interface(out), stream=dev.default_stream, blocking=True)
-        return out
+        dtype = np.dtype(src.dtype)
+        shape = tuple(int(d) for d in src.shape)
+        strides = compact_strides(shape) if src.strides is None else tuple(int(t) for t in src.strides)
+        if min(shape, default=1) == 0:
+            return np.empty(shape, dtype=dtype)
+        raw = np.empty(span_bytes(shape, strides, dtype.itemsize), dtype=np.uint8)
+        span = StridedMemoryView.from_buffer(Buffer.from_handle(int(src.ptr), raw.size, owner=src), (raw.size,),
+                                             dtype=np.dtype(np.uint8))
+        span.copy_to(StridedMemoryView.from_array_interface(raw), stream=device(int(src.device_id)).default_stream,
+                     blocking=True)
+        return from_span(raw, dtype, shape, strides)
     except Exception as e:
         errors.append(f"device-to-host copy: {type(e).__name__}: {e}")
         return None
+
+
+def span_bytes(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> int:
+    """Bytes from the first to the last element of a non-empty strided array (element strides >= 0)."""
+    if any(t < 0 for t in strides):
+        raise ValueError(f"negative strides {strides} are not supported")
+    return (1 + sum((d - 1) * t for d, t in zip(shape, strides))) * itemsize
+
+
+def from_span(raw: np.ndarray, dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """A C-contiguous copy of the strided array whose element span ``raw`` (bytes) holds."""
+    steps = tuple(t * dtype.itemsize for t in strides)
+    return np.lib.stride_tricks.as_strided(raw.view(dtype), shape, steps, writeable=False).copy()
+
+
+def compact_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a C-contiguous array of ``shape``."""
+    acc, st = 1, []
+    for d in reversed(shape):
+        st.append(acc)
+        acc *= max(d, 1)
+    return tuple(reversed(st))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,5 +307,5 @@ def _cuda_core_empty(shape: tuple[int, ...], dtype: str, device_id: int, stream:
 
 __all__ = [
     "FRAMEWORKS", "DL_CPU", "DL_CUDA", "DL_CUDA_HOST", "DL_CUDA_MANAGED", "framework_of", "dlpack_device",
-    "is_device_array", "device_ordinal", "to_host", "current_stream_handle", "numpy_dtype", "empty",
+    "is_device_array", "device_ordinal", "to_host", "compact_strides", "current_stream_handle", "numpy_dtype", "empty",
 ]

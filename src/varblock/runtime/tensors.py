@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from varblock.runtime.frameworks import DL_CPU, DL_CUDA_HOST, dlpack_device, framework_of
+from varblock.runtime.frameworks import DL_CPU, DL_CUDA_HOST, compact_strides, dlpack_device, framework_of
 
 #: varblock dtype names and their sizes in bytes
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int64": 8, "uint8": 1, "bool": 1}
@@ -128,14 +128,6 @@ def check_aligned(a: DeviceArray, alignment: int) -> None:
     if a.ptr % alignment:
         raise ValueError(f"{a.name}: {a.name} address must be a multiple of {alignment} (got 0x{a.ptr:x}; a sliced "
                          f"view? pass a contiguous copy)")
-
-
-def compact_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    acc, st = 1, []
-    for s in reversed(shape):
-        st.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(st))
 
 
 def check_same_device(arrays: Sequence[DeviceArray]) -> int:
