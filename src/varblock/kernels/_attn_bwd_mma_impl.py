@@ -1,0 +1,437 @@
+"""CuTe DSL implementation of the ``attention_bwd_mma`` main kernel (imported only at build time: needs ``cutlass``).
+
+See ``attention_bwd_mma.py`` for the contract (work list, parameters, masks). Layout of the work here:
+
+* shared memory: sK, sV ``[tile_n, D]`` (loaded once per tile), sQ, sdO ``[tile_m, D]`` (one query chunk of one
+  head per step), sP, sdS ``[tile_m, tile_n]`` (the step's P and dS in the input dtype), per-row fp32 LSE (log2) and
+  dPsum, per-row / per-column document ids. Rows of 64 (32 for D = 96) elements, XOR-swizzled, so cp.async writes
+  and ldmatrix reads (plain and transposed) are bank-conflict free.
+* two MMA tilings (mma.sync m16n8k16, fp32 accumulation): ``sdp`` (warps ``wm x wn``) for ``S = Q K^T``,
+  ``dP = dO V^T`` and ``dQ = dS K``; ``dkv`` for ``dV += P^T dO`` and ``dK += dS^T Q``, whose A operands are read
+  transposed from sP / sdS and B operands transposed from sdO / sQ / sK with ``ldmatrix.trans``.
+* a step: wait for Q/dO, barrier; S, dP; mask; P, dS -> shared memory; barrier; dV, dK; barrier; issue the next
+  step's Q/dO loads (cp.async) and LSE/dPsum; dQ = dS K added to ``dq_accum`` with fp32 atomics (overlaps the loads).
+* rows ``>= q_len`` of a chunk are zero-filled in sQ/sdO and get LSE ``+inf`` (so P = dS = 0 there); columns
+  ``>= k_len`` get S = -inf (P = 0) and zero-filled K/V rows.
+"""
+
+# (no `from __future__ import annotations`: cute.struct reads the annotations as objects)
+import cutlass
+import cutlass.cute as cute
+from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint8, Uint32
+from cutlass.cute.nvgpu import cpasync, warp
+
+MASK_DOC = 1
+MASK_TOKEN = 2
+_NEG_BIG = -(1 << 30)
+
+
+def _mn_view(t):
+    """View an mma C-fragment ``((2, 2), MMA_M, MMA_N)`` as ``(rows, cols)`` = ``((2, MMA_M), (2, MMA_N))``."""
+    lay = cute.make_layout(t.layout.shape)
+    mn = cute.make_layout(
+        ((lay.shape[0][1], lay.shape[1]), (lay.shape[0][0], lay.shape[2])),
+        stride=((lay.stride[0][1], lay.stride[1]), (lay.stride[0][0], lay.stride[2])),
+    )
+    return cute.make_tensor(t.iterator, cute.composition(t.layout, mn))
+
+
+def _transposed(t, rows: int, cols: int):
+    """The ``(cols, rows)`` transposed view of a ``(rows, cols)`` shared-memory tensor."""
+    return cute.composition(t, cute.make_layout((cols, rows), stride=(rows, 1)))
+
+
+def _gemm(tiled_mma, acc, tA, tB, sA, vA, sB, vB, cA, cB):
+    """acc += A B^T over the whole K extent: ldmatrix of slice kk + 1 overlaps the mma of slice kk."""
+    nk = cute.size(sA, mode=[2])
+    cute.copy(cA, sA[None, None, 0], vA[None, None, 0])
+    cute.copy(cB, sB[None, None, 0], vB[None, None, 0])
+    for kk in range(nk):  # plain Python: this helper is traced, not preprocessed
+        if kk + 1 < nk:
+            cute.copy(cA, sA[None, None, kk + 1], vA[None, None, kk + 1])
+            cute.copy(cB, sB[None, None, kk + 1], vB[None, None, kk + 1])
+        cute.gemm(tiled_mma, acc, tA[None, None, kk], tB[None, None, kk], acc)
+
+
+def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
+              sdp: tuple, dkv: tuple):
+    """Build the ``@cute.jit`` host function (and its kernel) of one main-kernel variant."""
+    dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
+    nthr = 32 * num_warps
+    kblk = 64 if D % 64 == 0 else 32  # smem swizzle atom width for [rows, D] tensors (elements)
+    pblk = 64 if tile_n % 64 == 0 else 32  # ... and for [tile_m, tile_n] (P, dS)
+    tpr = kblk // 8  # threads per row in global -> shared copies
+    rows_per_pass = nthr // tpr
+    wm, wn = sdp
+    km, kn = dkv
+    assert wm * wn == num_warps and km * kn == num_warps
+    assert tile_m % (16 * wm) == 0 and tile_n % (16 * wn) == 0 and D % (16 * wn) == 0
+    assert tile_n % (16 * km) == 0 and D % (16 * kn) == 0 and tile_m % 16 == 0
+    assert tile_m % rows_per_pass == 0 and tile_n % rows_per_pass == 0 and tile_m <= nthr and tile_n <= nthr
+
+    @cute.struct
+    class SharedStorage:
+        sQ: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * D], 1024]
+        sdO: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * D], 1024]
+        sK: cute.struct.Align[cute.struct.MemRange[dtype, tile_n * D], 1024]
+        sV: cute.struct.Align[cute.struct.MemRange[dtype, tile_n * D], 1024]
+        sP: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * tile_n], 1024]
+        sdS: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * tile_n], 1024]
+        sLse: cute.struct.Align[cute.struct.MemRange[Float32, tile_m], 16]
+        sDps: cute.struct.Align[cute.struct.MemRange[Float32, tile_m], 16]
+        sDocQ: cute.struct.Align[cute.struct.MemRange[Int32, tile_m], 16]
+        sDocK: cute.struct.Align[cute.struct.MemRange[Int32, tile_n], 16]
+
+    def smem_layout(rows, cols, blk):
+        sw = 3 if blk == 64 else 2
+        atom = cute.make_composed_layout(cute.make_swizzle(sw, 3, 3), 0, cute.make_layout((8, blk), stride=(blk, 1)))
+        return cute.tile_to_shape(atom, (rows, cols), (0, 1))
+
+    @cute.kernel
+    def kernel(
+        q: cute.Pointer, k: cute.Pointer, v: cute.Pointer, dout: cute.Pointer, lse_log2: cute.Pointer,
+        dpsum: cute.Pointer, dq_accum: cute.Pointer, dk_accum: cute.Pointer, dv_accum: cute.Pointer,
+        cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tiles: cute.Pointer, chunks: cute.Pointer,
+        doc_q: cute.Pointer, doc_k: cute.Pointer, tok_mask: cute.Pointer,
+        q_stride_tok: Int64, q_stride_head: Int64, k_stride_tok: Int64, k_stride_head: Int64,
+        v_stride_tok: Int64, v_stride_head: Int64, do_stride_tok: Int64, do_stride_head: Int64,
+        stat_stride_head: Int64, tm_stride_head: Int64, tm_stride_tok: Int64, tm_stride_blk: Int64,
+        num_tiles: Int32, num_heads_q: Int32, num_tile_heads: Int32, softmax_scale_log2: Float32,
+        window_left: Int32, window_right: Int32, num_sink_tokens: Int32, qhead_per_kvhead: Int32,
+        heads_per_tile: Int32, tok_block_k: Int32, tok_head_div: Int32, mask_flags: Int32,
+    ):
+        tidx, _, _ = cute.arch.thread_idx()
+        bidx, _, _ = cute.arch.block_idx()
+        tile = Int32(bidx)
+
+        smem = cutlass.utils.SmemAllocator()
+        storage = smem.allocate(SharedStorage)
+        sQ = storage.sQ.get_tensor(smem_layout(tile_m, D, kblk))
+        sdO = storage.sdO.get_tensor(smem_layout(tile_m, D, kblk))
+        sK = storage.sK.get_tensor(smem_layout(tile_n, D, kblk))
+        sV = storage.sV.get_tensor(smem_layout(tile_n, D, kblk))
+        sP = storage.sP.get_tensor(smem_layout(tile_m, tile_n, pblk))
+        sdS = storage.sdS.get_tensor(smem_layout(tile_m, tile_n, pblk))
+        sLse = storage.sLse.get_tensor(cute.make_layout(tile_m))
+        sDps = storage.sDps.get_tensor(cute.make_layout(tile_m))
+        sDocQ = storage.sDocQ.get_tensor(cute.make_layout(tile_m))
+        sDocK = storage.sDocK.get_tensor(cute.make_layout(tile_n))
+        sQt = _transposed(sQ, tile_m, D)
+        sdOt = _transposed(sdO, tile_m, D)
+        sKt = _transposed(sK, tile_n, D)
+        sPt = _transposed(sP, tile_m, tile_n)
+        sdSt = _transposed(sdS, tile_m, tile_n)
+
+        q_st = cute.assume(q_stride_tok, divby=8)
+        q_sh = cute.assume(q_stride_head, divby=8)
+        k_st = cute.assume(k_stride_tok, divby=8)
+        k_sh = cute.assume(k_stride_head, divby=8)
+        v_st = cute.assume(v_stride_tok, divby=8)
+        v_sh = cute.assume(v_stride_head, divby=8)
+        do_st = cute.assume(do_stride_tok, divby=8)
+        do_sh = cute.assume(do_stride_head, divby=8)
+
+        # ---------------------------------------------------------------- per-thread setup
+        g2s_atom = cute.make_copy_atom(
+            cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), dtype, num_bits_per_copy=128
+        )
+        g2s = cute.make_tiled_copy_tv(g2s_atom, cute.make_layout((rows_per_pass, tpr), stride=(tpr, 1)),
+                                      cute.make_layout((1, 8)))
+        g2s_thr = g2s.get_slice(tidx)
+        mma_op = warp.MmaF16BF16Op(dtype, Float32, (16, 8, 16))
+        mma_sdp = cute.make_tiled_mma(mma_op, (wm, wn, 1), permutation_mnk=(wm * 16, wn * 16, 16))
+        mma_dkv = cute.make_tiled_mma(mma_op, (km, kn, 1), permutation_mnk=(km * 16, kn * 16, 16))
+        thr_sdp = mma_sdp.get_slice(tidx)
+        thr_dkv = mma_dkv.get_slice(tidx)
+
+        ldm = cute.make_copy_atom(warp.LdMatrix8x8x16bOp(transpose=False, num_matrices=4), dtype)
+        ldm_t = cute.make_copy_atom(warp.LdMatrix8x8x16bOp(transpose=True, num_matrices=4), dtype)
+        cp_sdp_A = cute.make_tiled_copy_A(ldm, mma_sdp).get_slice(tidx)
+        cp_sdp_B = cute.make_tiled_copy_B(ldm, mma_sdp).get_slice(tidx)
+        cp_sdp_Bt = cute.make_tiled_copy_B(ldm_t, mma_sdp).get_slice(tidx)
+        cp_dkv_At = cute.make_tiled_copy_A(ldm_t, mma_dkv).get_slice(tidx)
+        cp_dkv_Bt = cute.make_tiled_copy_B(ldm_t, mma_dkv).get_slice(tidx)
+
+        # S = Q K^T, dP = dO V^T
+        tSrQ = thr_sdp.make_fragment_A(thr_sdp.partition_A(sQ))
+        tSrK = thr_sdp.make_fragment_B(thr_sdp.partition_B(sK))
+        tSsQ = cp_sdp_A.partition_S(sQ)
+        tSvQ = cp_sdp_A.retile(tSrQ)
+        tSsK = cp_sdp_B.partition_S(sK)
+        tSvK = cp_sdp_B.retile(tSrK)
+        tPrdO = thr_sdp.make_fragment_A(thr_sdp.partition_A(sdO))
+        tPrV = thr_sdp.make_fragment_B(thr_sdp.partition_B(sV))
+        tPsdO = cp_sdp_A.partition_S(sdO)
+        tPvdO = cp_sdp_A.retile(tPrdO)
+        tPsV = cp_sdp_B.partition_S(sV)
+        tPvV = cp_sdp_B.retile(tPrV)
+        # dQ = dS K
+        tQrdS = thr_sdp.make_fragment_A(thr_sdp.partition_A(sdS))
+        tQrKt = thr_sdp.make_fragment_B(thr_sdp.partition_B(sKt))
+        tQsdS = cp_sdp_A.partition_S(sdS)
+        tQvdS = cp_sdp_A.retile(tQrdS)
+        tQsKt = cp_sdp_Bt.partition_S(sKt)
+        tQvKt = cp_sdp_Bt.retile(tQrKt)
+        # dV += P^T dO, dK += dS^T Q
+        tVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt))
+        tVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt))
+        tVsPt = cp_dkv_At.partition_S(sPt)
+        tVvPt = cp_dkv_At.retile(tVrPt)
+        tVsdOt = cp_dkv_Bt.partition_S(sdOt)
+        tVvdOt = cp_dkv_Bt.retile(tVrdOt)
+        tKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt))
+        tKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt))
+        tKsdSt = cp_dkv_At.partition_S(sdSt)
+        tKvdSt = cp_dkv_At.retile(tKrdSt)
+        tKsQt = cp_dkv_Bt.partition_S(sQt)
+        tKvQt = cp_dkv_Bt.retile(tKrQt)
+
+        r2s_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=32)
+        r2s = cute.make_tiled_copy_C(r2s_atom, mma_sdp).get_slice(tidx)
+        tPsP = r2s.partition_D(sP)
+        tSsdS = r2s.partition_D(sdS)
+
+        acc_shape_S = thr_sdp.partition_shape_C((tile_m, tile_n))
+        acc_shape_dQ = thr_sdp.partition_shape_C((tile_m, D))
+        acc_dK = cute.make_rmem_tensor(thr_dkv.partition_shape_C((tile_n, D)), Float32)
+        acc_dV = cute.make_rmem_tensor(thr_dkv.partition_shape_C((tile_n, D)), Float32)
+        acc_dK.fill(0.0)
+        acc_dV.fill(0.0)
+
+        # coordinates
+        cS = cute.make_identity_tensor((tile_m, tile_n))
+        tScS = _mn_view(thr_sdp.partition_C(cS))
+        t0ScS = _mn_view(mma_sdp.get_slice(0).partition_C(cS))
+        n_rows = cute.size(tScS, mode=[0])
+        n_cols = cute.size(tScS, mode=[1])
+        row0 = tScS[0, 0][0]
+        col0 = tScS[0, 0][1]
+        tdQcdQ = _mn_view(thr_sdp.partition_C(cute.make_identity_tensor((tile_m, D))))
+        tdKcdK = _mn_view(thr_dkv.partition_C(cute.make_identity_tensor((tile_n, D))))
+        cQ = cute.make_identity_tensor((tile_m, D))
+        tQsQ = g2s_thr.partition_D(sQ)
+        tQsdO = g2s_thr.partition_D(sdO)
+        tQcQ = g2s_thr.partition_S(cQ)
+        t0QcQ = g2s.get_slice(0).partition_S(cQ)
+        cK = cute.make_identity_tensor((tile_n, D))
+        tKsK = g2s_thr.partition_D(sK)
+        tKsV = g2s_thr.partition_D(sV)
+        tKcK = g2s_thr.partition_S(cK)
+        t0KcK = g2s.get_slice(0).partition_S(cK)
+
+        if tile < num_tiles:
+            tb = tile * 8
+            batch = tiles[tb]
+            head = tiles[tb + 1]
+            k_start = tiles[tb + 2]
+            k_len = tiles[tb + 3]
+            chunk_begin = tiles[tb + 4]
+            n_full = tiles[tb + 5]
+            n_left = tiles[tb + 7]
+            n_steps = (n_full + tiles[tb + 6]) * heads_per_tile
+            seq_q = cu_seqlens_q[batch]
+            len_q = cu_seqlens_q[batch + 1] - seq_q
+            seq_k = cu_seqlens_k[batch]
+            len_k = cu_seqlens_k[batch + 1] - seq_k
+            diag = len_k - len_q
+            hq0 = head * heads_per_tile
+            hkv = hq0 // qhead_per_kvhead
+
+            # ------------------------------------------------------------ K, V: global -> shared (rows >= k_len: 0)
+            kv0 = Int64(seq_k + k_start)
+            gK = cute.make_tensor(k + (kv0 * k_st + Int64(hkv) * k_sh), cute.make_layout((tile_n, D), stride=(k_st, 1)))
+            gV = cute.make_tensor(v + (kv0 * v_st + Int64(hkv) * v_sh), cute.make_layout((tile_n, D), stride=(v_st, 1)))
+            tKgK = g2s_thr.partition_S(gK)
+            tKgV = g2s_thr.partition_S(gV)
+            lim_k = k_len - tKcK[0][0]
+            for n in cutlass.range_constexpr(cute.size(tKsK, mode=[1])):
+                if t0KcK[0, n, 0][0] < lim_k:
+                    cute.copy(g2s, tKgK[None, n, None], tKsK[None, n, None])
+                    cute.copy(g2s, tKgV[None, n, None], tKsV[None, n, None])
+                else:
+                    tKsK[None, n, None].fill(0)
+                    tKsV[None, n, None].fill(0)
+            if (mask_flags & MASK_DOC) != 0:
+                if tidx < tile_n:
+                    sDocK[tidx] = doc_k[seq_k + k_start + cutlass.min(tidx, k_len - 1)]
+
+            # ------------------------------------------------------------ main loop
+            # Iteration ``it`` finishes step ``it - 1`` (barrier, then dQ += dS K with fp32 atomics, which overlaps
+            # the loads of step ``it``) and runs the first part of step ``it`` (S, dP, P, dS, dV, dK). Steps walk
+            # (chunk, head in tile), head innermost.
+            for it in cutlass.range(n_steps + 1, unroll=1):
+                if it > 0:
+                    cute.arch.barrier()  # everyone is done with sQ, sdO, sLse, sDps, sDocQ of step it - 1
+                if it < n_steps:
+                    # ---- loads of step it: Q, dO (cp.async, rows >= q_len zero), LSE, dPsum, doc ids
+                    ci = it // heads_per_tile
+                    hq = hq0 + (it - ci * heads_per_tile)
+                    c = chunk_begin + ci
+                    qs = chunks[c * 2]
+                    ql = chunks[c * 2 + 1]
+                    tok0 = Int64(seq_q + qs)
+                    gQ = cute.make_tensor(q + (tok0 * q_st + Int64(hq) * q_sh),
+                                          cute.make_layout((tile_m, D), stride=(q_st, 1)))
+                    gdO = cute.make_tensor(dout + (tok0 * do_st + Int64(hq) * do_sh),
+                                           cute.make_layout((tile_m, D), stride=(do_st, 1)))
+                    tQgQ = g2s_thr.partition_S(gQ)
+                    tQgdO = g2s_thr.partition_S(gdO)
+                    lim_q = ql - tQcQ[0][0]
+                    for m in cutlass.range_constexpr(cute.size(tQsQ, mode=[1])):
+                        if t0QcQ[0, m, 0][0] < lim_q:
+                            cute.copy(g2s, tQgQ[None, m, None], tQsQ[None, m, None])
+                            cute.copy(g2s, tQgdO[None, m, None], tQsdO[None, m, None])
+                        else:
+                            tQsQ[None, m, None].fill(0)
+                            tQsdO[None, m, None].fill(0)
+                    if tidx < tile_m:
+                        if tidx < ql:
+                            st = Int64(hq) * stat_stride_head + tok0 + Int64(tidx)
+                            sLse[tidx] = lse_log2[st]
+                            sDps[tidx] = dpsum[st]
+                            if (mask_flags & MASK_DOC) != 0:
+                                sDocQ[tidx] = doc_q[tok0 + Int64(tidx)]
+                        else:
+                            sLse[tidx] = Float32.inf
+                            sDps[tidx] = Float32(0.0)
+                            sDocQ[tidx] = Int32(0)
+                cute.arch.cp_async_commit_group()
+
+                if it > 0:
+                    # ---- dQ += dS K of step it - 1 (sdS and sK are not overwritten before the next barrier)
+                    pi = it - 1
+                    pci = pi // heads_per_tile
+                    phq = hq0 + (pi - pci * heads_per_tile)
+                    pc = chunk_begin + pci
+                    ptok0 = seq_q + chunks[pc * 2]
+                    pq_len = chunks[pc * 2 + 1]
+                    acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
+                    acc_dQ.fill(0.0)
+                    _gemm(mma_sdp, acc_dQ, tQrdS, tQrKt, tQsdS, tQvdS, tQsKt, tQvKt, cp_sdp_A, cp_sdp_Bt)
+                    acc_dQ_mn = _mn_view(acc_dQ)
+                    for rr in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[0])):
+                        r = tdQcdQ[rr, 0][0]
+                        if r < pq_len:
+                            base = (Int64(ptok0 + r) * Int64(num_heads_q) + Int64(phq)) * D
+                            for cc in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[1])):
+                                cute.arch.atomic_add(dq_accum + (base + Int64(tdQcdQ[rr, cc][1])),
+                                                     acc_dQ_mn[rr, cc])
+
+                if it < n_steps:
+                    ci = it // heads_per_tile
+                    hq = hq0 + (it - ci * heads_per_tile)
+                    c = chunk_begin + ci
+                    q_start = chunks[c * 2]
+                    q_len = chunks[c * 2 + 1]
+                    tok0 = seq_q + q_start
+                    partial = Uint32(ci - n_left) >= Uint32(n_full)
+
+                    cute.arch.cp_async_wait_group(0)
+                    cute.arch.barrier()
+
+                    acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
+                    acc_S.fill(0.0)
+                    _gemm(mma_sdp, acc_S, tSrQ, tSrK, tSsQ, tSvQ, tSsK, tSvK, cp_sdp_A, cp_sdp_B)
+                    acc_dP = cute.make_rmem_tensor(acc_shape_S, Float32)
+                    acc_dP.fill(0.0)
+                    _gemm(mma_sdp, acc_dP, tPrdO, tPrV, tPsdO, tPvdO, tPsV, tPvV, cp_sdp_A, cp_sdp_B)
+                    # -------------------------------------------------------- masks
+                    acc_S_mn = _mn_view(acc_S)
+                    if partial:
+                        sink_hi = num_sink_tokens - k_start - col0  # columns below this are sink keys
+                        for rr in cutlass.range_constexpr(n_rows):
+                            a = q_start + row0 + t0ScS[rr, 0][0] + diag  # key j is on the diagonal of the row at j = a
+                            lo = a - window_left - k_start - col0
+                            lo = lo if window_left >= 0 else Int32(_NEG_BIG)
+                            hi = cutlass.min(a + window_right + 1 - k_start, k_len)
+                            hi = hi if window_right >= 0 else k_len
+                            hi = hi - col0
+                            for cc in cutlass.range_constexpr(n_cols):
+                                cl = t0ScS[0, cc][1]
+                                s = acc_S_mn[rr, cc]
+                                s = -Float32.inf if ((cl < lo) & (cl >= sink_hi)) else s
+                                s = -Float32.inf if cl >= hi else s
+                                acc_S_mn[rr, cc] = s
+                        if (mask_flags & MASK_DOC) != 0:
+                            for rr in cutlass.range_constexpr(n_rows):
+                                dq_id = sDocQ[row0 + t0ScS[rr, 0][0]]
+                                for cc in cutlass.range_constexpr(n_cols):
+                                    s = acc_S_mn[rr, cc]
+                                    acc_S_mn[rr, cc] = -Float32.inf if sDocK[col0 + t0ScS[0, cc][1]] != dq_id else s
+                        if (mask_flags & MASK_TOKEN) != 0:
+                            hm = hq // tok_head_div
+                            for rr in cutlass.range_constexpr(n_rows):
+                                r = cutlass.min(row0 + t0ScS[rr, 0][0], q_len - 1)
+                                row_off = Int64(hm) * tm_stride_head + Int64(tok0 + r) * tm_stride_tok
+                                for cc in cutlass.range_constexpr(n_cols):
+                                    j = k_start + cutlass.min(col0 + t0ScS[0, cc][1], k_len - 1)
+                                    keep = tok_mask[row_off + Int64(j // tok_block_k) * tm_stride_blk]
+                                    s = acc_S_mn[rr, cc]
+                                    acc_S_mn[rr, cc] = -Float32.inf if keep == Uint8(0) else s
+                    else:
+                        if k_len < tile_n:
+                            hi = k_len - col0
+                            for cc in cutlass.range_constexpr(n_cols):
+                                if t0ScS[0, cc][1] >= hi:
+                                    for rr in cutlass.range_constexpr(n_rows):
+                                        acc_S_mn[rr, cc] = -Float32.inf
+
+                    # -------------------------------------------------------- P, dS
+                    acc_dP_mn = _mn_view(acc_dP)
+                    for rr in cutlass.range_constexpr(n_rows):
+                        r = row0 + t0ScS[rr, 0][0]
+                        lse_r = sLse[r]
+                        dps_r = sDps[r]
+                        p = cute.math.exp2(acc_S_mn[rr, None].load() * softmax_scale_log2 - lse_r, fastmath=True)
+                        acc_S_mn[rr, None] = p
+                        acc_dP_mn[rr, None] = p * (acc_dP_mn[rr, None].load() - dps_r)
+                    rP = cute.make_fragment_like(acc_S, dtype)
+                    rP.store(acc_S.load().to(dtype))
+                    rdS = cute.make_fragment_like(acc_dP, dtype)
+                    rdS.store(acc_dP.load().to(dtype))
+                    cute.copy(r2s_atom, r2s.retile(rP), tPsP)
+                    cute.copy(r2s_atom, r2s.retile(rdS), tSsdS)
+                    cute.arch.barrier()
+
+                    # -------------------------------------------------------- dV += P^T dO, dK += dS^T Q
+                    _gemm(mma_dkv, acc_dV, tVrPt, tVrdOt, tVsPt, tVvPt, tVsdOt, tVvdOt, cp_dkv_At, cp_dkv_Bt)
+                    _gemm(mma_dkv, acc_dK, tKrdSt, tKrQt, tKsdSt, tKvdSt, tKsQt, tKvQt, cp_dkv_At, cp_dkv_Bt)
+
+            # ------------------------------------------------------------ epilogue: fp32 dK, dV of this tile
+            cute.arch.cp_async_wait_group(0)
+            acc_dK_mn = _mn_view(acc_dK)
+            acc_dV_mn = _mn_view(acc_dV)
+            for rr in cutlass.range_constexpr(cute.size(acc_dK_mn, mode=[0])):
+                r = tdKcdK[rr, 0][0]
+                if r < k_len:
+                    base = (Int64(seq_k + k_start + r) * Int64(num_tile_heads) + Int64(head)) * D
+                    for cc in cutlass.range_constexpr(cute.size(acc_dK_mn, mode=[1])):
+                        off = base + Int64(tdKcdK[rr, cc][1])
+                        dk_accum[off] = acc_dK_mn[rr, cc]
+                        dv_accum[off] = acc_dV_mn[rr, cc]
+
+    kernel.set_name_prefix(f"vb_{name}", remove_cutlass_symbol=True, keep_mangled_name=False)
+
+    @cute.jit
+    def host(
+        q: cute.Pointer, k: cute.Pointer, v: cute.Pointer, dout: cute.Pointer, lse_log2: cute.Pointer,
+        dpsum: cute.Pointer, dq_accum: cute.Pointer, dk_accum: cute.Pointer, dv_accum: cute.Pointer,
+        cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tiles: cute.Pointer, chunks: cute.Pointer,
+        doc_q: cute.Pointer, doc_k: cute.Pointer, tok_mask: cute.Pointer,
+        q_stride_tok: Int64, q_stride_head: Int64, k_stride_tok: Int64, k_stride_head: Int64,
+        v_stride_tok: Int64, v_stride_head: Int64, do_stride_tok: Int64, do_stride_head: Int64,
+        stat_stride_head: Int64, tm_stride_head: Int64, tm_stride_tok: Int64, tm_stride_blk: Int64,
+        num_tiles: Int32, num_heads_q: Int32, num_tile_heads: Int32, softmax_scale_log2: Float32,
+        window_left: Int32, window_right: Int32, num_sink_tokens: Int32, qhead_per_kvhead: Int32,
+        heads_per_tile: Int32, tok_block_k: Int32, tok_head_div: Int32, mask_flags: Int32,
+    ):
+        kernel(
+            q, k, v, dout, lse_log2, dpsum, dq_accum, dk_accum, dv_accum, cu_seqlens_q, cu_seqlens_k, tiles,
+            chunks, doc_q, doc_k, tok_mask, q_stride_tok, q_stride_head, k_stride_tok, k_stride_head,
+            v_stride_tok, v_stride_head, do_stride_tok, do_stride_head, stat_stride_head, tm_stride_head,
+            tm_stride_tok, tm_stride_blk, num_tiles, num_heads_q, num_tile_heads, softmax_scale_log2,
+            window_left, window_right, num_sink_tokens, qhead_per_kvhead, heads_per_tile, tok_block_k,
+            tok_head_div, mask_flags,
+        ).launch(grid=[num_tiles, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
+
+    return host

@@ -1,0 +1,298 @@
+"""``attention_backward``: gradients of varlen block-sparse attention (the portable ``attention_bwd_mma`` family).
+
+Three launches on the caller's stream: preprocess (dPsum, LSE in base 2, zeroed fp32 dQ accumulator), main (one CTA
+per key/value tile walking only the query chunks that keep it), postprocess (dQ scale and convert, dK/dV group sums).
+The backward work list is built from ``plan.layout`` the first time a plan is used here and cached with it (weakly:
+it goes away with the plan).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+from varblock import abi
+from varblock.bwd_worklist import BwdWorkList, build_bwd_worklist
+from varblock.ops.checks import check_no_alias, extent
+from varblock.plan import Plan
+from varblock.runtime import arrays
+from varblock.runtime.device import stream_for
+from varblock.runtime.launch import PreparedLaunch
+from varblock.runtime.select import variant_for
+from varblock.runtime.tensors import (
+    DeviceArray,
+    as_device_array,
+    check_aligned,
+    check_dtype,
+    check_inner_contiguous,
+    check_ndim,
+    check_same_device,
+    check_shape,
+)
+
+FAMILY = "attention_bwd_mma"
+_DTYPES = ("bfloat16", "float16")
+#: tiles per SM below which a GQA layout shared by the group is split per query head (more CTAs, fp32 dK/dV sums)
+_MIN_TILES_PER_SM = 2
+_MAX_STREAMS = 16
+
+
+class _BwdState:
+    """What the backward remembers about a plan: its work list, the work list's device copy, prepared launches."""
+
+    def __init__(self, revision: int, wl: BwdWorkList, buffers: dict[str, Any]) -> None:
+        self.revision = revision
+        self.worklist = wl
+        self.buffers = buffers
+        self.launches: dict[tuple, tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]] = {}
+        #: stream handle -> fp32 scratch buffers (see ``_workspace``)
+        self.workspace: dict[int, dict[str, Any]] = {}
+
+
+_states: weakref.WeakKeyDictionary[Plan, _BwdState] = weakref.WeakKeyDictionary()
+
+
+def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, plan: Plan, *,
+                       softmax_scale: float | None = None, deterministic: bool = False, dq: Any = None,
+                       dk: Any = None, dv: Any = None, stream: Any = None) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`varblock.attention` with respect to q, k, v.
+
+    Args:
+        dout: ``[total_q, Hq, D]`` gradient of the forward's output (dtype of q).
+        q, k, v: the forward's inputs (``[total_q, Hq, D]``, ``[total_k, Hkv, D]``), bfloat16/float16, last dim
+            contiguous, other strides multiples of 8 elements, 16-byte aligned.
+        out, lse: the forward's output ``[total_q, Hq, D]`` and natural-log LSE ``[Hq, total_q]`` float32
+            (token dimension contiguous; rows with LSE = -inf get zero gradients).
+        plan: the host plan the forward ran with (its layout and element mask are used; a device plan has no host
+            layout and is refused).
+        softmax_scale: the forward's (default ``1/sqrt(D)``); must be positive.
+        deterministic: not supported by this portable kernel (a ValueError); dQ is accumulated with atomics.
+        dq, dk, dv: optional preallocated outputs (dtype of q; must not overlap the inputs or each other).
+        stream: stream to run on (default: the current stream of the inputs' framework).
+
+    Returns:
+        ``(dq, dk, dv)`` as the caller's array type. GQA: ``dk``/``dv`` sum over the query heads of each group.
+    """
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan: expected a varblock Plan, got {type(plan).__name__}")
+    if plan.layout is None or plan.on_device:
+        raise ValueError("plan: a device plan (work list built on the GPU) has no host layout; the backward needs "
+                         "a plan made from host cu_seqlens or a layout")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic: expected a bool, got {type(deterministic).__name__}")
+    if deterministic:
+        raise ValueError("deterministic: the portable backward accumulates dQ with atomics and has no "
+                         "deterministic mode; call it with deterministic=False")
+    ins = _inputs(dout, q, k, v, out)
+    doa, qa, ka, va, oa = ins
+    ordinal = check_same_device(list(ins))
+    _check_against_plan(plan, qa, ka, va, ordinal)
+    total_q, hq, d = qa.shape
+    check_shape(doa, (total_q, hq, d), "= [total_q, num_heads_q, head_dim] like q")
+    check_shape(oa, (total_q, hq, d), "= [total_q, num_heads_q, head_dim] like q")
+    la = as_device_array(lse, "lse")
+    check_dtype(la, ("float32",))
+    check_shape(la, (hq, total_q), "= [num_heads_q, total_q]")
+    if total_q > 1 and la.strides[1] != 1:
+        raise ValueError(f"lse: the token dimension must be contiguous, got strides {la.strides}")
+    check_same_device([qa, la])
+    scale = _scale(softmax_scale, d)
+    st = stream_for(stream, ordinal, like=q)
+    grads = _outputs(q, ins, (dq, dk, dv), ordinal, st)
+    state = _state(plan)
+    ws = _workspace(state, plan, st)
+    key = (qa.dtype, qa.strides, ka.strides, va.strides, doa.strides, oa.strides, la.strides,
+           tuple(g[1].strides for g in grads), scale)
+    launches = state.launches.get(key)
+    if launches is None:
+        launches = _prepare(plan, state, ins, la, [g[1] for g in grads], ws, scale, ordinal)
+        state.launches[key] = launches
+    pre, main, post = launches
+    ptrs = {n: a.ptr for n, a in ws.items()}
+    pre(st, (oa.ptr, doa.ptr, la.ptr, ptrs["lse_log2"], ptrs["dpsum"], ptrs["dq_accum"]))
+    main(st, (qa.ptr, ka.ptr, va.ptr, doa.ptr, ptrs["lse_log2"], ptrs["dpsum"], ptrs["dq_accum"],
+              ptrs["dk_accum"], ptrs["dv_accum"]))
+    post(st, (ptrs["dq_accum"], ptrs["dk_accum"], ptrs["dv_accum"], *(g[1].ptr for g in grads)))
+    return grads[0][0], grads[1][0], grads[2][0]
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def _inputs(dout: Any, q: Any, k: Any, v: Any, out: Any) -> tuple[DeviceArray, ...]:
+    arrs = tuple(as_device_array(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out")))
+    for a in arrs:
+        check_dtype(a, _DTYPES)
+        check_ndim(a, 3, "[total_tokens, num_heads, head_dim]")
+        check_inner_contiguous(a)
+        check_aligned(a, 16)
+    dts = {a.name: a.dtype for a in arrs}
+    if len(set(dts.values())) != 1:
+        raise TypeError(f"dout, q, k, v, out: dtypes must match, got {dts}")
+    return arrs
+
+
+def _check_against_plan(plan: Plan, qa: DeviceArray, ka: DeviceArray, va: DeviceArray, ordinal: int) -> None:
+    if plan.device_id != ordinal:
+        raise ValueError(f"plan: made for cuda:{plan.device_id}, but q is on cuda:{ordinal}")
+    check_shape(qa, (plan.total_q, plan.num_heads_q, plan.head_dim), "= [total_q, num_heads_q, head_dim] of the plan")
+    check_shape(ka, (plan.total_k, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
+    check_shape(va, (plan.total_k, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
+
+
+def _scale(softmax_scale: Any, head_dim: int) -> float:
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not (
+            math.isfinite(softmax_scale) and softmax_scale > 0):
+        raise ValueError(f"softmax_scale: expected a finite positive number, got {softmax_scale!r}")
+    return float(softmax_scale)
+
+
+def _outputs(q: Any, ins: tuple[DeviceArray, ...], given: tuple[Any, Any, Any], ordinal: int, st: Any
+             ) -> list[tuple[Any, DeviceArray]]:
+    """(array, description) of dq, dk, dv: allocated in q's framework unless given; given ones checked."""
+    _, qa, ka, _, _ = ins
+    shapes = {"dq": qa.shape, "dk": ka.shape, "dv": ka.shape}
+    res = []
+    for name, g in zip(("dq", "dk", "dv"), given):
+        if g is None:
+            res.append(arrays.empty_array(q, name, shapes[name], qa.dtype, ordinal, st))
+            continue
+        a = as_device_array(g, name)
+        check_dtype(a, (qa.dtype,))
+        check_shape(a, shapes[name], f"= {'q' if name == 'dq' else 'k'}'s shape")
+        check_inner_contiguous(a)
+        res.append((g, a))
+    check_same_device([qa] + [a for _, a in res])
+    mine = [(a.name, extent(a)) for (g, a), x in zip(res, given) if x is not None]
+    if mine:
+        check_no_alias(mine, [(a.name, extent(a)) for a in ins])
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ work list
+def _heads_per_tile(plan: Plan) -> int:
+    """The GQA group per CTA (dK/dV summed in registers) for layouts shared by the group, unless that leaves too
+    few CTAs to fill the GPU; else 1 (one query head per CTA, group sums in the postprocess)."""
+    group = plan.num_heads_q // plan.num_heads_kv
+    lay = plan.layout
+    if group == 1 or lay.head_mode == abi.HEAD_MODE_PER_Q_HEAD:
+        return 1
+    from varblock.runtime.device import device
+
+    kpart = lay.key_partition
+    n_keys_tiles = int(((kpart.length.astype("int64") + _tile_n(plan) - 1) // _tile_n(plan)).sum())
+    per_head = n_keys_tiles // max(lay.num_heads, 1)
+    sms = int(device(plan.device_id).properties.multiprocessor_count)
+    return group if per_head * plan.num_heads_kv >= _MIN_TILES_PER_SM * sms else 1
+
+
+def _main_entry(plan: Plan, dtype: str = "bfloat16") -> dict[str, Any]:
+    return variant_for(FAMILY, plan.device_id, {"kind": "main", "dtype": dtype, "head_dim": plan.head_dim})
+
+
+def _tile_n(plan: Plan) -> int:
+    return int(_main_entry(plan)["extra"]["tile_n"])
+
+
+def _state(plan: Plan) -> _BwdState:
+    s = _states.get(plan)
+    if s is None or s.revision != plan.revision:
+        from varblock.runtime.memory import DeviceBuffer
+
+        e = _main_entry(plan)
+        lay = plan.layout
+        m = lay.mask
+        hpt = _heads_per_tile(plan)
+        wl = build_bwd_worklist(lay.transposed(), plan.cu_seqlens_q, plan.cu_seqlens_k,
+                                num_heads_q=plan.num_heads_q, num_heads_kv=plan.num_heads_kv,
+                                head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
+                                tile_m=int(e["extra"]["tile_m"]), tile_n=int(e["extra"]["tile_n"]),
+                                heads_per_tile=hpt, band=m.band, num_sink_tokens=int(plan.num_sink_tokens))
+        bufs = {"tiles": DeviceBuffer.from_host(plan.device_id, wl.tiles),
+                "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks)}
+        s = _BwdState(plan.revision, wl, bufs)
+        _states[plan] = s
+    return s
+
+
+def bwd_worklist(plan: Plan) -> BwdWorkList:
+    """The backward work list of ``plan`` (built and cached on first use)."""
+    return _state(plan).worklist
+
+
+# ------------------------------------------------------------------------------------------------ launches
+def _workspace(state: _BwdState, plan: Plan, st: Any) -> dict[str, Any]:
+    """The fp32 scratch buffers of stream ``st`` (one set per stream, allocated stream-ordered on first use and
+    kept with the plan: calls on one stream reuse them in stream order, and CUDA graphs see fixed addresses)."""
+    handle = int(st.handle)
+    ws = state.workspace.get(handle)
+    if ws is None:
+        from varblock.runtime.memory import DeviceBuffer
+
+        if len(state.workspace) >= _MAX_STREAMS:
+            raise RuntimeError(f"plan: attention_backward used from more than {_MAX_STREAMS} streams; make one plan "
+                               "per group of streams")
+        tq, tk, hq, d = plan.total_q, plan.total_k, plan.num_heads_q, plan.head_dim
+        n_th = state.worklist.num_tile_heads
+        sizes = {"lse_log2": hq * tq, "dpsum": hq * tq, "dq_accum": tq * hq * d, "dk_accum": tk * n_th * d,
+                 "dv_accum": tk * n_th * d}
+        ws = {n: DeviceBuffer(plan.device_id, 4 * max(c, 1), st) for n, c in sizes.items()}
+        state.workspace[handle] = ws
+    return ws
+
+
+def _prepare(plan: Plan, state: _BwdState, ins: tuple[DeviceArray, ...], la: DeviceArray,
+             grads: list[DeviceArray], ws: dict[str, Any], scale: float, ordinal: int
+             ) -> tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]:
+    doa, qa, ka, va, oa = ins
+    total_q, hq, d = qa.shape
+    total_k, hkv = ka.shape[0], ka.shape[1]
+    wl = state.worklist
+    dt = qa.dtype
+    stat_h = total_q
+    lse_h = la.strides[0] if hq > 1 else total_q
+    pre_v = {"out": oa.ptr, "dout": doa.ptr, "lse": la.ptr, "lse_log2": ws["lse_log2"].ptr, "dpsum": ws["dpsum"].ptr,
+             "dq_accum": ws["dq_accum"].ptr, "o_stride_tok": _st(oa, 0), "o_stride_head": _st(oa, 1),
+             "do_stride_tok": _st(doa, 0), "do_stride_head": _st(doa, 1), "lse_stride_head": lse_h,
+             "stat_stride_head": stat_h, "total_q": total_q, "num_heads_q": hq, "head_dim": d}
+    ts = plan.tok_strides
+    main_v = {"q": qa.ptr, "k": ka.ptr, "v": va.ptr, "dout": doa.ptr, "lse_log2": ws["lse_log2"].ptr,
+              "dpsum": ws["dpsum"].ptr, "dq_accum": ws["dq_accum"].ptr, "dk_accum": ws["dk_accum"].ptr,
+              "dv_accum": ws["dv_accum"].ptr, "cu_seqlens_q": plan.ptr("cu_seqlens_q"),
+              "cu_seqlens_k": plan.ptr("cu_seqlens_k"), "tiles": state.buffers["tiles"].ptr,
+              "chunks": state.buffers["chunks"].ptr, "doc_q": plan.ptr("doc_q"), "doc_k": plan.ptr("doc_k"),
+              "tok_mask": plan.ptr("tok_mask"), "q_stride_tok": _st(qa, 0), "q_stride_head": _st(qa, 1),
+              "k_stride_tok": _st(ka, 0), "k_stride_head": _st(ka, 1), "v_stride_tok": _st(va, 0),
+              "v_stride_head": _st(va, 1), "do_stride_tok": _st(doa, 0), "do_stride_head": _st(doa, 1),
+              "stat_stride_head": stat_h, "tm_stride_head": ts[0], "tm_stride_tok": ts[1], "tm_stride_blk": ts[2],
+              "num_tiles": wl.num_tiles, "num_heads_q": hq, "num_tile_heads": wl.num_tile_heads,
+              "softmax_scale_log2": scale * abi.LOG2E, "window_left": plan.window_left,
+              "window_right": plan.window_right, "num_sink_tokens": int(plan.num_sink_tokens),
+              "qhead_per_kvhead": hq // hkv, "heads_per_tile": wl.heads_per_tile,
+              "tok_block_k": max(int(plan.tok_block_k), 1), "tok_head_div": max(int(plan.tok_head_div), 1),
+              "mask_flags": plan.mask_flags}
+    dqa, dka, dva = grads
+    post_v = {"dq_accum": ws["dq_accum"].ptr, "dk_accum": ws["dk_accum"].ptr, "dv_accum": ws["dv_accum"].ptr,
+              "dq": dqa.ptr, "dk": dka.ptr, "dv": dva.ptr, "dq_stride_tok": _st(dqa, 0), "dq_stride_head": _st(dqa, 1),
+              "dk_stride_tok": _st(dka, 0), "dk_stride_head": _st(dka, 1), "dv_stride_tok": _st(dva, 0),
+              "dv_stride_head": _st(dva, 1), "total_q": total_q, "total_k": total_k, "num_heads_q": hq,
+              "num_heads_kv": hkv, "num_tile_heads": wl.num_tile_heads, "head_dim": d, "softmax_scale": scale}
+    e_pre = variant_for(FAMILY, ordinal, {"kind": "preprocess", "dtype": dt})
+    e_main = variant_for(FAMILY, ordinal, {"kind": "main", "dtype": dt, "head_dim": d})
+    e_post = variant_for(FAMILY, ordinal, {"kind": "postprocess", "dtype": dt})
+    what = "attention_backward"
+    return (PreparedLaunch(e_pre, ordinal, pre_v, what=what,
+                           pointers=("out", "dout", "lse", "lse_log2", "dpsum", "dq_accum")),
+            PreparedLaunch(e_main, ordinal, main_v, what=what,
+                           pointers=("q", "k", "v", "dout", "lse_log2", "dpsum", "dq_accum", "dk_accum", "dv_accum")),
+            PreparedLaunch(e_post, ordinal, post_v, what=what,
+                           pointers=("dq_accum", "dk_accum", "dv_accum", "dq", "dk", "dv")))
+
+
+def _st(a: DeviceArray, dim: int) -> int:
+    """Element stride of a ``[tokens, heads, D]`` array along ``dim``, compact for extent-1 modes (DLPack may
+    report any stride there)."""
+    if a.shape[dim] <= 1:
+        return a.shape[1] * a.shape[2] if dim == 0 else a.shape[2]
+    return a.strides[dim]
