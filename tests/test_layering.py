@@ -19,6 +19,14 @@ def test_import_varblock_imports_no_framework():
     assert out.stdout.strip() == ""
 
 
+def test_import_varblock_leaves_cuda_python_for_the_first_call():
+    """cuda.core / cuda.bindings cost most of the cold start: importing varblock must not load them."""
+    code = "import sys, varblock; print(sorted(m for m in sys.modules if m == 'cuda' or m.startswith('cuda.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "[]"
+
+
 def _imported_modules(path: Path, root: Path = SRC) -> set[str]:
     """Every module an ``import`` / ``from ... import`` statement of the file names (relative imports resolved)."""
     tree = ast.parse(path.read_text())
