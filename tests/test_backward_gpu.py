@@ -1,0 +1,249 @@
+"""The portable attention backward on the GPU against a float64 reference (DESIGN.md section 6 / FlashAttention's
+rule: error <= 2 x the error of a plain low-precision implementation of the same math + a tiny absolute term):
+every mask kind, GQA ratios 1/4/8, head dims, dtypes, odd and empty sequence lengths, densities 1.0/0.5/0.1/0.0,
+block sizes different from the kernel tiles, many query blocks selecting one key block, rows with LSE = -inf,
+poisoned outputs, 200 back-to-back calls, and argument errors. Each test names the anchor bug it guards against
+where there is one (docs/backward.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import varblock
+from varblock import layout as L
+
+pytestmark = pytest.mark.gpu
+
+LENS = [1, 3, 113, 0, 1023, 200]
+_EPS32 = 2.0**-23
+
+
+def _cu(lens):
+    return np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+
+
+def _rand(torch, shape, dtype, gen):
+    return torch.randn(*shape, device="cuda", generator=gen).to(getattr(torch, dtype))
+
+
+def _inputs(torch, total_q, total_k, hq, hkv, d, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return (_rand(torch, (total_q, hq, d), dtype, g), _rand(torch, (total_k, hkv, d), dtype, g),
+            _rand(torch, (total_k, hkv, d), dtype, g), _rand(torch, (total_q, hq, d), dtype, g))
+
+
+def backward_ref(torch, q, k, v, dout, layout, scale):
+    """(float64 dq, dk, dv) and the plain low-precision baseline (P and dS rounded to the input dtype before the
+    products, matmuls in the input dtype), per sequence and query head from the layout's token-level mask."""
+    total_q, hq, d = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    hmap = layout.head_map(hq, hkv)
+    cu_q, cu_k = layout.cu_seqlens_q.astype(np.int64), layout.cu_seqlens_k.astype(np.int64)
+    f64 = torch.float64
+    ref = [torch.zeros(t.shape, dtype=f64, device="cuda") for t in (q, k, v)]
+    low = [torch.zeros(t.shape, dtype=torch.float32, device="cuda") for t in (q, k, v)]
+    for b in range(cu_q.shape[0] - 1):
+        q0, q1, k0, k1 = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])
+        if q1 == q0 or k1 == k0:
+            continue
+        masks = {}
+        for h in range(hq):
+            hl = int(hmap[h])
+            if hl not in masks:
+                masks[hl] = torch.from_numpy(layout.token_mask(b, hl)).to("cuda")
+            allowed = masks[hl]
+            hk = h // group
+            qs, ks, vs, dos = q[q0:q1, h], k[k0:k1, hk], v[k0:k1, hk], dout[q0:q1, h]
+            # float64 reference
+            s = (qs.to(f64) @ ks.to(f64).T) * scale
+            s = s.masked_fill(~allowed, float("-inf"))
+            m = s.amax(dim=1, keepdim=True)
+            m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+            e = torch.exp(s - m)
+            z = e.sum(dim=1, keepdim=True)
+            p = e / torch.where(z > 0, z, torch.ones_like(z))
+            o = p @ vs.to(f64)
+            dp = dos.to(f64) @ vs.to(f64).T
+            ds = p * (dp - (dos.to(f64) * o).sum(dim=1, keepdim=True))
+            ref[0][q0:q1, h] += scale * ds @ ks.to(f64)
+            ref[1][k0:k1, hk] += scale * ds.T @ qs.to(f64)
+            ref[2][k0:k1, hk] += p.T @ dos.to(f64)
+            # plain low precision: same math, P and dS rounded to the input dtype, products in the input dtype
+            p_lp = p.to(q.dtype)
+            ds_lp = (p.float() * ((dos @ vs.T).float() - (dos.float() * o.float()).sum(dim=1, keepdim=True)))
+            ds_lp = ds_lp.to(q.dtype)
+            low[0][q0:q1, h] += (ds_lp @ ks).float() * scale
+            low[1][k0:k1, hk] += (ds_lp.T @ qs).float() * scale
+            low[2][k0:k1, hk] += (p_lp.T @ dos).float()
+    return ref, [x.to(q.dtype) for x in low]
+
+
+def _check(torch, got, ref, low, what):
+    for name, g, r, lo in zip(("dq", "dk", "dv"), got, ref, low):
+        gd = g.to(torch.float64)
+        assert torch.isfinite(gd).all(), f"{what}: {name} has NaN/inf (unwritten poison?)"
+        err = (gd - r).abs().max().item() if g.numel() else 0.0
+        base = (lo.to(torch.float64) - r).abs().max().item() if g.numel() else 0.0
+        scale = r.abs().max().item() if g.numel() else 0.0
+        allowed = 2.0 * base + 4 * _EPS32 * max(scale, 1.0)
+        assert err <= allowed, f"{what}: {name} max error {err:.3g} > allowed {allowed:.3g} (baseline {base:.3g})"
+
+
+def _run(torch, lay, hq, hkv, d, dtype, seed, *, what, plan=None, **plan_kw):
+    cu_q, cu_k = lay.cu_seqlens_q, lay.cu_seqlens_k
+    q, k, v, dout = _inputs(torch, int(cu_q[-1]), int(cu_k[-1]), hq, hkv, d, dtype, seed)
+    if plan is None:
+        plan = varblock.plan(cu_q, cu_k, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay, **plan_kw)
+    out, lse = varblock.attention(q, k, v, plan, return_lse=True)
+    nan = float("nan")
+    grads = [torch.full_like(t, nan) for t in (q, k, v)]
+    res = varblock.attention_backward(dout, q, k, v, out, lse, plan, dq=grads[0], dk=grads[1], dv=grads[2])
+    assert all(a is b for a, b in zip(res, grads))
+    torch.cuda.synchronize()
+    ref, low = backward_ref(torch, q, k, v, dout, plan.layout, 1.0 / np.sqrt(d))
+    _check(torch, grads, ref, low, what)
+    return grads, (q, k, v, dout, out, lse, plan)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("d", [64, 96, 128, 192, 256])
+@pytest.mark.parametrize("mask", ["dense", "causal"])
+def test_dense_and_causal(torch, dtype, d, mask):
+    """Every head dim and dtype (FA #2623: a head dim returning garbage with no error)."""
+    cu = _cu(LENS)
+    lay = (L.dense if mask == "dense" else L.causal)(cu, cu, num_heads=1)
+    _run(torch, lay, 8, 2, d, dtype, seed=d + (mask == "causal"), what=f"{mask} d={d} {dtype}")
+
+
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.0])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2), (8, 1)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_random_blocks_gqa(torch, density, hq, hkv, causal):
+    """GQA ratios 1 / 4 / 8 and densities, the key/value tiles with no kept query block write zeros."""
+    cu = _cu([113, 1023, 3, 0, 517])
+    lay = L.random_blocks(cu, cu, density=density, num_heads=hkv, head_mode="per_kv_head", causal=causal,
+                          seed=int(density * 100) + hq, keep_diagonal=density > 0)
+    _run(torch, lay, hq, hkv, 128, "bfloat16", seed=hq * 31 + hkv, what=f"random {density} {hq}/{hkv} c={causal}")
+
+
+@pytest.mark.parametrize("block", [16, 32, 64, 128, 256])
+def test_block_sizes_other_than_the_tile(torch, block):
+    """Sparse blocks smaller / larger than the kernel's tiles (FA #2429, #2757, #2903: tile width != block size)."""
+    cu = _cu([300, 1, 640])
+    lay = L.random_blocks(cu, cu, density=0.4, num_heads=2, head_mode="per_kv_head", causal=True, seed=block,
+                          block_q=block, block_k=block)
+    _run(torch, lay, 4, 2, 64, "bfloat16", seed=block, what=f"block {block}")
+
+
+def test_per_q_head_layout_seqlen_q_ne_k(torch):
+    """Per-query-head patterns with GQA (fp32 dK/dV per query head, summed in the postprocess), len_q != len_k."""
+    lq, lk = [50, 300, 1, 129], [200, 300, 77, 1000]
+    lay = L.random_blocks(_cu(lq), _cu(lk), density=0.4, num_heads=6, head_mode="per_q_head", causal=True, seed=3,
+                          block_q=64, block_k=64)
+    _run(torch, lay, 6, 3, 64, "float16", seed=5, what="per-q-head causal q!=k")
+
+
+def test_window_and_sinks(torch):
+    cu = _cu([1023, 1, 300])
+    lay = L.sliding_window(cu, cu, window_left=200, window_right=0, num_sink_tokens=5, block_q=64, block_k=64,
+                           num_heads=1)
+    _run(torch, lay, 4, 1, 128, "bfloat16", seed=11, what="window + sinks")
+    lay = L.sliding_window(cu, cu, window_left=100, window_right=37, block_q=128, block_k=128, num_heads=1)
+    _run(torch, lay, 4, 4, 96, "float16", seed=12, what="two-sided window")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_document_mask(torch, causal):
+    lens = [1000, 333]
+    cu = _cu(lens)
+    rng = np.random.default_rng(4)
+    doc = np.concatenate([np.repeat(np.arange(5), rng.multinomial(n, [0.2] * 5)) for n in lens]).astype(np.int32)
+    lay = L.document(cu, cu, doc_ids_q=doc, causal=causal, num_heads=1)
+    _run(torch, lay, 4, 2, 64, "float16", seed=17, what=f"document causal={causal}")
+
+
+def test_token_mask_seer_1d(torch):
+    lens = [300, 77, 1]
+    cu = _cu(lens)
+    bs, hkv, hq = 64, 2, 8
+    rng = np.random.default_rng(8)
+    t = max(lens)
+    m1d = rng.random((len(lens), hkv, t, (t + bs - 1) // bs)) < 0.3
+    lay = L.from_seer_1d(m1d, cu, cu, block_size=bs, head_mode="per_kv_head")
+    _run(torch, lay, hq, hkv, 128, "bfloat16", seed=19, what="seer 1d")
+
+
+def test_flashinfer_variable_blocks(torch):
+    hkv, hq = 2, 4
+    row = np.array([[100, 28, 300], [128, 128, 172]])
+    col = np.array([[64, 200, 164], [1, 255, 172]])
+    rng = np.random.default_rng(2)
+    bmm = rng.random((hkv, 3, 3)) < 0.6
+    lay = L.from_flashinfer(bmm, row, col)
+    _run(torch, lay, hq, hkv, 128, "bfloat16", seed=23, what="flashinfer variable blocks")
+
+
+def test_many_query_blocks_select_one_key_block(torch):
+    """Every query block keeps key block 0 only (cudnn-frontend #385: wrong when many queries select the same K/V
+    rows): one key tile accumulates dK/dV over 32 query blocks, dQ of every block comes from the same tile."""
+    cu = _cu([4096, 700])
+    nb = -(-np.diff(cu) // 128)
+    mask = np.zeros((2, 1, int(nb.max()), int(nb.max())), dtype=bool)
+    mask[:, :, :, 0] = True
+    lay = L.from_block_mask(mask, cu, cu, block_q=128, block_k=128, padding="ignore")
+    _run(torch, lay, 8, 2, 128, "bfloat16", seed=29, what="all queries -> key block 0")
+
+
+def test_empty_rows_zero_gradients(torch):
+    """Rows with no kept key (LSE = -inf) get zero dQ; keys nobody attends get zero dK/dV."""
+    cu = _cu([500, 3, 260])
+    lay = L.random_blocks(cu, cu, density=0.2, num_heads=1, keep_diagonal=False, seed=1, block_q=64, block_k=64)
+    grads, (q, k, v, dout, out, lse, plan) = _run(torch, lay, 2, 1, 64, "bfloat16", seed=31, what="empty rows")
+    empty_q = torch.isinf(lse).T  # [total_q, Hq]
+    assert empty_q.any()
+    assert (grads[0][empty_q] == 0).all()
+
+
+def test_back_to_back_launches(torch):
+    """200 calls in a row on one stream with no host sync: no NaN, same result within atomics' rounding (FA #2643,
+    #2756, #2481: the main kernel reading LSE / dPsum / dQaccum before the preprocess finished)."""
+    cu = _cu(LENS)
+    lay = L.causal(cu, cu, num_heads=1)
+    grads, (q, k, v, dout, out, lse, plan) = _run(torch, lay, 8, 2, 128, "bfloat16", seed=37, what="first")
+    acc = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
+    for _ in range(200):
+        res = varblock.attention_backward(dout, q, k, v, out, lse, plan)
+        for a, r in zip(acc, res):
+            a += r.float()
+    torch.cuda.synchronize()
+    for a, g in zip(acc, grads):
+        assert torch.isfinite(a).all()
+        assert ((a / 200 - g.float()).abs().max().item()) <= 2e-2 * max(g.float().abs().max().item(), 1.0)
+
+
+def test_argument_errors(torch):
+    cu = _cu([100, 50])
+    lay = L.causal(cu, cu, num_heads=1)
+    q, k, v, dout = _inputs(torch, 150, 150, 4, 2, 64, "bfloat16", 0)
+    plan = varblock.plan(cu, cu, num_heads_q=4, num_heads_kv=2, head_dim=64, layout=lay)
+    out, lse = varblock.attention(q, k, v, plan, return_lse=True)
+    with pytest.raises(ValueError, match="deterministic"):
+        varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=True)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        varblock.attention_backward(dout, q, k, v, out, lse, plan, softmax_scale=-1.0)
+    with pytest.raises(TypeError, match="dtypes must match"):
+        varblock.attention_backward(dout.half(), q, k, v, out, lse, plan)
+    with pytest.raises(ValueError, match="dout"):
+        varblock.attention_backward(dout[:100], q, k, v, out, lse, plan)
+    with pytest.raises(ValueError, match="lse"):
+        varblock.attention_backward(dout, q, k, v, out, lse[:, :100], plan)
+    with pytest.raises(TypeError, match="plan"):
+        varblock.attention_backward(dout, q, k, v, out, lse, None)
+    with pytest.raises(ValueError, match="dq"):
+        varblock.attention_backward(dout, q, k, v, out, lse, plan, dq=q)  # aliases an input
+    dev = varblock.plan(torch.from_numpy(cu).cuda(), num_heads_q=4, num_heads_kv=2, head_dim=64, total_q=150,
+                        total_k=150)
+    with pytest.raises(ValueError, match="device plan"):
+        varblock.attention_backward(dout, q, k, v, out, lse, dev)
