@@ -177,3 +177,21 @@ def test_device_plan_needs_no_host_sync(torch):
     ref_o, ref_l, base_o = attention_ref(torch, q, k, v, lay)
     _, lse = varblock.attention(q, k, v, cu_seqlens_q=cu_dev, causal=True, return_lse=True)
     check_attention(torch, out, lse, ref_o, ref_l, base_o, what="implicit device plan")
+
+
+def test_device_plan_single_tile_schedule(torch):
+    """A device plan with scheduler="single": a grid of the tile capacity, CTAs past the device count exit."""
+    lens = [700, 0, 129, 1]
+    cu = _cu(lens)
+    q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 4, 2, 64, seed=19)
+    kw = dict(num_heads_q=4, num_heads_kv=2, head_dim=64, causal=True, cache=False)
+    pd = varblock.plan(torch.tensor(cu, device="cuda"), **kw, max_seqlen_q=max(lens), scheduler="single")
+    assert pd.on_device and pd.scheduler == "single" and pd.num_ctas == pd.max_tiles
+    counts = pd.enable_tile_counts()
+    od, ld = varblock.attention(q, k, v, pd, return_lse=True)
+    oh, lh = varblock.attention(q, k, v, varblock.plan(cu, **kw), return_lse=True)
+    torch.cuda.synchronize()
+    assert torch.equal(oh, od) and torch.equal(lh, ld)
+    n = int(pd.buffers["status"].to_host(np.int32, 2)[0])
+    c = counts.to_host(np.int32, pd.max_tiles)
+    assert (c[:n] == 1).all() and (c[n:] == 0).all()

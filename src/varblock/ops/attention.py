@@ -64,15 +64,15 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
     if plan is None:
         on_dev = layout is None and is_device_array(cu_seqlens_q)
         plan = make_plan(cu_seqlens_q, cu_seqlens_k, num_heads_q=hq, num_heads_kv=ka.shape[1], head_dim=d,
-                         layout=layout, causal=causal, window=window, device=ordinal, backend=backend,
+                         layout=layout, causal=causal, window=window, device=ordinal, dtype=qa.dtype, backend=backend,
                          total_q=total_q if on_dev else None, total_k=ka.shape[0] if on_dev else None,
                          cache=not on_dev, stream=stream if on_dev else None)
     _check_against_plan(plan, qa, ka, va, ordinal)
     binding = families.binding(OP, plan.family)
     entry = variant_for(binding.name, ordinal, {"dtype": qa.dtype, "head_dim": d})
+    softmax_scale = _scale(softmax_scale, d)
     st = stream_for(stream, ordinal, like=q)
     out, oa, lse, la = _outputs(q, (qa, ka, va), out, lse, ordinal, st)
-    softmax_scale = _scale(softmax_scale, d)
     if plan.num_tiles:
         state = state_of(plan)
         key = (entry["name"], qa.strides, ka.strides, va.strides, oa.strides, la.strides, softmax_scale)
