@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from varblock.abi import TILE_COUNTER_WIDTH
 from varblock.layout import BlockSparseLayout
 from varblock.runtime.memory import DeviceBuffer
 from varblock.worklist import WorkList
@@ -63,6 +64,12 @@ class Plan:
 
     #: tile counter slots in ``buffers["tile_counters"]`` (one {next, done} pair of int32 per stream)
     MAX_STREAMS = 64
+    COUNTER_BYTES = 4 * TILE_COUNTER_WIDTH
+
+    @classmethod
+    def new_tile_counters(cls, ordinal: int, stream: Any = None) -> DeviceBuffer:
+        """Zeroed tile counters for every stream slot (stream-ordered on ``stream`` when given)."""
+        return DeviceBuffer.zeros(ordinal, cls.COUNTER_BYTES * cls.MAX_STREAMS, stream)
 
     def enable_tile_counts(self) -> DeviceBuffer:
         """Debugging aid: from now on every launch adds 1 to ``counts[tile]`` for each tile it processes; returns
@@ -104,7 +111,7 @@ class Plan:
         """Address of tile counter ``slot`` (zeroed at plan creation; the kernel resets it after every launch)."""
         if not 0 <= slot < self.MAX_STREAMS:
             raise ValueError(f"slot: expected 0 <= slot < {self.MAX_STREAMS}, got {slot}")
-        return self.buffers["tile_counters"].ptr + 8 * slot
+        return self.buffers["tile_counters"].ptr + self.COUNTER_BYTES * slot
 
     def flops(self) -> float:
         """Forward FLOPs on computed pairs (4 * D per pair)."""

@@ -59,8 +59,8 @@ def build_device_plan(cq: DeviceArray, ck: DeviceArray, like: Any, *, num_heads_
         "tiles": DeviceBuffer(ordinal, 4 * TILE_WIDTH * max_tiles, st),
         "chunks": DeviceBuffer(ordinal, 4 * CHUNK_WIDTH * max_chunks, st),
         "status": DeviceBuffer(ordinal, 4 * STATUS_WIDTH, st),
-        "scratch": DeviceBuffer(ordinal, 8 * (b + 1), st),
-        "tile_counters": DeviceBuffer.zeros(ordinal, 8 * Plan.MAX_STREAMS, st),
+        "scratch": DeviceBuffer(ordinal, 4 * 2 * (b + 1), st),  # int32 [2 * (B + 1)]
+        "tile_counters": Plan.new_tile_counters(ordinal, st),
     }
     values = {name: buf.ptr for name, buf in bufs.items()}
     values.update(batch=b, num_tile_heads=heads, pack_gqa=g, tile_m=tile_m, tile_n=tile_n, window_left=wl,

@@ -146,7 +146,7 @@ def build_host_plan(lay: BlockSparseLayout, cu_q: np.ndarray, cu_k: np.ndarray, 
         "cu_seqlens_k": DeviceBuffer.from_host(ordinal, cu_k),
         "tiles": DeviceBuffer.from_host(ordinal, worklist.tiles),
         "chunks": DeviceBuffer.from_host(ordinal, worklist.chunks),
-        "tile_counters": DeviceBuffer.zeros(ordinal, 8 * Plan.MAX_STREAMS),
+        "tile_counters": Plan.new_tile_counters(ordinal),
         **tables["buffers"],
     }
     return Plan(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, num_heads_q=hq, num_heads_kv=hkv, head_dim=head_dim,
