@@ -38,7 +38,7 @@ def band(causal: bool, window: tuple[int, int] | None) -> tuple[int, int]:
 
 def sink_tokens(mask: ElementMask) -> int:
     """The element mask's token-level sink count (0 when it has none)."""
-    return int(getattr(mask, "num_sink_tokens", 0) or 0)
+    return int(mask.num_sink_tokens)
 
 
 def mask_kinds(mask: ElementMask) -> frozenset[str]:

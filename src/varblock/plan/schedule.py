@@ -5,7 +5,7 @@ from __future__ import annotations
 from varblock.families.base import AttentionFamily
 from varblock.plan.core import Plan
 from varblock.runtime.device import device, kernel
-from varblock.runtime.manifest import cubin_dir
+from varblock.runtime.manifest import load_manifest
 
 SCHEDULERS = ("auto", "persistent", "single")
 
@@ -27,7 +27,7 @@ def choose_schedule(p: Plan, binding: AttentionFamily, scheduler: str) -> None:
         # count only the GPU knows, are always persistent.
         p.scheduler, p.num_ctas = "single", p.num_tiles
         return
-    k, _ = kernel(p.device_id, e, str(cubin_dir()))
+    k, _ = kernel(p.device_id, e, load_manifest()["_dir"])
     per_sm = k.occupancy.max_active_blocks_per_multiprocessor(int(e["block"][0]), int(e["dynamic_smem_bytes"]))
     wave = max(1, int(per_sm)) * int(device(p.device_id).properties.multiprocessor_count)
     p.scheduler, p.num_ctas = "persistent", min(p.num_tiles, wave)
