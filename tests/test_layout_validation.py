@@ -113,12 +113,6 @@ def _big_cu():
     return np.array([0, 2**31 - 16], dtype=np.int64)
 
 
-def _patch_int32(monkeypatch, value=100):
-    for m in LAYOUT_MODULES:
-        if hasattr(m, "INT32_MAX"):
-            monkeypatch.setattr(m, "INT32_MAX", value)
-
-
 CASES = [
     # ---- _host: inputs, cu_seqlens, block sizes, int32
     ("to_host None", lambda: vl.from_block_mask(None, CU), TypeError, r"mask: expected an array, got None"),
@@ -166,8 +160,8 @@ CASES = [
         full_block_idx=np.zeros((1, 15), I32)), CU, CU), ValueError,
      r"mask_block_idx: key block 2 is beyond the 2 key blocks of its sequence"),
     ("kb range guard", lambda: BlockSparseLayout._build(
-        np.array([0, 32], I32), np.array([0, 32], I32), 1, "broadcast", partition.fixed_partition(np.array([0, 32], I32),
-                                                                                          16, 1, "q"),
+        np.array([0, 32], I32), np.array([0, 32], I32), 1, "broadcast",
+        partition.fixed_partition(np.array([0, 32], I32), 16, 1, "q"),
         partition.fixed_partition(np.array([0, 32], I32), 16, 1, "k"), np.array([0]), np.array([2]), np.array([True]),
         None, 16, 16), ValueError, r"key block index 2 out of range for head 0, sequence 0, which has 2 key blocks"),
     ("token_mask b", lambda: lay().token_mask(5, 0), ValueError, r"b: expected a sequence index in \[0, 2\)"),
@@ -201,6 +195,9 @@ CASES = [
      r"mask.window_left: expected an int >= -1"),
     ("mask window right", lambda: vl.from_block_mask(B1, CU, block_q=16, block_k=16, window=(3, 1.5)), ValueError,
      r"mask.window_right: expected an int >= -1"),
+    ("mask sinks", lambda: vl.from_block_mask(B1, CU, block_q=16, block_k=16,
+                                              element_mask=ElementMask(window_left=4, num_sink_tokens=-1)),
+     ValueError, r"mask.num_sink_tokens: expected an int in \[0, 2\*\*31 - 1\], got -1"),
     ("mask docs pair", lambda: vl.from_block_mask(B1, CU, block_q=16, block_k=16,
                                                   element_mask=ElementMask(doc_ids_q=np.zeros(57, int))),
      ValueError, r"mask.doc_ids_q / mask.doc_ids_k: give both or neither"),
@@ -229,6 +226,10 @@ CASES = [
                                                                              r"non-negative int"),
     ("gen sinks causal", lambda: vl.attention_sinks(CU, sink_blocks=1, causal="no"), TypeError,
      r"causal: expected a bool"),
+    ("gen sinks both", lambda: vl.attention_sinks(CU, sink_blocks=1, num_sink_tokens=4), ValueError,
+     r"num_sink_tokens / sink_blocks: give one of them"),
+    ("gen sinks missing", lambda: vl.attention_sinks(CU, window_left=8), ValueError,
+     r"num_sink_tokens: required \(or the sink_blocks shorthand\)"),
     ("gen density type", lambda: vl.random_blocks(CU, density="x"), TypeError, r"density: expected a float"),
     ("gen density range", lambda: vl.random_blocks(CU, density=1.5), ValueError, r"density: expected a float in"),
     ("topk k", lambda: vl.topk_blocks(np.zeros((1, 5, 3)), CU, k=-1, block_q=16, block_k=16), ValueError,
