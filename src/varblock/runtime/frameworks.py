@@ -30,7 +30,6 @@ _ROOTS = {"numpy": "numpy", "torch": "torch", "cupy": "cupy", "cupy_backends": "
 _framework_by_type: dict[type, str] = {}
 
 
-
 def framework_of(obj: Any) -> str:
     """'torch', 'cupy', 'jax', 'numpy' or 'generic': the framework whose type ``obj`` is (cached per type)."""
     t = type(obj)
