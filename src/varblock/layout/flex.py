@@ -26,6 +26,8 @@ from .packed import aligned_block, packed_build
 from .partition import fixed_partition
 
 _FLEX_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
+_KV_NAMES = (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices"))
+_Q_NAMES = (("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices"))
 
 
 def _lead4(cnt, idx, cname, iname):
@@ -183,36 +185,46 @@ def _to_flex(layout, packed, BLOCK_SIZE, pad, include_full, width, seq_lengths, 
     pads_src = src.get("pad", {}) or {}
     pads = {k: pick_pad(pad, pads_src.get(k), "complement") for k in ("mask", "full")}
     include_full = src.get("has_full", True) if include_full is None else bool(include_full)
-    names = (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices"))
-    qnames = (("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices"))
-    H, B = layout.num_heads, layout.batch_size
     if not packed:
-        bq, bk = fixed_required(layout, "to_flex (per batch)")
-        if BLOCK_SIZE is not None and block_pair(BLOCK_SIZE, "BLOCK_SIZE") != (bq, bk):
-            raise ValueError(f"BLOCK_SIZE: a per-batch export uses the layout's blocks ({bq}, {bk})")
-        M, _ = seq_blocks(layout.cu_seqlens_q, bq)
-        N, _ = seq_blocks(layout.cu_seqlens_k, bk)
-        if seq_lengths is None:
-            seq_lengths = src.get("seq_lengths") or (int(layout.seqlens_q.max()) if B else 0,
-                                                     int(layout.seqlens_k.max()) if B else 0)
-        sl_q, sl_k = (int(x) for x in seq_lengths)
-        MQ = cdiv(sl_q, bq)
-        NKg = max(cdiv(sl_k, bk), src.get("nk", 0))
-        if B and (int(M.max()) > MQ or int(N.max()) > NKg):
-            raise ValueError(f"seq_lengths: {seq_lengths} is shorter than the longest sequence")
-        W = width if width is not None else src.get("width", NKg)
-        nk_grid = max(NKg, W)
-        Bp = 1 if (src.get("broadcast_batch", False) if broadcast_batch is None else broadcast_batch) else B
-        kv = batched_export(layout, Bp, MQ, W, nk_grid, "kv", pads, include_full, names)
-        out = dict(zip(("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"), kv))
-        if transposed:
-            qd = batched_export(layout, Bp, nk_grid, MQ, MQ, "q", {"mask": "complement", "full": "complement"},
-                                 include_full, qnames)
-            out.update(zip(("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"), qd))
-        out["BLOCK_SIZE"] = (bq, bk)
-        out["seq_lengths"] = (sl_q, sl_k)
-        return out
-    # packed grid: aggregate the per-sequence pieces back onto the packed blocks
+        return _per_batch_export(layout, src, BLOCK_SIZE, pads, include_full, width, seq_lengths, broadcast_batch,
+                                 transposed)
+    return _packed_export(layout, src, BLOCK_SIZE, pads, include_full, width, seq_lengths, transposed)
+
+
+def _per_batch_export(layout, src, BLOCK_SIZE, pads, include_full, width, seq_lengths, broadcast_batch, transposed):
+    """BlockMask tensors over each sequence's own blocks ([B or 1, H, MQ(, W)])."""
+    B = layout.batch_size
+    bq, bk = fixed_required(layout, "to_flex (per batch)")
+    if BLOCK_SIZE is not None and block_pair(BLOCK_SIZE, "BLOCK_SIZE") != (bq, bk):
+        raise ValueError(f"BLOCK_SIZE: a per-batch export uses the layout's blocks ({bq}, {bk})")
+    M, _ = seq_blocks(layout.cu_seqlens_q, bq)
+    N, _ = seq_blocks(layout.cu_seqlens_k, bk)
+    if seq_lengths is None:
+        seq_lengths = src.get("seq_lengths") or (int(layout.seqlens_q.max()) if B else 0,
+                                                 int(layout.seqlens_k.max()) if B else 0)
+    sl_q, sl_k = (int(x) for x in seq_lengths)
+    MQ = cdiv(sl_q, bq)
+    NKg = max(cdiv(sl_k, bk), src.get("nk", 0))
+    if B and (int(M.max()) > MQ or int(N.max()) > NKg):
+        raise ValueError(f"seq_lengths: {seq_lengths} is shorter than the longest sequence")
+    W = width if width is not None else src.get("width", NKg)
+    nk_grid = max(NKg, W)
+    Bp = 1 if (src.get("broadcast_batch", False) if broadcast_batch is None else broadcast_batch) else B
+    kv = batched_export(layout, Bp, MQ, W, nk_grid, "kv", pads, include_full, _KV_NAMES)
+    out = dict(zip(("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"), kv))
+    if transposed:
+        qd = batched_export(layout, Bp, nk_grid, MQ, MQ, "q", {"mask": "complement", "full": "complement"},
+                             include_full, _Q_NAMES)
+        out.update(zip(("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"), qd))
+    out["BLOCK_SIZE"] = (bq, bk)
+    out["seq_lengths"] = (sl_q, sl_k)
+    return out
+
+
+def _packed_export(layout, src, BLOCK_SIZE, pads, include_full, width, seq_lengths, transposed):
+    """BlockMask tensors over one grid of the packed tokens ([1, H, MQ(, W)]): the per-sequence pieces of each packed
+    block aggregated back (full only when the block lies in one sequence and that piece is full)."""
+    H = layout.num_heads
     if BLOCK_SIZE is None:
         BLOCK_SIZE = src.get("block_size") or (layout.block_q, layout.block_k)
     if BLOCK_SIZE[0] is None:
@@ -270,8 +282,8 @@ def _to_flex(layout, packed, BLOCK_SIZE, pad, include_full, width, seq_lengths, 
                   np.full(H * nk_grid, MQ, dtype=np.int64))
     out: dict[str, Any] = {}
     for is_full in (False, True):
-        nm = names[1] if is_full else names[0]
-        qn = qnames[1] if is_full else qnames[0]
+        nm = _KV_NAMES[1] if is_full else _KV_NAMES[0]
+        qn = _Q_NAMES[1] if is_full else _Q_NAMES[0]
         if is_full and not include_full:
             if cfull.any():
                 raise ValueError("include_full: the layout has full blocks; they cannot be dropped from the export")
