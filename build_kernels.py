@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent
 SRC = ROOT / "src"
 sys.path.insert(0, str(SRC))
 
+from tools.capture.tma_decode import param_mismatches, read_stub_tensormaps  # noqa: E402
 from varblock.kernels import registry  # noqa: E402
 from varblock.kernels._artifacts import cubin_kernels, ptx_entries  # noqa: E402
 from varblock.runtime.hashing import files_hash, text_hash  # noqa: E402
@@ -211,7 +212,9 @@ class Capture:
         self.lib.vbcap_attrs.restype = ctypes.POINTER(_Attr)
         self.lib.vbcap_setattr.restype = ctypes.POINTER(ctypes.c_int)
 
-    def run(self, compiled, arg_bytes: list[bytes]) -> dict:
+    def run(self, compiled, arg_bytes: list[bytes], param_sizes: list[int] | None = None) -> dict:
+        """Run the host code with ``arg_bytes`` (one per host argument); record the kernel's parameters, whose
+        sizes are ``param_sizes`` (default: the same as the host arguments')."""
         lib = self.lib
         lib.vbcap_reset()
         eng = compiled.engine
@@ -229,20 +232,22 @@ class Capture:
         load((ctypes.c_void_p * 3)(vp(phandle), vp(dev), vp(err)))
         if err.value:
             raise RuntimeError(f"captured cuda_load_to_device failed: {err.value}")
-        sizes = [len(b) for b in arg_bytes]
+        sizes = param_sizes if param_sizes is not None else [len(b) for b in arg_bytes]
         lib.vbcap_set_param_sizes(len(sizes), (ctypes.c_int * len(sizes))(*sizes))
         bufs = [ctypes.create_string_buffer(b, len(b)) for b in arg_bytes]
         result = ctypes.c_int32(-1)
         packed = (ctypes.c_void_p * (len(bufs) + 1))(*[ctypes.addressof(b) for b in bufs], ctypes.addressof(result))
         compiled.capi_func(packed)
-        if result.value != 0 or lib.vbcap_launches() != 1:
-            raise RuntimeError(f"host code returned {result.value} after {lib.vbcap_launches()} launches")
+        if result.value != 0 or lib.vbcap_launches() != 1 or lib.vbcap_failed_asserts():
+            raise RuntimeError(f"host code returned {result.value} after {lib.vbcap_launches()} launches and "
+                               f"{lib.vbcap_failed_asserts()} failed runtime calls")
         cfg = lib.vbcap_config().contents
         attrs = {int(lib.vbcap_attrs()[i].id): list(lib.vbcap_attrs()[i].val[:3]) for i in range(cfg.nattrs)}
         return {
             "grid": list(cfg.grid), "block": list(cfg.block), "smem": int(cfg.smem), "attrs": attrs,
             "params_hex": [bytes(lib.vbcap_param(i)[: sizes[i]]).hex() for i in range(len(sizes))],
             "func_attrs": [list(lib.vbcap_setattr(i)[:2]) for i in range(lib.vbcap_num_setattr())],
+            "tensormaps": read_stub_tensormaps(lib),
         }
 
 
@@ -289,17 +294,17 @@ def build_variant(variant: registry.Variant, family: registry.Family, arch_dir: 
     smem_ir = _smem_from_host_ir(compiled)
     if capture is not None:
         smems = set()
+        host_params = [{"name": p.name, "kind": p.kind} for p in variant.host_params] or entry_d["params"]
         for case in family.capture_cases(variant):
-            got = capture.run(compiled, pack_bytes(entry_d["params"], case))
+            got = capture.run(compiled, pack_bytes(host_params, case), [p["size"] for p in entry_d["params"]])
             mine_grid = list(grid_of(variant.grid, case))
             if got["grid"] != mine_grid:
                 raise RuntimeError(f"{variant.name}: grid formula gives {mine_grid}, DSL launched {got['grid']}")
             if got["block"] != list(variant.block):
                 raise RuntimeError(f"{variant.name}: DSL launched block {got['block']} != {variant.block}")
-            mine = [b.hex() for b in pack_bytes(entry_d["params"], case)]
-            if mine != got["params_hex"]:
-                raise RuntimeError(f"{variant.name}: packed parameters differ from the DSL's: {mine} vs "
-                                   f"{got['params_hex']}")
+            bad = param_mismatches(entry_d["params"], case, got["params_hex"], got["tensormaps"])
+            if bad:
+                raise RuntimeError(f"{variant.name}: packed parameters differ from the DSL's: " + "; ".join(bad))
             smems.add(got["smem"])
             entry_d["cluster_dims"] = got["attrs"].get(4) if any(got["attrs"].get(4, [0])) else None
             entry_d["pdl"] = bool(got["attrs"].get(6, [0])[0])

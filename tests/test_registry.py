@@ -23,9 +23,10 @@ def test_variants_well_formed(arch):
         assert len(v.grid) == 3 and len(v.block) == 3
         fam = next(f for f in registry.families() if f.name == v.family)
         for case in fam.capture_cases(v):
-            assert set(case) == {p.name for p in v.params}, f"{v.name}: capture case names differ from params"
+            host = [{"name": p.name, "kind": p.kind} for p in v.host_params] or v.manifest_entry()["params"]
+            assert set(case) == {p["name"] for p in host}, f"{v.name}: capture case names differ from host args"
             assert all(g >= 1 for g in grid_of(v.grid, case))
-            assert len(pack_bytes(v.manifest_entry()["params"], case)) == len(v.params)
+            assert len(pack_bytes(host, case)) == len(host)
             assert check_requires(v.requires, case) == []
 
 

@@ -20,8 +20,26 @@ static int setattr_log[MAX_SETATTR][2];
 static int n_setattr;
 static int smem_optin = 232448;
 
+/* TMA descriptors. The DSL's own TMA atoms (make_tiled_tma_atom) bit-pack the descriptor inline in the host code,
+ * so it simply arrives as a 128-byte kernel parameter. Host code that asks the runtime library to encode one
+ * (cutlass.experimental TensorMap) calls _cuTensorMapEncodeTiled: there is no encoder on a CPU, so the stub records
+ * the arguments and writes a marker descriptor {"VBTMSTUB", u32 index, zeros} that build_kernels.py resolves. */
+enum { MAX_TMAPS = 32, MAX_RANK = 5 };
+typedef struct {
+  int32_t dtype; uint32_t rank; uint64_t addr; uint64_t dims[MAX_RANK]; uint64_t strides[MAX_RANK];
+  uint32_t box[MAX_RANK]; uint32_t estr[MAX_RANK]; int32_t interleave, swizzle, l2, oob;
+} vb_tmap;
+static vb_tmap tmaps[MAX_TMAPS];
+static int n_tmaps;
+static int n_failed_asserts;
+
 /* ---- control and readout (called from Python through ctypes) ---- */
-void vbcap_reset(void) { n_launches = 0; n_setattr = 0; memset(&last_cfg, 0, sizeof last_cfg); }
+void vbcap_reset(void) {
+  n_launches = 0; n_setattr = 0; n_tmaps = 0; n_failed_asserts = 0; memset(&last_cfg, 0, sizeof last_cfg);
+}
+int vbcap_failed_asserts(void) { return n_failed_asserts; }
+int vbcap_num_tensormaps(void) { return n_tmaps; }
+const vb_tmap *vbcap_tensormap(int i) { return &tmaps[i]; }
 void vbcap_set_param_sizes(int n, const int *s) {
   n_sizes = n < MAX_PARAMS ? n : MAX_PARAMS;
   for (int i = 0; i < n_sizes; ++i) sizes[i] = s[i] < MAX_PARAM_BYTES ? s[i] : MAX_PARAM_BYTES;
@@ -73,4 +91,24 @@ int _cudaKernelSetAttributeForDevice(void *k, int a, int v, int dev) { record_se
 int _cudaFuncSetAttribute(void *k, int a, int v) { record_setattr(a, v); return 0; }
 int _cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, void *f, int bs, int64_t smem) { *n = 1; return 0; }
 int _cudaLibraryUnload(void *lib) { return 0; }
+int _cuTensorMapEncodeTiled(void *out, int dtype, uint32_t rank, void *addr, const uint64_t *dims,
+                            const uint64_t *strides, const uint32_t *box, const uint32_t *estr, int interleave,
+                            int swizzle, int l2, int oob) {
+  if (n_tmaps >= MAX_TMAPS || rank < 1 || rank > MAX_RANK) return 1; /* CUDA_ERROR_INVALID_VALUE */
+  vb_tmap *t = &tmaps[n_tmaps];
+  memset(t, 0, sizeof *t);
+  t->dtype = dtype; t->rank = rank; t->addr = (uint64_t)(uintptr_t)addr;
+  for (uint32_t i = 0; i < rank; ++i) {
+    t->dims[i] = dims[i]; t->box[i] = box[i]; t->estr[i] = estr[i];
+    if (i + 1 < rank) t->strides[i] = strides[i];
+  }
+  t->interleave = interleave; t->swizzle = swizzle; t->l2 = l2; t->oob = oob;
+  memset(out, 0, 128);
+  memcpy(out, "VBTMSTUB", 8);
+  memcpy((char *)out + 8, &n_tmaps, 4);
+  n_tmaps++;
+  return 0;
+}
+/* the host code checks each runtime call's result with this; a failure is counted (the real one aborts) */
+void cuda_dialect_assert_success(int32_t result) { if (result != 0) n_failed_asserts++; }
 int _cuLibraryUnload(void *lib) { return 0; }

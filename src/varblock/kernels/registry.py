@@ -18,8 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: scalar kinds of kernel parameters and their sizes in bytes
-PARAM_SIZES = {"ptr": 8, "i32": 4, "u32": 4, "i64": 8, "f32": 4, "u8": 1}
+#: kinds of kernel parameters and their sizes in bytes: scalars and pointers; ``tensormap`` (a 128-byte TMA
+#: descriptor, built by the runtime from the param's ``recipe``); ``i32xN`` (N int32 values, e.g. the extents of a
+#: TMA coordinate tensor; ``recipe = {"fields": [expr, ...]}``). See varblock.runtime.tensormap.
+PARAM_SIZES = {"ptr": 8, "i32": 4, "u32": 4, "i64": 8, "f32": 4, "u8": 1, "tensormap": 128,
+               **{f"i32x{n}": 4 * n for n in range(1, 9)}}
+STRUCT_KINDS = frozenset(k for k in PARAM_SIZES if k == "tensormap" or k.startswith("i32x"))
 
 #: build arch name -> CuTe DSL target (CUTE_DSL_ARCH) and the compute capabilities its cubins run on
 ARCHES: dict[str, dict[str, Any]] = {
@@ -33,15 +37,20 @@ DEFAULT_ARCHES = ("sm80", "sm90", "sm100", "sm120")
 
 @dataclass(frozen=True)
 class Param:
-    """One kernel parameter: a global pointer (``align`` = alignment the kernel assumes) or a scalar."""
+    """One kernel parameter: a global pointer (``align`` = alignment the kernel assumes), a scalar, or a by-value
+    struct computed from other values by ``recipe`` (``tensormap``, ``i32xN``)."""
 
     name: str
     kind: str
     align: int = 0
+    recipe: Any = None
 
     def __post_init__(self) -> None:
         if self.kind not in PARAM_SIZES:
             raise ValueError(f"param {self.name}: unknown kind {self.kind!r}")
+        if (self.recipe is not None) != (self.kind in STRUCT_KINDS):
+            raise ValueError(f"param {self.name}: kind {self.kind!r} {'needs' if self.recipe is None else 'takes no'} "
+                             f"recipe")
 
     @property
     def size(self) -> int:
@@ -66,6 +75,9 @@ class Variant:
     grid: tuple[Any, Any, Any]
     requires: tuple[dict[str, Any], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the host ``@cute.jit`` function's arguments when they differ from ``params`` (a TMA kernel's host function
+    #: takes pointers and sizes and builds the descriptors); the runtime computes ``params`` from these values
+    host_params: tuple[Param, ...] = ()
 
     def manifest_entry(self) -> dict[str, Any]:
         return {
@@ -73,7 +85,8 @@ class Variant:
             "name": self.name,
             "arch": self.arch,
             "key": dict(self.key),
-            "params": [{"name": p.name, "kind": p.kind, "size": p.size, "align": p.align} for p in self.params],
+            "params": [{"name": p.name, "kind": p.kind, "size": p.size, "align": p.align,
+                        **({"recipe": p.recipe} if p.recipe is not None else {})} for p in self.params],
             "block": list(self.block),
             "grid": list(self.grid),
             "requires": [dict(r) for r in self.requires],
@@ -136,6 +149,7 @@ FAMILY_MODULES = (
     "varblock.kernels.attention_prepare",
     "varblock.kernels.attention_bwd_mma",
     "varblock.kernels.decode_fwd",
+    "varblock.kernels.tma_copy",
 )
 
 

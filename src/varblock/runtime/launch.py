@@ -13,6 +13,7 @@ from typing import Any
 from varblock.runtime import device as _device
 from varblock.runtime.manifest import load_manifest
 from varblock.runtime.params import check_requires, grid_of, launch_args
+from varblock.runtime.struct_launch import StructLaunch, has_struct_params
 
 
 class PreparedLaunch:
@@ -22,12 +23,20 @@ class PreparedLaunch:
                  pointers: Sequence[str] = (), what: str = ""):
         from cuda.core import LaunchConfig
 
+        self.struct = StructLaunch(entry, ordinal, values, pointers, what) if has_struct_params(entry) else None
+        if self.struct is not None:  # by-value struct params (TMA descriptors): launched from bytes
+            self.grid = self.struct.grid
+            return
         bad = check_requires(entry["requires"], values)
         if bad:
             raise ValueError(f"{what or entry['family']}: " + "; ".join(bad))
         self.grid = grid_of(entry["grid"], values)
         self.kernel, _ = _device.kernel(ordinal, entry, load_manifest()["_dir"])
-        kw = {"cluster": tuple(entry["cluster_dims"])} if entry.get("cluster_dims") else {}
+        kw: dict[str, Any] = {"cluster": tuple(entry["cluster_dims"])} if entry.get("cluster_dims") else {}
+        if entry.get("pdl"):  # launch attributes the DSL host code set (recorded by launch capture)
+            kw["programmatic_stream_serialization"] = True
+        if entry.get("cooperative"):
+            kw["is_cooperative"] = True
         self.config = LaunchConfig(grid=self.grid, block=tuple(entry["block"]),
                                    shmem_size=int(entry.get("dynamic_smem_bytes") or 0), **kw)
         self.args = launch_args(entry["params"], values)
@@ -45,6 +54,9 @@ class PreparedLaunch:
     def __call__(self, stream: Any, pointers: Sequence[int]) -> None:
         from cuda.core import launch
 
+        if self.struct is not None:
+            self.struct(stream, pointers)
+            return
         args = list(self.args)
         for i, slot, al, name in zip(self.keep, self.slots, self.align, self.pointer_names):
             ptr = pointers[i]

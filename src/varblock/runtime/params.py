@@ -2,8 +2,13 @@
 
 A manifest entry lists the kernel's parameters (name, kind, size). An op computes one value per name; this module
 turns those values into (a) exact parameter bytes (used by the launch-capture check against the DSL's own host
-code) and (b) typed arguments for ``cuda.core.launch``. Both follow the same per-kind rules, so what capture
-proves about the bytes holds for what is launched.
+code, and launched as they are for kernels with by-value struct parameters) and (b) typed arguments for
+``cuda.core.launch``. Both follow the same per-kind rules, so what capture proves about the bytes holds for what
+is launched.
+
+Struct kinds (``tensormap``, ``i32xN``) are not named in the values: the param's ``recipe`` computes them from
+other values (see :mod:`varblock.runtime.tensormap`). ``cuda.core.launch`` passes only scalars, pointers and its
+own ``TensorMapDescriptor``, so variants with struct params are launched from bytes (runtime/struct_launch.py).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from varblock.runtime import tensormap
 from varblock.runtime.expr import evaluate
 
 _STRUCT = {"ptr": "<Q", "i32": "<i", "u32": "<I", "i64": "<q", "f32": "<f", "u8": "<B"}
@@ -32,9 +38,31 @@ def _checked(kind: str, name: str, value: Any) -> Any:
     return v
 
 
+def is_struct(kind: str) -> bool:
+    """Whether a parameter kind is a by-value struct computed from a recipe (``tensormap``, ``i32xN``)."""
+    return kind == "tensormap" or kind.startswith("i32x")
+
+
+def pack_param(p: Mapping[str, Any], values: Mapping[str, Any]) -> bytes:
+    """The bytes of one parameter. A ``tensormap`` is taken from ``values[name]`` when present (128 bytes already
+    encoded), else encoded through the driver from its recipe."""
+    kind, name = p["kind"], p["name"]
+    if kind == "tensormap":
+        desc = values.get(name)
+        if desc is None:
+            desc = tensormap.encode(tensormap.tensormap_args(name, p["recipe"], values))
+        if len(desc) != tensormap.DESCRIPTOR_BYTES:
+            raise ValueError(f"kernel parameter {name!r}: a TMA descriptor has 128 bytes, got {len(desc)}")
+        return bytes(desc)
+    if kind.startswith("i32x"):
+        fields = tensormap.struct_fields(name, kind, p["recipe"], values)
+        return struct.pack(f"<{len(fields)}i", *(_checked("i32", name, f) for f in fields))
+    return struct.pack(_STRUCT[kind], _checked(kind, name, values[name]))
+
+
 def pack_bytes(params: Sequence[Mapping[str, Any]], values: Mapping[str, Any]) -> list[bytes]:
     """One ``bytes`` per parameter, exactly as the kernel's ``.param`` expects it."""
-    return [struct.pack(_STRUCT[p["kind"]], _checked(p["kind"], p["name"], values[p["name"]])) for p in params]
+    return [pack_param(p, values) for p in params]
 
 
 def launch_args(params: Sequence[Mapping[str, Any]], values: Mapping[str, Any]) -> list[Any]:
@@ -42,6 +70,9 @@ def launch_args(params: Sequence[Mapping[str, Any]], values: Mapping[str, Any]) 
     out: list[Any] = []
     for p in params:
         kind = p["kind"]
+        if is_struct(kind):
+            raise TypeError(f"kernel parameter {p['name']!r} of kind {kind} cannot go through cuda.core.launch "
+                            f"(it passes scalars and pointers only); launch from bytes (struct_launch)")
         v = _checked(kind, p["name"], values[p["name"]])
         out.append(v if kind == "ptr" else _NUMPY[kind](v))
     return out
