@@ -38,8 +38,9 @@ def check_no_alias(outputs: Sequence[tuple[str, tuple[int, int]]], inputs: Seque
 
 def check_plan_call(plan: Any, plan_type: type, *, cu_seqlens_q: Any, cu_seqlens_k: Any, layout: Any,
                     causal: bool, window: Any, backend: str) -> None:
-    """The argument combinations of an op that takes either a plan or what to make one from."""
-    if not isinstance(backend, str):
+    """The argument combinations of an op that takes either a plan or what to make one from (runs on every call,
+    so the common case costs a few comparisons)."""
+    if backend != "auto" and not isinstance(backend, str):
         raise TypeError(f"backend: expected 'auto' or a kernel family name, got {type(backend).__name__}")
     if plan is None:
         if cu_seqlens_q is None:
@@ -47,11 +48,11 @@ def check_plan_call(plan: Any, plan_type: type, *, cu_seqlens_q: Any, cu_seqlens
         return
     if not isinstance(plan, plan_type):
         raise TypeError(f"plan: expected a varblock Plan, got {type(plan).__name__}")
-    given = [n for n, v in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k), ("layout", layout),
-                            ("window", window)) if v is not None] + (["causal"] if causal else [])
-    if given:
+    if cu_seqlens_q is not None or cu_seqlens_k is not None or layout is not None or window is not None or causal:
+        given = [n for n, v in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k), ("layout", layout),
+                                ("window", window)) if v is not None] + (["causal"] if causal else [])
         raise TypeError(f"plan: pass either a plan or {'/'.join(given)} (to make one), not both; the plan already "
                         "fixes the batch and the mask")
-    if backend not in ("auto", plan.family):
+    if backend != "auto" and backend != plan.family:
         raise ValueError(f"backend: the plan runs kernel family {plan.family}, not {backend}; make the plan with "
                          f"varblock.plan(..., backend={backend!r})")
