@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from varblock.kernels.registry import Family, Param, Variant
+from varblock.runtime.tensormap import DTYPES as TMA_DTYPES
 
 THREADS = 128
 TILE_M = 64
 DTYPES = ("bfloat16", "float16", "float32")
-_ELEM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _SHORT = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 #: the host function's arguments (what an op supplies), in order
 HOST_PARAMS = (
@@ -34,9 +34,13 @@ HOST_PARAMS = (
 )
 
 
+def _elem_bytes(dtype: str) -> int:
+    return TMA_DTYPES[dtype][1]
+
+
 def tile_cols(dtype: str) -> int:
     """Tile width in elements: one 128-byte swizzle span."""
-    return 128 // _ELEM_BYTES[dtype]
+    return 128 // _elem_bytes(dtype)
 
 
 def tensormap_recipe(pointer: str, ld: str, dtype: str) -> dict[str, Any]:
@@ -46,7 +50,7 @@ def tensormap_recipe(pointer: str, ld: str, dtype: str) -> dict[str, Any]:
     return {
         "pointer": pointer, "dtype": dtype,
         "dims": ["cols", "rows"],                          # TMA order: innermost first
-        "strides": [["mul", ld, _ELEM_BYTES[dtype]]],      # bytes, for dims 1..rank-1
+        "strides": [["mul", ld, _elem_bytes(dtype)]],      # bytes, for dims 1..rank-1
         "box": [tile_cols(dtype), TILE_M], "element_strides": [1, 1],
         "interleave": "none", "swizzle": "128B", "l2_promotion": "128B", "oob_fill": "none",
     }
@@ -63,7 +67,7 @@ def _params(dtype: str) -> tuple[Param, ...]:
 
 
 def _requires(dtype: str) -> tuple[dict[str, Any], ...]:
-    per16 = 16 // _ELEM_BYTES[dtype]
+    per16 = 16 // _elem_bytes(dtype)
     return (
         {"what": "src address", "value": "src", "divisible_by": 16},
         {"what": "dst address", "value": "dst", "divisible_by": 16},
@@ -96,7 +100,7 @@ FAMILY = Family(name="tma_copy", module=__name__, variants=variants,
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:
     """Host-function argument sets (fake 16-byte aligned addresses) for the launch-capture check."""
-    per16 = 16 // _ELEM_BYTES[variant.key["dtype"]]
+    per16 = 16 // _elem_bytes(variant.key["dtype"])
     cases = []
     for i, (rows, cols, pad) in enumerate(((1000, 200, 0), (113, 3 * per16, per16), (1, per16, 0),
                                            (4224, 1023 // per16 * per16, 5 * per16), (70000, 4096, 0))):
