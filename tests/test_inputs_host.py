@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _input_cases import CASES, LENS, assert_same, build, cu_of
+from test_dispatch_plan import cpu_device  # noqa: F401  (fixture: arch, device buffers and manifest stood in)
 
 import varblock as vb
 import varblock.layout as vl
@@ -89,25 +90,22 @@ def test_lists_and_numpy_give_the_same_layout(case):
     assert_same(build(case, seed, lambda a: a.tolist()), want)
 
 
-def test_plan_takes_cuda_cu_seqlens_like_numpy():
-    """vb.plan with stand-in cu_seqlens behaves as with NumPy ones: the same plan on a GPU machine, the same
-    device error without one (never a conversion error about cu_seqlens)."""
+@pytest.mark.usefixtures("cpu_device")
+@pytest.mark.parametrize("with_layout", [False, True])
+def test_plan_takes_cuda_cu_seqlens_like_numpy(with_layout):
+    """vb.plan (device and manifest stood in, see test_dispatch_plan) gives the same plan for stand-in CUDA
+    cu_seqlens (and a layout built from them) as for NumPy ones."""
     cu = cu_of(LENS)
-
-    def outcome(c):
-        try:
-            p = vb.plan(c, c, num_heads_q=4, num_heads_kv=2, head_dim=64, causal=True, cache=False)
-        except Exception as ex:  # no GPU / no cubins here
-            assert "cu_seqlens" not in str(ex), ex
-            return type(ex)
-        return p
-
-    want, got = outcome(cu), outcome(CudaStandIn(cu))
-    if isinstance(want, type):
-        assert got is want
-    else:
-        assert np.array_equal(got.cu_seqlens_q, want.cu_seqlens_q)
-        assert got.layout.equals(want.layout)
+    plans = []
+    for c in (cu, CudaStandIn(cu)):
+        lay = vl.causal(c, block_q=64, block_k=64, num_heads=2, head_mode="per_kv_head") if with_layout else None
+        plans.append(vb.plan(c, c, num_heads_q=4, num_heads_kv=2, head_dim=128, causal=not with_layout,
+                             layout=lay, cache=False))
+    want, got = plans
+    assert np.array_equal(got.cu_seqlens_q, want.cu_seqlens_q) and np.array_equal(got.cu_seqlens_k, want.cu_seqlens_k)
+    assert got.layout.equals(want.layout) and got.worklist.tiles.shape[0] > 0
+    assert np.array_equal(got.worklist.tiles, want.worklist.tiles)
+    assert np.array_equal(got.worklist.chunks, want.worklist.chunks)
 
 
 # ---------------------------------------------------------------------------------------------------------------
