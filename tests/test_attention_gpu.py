@@ -15,6 +15,23 @@ pytestmark = pytest.mark.gpu
 
 LENS = [1, 3, 113, 0, 1023, 200]
 POISON = float("nan")
+#: every attention_fwd kernel family, fastest first; the correctness tests run once per family (backend= forced)
+BACKENDS = varblock.families.family_names("attention_fwd")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def _plan(*args, backend="auto", **kw):
+    """``varblock.plan`` forcing ``backend``; a family other than the portable fallback may decline (then skip)."""
+    try:
+        return varblock.plan(*args, backend=backend, **kw)
+    except ValueError as ex:
+        if backend not in ("auto", BACKENDS[-1]) and "cannot run this problem" in str(ex):
+            pytest.skip(str(ex))
+        raise
 
 
 def _cu(lens):
@@ -30,15 +47,16 @@ def _qkv(torch, total_q, total_k, hq, hkv, d, dtype, seed):
     return q, k, v
 
 
-def _run(torch, q, k, v, plan_or_layout, *, what, **kw):
+def _run(torch, q, k, v, plan_or_layout, *, what, backend="auto", **kw):
     total_q, hq, d = q.shape
     out = torch.full((total_q, hq, d), POISON, dtype=q.dtype, device="cuda")
     lse = torch.full((hq, total_q), POISON, dtype=torch.float32, device="cuda")
     if isinstance(plan_or_layout, varblock.Plan):
         p = plan_or_layout
     else:
-        p = varblock.plan(plan_or_layout.cu_seqlens_q, plan_or_layout.cu_seqlens_k, num_heads_q=hq,
-                          num_heads_kv=k.shape[1], head_dim=d, layout=plan_or_layout, **kw)
+        p = _plan(plan_or_layout.cu_seqlens_q, plan_or_layout.cu_seqlens_k, num_heads_q=hq,
+                  num_heads_kv=k.shape[1], head_dim=d, layout=plan_or_layout, backend=backend, **kw)
+    assert backend == "auto" or p.family == backend
     o2, l2 = varblock.attention(q, k, v, p, return_lse=True, out=out, lse=lse)
     assert o2 is out and l2 is lse
     torch.cuda.synchronize()
@@ -50,71 +68,71 @@ def _run(torch, q, k, v, plan_or_layout, *, what, **kw):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("d", [64, 96, 128, 192, 256])
 @pytest.mark.parametrize("causal", [False, True])
-def test_dense_and_causal(torch, dtype, d, causal):
+def test_dense_and_causal(torch, dtype, d, causal, backend):
     lens = LENS
     cu = _cu(lens)
     q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 8, 2, d, dtype, seed=d + 7 * causal)
-    p = varblock.plan(cu, cu, num_heads_q=8, num_heads_kv=2, head_dim=d, causal=causal)
+    p = _plan(cu, cu, num_heads_q=8, num_heads_kv=2, head_dim=d, causal=causal, dtype=dtype, backend=backend)
     _run(torch, q, k, v, p, what=f"dense causal={causal} d={d} {dtype}")
 
 
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.0])
 @pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2), (8, 1), (16, 2)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_random_blocks(torch, density, hq, hkv, causal):
+def test_random_blocks(torch, density, hq, hkv, causal, backend):
     lens = [113, 1023, 3, 0, 517]
     cu = _cu(lens)
     lay = L.random_blocks(cu, cu, density=density, num_heads=hkv, head_mode="per_kv_head", causal=causal,
                           seed=int(density * 100) + hq, keep_diagonal=density > 0)
     q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), hq, hkv, 128, "bfloat16", seed=hq * 31 + hkv)
-    _run(torch, q, k, v, lay, what=f"random density={density} {hq}/{hkv} causal={causal}")
+    _run(torch, q, k, v, lay, what=f"random density={density} {hq}/{hkv} causal={causal}", backend=backend)
 
 
-def test_per_q_head_layout_seqlen_q_ne_k(torch):
+def test_per_q_head_layout_seqlen_q_ne_k(torch, backend):
     """Per-query-head patterns (FA4-style), seqlen_q != seqlen_k (bottom-right causal)."""
     lq, lk = [50, 300, 1, 129], [200, 300, 77, 1000]
     cu_q, cu_k = _cu(lq), _cu(lk)
     lay = L.random_blocks(cu_q, cu_k, density=0.4, num_heads=6, head_mode="per_q_head", causal=True, seed=3,
                           block_q=64, block_k=64)
     q, k, v = _qkv(torch, int(cu_q[-1]), int(cu_k[-1]), 6, 3, 64, "float16", seed=5)
-    _run(torch, q, k, v, lay, what="per-q-head causal q!=k")
+    _run(torch, q, k, v, lay, what="per-q-head causal q!=k", backend=backend)
 
 
 @pytest.mark.parametrize("wl,wr", [(100, 0), (64, 64), (0, 300), (511, -1)])
-def test_sliding_window(torch, wl, wr):
+def test_sliding_window(torch, wl, wr, backend):
     cu = _cu([1023, 3, 700])
     lay = L.sliding_window(cu, cu, window_left=wl, window_right=wr, num_heads=1)
     q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 4, 4, 128, "bfloat16", seed=wl + wr)
-    _run(torch, q, k, v, lay, what=f"window ({wl},{wr})")
+    _run(torch, q, k, v, lay, what=f"window ({wl},{wr})", backend=backend)
 
 
-def test_dense_window_plan(torch):
+def test_dense_window_plan(torch, backend):
     cu = _cu([300, 1, 1023])
     q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 4, 1, 64, "bfloat16", seed=11)
-    p = varblock.plan(cu, num_heads_q=4, num_heads_kv=1, head_dim=64, causal=True, window=(200, 0))
+    p = _plan(cu, num_heads_q=4, num_heads_kv=1, head_dim=64, causal=True, window=(200, 0), backend=backend)
     _run(torch, q, k, v, p, what="dense plan causal window 200")
 
 
-def test_attention_sinks(torch):
+def test_attention_sinks(torch, backend):
     cu = _cu([1023, 4224])
     lay = L.attention_sinks(cu, cu, sink_blocks=2, window_left=256, causal=True, num_heads=1)
     q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 4, 2, 128, "bfloat16", seed=13)
-    _run(torch, q, k, v, lay, what="sinks + window")
+    _run(torch, q, k, v, lay, what="sinks + window", backend=backend)
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_document_mask(torch, causal):
+def test_document_mask(torch, causal, backend):
     lens = [1000, 333]
     cu = _cu(lens)
     rng = np.random.default_rng(4)
     doc = np.concatenate([np.repeat(np.arange(5), rng.multinomial(n, [0.2] * 5)) for n in lens]).astype(np.int32)
     lay = L.document(cu, cu, doc_ids_q=doc, causal=causal, num_heads=1)
     q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), 4, 2, 64, "float16", seed=17)
-    _run(torch, q, k, v, lay, what=f"document causal={causal}")
+    _run(torch, q, k, v, lay, what=f"document causal={causal}", backend=backend)
 
 
 @pytest.mark.parametrize("pack", [None, True, False])
-def test_token_mask_seer_1d(torch, pack):
+def test_token_mask_seer_1d(torch, pack, backend):
     """SeerAttention 1D token-level masks shared by each GQA group; with and without pack-GQA."""
     lens = [300, 77, 1]
     cu = _cu(lens)
@@ -126,12 +144,12 @@ def test_token_mask_seer_1d(torch, pack):
     lay = L.from_seer_1d(m1d, cu, cu, block_size=bs, head_mode="per_kv_head")
     q, k, v = _qkv(torch, int(cu[-1]), int(cu[-1]), hq, hkv, 128, "bfloat16", seed=19)
     kw = {} if pack is None else {"pack_gqa": pack}
-    _, p = _run(torch, q, k, v, lay, what=f"seer 1d pack={pack}", **kw)
+    _, p = _run(torch, q, k, v, lay, what=f"seer 1d pack={pack}", backend=backend, **kw)
     if pack is not None:
         assert p.pack_gqa == (4 if pack else 1)
 
 
-def test_flashinfer_variable_blocks(torch):
+def test_flashinfer_variable_blocks(torch, backend):
     hkv, hq = 2, 4
     row = np.array([[100, 28, 300], [128, 128, 172]])
     col = np.array([[64, 200, 164], [1, 255, 172]])
@@ -140,14 +158,14 @@ def test_flashinfer_variable_blocks(torch):
     cu = _cu([428])
     lay = L.from_flashinfer(bmm, row, col, cu, cu)
     q, k, v = _qkv(torch, 428, 428, hq, hkv, 96, "bfloat16", seed=23)
-    _run(torch, q, k, v, lay, what="flashinfer variable blocks")
+    _run(torch, q, k, v, lay, what="flashinfer variable blocks", backend=backend)
 
 
-def test_long_sequence_4224(torch):
+def test_long_sequence_4224(torch, backend):
     cu = _cu([4224])
     lay = L.random_blocks(cu, cu, density=0.3, num_heads=1, causal=True, seed=1)
     q, k, v = _qkv(torch, 4224, 4224, 2, 1, 128, "bfloat16", seed=29)
-    _run(torch, q, k, v, lay, what="4224 causal random")
+    _run(torch, q, k, v, lay, what="4224 causal random", backend=backend)
 
 
 def test_empty_batch_and_all_empty(torch):
