@@ -1,0 +1,555 @@
+"""CuTe DSL implementation of ``attention_fwd_sm90`` (build time only: needs ``cutlass``).
+
+See ``attention_fwd_sm90.py`` for the design and ``attention_fwd_mma.py`` for the contract. Pieces here:
+
+* :class:`Sm90Config` - static shapes, shared-memory layouts (128B-swizzled, K-major rows of ``D``), the two
+  wgmma tiled MMAs (S = Q K^T from shared memory; O += P V with P from registers, V read MN-major) and the shared
+  storage struct;
+* :func:`_producer` - warpgroup 0: tile indices (warp 0 fetches, a 2-slot mbarrier ring hands them out), Q by
+  cp.async (all 128 threads), K / V by TMA (warp 0), V one chunk behind K;
+* :func:`_consumer` - warpgroups 1, 2: the chunk loop with intra-warpgroup overlap and ping-pong, the epilogue.
+
+Named barriers: 0 = CTA, 1 + wg = consumer warpgroup wg (128 threads), 3 + wg = the ping-pong turn of
+warpgroup wg (256 threads).
+"""
+
+# (no `from __future__ import annotations`: cute.struct reads the annotations as objects)
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint32
+from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.utils import LayoutEnum
+
+from .attention_fwd_sm90 import CONSUMER_REGS, PRODUCER_REGS, THREADS
+from .common import gmem_io
+from .common.mask import ElementMask, MaskSmem
+from .common.scheduler import TileScheduler, count_tile, tile_count
+from .common.signature import jit_host
+from .common.softmax import OnlineSoftmax
+from .common.warp_mma import quad_max
+from .common.work_tile import Sequence, TileRows, WorkTile, read_chunk
+
+WG_THREADS = 128
+BAR_WG = 1  #: + wg: one consumer warpgroup
+BAR_TURN = 3  #: + wg: ping-pong turn of consumer warpgroup wg
+TILE_RING = 2  #: slots of the tile-index ring
+PINGPONG = True  #: warpgroups take turns issuing wgmma
+
+
+class Sm90Config:
+    """Static configuration of one variant."""
+
+    def __init__(self, dtype_name: str, head_dim: int, tile_m: int, tile_n: int, stages: int):
+        self.dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
+        self.D, self.tile_m, self.tile_n, self.stages = head_dim, tile_m, tile_n, stages
+        if head_dim % 64 or tile_m != 2 * 64 or tile_n % 64:
+            raise ValueError(f"unsupported sm90 configuration: D={head_dim}, tile {tile_m}x{tile_n}")
+        self.kv_bytes = tile_n * head_dim * self.dtype.width // 8
+
+    def smem_layout(self, rows: int, stages: int = 0):
+        """``(rows, D[, stages])``: 128B-swizzled K-major atoms (8 rows x 64 elements) tiled over the buffer."""
+        atom = warpgroup.make_smem_layout_atom(
+            sm90_utils.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, self.dtype, self.D), self.dtype)
+        shape = (rows, self.D, stages) if stages else (rows, self.D)
+        return cute.tile_to_shape(atom, shape, (0, 1, 2) if stages else (0, 1))
+
+    def tiled_mmas(self):
+        """(S = Q K^T, O += P V): two warpgroups along M, 64 x N wgmma atoms."""
+        qk = sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.K, Float32,
+            (2, 1, 1), (64, self.tile_n))
+        pv = sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN, Float32,
+            (2, 1, 1), (64, self.D), warpgroup.OperandSource.RMEM)
+        return qk, pv
+
+    def shared_storage(self):
+        """The kernel's shared memory (``attention_fwd_sm90.smem_bytes`` mirrors it)."""
+        dtype, tm, tn, D, st = self.dtype, self.tile_m, self.tile_n, self.D, self.stages
+        mr, al = cute.struct.MemRange, cute.struct.Align
+
+        @cute.struct
+        class SharedStorage:
+            mbar_q: mr[Int64, 2]
+            mbar_k: mr[Int64, 2 * st]
+            mbar_v: mr[Int64, 2 * st]
+            mbar_t: mr[Int64, 2 * TILE_RING]
+            sQ: al[mr[dtype, tm * D], 1024]
+            sK: al[mr[dtype, st * tn * D], 1024]
+            sV: al[mr[dtype, st * tn * D], 1024]
+            sO: al[mr[dtype, tm * D], 1024]
+            # element-mask inputs, one copy per consumer warpgroup (common/mask.py)
+            sRowPos: al[mr[Int32, 2 * tm], 16]
+            sRowDoc: al[mr[Int32, 2 * tm], 16]
+            sRowTm: al[mr[Int64, 2 * tm], 16]
+            sDocK: al[mr[Int32, 2 * tn], 16]
+            sTok: al[mr[Uint32, 2 * tm * (tn // 32)], 16]
+            sTiles: al[mr[Int32, 4], 16]
+
+        return SharedStorage
+
+
+def mn_view(t):
+    """A wgmma accumulator ``((2, 2, V), MMA_M, MMA_N)`` as ``(rows, cols)`` = ``((2, MMA_M), (2, V, MMA_N))``."""
+    lay = cute.make_layout(t.layout.shape)
+    mn = cute.make_layout(
+        ((lay.shape[0][1], lay.shape[1]), (lay.shape[0][0], lay.shape[0][2], lay.shape[2])),
+        stride=((lay.stride[0][1], lay.stride[1]), (lay.stride[0][0], lay.stride[0][2], lay.stride[2])))
+    return cute.make_tensor(t.iterator, cute.composition(t.layout, mn))
+
+
+def acc_as_operand_a(t):
+    """A wgmma accumulator ``((2, 2, V), MMA_M, MMA_N)`` as the register A operand of the next wgmma:
+    ``((2, 2, 2), MMA_M, (V / 2, MMA_N))`` (two n8 column groups make one k16 slice)."""
+    div = cute.logical_divide(t.layout, ((None, None, 2), None, None))
+    lay = cute.make_layout(
+        ((div.shape[0][0], div.shape[0][1], div.shape[0][2][0]), div.shape[1], (div.shape[0][2][1], div.shape[2])),
+        stride=((div.stride[0][0], div.stride[0][1], div.stride[0][2][0]), div.stride[1],
+                (div.stride[0][2][1], div.stride[2])))
+    return cute.make_tensor(t.iterator, lay)
+
+
+@cute.jit
+def wgmma(tiled_mma, acc, frag_a, frag_b, zero_init: cutlass.Constexpr, wait: cutlass.Constexpr):
+    """Issue ``acc (+)= A B`` over the k slices as one wgmma group; wait until ``wait`` groups are pending
+    (``wait < 0``: do not wait)."""
+    warpgroup.fence()
+    atom = cute.make_mma_atom(tiled_mma.op)
+    atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
+    for k in cutlass.range_constexpr(cute.size(frag_a.shape[2])):
+        cute.gemm(atom, acc, frag_a[None, None, k], frag_b[None, None, k], acc)
+        atom.set(warpgroup.Field.ACCUMULATE, True)
+    warpgroup.commit_group()
+    if cutlass.const_expr(wait >= 0):
+        warpgroup.wait_group(wait)
+
+
+@cute.jit
+def softmax_step(sm: OnlineSoftmax, acc_s_mn, corr):
+    """Fold a chunk of scores in (base 2): new row max, ``P = exp2(S * scale - max * scale)`` over S, row sums;
+    the O correction ``exp2((old max - new max) * scale)`` goes to ``corr`` (applied once the in-flight P V
+    wgmma of the previous chunk is done). Fully masked rows so far use max 0, so they contribute exactly 0."""
+    scale, row_max, row_sum = sm.scale_log2, sm.row_max, sm.row_sum
+    for rr in cutlass.range_constexpr(sm.n_rows):
+        srow = acc_s_mn[rr, None].load()
+        m_cur = quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
+        m_prev = row_max[rr]
+        m_new = cute.arch.fmax(m_prev, m_cur)
+        row_max[rr] = m_new
+        m_scaled = (0.0 if m_new == -Float32.inf else m_new) * scale
+        p = cute.math.exp2(srow * scale - m_scaled, fastmath=True)
+        c = cute.math.exp2(m_prev * scale - m_scaled, fastmath=True)
+        row_sum[rr] = row_sum[rr] * c + p.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
+        acc_s_mn[rr, None] = p
+        corr[rr] = c
+
+
+@cute.jit
+def _rescale(acc_o_mn, corr, n_rows: cutlass.Constexpr):
+    for rr in cutlass.range_constexpr(n_rows):
+        acc_o_mn[rr, None] = acc_o_mn[rr, None].load() * corr[rr]
+
+
+def _strides(p) -> SimpleNamespace:
+    """Q / O element strides, known multiples of 8 (16-byte vectors)."""
+    return SimpleNamespace(q_st=cute.assume(p.q_stride_tok, divby=8), q_sh=cute.assume(p.q_stride_head, divby=8),
+                           o_st=cute.assume(p.o_stride_tok, divby=8), o_sh=cute.assume(p.o_stride_head, divby=8))
+
+
+def _row_copy(dtype, op, nthr: int, D: int):
+    """A tiled copy of 16-byte vectors: 8 threads per 64-column row slice, ``nthr / 8`` rows per pass."""
+    atom = cute.make_copy_atom(op, dtype, num_bits_per_copy=128)
+    return cute.make_tiled_copy_tv(atom, cute.make_layout((nthr // 8, 8), stride=(8, 1)), cute.make_layout((1, 8)))
+
+
+@dataclass(frozen=True)
+class TileRing:
+    """The tile-index ring: warp 0 pushes (producer group: its 32 lanes), every other warp pops (352 threads).
+    (Frozen: read-only to the DSL, so method calls inside dynamic control flow do not carry it.)"""
+
+    pipe: Any
+    slots: Any
+
+    @staticmethod
+    def create(storage) -> "TileRing":
+        pipe = pipeline.PipelineAsync.create(
+            barrier_storage=storage.mbar_t.data_ptr(), num_stages=TILE_RING,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 32),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, THREADS - 32), defer_sync=True)
+        return TileRing(pipe, storage.sTiles.get_tensor(cute.make_layout(4)))
+
+    @cute.jit
+    def push(self, state, value: Int32):
+        slots = self.slots
+        self.pipe.producer_acquire(state)
+        slots[state.index] = value
+        self.pipe.producer_commit(state)
+        state.advance()
+        return state
+
+    @cute.jit
+    def pop(self, state):
+        slots = self.slots
+        self.pipe.consumer_wait(state)
+        value = slots[state.index]
+        self.pipe.consumer_release(state)
+        state.advance()
+        return value, state
+
+
+def _pipelines(cfg: Sm90Config, storage):
+    """Q (cp.async by the 128 producer threads, read by 256 consumer threads), K and V (TMA, released by each of
+    the 8 consumer warps)."""
+    thr = pipeline.Agent.Thread
+    q = pipeline.PipelineAsync.create(
+        barrier_storage=storage.mbar_q.data_ptr(), num_stages=1,
+        producer_group=pipeline.CooperativeGroup(thr, WG_THREADS),
+        consumer_group=pipeline.CooperativeGroup(thr, 2 * WG_THREADS), defer_sync=True)
+    k, v = (pipeline.PipelineTmaAsync.create(
+        barrier_storage=bar, num_stages=cfg.stages, producer_group=pipeline.CooperativeGroup(thr, 1),
+        consumer_group=pipeline.CooperativeGroup(thr, 2 * WG_THREADS // 32), tx_count=cfg.kv_bytes,
+        defer_sync=True) for bar in (storage.mbar_k.data_ptr(), storage.mbar_v.data_ptr()))
+    return q, k, v
+
+
+@cute.jit
+def _next_tile(p, tile_idx: Int32, nt: Int32, lane: Int32) -> Int32:
+    """Warp 0: the CTA's next tile (``gridDim.x + atomicAdd`` when persistent), or -1."""
+    nxt = Int32(-1)
+    if p.persistent != 0:
+        fetched = Int32(0)
+        if lane == 0:
+            fetched = cute.arch.atomic_add(p.tile_counter, Int32(1))
+        nxt = cute.arch.shuffle_sync(fetched, 0) + cute.arch.grid_dim()[0]
+        if nxt >= nt:
+            nxt = Int32(-1)
+    return nxt
+
+
+@cute.jit
+def _load_kv(tma, m_coords, s_buf, pipe, state, hkv: Int32, row0: Int32, tile_n: cutlass.Constexpr,
+             D: cutlass.Constexpr):
+    """TMA of ``tile_n`` rows from token row ``row0`` of KV head ``hkv`` into stage ``state.index``."""
+    g = cute.local_tile(cute.domain_offset((row0, 0), m_coords[None, None, hkv]), (tile_n, D), (0, 0))
+    t_s, t_g = cpasync.tma_partition(tma, 0, cute.make_layout(1), cute.group_modes(s_buf, 0, 2),
+                                     cute.group_modes(g, 0, 2))
+    pipe.producer_acquire(state)
+    cute.copy(tma, t_g, t_s[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
+
+
+@cute.jit
+def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tma_k, m_k, tma_v, m_v, warp_idx, tidx):
+    """Warpgroup 0: tile indices, Q (cp.async, all 128 threads), K / V (TMA, warp 0)."""
+    pipe_q, pipe_k, pipe_v = pipes
+    tile_n, D = cfg.tile_n, cfg.D
+    st = _strides(p)
+    g2s = _row_copy(cfg.dtype, cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), WG_THREADS, D)
+    g2s_thr = g2s.get_slice(tidx)
+    t_qs = g2s_thr.partition_D(sm.sQ)
+    t_qc = g2s_thr.partition_S(cute.make_identity_tensor((cfg.tile_m, D)))
+    lane = cute.arch.lane_idx()
+    nt = tile_count(p.num_tiles, p.num_tiles_ptr)
+    ring_p = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, TILE_RING)
+    ring_c = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, TILE_RING)
+    q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+    kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, cfg.stages)
+    tile_idx = Int32(-1)
+    if warp_idx == 0:
+        bidx, _, _ = cute.arch.block_idx()
+        if Int32(bidx) < nt:
+            tile_idx = Int32(bidx)
+        ring_p = ring.push(ring_p, tile_idx)
+    else:
+        tile_idx, ring_c = ring.pop(ring_c)
+    while tile_idx >= 0:
+        nxt = Int32(-1)
+        if warp_idx == 0:
+            nxt = _next_tile(p, tile_idx, nt, lane)
+            count_tile(p.debug_counts, tile_idx, tidx)
+            ring_p = ring.push(ring_p, nxt)  # early: the consumers read it after this tile
+        tile = WorkTile.load(p.tiles, tile_idx)
+        seq = Sequence.load(p.cu_seqlens_q, p.cu_seqlens_k, tile.batch)
+        rows = TileRows.of(tile, seq, p.pack_gqa, p.qhead_per_kvhead)
+        if tile.n_chunks > 0:
+            k_start, _ = read_chunk(p.chunks, tile.chunk_begin)
+            if warp_idx == 0:
+                _load_kv(tma_k, m_k, sm.sK, pipe_k, kv_state, rows.hkv, seq.seq_k + k_start, tile_n, D)
+            pipe_q.producer_acquire(q_state)
+            gmem_io.load_q_rows(g2s, t_qs, t_qc, p.q, rows, st.q_st, st.q_sh, D)
+            cute.arch.cp_async_commit_group()
+            cute.arch.cp_async_wait_group(0)
+            cute.arch.fence_view_async_shared()  # cp.async / st.shared writes -> wgmma (async proxy) reads
+            pipe_q.producer_commit(q_state)
+            q_state.advance()
+            if warp_idx == 0:
+                for ci in cutlass.range(1, tile.n_chunks, unroll=1):
+                    prev = kv_state.clone()
+                    kv_state.advance()
+                    k_start, _ = read_chunk(p.chunks, tile.chunk_begin + ci)
+                    _load_kv(tma_k, m_k, sm.sK, pipe_k, kv_state, rows.hkv, seq.seq_k + k_start, tile_n, D)
+                    k_prev, _ = read_chunk(p.chunks, tile.chunk_begin + ci - 1)
+                    _load_kv(tma_v, m_v, sm.sV, pipe_v, prev, rows.hkv, seq.seq_k + k_prev, tile_n, D)
+                k_last, _ = read_chunk(p.chunks, tile.chunk_begin + tile.n_chunks - 1)
+                _load_kv(tma_v, m_v, sm.sV, pipe_v, kv_state, rows.hkv, seq.seq_k + k_last, tile_n, D)
+                kv_state.advance()
+        if warp_idx == 0:
+            tile_idx = nxt
+        else:
+            tile_idx, ring_c = ring.pop(ring_c)
+    if warp_idx == 0:
+        TileScheduler(p.persistent, p.tile_counter, None).finish(tidx)
+
+
+@cute.jit
+def _wg_sync(wg):
+    cute.arch.barrier(barrier_id=BAR_WG + wg, number_of_threads=WG_THREADS)
+
+
+def _mask_of(cfg: Sm90Config, p, storage, wg) -> ElementMask:
+    """This warpgroup's copy of the element-mask inputs (full tile rows: rows are indexed by tile row)."""
+    tm, tn, nw = cfg.tile_m, cfg.tile_n, cfg.tile_n // 32
+
+    def part(field, n):
+        return cute.make_tensor(field.data_ptr() + wg * n, cute.make_layout(n))
+
+    ms = MaskSmem(row_pos=part(storage.sRowPos, tm), row_doc=part(storage.sRowDoc, tm),
+                  row_tm=part(storage.sRowTm, tm), doc_k=part(storage.sDocK, tn),
+                  tok=cute.make_tensor(storage.sTok.data_ptr() + wg * (tm * nw),
+                                       cute.make_layout((tm, nw), stride=(nw, 1))),
+                  n_words=nw)
+    return ElementMask(p, ms, tm, tn, WG_THREADS)
+
+
+@dataclass(frozen=True)
+class ConsumerSetup:
+    """A consumer thread's wgmma fragments, accumulators, coordinates and softmax state (frozen: read-only to
+    the DSL; the tensors it holds are written in place)."""
+
+    mma_qk: Any
+    mma_pv: Any
+    rQ: Any
+    rK: Any
+    rVt: Any
+    rP: Any
+    acc_O: Any
+    shape_S: Any
+    tScS: Any
+    t0ScS: Any
+    tOcO: Any
+    softmax: Any
+    corr: Any
+
+    @staticmethod
+    def create(cfg: Sm90Config, sm, ctid, wg, scale_log2) -> "ConsumerSetup":
+        tm, tn, D = cfg.tile_m, cfg.tile_n, cfg.D
+        mma_qk, mma_pv = cfg.tiled_mmas()
+        wg_qk = mma_qk.get_slice(wg * WG_THREADS)
+        wg_pv = mma_pv.get_slice(wg * WG_THREADS)
+        cS = cute.make_identity_tensor((tm, tn))
+        tScS = mn_view(mma_qk.get_slice(ctid).partition_C(cS))
+        n_rows = cute.size(tScS, mode=[0])
+        return ConsumerSetup(
+            mma_qk=mma_qk, mma_pv=mma_pv,
+            rQ=wg_qk.make_fragment_A(wg_qk.partition_A(sm.sQ)),
+            rK=wg_qk.make_fragment_B(wg_qk.partition_B(sm.sK)),
+            rVt=wg_pv.make_fragment_B(wg_pv.partition_B(sm.sVt)),
+            rP=wg_pv.make_fragment_A(wg_pv.partition_shape_A((tm, tn))),
+            acc_O=cute.make_rmem_tensor(wg_pv.partition_shape_C((tm, D)), Float32),
+            shape_S=wg_qk.partition_shape_C((tm, tn)),
+            tScS=tScS,
+            t0ScS=mn_view(mma_qk.get_slice(0).partition_C(cS)),
+            tOcO=mn_view(mma_pv.get_slice(ctid).partition_C(cute.make_identity_tensor((tm, D)))),
+            softmax=OnlineSoftmax.create(n_rows, scale_log2),
+            corr=cute.make_rmem_tensor(n_rows, Float32),
+        )
+
+
+@cute.jit
+def _mask_scores(mask: ElementMask, cs: ConsumerSetup, acc_s_mn, partial, k_start, k_len):
+    col0 = cs.tScS[0, 0][1]
+    if partial:
+        mask.apply_partial(acc_s_mn, cs.tScS, cs.t0ScS, col0, k_start, k_len)
+    else:
+        mask.apply_tail(acc_s_mn, cs.t0ScS, col0, k_len)
+
+
+@cute.jit
+def _chunk_mask_inputs(p, mask: ElementMask, tile: WorkTile, seq, ci, wtid, wg, first: cutlass.Constexpr):
+    """Partial chunk ``ci`` with document / token masks: its per-key inputs -> this warpgroup's shared memory,
+    between barriers (the previous chunk's readers are done; this chunk's readers wait)."""
+    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+    if tile.is_partial(ci) & (p.mask_flags != 0):
+        if cutlass.const_expr(not first):
+            _wg_sync(wg)
+        mask.load_chunk(wtid, seq, k_start, k_len)
+        _wg_sync(wg)
+
+
+@cute.jit
+def _turn_wait(wg):
+    if cutlass.const_expr(PINGPONG):
+        cute.arch.barrier(barrier_id=BAR_TURN + wg, number_of_threads=2 * WG_THREADS)
+
+
+@cute.jit
+def _turn_pass(wg):
+    if cutlass.const_expr(PINGPONG):
+        cute.arch.barrier_arrive(barrier_id=BAR_TURN + 1 - wg, number_of_threads=2 * WG_THREADS)
+
+
+@cute.jit
+def _tile_mainloop(cfg: Sm90Config, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, kv_state,
+                   tile: WorkTile, seq, wtid, wg):
+    """The chunks of one tile: S(0); then for each next chunk S(n) and P(n-1) V(n-1) in flight together, the
+    softmax of S(n) while P V runs; finally P(last) V(last)."""
+    pipe_q, pipe_k, pipe_v = pipes
+    acc_O_mn = mn_view(cs.acc_O)
+    n_rows = cs.softmax.n_rows
+    pipe_q.consumer_wait(q_state)
+    _chunk_mask_inputs(p, mask, tile, seq, 0, wtid, wg, True)
+    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin)
+    pipe_k.consumer_wait(kv_state)
+    acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
+    wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
+    pipe_k.consumer_release(kv_state)
+    acc_S_mn = mn_view(acc_S)
+    _mask_scores(mask, cs, acc_S_mn, tile.is_partial(0), k_start, k_len)
+    softmax_step(cs.softmax, acc_S_mn, cs.corr)
+    cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+    for ci in cutlass.range(1, tile.n_chunks, unroll=1):
+        prev = kv_state.clone()
+        kv_state.advance()
+        _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, False)
+        k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+        pipe_k.consumer_wait(kv_state)
+        _turn_wait(wg)
+        acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
+        wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, -1)
+        pipe_v.consumer_wait(prev)
+        wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, prev.index], False, -1)
+        _turn_pass(wg)
+        warpgroup.wait_group(1)  # S(ci) done, P V still running
+        pipe_k.consumer_release(kv_state)
+        acc_S_mn = mn_view(acc_S)
+        _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
+        softmax_step(cs.softmax, acc_S_mn, cs.corr)
+        warpgroup.wait_group(0)
+        pipe_v.consumer_release(prev)
+        cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+        _rescale(acc_O_mn, cs.corr, n_rows)
+    pipe_q.consumer_release(q_state)
+    q_state.advance()
+    pipe_v.consumer_wait(kv_state)
+    wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, kv_state.index], False, 0)
+    pipe_v.consumer_release(kv_state)
+    kv_state.advance()
+    return q_state, kv_state
+
+
+@cute.jit
+def _epilogue(cfg: Sm90Config, p, sm, cs: ConsumerSetup, rows, ctid, wtid, wg):
+    """O / row sum and LSE; O -> shared memory (this warpgroup's 64 rows) -> 16-byte stores of the valid rows."""
+    acc_O_mn = mn_view(cs.acc_O)
+    cs.softmax.finalize(acc_O_mn)
+    gmem_io.store_lse(p.lse, cs.tOcO, cs.softmax.lse, rows, p.lse_stride_head)
+    rO = cute.make_fragment_like(cs.acc_O, cfg.dtype)
+    rO.store(cs.acc_O.load().to(cfg.dtype))
+    r2s_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), cfg.dtype, num_bits_per_copy=32)
+    r2s = cute.make_tiled_copy_C(r2s_atom, cs.mma_pv).get_slice(ctid)
+    cute.copy(r2s_atom, r2s.retile(rO), r2s.partition_D(sm.sO))
+    _wg_sync(wg)
+    s2g = _row_copy(cfg.dtype, cute.nvgpu.CopyUniversalOp(), WG_THREADS, cfg.D)
+    s2g_thr = s2g.get_slice(wtid)
+    half = (cfg.tile_m // 2, cfg.D)
+    t_os = s2g_thr.partition_S(cute.local_tile(sm.sO, half, (wg, 0)))
+    t_oc = s2g_thr.partition_S(cute.local_tile(cute.make_identity_tensor((cfg.tile_m, cfg.D)), half, (wg, 0)))
+    t_or = cute.make_fragment_like(t_os, cfg.dtype)
+    cute.autovec_copy(t_os, t_or)
+    st = _strides(p)
+    gmem_io.store_rows(s2g, t_or, t_oc, p.o, rows, st.o_st, st.o_sh, cfg.D)
+
+
+@cute.jit
+def _consumer(cfg: Sm90Config, p, sm, storage, pipes, ring: TileRing, warp_group_idx, tidx):
+    """Warpgroups 1, 2: pop tiles, run their 64 rows of each, write O and LSE."""
+    wg = warp_group_idx - 1
+    ctid = tidx - WG_THREADS
+    wtid = ctid - wg * WG_THREADS
+    cs = ConsumerSetup.create(cfg, sm, ctid, wg, p.softmax_scale_log2)
+    mask = _mask_of(cfg, p, storage, wg)
+    ring_c = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, TILE_RING)
+    q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+    kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, cfg.stages)
+    if cutlass.const_expr(PINGPONG):
+        if wg == 0:  # warpgroup 0 takes the first turn
+            cute.arch.barrier_arrive(barrier_id=BAR_TURN, number_of_threads=2 * WG_THREADS)
+    tile_idx, ring_c = ring.pop(ring_c)
+    while tile_idx >= 0:
+        tile = WorkTile.load(p.tiles, tile_idx)
+        seq = Sequence.load(p.cu_seqlens_q, p.cu_seqlens_k, tile.batch)
+        rows = TileRows.of(tile, seq, p.pack_gqa, p.qhead_per_kvhead)
+        _wg_sync(wg)  # the previous tile's readers of sO and of the mask inputs are done
+        mask.load_rows(wtid, tile, seq, rows)
+        _wg_sync(wg)
+        cs.acc_O.fill(0.0)
+        cs.softmax.reset()
+        if tile.n_chunks > 0:
+            q_state, kv_state = _tile_mainloop(cfg, p, cs, mask, pipes, q_state, kv_state, tile, seq, wtid, wg)
+        _epilogue(cfg, p, sm, cs, rows, ctid, wtid, wg)
+        tile_idx, ring_c = ring.pop(ring_c)
+
+
+def make_host(name: str, host_params, dtype_name: str, D: int, tile_m: int, tile_n: int, stages: int):
+    """The ``@cute.jit`` host function of one variant: builds the K / V TMA descriptors and launches once."""
+    cfg = Sm90Config(dtype_name, D, tile_m, tile_n, stages)
+    storage_cls = cfg.shared_storage()
+
+    @cute.kernel
+    def kernel(tma_k: cute.CopyAtom, m_k: cute.Tensor, tma_v: cute.CopyAtom, m_v: cute.Tensor, p: SimpleNamespace):
+        tidx, _, _ = cute.arch.thread_idx()
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        warp_group_idx = cute.arch.make_warp_uniform(tidx // WG_THREADS)
+        if warp_idx == 0:
+            cpasync.prefetch_descriptor(tma_k)
+            cpasync.prefetch_descriptor(tma_v)
+        storage = cutlass.utils.SmemAllocator().allocate(storage_cls)
+        pipes = _pipelines(cfg, storage)
+        ring = TileRing.create(storage)
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+        kv_layout = cfg.smem_layout(tile_n, stages)
+        sV = storage.sV.get_tensor(kv_layout.outer, swizzle=kv_layout.inner)
+        sm = SimpleNamespace(
+            sQ=storage.sQ.get_tensor(cfg.smem_layout(tile_m).outer, swizzle=cfg.smem_layout(tile_m).inner),
+            sK=storage.sK.get_tensor(kv_layout.outer, swizzle=kv_layout.inner),
+            sV=sV,
+            sVt=cute.composition(sV, cute.make_ordered_layout((D, tile_n, stages), order=(1, 0, 2))),
+            sO=storage.sO.get_tensor(cfg.smem_layout(tile_m).outer, swizzle=cfg.smem_layout(tile_m).inner),
+        )
+        if warp_group_idx == 0:
+            cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            _producer(cfg, p, sm, pipes, ring, tma_k, m_k, tma_v, m_v, warp_idx, tidx)
+        else:
+            cute.arch.setmaxregister_increase(CONSUMER_REGS)
+            _consumer(cfg, p, sm, storage, pipes, ring, warp_group_idx, tidx)
+
+    kernel.set_name_prefix(f"vb_{name}", remove_cutlass_symbol=True, keep_mangled_name=False)
+
+    def launch(p: SimpleNamespace):
+        kv_one = cute.slice_(cfg.smem_layout(tile_n, stages), (None, None, 0))
+        atoms = []
+        for ptr, s_tok, s_head in ((p.k, p.k_stride_tok, p.k_stride_head), (p.v, p.v_stride_tok, p.v_stride_head)):
+            m = cute.make_tensor(ptr, cute.make_layout(
+                (p.total_k, D, p.num_heads_kv),
+                stride=(cute.assume(s_tok, divby=8), 1, cute.assume(s_head, divby=8))))
+            atoms.extend(cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), m, kv_one, (tile_n, D)))
+        kernel(*atoms, p).launch(grid=[p.num_ctas, 1, 1], block=[THREADS, 1, 1],
+                                 smem=storage_cls.size_in_bytes(), min_blocks_per_mp=1)
+
+    return jit_host(host_params, launch, name=f"host_{name}")
