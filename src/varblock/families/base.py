@@ -17,6 +17,8 @@ from varblock.runtime.manifest import available_keys, find_variant
 
 #: element-mask kinds a problem may need (``AttentionProblem.mask_kinds``)
 MASK_KINDS = frozenset({"causal", "window", "doc", "token", "sinks"})
+#: the input dtypes of the attention ops (a family may build fewer: it declines the others)
+ATTENTION_DTYPES = ("bfloat16", "float16")
 #: layout / plan features a problem may need (``AttentionProblem.features``)
 FEATURES = frozenset({"block_sparse", "variable_spans", "pack_gqa", "device_plan", "persistent"})
 
@@ -82,7 +84,7 @@ class AttentionFamily(FamilyBinding):
     """A family of attention kernels keyed by ``dtype`` and ``head_dim`` whose variants record their tile sizes in
     ``extra`` (``tile_m``, ``tile_n``): what plans need to build a work list for them."""
 
-    dtypes: tuple[str, ...] = ("bfloat16", "float16")
+    dtypes: tuple[str, ...] = ATTENTION_DTYPES
 
     def entry(self, arch: str, head_dim: int, dtype: str | None = None) -> dict[str, Any] | None:
         """A built variant (any of ``dtypes`` when ``dtype`` is None: tile sizes, block and occupancy do not depend

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from varblock import families
+from varblock.families.base import ATTENTION_DTYPES
 from varblock.ops.checks import byte_span, check_no_alias, check_plan_call, extent
 from varblock.ops.state import PlanState, state_of
 from varblock.plan import Plan
@@ -27,7 +28,6 @@ from varblock.runtime.tensors import (
 )
 
 OP = "attention_fwd"
-_DTYPES = ("bfloat16", "float16")
 
 
 def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q: Any = None,
@@ -93,7 +93,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
 def _inputs(q: Any, k: Any, v: Any) -> tuple[DeviceArray, DeviceArray, DeviceArray]:
     qa, ka, va = as_device_array(q, "q"), as_device_array(k, "k"), as_device_array(v, "v")
     for a in (qa, ka, va):
-        check_dtype(a, _DTYPES)
+        check_dtype(a, ATTENTION_DTYPES)
         check_ndim(a, 3, "[total_tokens, num_heads, head_dim]")
         check_inner_contiguous(a)
         check_aligned(a, 16)

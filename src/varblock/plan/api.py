@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from varblock import families
-from varblock.families.base import AttentionProblem
+from varblock.families.base import ATTENTION_DTYPES, AttentionProblem
 from varblock.layout import BlockSparseLayout
 from varblock.plan.core import Plan
 from varblock.plan.device import build_device_plan
@@ -26,7 +26,6 @@ from varblock.runtime.frameworks import is_device_array
 from varblock.runtime.select import arch_for_device
 
 OP = "attention_fwd"
-_DTYPES = ("bfloat16", "float16")
 _CACHE_SIZE = 64
 _cache: OrderedDict[tuple, Plan] = OrderedDict()
 
@@ -116,7 +115,7 @@ def _check_args(num_heads_q: Any, num_heads_kv: Any, head_dim: Any, dtype: Any, 
             raise ValueError(f"{nm}: expected a positive int, got {v!r}")
     if num_heads_q % hkv:
         raise ValueError(f"num_heads_q: {num_heads_q} is not a multiple of num_heads_kv = {hkv}")
-    if dtype is not None and dtype not in _DTYPES:
+    if dtype is not None and dtype not in ATTENTION_DTYPES:
         raise TypeError(f"dtype: expected 'bfloat16' or 'float16', got {dtype!r}")
     if window is not None and (len(window) != 2 or any(int(w) < -1 for w in window)):
         raise ValueError(f"window: expected (left, right) with -1 = unbounded, got {window!r}")
