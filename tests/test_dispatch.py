@@ -181,3 +181,49 @@ def test_backend_must_match_the_plan():
         varblock.attention(object(), object(), object(), "plan")
     with pytest.raises(TypeError, match="plan: pass a varblock.plan"):
         varblock.attention(object(), object(), object())
+
+
+class _TorchLike:
+    """A stand-in with the torch tensor methods the fast path reads (its type claims module ``torch``)."""
+
+    def __init__(self, shape, ptr, dtype="bfloat16"):
+        self.shape, self.ptr, self.dtype = tuple(shape), ptr, dtype
+
+    def stride(self):
+        return tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
+
+    def get_device(self):
+        return 0
+
+    def data_ptr(self):
+        return self.ptr
+
+
+_TorchLike.__module__ = "torch"
+
+
+def test_warm_fast_path_validates_every_call(monkeypatch):
+    """Bug 8.4 on the CPU: with a fast path recorded for these argument signatures, a plan plus planning arguments
+    is still refused, and outputs aliasing inputs (same signature, other pointers) are refused per call."""
+    import varblock.ops.attention as A
+    from varblock.ops.state import state_of
+
+    p = _cpu_plan()
+    mb = 1 << 20
+    q, k, v = (_TorchLike((103, 4 if n == "q" else 2, 64), (i + 1) * mb) for i, n in enumerate("qkv"))
+    out, lse = _TorchLike((103, 4, 64), 10 * mb), _TorchLike((4, 103), 20 * mb, "float32")
+    launched = []
+    spans = tuple(byte_span(t.shape, t.stride(), 4 if t.dtype == "float32" else 2) for t in (q, k, v, out, lse))
+    state_of(p).fast_paths[A._torch_signature(q, k, v, None, out, lse)] = (
+        lambda stream, ptrs: launched.append(ptrs), out.shape, lse.shape, spans)
+    monkeypatch.setattr(A, "stream_for", lambda stream, ordinal, like=None: type("S", (), {"handle": 7})())
+    assert varblock.attention(q, k, v, p, out=out, lse=lse) is out
+    assert launched == [(q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr, 0)]
+    for _ in range(2):
+        with pytest.raises(TypeError, match="plan: pass either a plan or cu_seqlens_q"):
+            varblock.attention(q, k, v, p, out=out, lse=lse, cu_seqlens_q=np.array([0, 103], np.int32))
+    with pytest.raises(ValueError, match="out: its memory overlaps k's"):
+        varblock.attention(q, k, v, p, out=_TorchLike(out.shape, k.ptr + 64), lse=lse)
+    with pytest.raises(ValueError, match="lse: its memory overlaps out's"):
+        varblock.attention(q, k, v, p, out=out, lse=_TorchLike(lse.shape, out.ptr + 128, "float32"))
+    assert len(launched) == 1, "nothing refused was launched"

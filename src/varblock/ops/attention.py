@@ -182,12 +182,13 @@ def _torch_fast_path(q, k, v, plan: Plan, softmax_scale, out, lse, return_lse):
         given = [(n, (t.data_ptr(), t.data_ptr() + s)) for n, t, s in (("out", out, spans[3]), ("lse", lse, spans[4]))
                  if t is not None]
         check_no_alias(given, ins)
-    import torch
+    if out is None or lse is None:
+        import torch
 
-    if out is None:
-        out = torch.empty(oshape, dtype=q.dtype, device=q.device)
-    if lse is None:
-        lse = torch.empty(lshape, dtype=torch.float32, device=q.device)
+        if out is None:
+            out = torch.empty(oshape, dtype=q.dtype, device=q.device)
+        if lse is None:
+            lse = torch.empty(lshape, dtype=torch.float32, device=q.device)
     st = stream_for(None, q.get_device(), like=q)
     _launch(plan, state, prepared, st, (*ptrs, out.data_ptr(), lse.data_ptr()))
     return (out, lse) if return_lse else out
