@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import varblock
+from varblock import families
 from varblock import layout as L
 from varblock.abi import MASK_DOC, MASK_TOKEN
 from varblock.dense_worklist import dense_worklist
@@ -44,8 +45,8 @@ class _FakeBuffer:
 
 @pytest.fixture
 def cpu_device(monkeypatch):
-    """arch_for_device -> sm90, DeviceBuffer -> host stand-in, the portable family's manifest -> the registry's
-    own sm90 variants (as build_kernels would record them)."""
+    """arch_for_device -> sm90, DeviceBuffer -> host stand-in, the attention_fwd families -> the portable one
+    alone, whose manifest is the registry's own sm90 variants (as build_kernels would record them)."""
     entries = {}
     for v in fwd_kernel.variants(ARCH):
         entries[(v.key["dtype"], v.key["head_dim"])] = {**v.manifest_entry(), "dynamic_smem_bytes": 0}
@@ -56,6 +57,7 @@ def cpu_device(monkeypatch):
         return next((e for (dt, d), e in entries.items() if d == key["head_dim"] and key.get("dtype", dt) == dt),
                     None)
 
+    monkeypatch.setitem(families.FAMILIES, "attention_fwd", (BINDING,))  # only the family stood in here
     monkeypatch.setattr(BINDING, "variant", variant)
     monkeypatch.setattr(BINDING, "built_keys", lambda arch: [e["key"] for e in entries.values()])
     monkeypatch.setattr(plan_api, "arch_for_device", lambda ordinal: ARCH)
@@ -144,7 +146,6 @@ def test_backend_and_family_errors(cpu_device):
 
 def test_a_faster_family_that_declines_is_recorded(cpu_device, monkeypatch):
     """With a preferred family that declines, auto falls back to the portable one and says why."""
-    from varblock import families
     from varblock.families.base import AttentionFamily
 
     class Hopper(AttentionFamily):
