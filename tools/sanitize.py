@@ -83,7 +83,7 @@ def _attention_layouts(L) -> list[tuple[str, object, int, int]]:
     return out
 
 
-def smoke_attention(torch) -> None:
+def smoke_attention(torch, backend: str = "auto") -> None:
     import varblock
     from varblock import layout as L
 
@@ -93,20 +93,31 @@ def smoke_attention(torch) -> None:
         for causal in (False, True):
             for d in (64, 128):
                 q, k, v = _qkv(torch, tq, tq, 8, 2, d)
-                p = varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=d, causal=causal, scheduler=sched)
+                p = varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=d, causal=causal, scheduler=sched,
+                                  backend=backend)
                 o = varblock.attention(q, k, v, p)
                 _check_finite(torch, f"dense causal={causal} d={d} {sched}", o)
         for name, lay, hq, hkv in _attention_layouts(L):
             cq, ck = lay.cu_seqlens_q, lay.cu_seqlens_k
             q, k, v = _qkv(torch, int(cq[-1]), int(ck[-1]), hq, hkv, 128)
-            p = varblock.plan(cq, ck, num_heads_q=hq, num_heads_kv=hkv, head_dim=128, layout=lay, scheduler=sched)
+            p = varblock.plan(cq, ck, num_heads_q=hq, num_heads_kv=hkv, head_dim=128, layout=lay, scheduler=sched,
+                              backend=backend)
             o, lse = varblock.attention(q, k, v, p, return_lse=True)
             _check_finite(torch, f"{name} {sched}", o)
-    # pack-GQA, fp16, d96
-    q, k, v = _qkv(torch, tq, tq, 8, 2, 96, "float16")
-    o = varblock.attention(q, k, v, varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=96, causal=True,
-                                                   pack_gqa=True))
-    _check_finite(torch, "pack-gqa fp16 d96", o)
+    # pack-GQA, fp16, d96 (d64 for the Hopper family, which has no d96)
+    d = 64 if backend == "attention_fwd_sm90" else 96
+    q, k, v = _qkv(torch, tq, tq, 8, 2, d, "float16")
+    o = varblock.attention(q, k, v, varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=d, causal=True,
+                                                   pack_gqa=True, backend=backend))
+    _check_finite(torch, f"pack-gqa fp16 d{d}", o)
+
+
+def smoke_attention_sm90(torch) -> None:
+    """The Hopper forward on the same cases (sm90 only: elsewhere it has no kernels)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        print("  attention_fwd_sm90: not an sm90 GPU, skipped", flush=True)
+        return
+    smoke_attention(torch, backend="attention_fwd_sm90")
 
 
 def smoke_prepare(torch) -> None:
@@ -140,6 +151,7 @@ def smoke_merge_states(torch) -> None:
 #: kernel family name -> smoke function (every registered family needs one)
 SMOKE: dict[str, Callable] = {
     "attention_fwd_mma": smoke_attention,
+    "attention_fwd_sm90": smoke_attention_sm90,
     "attention_prepare": smoke_prepare,
     "merge_states": smoke_merge_states,
 }
