@@ -1,7 +1,8 @@
 """Block-sparse decode bandwidth: varblock.decode over a paged KV cache next to torch SDPA dense decode.
 
-Effective bandwidth = (kept K and V bytes + q bytes + out bytes) / time; CUDA events, median of many runs after
-warm-up, caches larger than L2. Shapes (issue 12): Hq 64 / Hkv 8, d128, bf16, 64-token blocks, one new token per
+Effective bandwidth = (kept K and V bytes + q bytes + out bytes) / time; CUDA events around 10 back-to-back calls
+(the Python launch cost of a call overlaps the previous kernel), median of many runs after warm-up, caches larger
+than L2. Shapes (issue 12): Hq 64 / Hkv 8, d128, bf16, 64-token blocks, one new token per
 sequence: batch 64 x 32k, 1 x 128k, 256 x 2k at density 1.0 and 0.25 (random 25% of each (sequence, KV head)'s
 blocks). varblock reads a paged cache ([num_pages, 64, Hkv, D], pages in random order); SDPA reads a contiguous
 [B, Hkv, L, D] cache (dense only).
@@ -26,18 +27,20 @@ SHAPES = ((64, 32768), (1, 131072), (256, 2048))
 DENSITIES = (1.0, 0.25)
 
 
-def _time(torch, fn, iters: int) -> float:
-    """Median milliseconds of ``fn`` over ``iters`` timed runs (after 3 warm-up runs)."""
+def _time(torch, fn, iters: int, reps: int = 10) -> float:
+    """Median milliseconds per call of ``fn``: ``reps`` back-to-back calls between two CUDA events (so the Python
+    launch overhead of one call overlaps the previous call's kernel), ``iters`` times, after 3 warm-up calls."""
     for _ in range(3):
         fn()
     times = []
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(reps):
+            fn()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(a.elapsed_time(b) / reps)
     return statistics.median(times)
 
 

@@ -32,17 +32,9 @@ class WorkList:
     def num_items(self) -> int:
         return int(self.items.shape[0])
 
-    def kept_keys(self) -> int:
-        """Keys read per row tile pass, summed (each chunk counted once per row tile that reads it)."""
-        it = self.items
-        total = 0
-        for b, n in zip(it[:, abi.ITEM_CHUNK_BEGIN], it[:, abi.ITEM_N_CHUNKS]):
-            total += int(self.chunks[b:b + n, abi.CHUNK_K_LEN].sum())
-        return total
 
-
-def group_spans(layout: DecodeLayout | None, kv_lens: np.ndarray, num_heads_q: int, num_heads_kv: int,
-                block_size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def group_spans(layout: DecodeLayout | None, kv_lens: np.ndarray, num_heads_q: int, num_heads_kv: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Kept key spans per (sequence, KV head) group ``g = b * Hkv + h``: ``(group, k_start, k_end, head_mask)``,
     sorted by (group, k_start), adjacent spans with equal masks merged. Dense (``layout=None``): one span
     ``[0, kv_len)`` per group."""
@@ -118,8 +110,7 @@ def build_worklist(cu_seqlens_q: np.ndarray, kv_lens: np.ndarray, *, num_heads_q
     G = num_heads_q // num_heads_kv
     n_q = np.diff(cu_seqlens_q).astype(np.int64)
     num_groups = B * num_heads_kv
-    grp, start, end, mask = group_spans(layout, kv_lens, num_heads_q, num_heads_kv,
-                                        None if layout is None else layout.block_size)
+    grp, start, end, mask = group_spans(layout, kv_lens, num_heads_q, num_heads_kv)
     chunks, gbeg = cut_chunks(grp, start, end, mask, tile_n, num_groups)
     g_chunks = np.diff(gbeg)
     # row tiles per group: ceil(n_q * G / tile_m) (0 when the sequence has no new token)

@@ -443,13 +443,13 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                         inv = Float32(0.0) if total == 0.0 else Float32(1.0) / total
                         accs = cute.make_rmem_tensor(n_dcol, Float32)
                         accs.fill(0.0)
-                        for s in cutlass.range(num_splits, unroll=1):
-                            ls = part_lse[Int64(slot_base + s) * tile_m + r]
-                            if ls != -Float32.inf:
-                                wgt = cute.math.exp(ls - m_safe) * inv
-                                prow = part_o + (Int64(slot_base + s) * tile_m + r) * D
-                                for i in cutlass.range_constexpr(n_dcol):
-                                    accs[i] = accs[i] + wgt * prow[lane + 32 * i]
+                        # no branch on empty partials (LSE -inf: weight 0, and their O is exactly 0), so the
+                        # unrolled iterations keep the loads of several splits in flight at once
+                        for s in cutlass.range(num_splits, unroll=8):
+                            wgt = cute.math.exp(part_lse[Int64(slot_base + s) * tile_m + r] - m_safe) * inv
+                            prow = part_o + (Int64(slot_base + s) * tile_m + r) * D
+                            for i in cutlass.range_constexpr(n_dcol):
+                                accs[i] = accs[i] + wgt * prow[lane + 32 * i]
                         orow = o + (Int64(seq_q + tq) * o_stride_tok + Int64(hq) * o_stride_head)
                         for i in cutlass.range_constexpr(n_dcol):
                             orow[lane + 32 * i] = accs[i].to(dtype)

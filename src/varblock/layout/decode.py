@@ -108,9 +108,8 @@ def from_block_lists(rows: np.ndarray, blocks: np.ndarray, *, kv_lens: Any, bloc
             b, h = divmod(int(rows[i]), int(num_heads))
             raise ValueError(f"block index {int(blocks[i])} out of range for sequence {b} head {h}: the sequence has "
                              f"{int(limit[i])} blocks of {bs} keys (kv_len {int(kv[b])})")
-    key = np.unique(rows * (int(nb.max(initial=0)) + 1) + blocks)
     stride = int(nb.max(initial=0)) + 1
-    r, blk = np.divmod(key, stride)
+    r, blk = np.divmod(np.unique(rows * stride + blocks), stride)  # sorted by (row, block), duplicates dropped
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.add.at(indptr, r + 1, 1)
     return DecodeLayout(bs, int(num_heads), head_mode, kv, np.cumsum(indptr), blk.astype(np.int32))
