@@ -29,6 +29,9 @@ class AttentionFwdSm90(AttentionFwdMma):
 
     name = "attention_fwd_sm90"
     op = "attention_fwd"
+    #: ``scheduler="auto"`` on host plans (plan/schedule.py): one CTA fits per SM (200 KB of shared memory at d128),
+    #: so only the persistent loop overlaps one tile's epilogue with the next tile's loads
+    auto_scheduler = "persistent"
 
     def head_dims(self) -> tuple[int, ...]:
         return HEAD_DIMS

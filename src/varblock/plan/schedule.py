@@ -12,7 +12,8 @@ SCHEDULERS = ("auto", "persistent", "single")
 
 def choose_schedule(p: Plan, binding: AttentionFamily, scheduler: str) -> None:
     """Set ``p.scheduler`` and ``p.num_ctas``. Persistent grid = resident CTAs per SM (the variant's occupancy)
-    x SMs; ``auto`` = single-tile for host plans, persistent for device plans."""
+    x SMs; ``auto`` = single-tile for host plans (persistent when the binding's ``auto_scheduler`` says so),
+    persistent for device plans."""
     e = binding.entry(p.arch, p.head_dim)
     supports = e is not None and any(q["name"] == "persistent" for q in e["params"])
     if not supports or scheduler == "single" or p.num_tiles == 0:
@@ -20,7 +21,7 @@ def choose_schedule(p: Plan, binding: AttentionFamily, scheduler: str) -> None:
             raise ValueError("scheduler: the built attention kernels have no persistent schedule; rebuild them")
         p.scheduler, p.num_ctas = "single", p.num_tiles
         return
-    if scheduler == "auto" and not p.on_device:
+    if scheduler == "auto" and not p.on_device and getattr(binding, "auto_scheduler", "single") == "single":
         # Measured on an H200 (benchmarks/bench_scheduler.py, W1 and W3, d128): with host-sorted longest-first tiles
         # the hardware's own block dispatch already balances the portable kernel, and the persistent loop was 0-5%
         # slower (it does not overlap one tile's epilogue with the next tile's loads yet). Device plans, whose tile
