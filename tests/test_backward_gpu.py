@@ -91,7 +91,7 @@ def _check(torch, got, ref, low, what):
         assert err <= allowed, f"{what}: {name} max error {err:.3g} > allowed {allowed:.3g} (baseline {base:.3g})"
 
 
-def _run(torch, lay, hq, hkv, d, dtype, seed, *, what, plan=None, **plan_kw):
+def _run(torch, lay, hq, hkv, d, dtype, seed, *, what, plan=None, deterministic=False, **plan_kw):
     cu_q, cu_k = lay.cu_seqlens_q, lay.cu_seqlens_k
     q, k, v, dout = _inputs(torch, int(cu_q[-1]), int(cu_k[-1]), hq, hkv, d, dtype, seed)
     if plan is None:
@@ -99,7 +99,8 @@ def _run(torch, lay, hq, hkv, d, dtype, seed, *, what, plan=None, **plan_kw):
     out, lse = varblock.attention(q, k, v, plan, return_lse=True)
     nan = float("nan")
     grads = [torch.full_like(t, nan) for t in (q, k, v)]
-    res = varblock.attention_backward(dout, q, k, v, out, lse, plan, dq=grads[0], dk=grads[1], dv=grads[2])
+    res = varblock.attention_backward(dout, q, k, v, out, lse, plan, dq=grads[0], dk=grads[1], dv=grads[2],
+                                      deterministic=deterministic)
     assert all(a is b for a, b in zip(res, grads))
     torch.cuda.synchronize()
     ref, low = backward_ref(torch, q, k, v, dout, plan.layout, 1.0 / np.sqrt(d))
@@ -229,8 +230,8 @@ def test_argument_errors(torch):
     q, k, v, dout = _inputs(torch, 150, 150, 4, 2, 64, "bfloat16", 0)
     plan = varblock.plan(cu, cu, num_heads_q=4, num_heads_kv=2, head_dim=64, layout=lay)
     out, lse = varblock.attention(q, k, v, plan, return_lse=True)
-    with pytest.raises(ValueError, match="deterministic"):
-        varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=True)
+    with pytest.raises(TypeError, match="deterministic"):
+        varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=1)
     with pytest.raises(ValueError, match="softmax_scale"):
         varblock.attention_backward(dout, q, k, v, out, lse, plan, softmax_scale=-1.0)
     with pytest.raises(TypeError, match="dtypes must match"):
@@ -247,3 +248,36 @@ def test_argument_errors(torch):
                         total_k=150)
     with pytest.raises(ValueError, match="device plan"):
         varblock.attention_backward(dout, q, k, v, out, lse, dev)
+
+
+@pytest.mark.parametrize("case", ["random_gqa", "per_q_head", "flashinfer", "dense_d64", "causal_d256"])
+def test_deterministic_bit_identical(torch, case):
+    """deterministic=True: correct, and bit-identical over 10 runs (dQ added tile by tile in tile order)."""
+    if case == "random_gqa":
+        cu = _cu([113, 1023, 3, 0, 517])
+        lay = L.random_blocks(cu, cu, density=0.5, num_heads=2, head_mode="per_kv_head", causal=True, seed=7)
+        args = (8, 2, 128, "bfloat16")
+    elif case == "per_q_head":
+        lq, lk = [50, 300, 1, 129], [200, 300, 77, 1000]
+        lay = L.random_blocks(_cu(lq), _cu(lk), density=0.4, num_heads=4, head_mode="per_q_head", causal=True,
+                              seed=3, block_q=64, block_k=64)
+        args = (4, 2, 96, "float16")
+    elif case == "flashinfer":
+        rng = np.random.default_rng(2)
+        lay = L.from_flashinfer(rng.random((2, 3, 3)) < 0.6, np.array([[100, 28, 300], [128, 128, 172]]),
+                                np.array([[64, 200, 164], [1, 255, 172]]))
+        args = (4, 2, 128, "bfloat16")
+    elif case == "dense_d64":
+        cu = _cu(LENS)
+        lay = L.dense(cu, cu, num_heads=1, block_q=64, block_k=64)
+        args = (4, 1, 64, "bfloat16")
+    else:
+        cu = _cu([700, 1, 129])
+        lay = L.causal(cu, cu, num_heads=1)
+        args = (4, 4, 256, "float16")
+    grads, (q, k, v, dout, out, lse, plan) = _run(torch, lay, *args, seed=41, what=f"deterministic {case}",
+                                                  deterministic=True)
+    for _ in range(10):
+        res = varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=True)
+        for a, b in zip(res, grads):
+            assert torch.equal(a, b), f"deterministic {case}: results differ between runs"

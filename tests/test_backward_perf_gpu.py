@@ -46,8 +46,10 @@ def _bench(torch, lens, hq, hkv, d, lay, label):
     pairs = lay.num_pairs(hq, hkv)
     t_f = _time(torch, lambda: varblock.attention(q, k, v, plan))
     t_b = _time(torch, lambda: varblock.attention_backward(dout, q, k, v, out, lse, plan))
+    t_d = _time(torch, lambda: varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=True))
     print(f"\n{label}: pairs {pairs:.3e}  fwd {t_f:.3f} ms {4 * d * pairs / t_f / 1e9:.0f} TFLOP/s  "
-          f"bwd {t_b:.3f} ms {10 * d * pairs / t_b / 1e9:.0f} TFLOP/s")
+          f"bwd {t_b:.3f} ms {10 * d * pairs / t_b / 1e9:.0f} TFLOP/s  deterministic {t_d:.3f} ms "
+          f"({t_d / t_b:.2f}x)")
     return t_b
 
 
@@ -71,3 +73,12 @@ def test_w2_timing(torch):
             L.random_blocks(cu, cu, density=density, num_heads=16, head_mode="per_kv_head", seed=0)
         times[density] = _bench(torch, lens, 16, 16, 128, lay, f"W2 density={density}")
     assert times[0.1] < 0.5 * times[1.0]
+
+
+def test_w3_timing(torch):
+    """64 short sequences (W3): many small tiles."""
+    lens = [512] * 64
+    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    for causal in (False, True):
+        lay = L.causal(cu, cu, num_heads=1) if causal else L.dense(cu, cu, num_heads=1)
+        _bench(torch, lens, 16, 16, 128, lay, f"W3 causal={causal} density=1.0")

@@ -88,7 +88,30 @@ def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0):
     for key in set(ref) - set(got):
         assert ref[key], f"full pair {key} dropped"
         assert not _band_allows(lay, *key, num_sink_tokens), f"band-allowed pair {key} dropped"
+    _check_dq_order(wl)
     return wl
+
+
+def _check_dq_order(wl):
+    """Deterministic dQ order: for each (query head, span) the contributing tiles have turns 0..n-1 in tile order,
+    every one knows n, and one semaphore means one query span."""
+    d = wl.dq_order
+    assert d.shape == (wl.chunks.shape[0], 3) and d.dtype == np.int32
+    span_of_sem = {}
+    contributors = {}
+    for i, row in enumerate(wl.tiles.astype(np.int64)):
+        b, h, _, _, cb, nf, npart, _ = row
+        for c in range(cb, cb + nf + npart):
+            sem, turn, n = (int(x) for x in d[c])
+            assert 0 <= sem < wl.num_sems
+            span = (int(b), int(wl.chunks[c, 0]), int(wl.chunks[c, 1]))
+            assert span_of_sem.setdefault(sem, span) == span, "one semaphore, one query span"
+            for g in range(wl.heads_per_tile):
+                contributors.setdefault((h * wl.heads_per_tile + g, sem), []).append((i, turn, n))
+    for key, lst in contributors.items():
+        lst.sort()
+        assert [t for _, t, _ in lst] == list(range(len(lst))), f"turns of {key} not in tile order: {lst}"
+        assert all(n == len(lst) for _, _, n in lst), f"contributor count of {key}"
 
 
 LENS = [1, 3, 113, 0, 200, 64]

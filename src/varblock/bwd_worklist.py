@@ -11,6 +11,11 @@ Pure NumPy and vectorised: no Python loop per column, entry, tile or token. The 
   and its dK/dV go to accumulator head ``head`` (``Hq / heads_per_tile`` of them; the postprocess sums each KV
   head's ``(Hq / Hkv) / heads_per_tile`` accumulator heads).
 * ``chunks`` int32 ``[C, 2]``: ``(q_start, q_len)``, ``1 <= q_len <= tile_m``, relative to the sequence start.
+* ``dq_order`` int32 ``[C, 3]``: ``(semaphore, turn, contributors)`` of each chunk row for the deterministic dQ
+  order: chunks with the same (layout head, sequence, q_start) are the same query span; its ``contributors`` tiles
+  add their dQ to it in the order of the tile table, the tile holding this chunk row being number ``turn``. The
+  kernel's semaphore of query head ``hq`` and this span is ``hq * num_sems + semaphore``. Tiles of different tile
+  heads that share a chunk row come in the same relative order, so one turn serves every head.
 
 Rules: every key token of every (tile head, sequence) is in exactly one tile, whether or not any query keeps it
 (a tile with no chunk writes zero dK/dV). A layout column longer than ``tile_n`` is split into several tiles and a
@@ -44,6 +49,8 @@ class BwdWorkList:
     tile_n: int
     heads_per_tile: int
     num_tile_heads: int  #: heads of the dK/dV accumulators (Hq // heads_per_tile)
+    dq_order: np.ndarray  #: int32 [C, 3] (semaphore, turn, contributors)
+    num_sems: int  #: distinct query spans (semaphores per query head)
 
     @property
     def num_tiles(self) -> int:
@@ -180,11 +187,33 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
     t_head = base[t_sub] + t_rep * stride
     tiles = np.stack([c_batch[s_col[t_sub]], t_head, s_ks[t_sub], s_kl[t_sub], st_begin[t_sub], st_full[t_sub],
                       st_all[t_sub] - st_full[t_sub], np.zeros_like(t_head)], axis=1).reshape(-1, abi.TILE_WIDTH)
+    order = np.arange(tiles.shape[0])
     if longest_first and tiles.shape[0]:
-        tiles = tiles[np.argsort(-(tiles[:, 5] + tiles[:, 6]), kind="stable")]
+        order = np.argsort(-(tiles[:, 5] + tiles[:, 6]), kind="stable")
+        tiles = tiles[order]
     chunks = np.stack([sc_qs, sc_ql], axis=1).reshape(-1, 2)
+    dq_order, num_sems = _dq_order(t_sub[order], n_sub_total, sc_sub, hl[sc_sub], c_batch[s_col[sc_sub]], sc_qs)
     return BwdWorkList(tiles=_to_i32(tiles, "tiles"), chunks=_to_i32(chunks, "chunks"), tile_m=int(tile_m),
-                       tile_n=int(tile_n), heads_per_tile=int(heads_per_tile), num_tile_heads=n_tile_heads)
+                       tile_n=int(tile_n), heads_per_tile=int(heads_per_tile), num_tile_heads=n_tile_heads,
+                       dq_order=_to_i32(dq_order, "dq_order"), num_sems=num_sems)
+
+
+def _dq_order(sub_of_tile: np.ndarray, n_sub: int, sc_sub: np.ndarray, sc_head: np.ndarray, sc_batch: np.ndarray,
+              sc_qs: np.ndarray) -> tuple[np.ndarray, int]:
+    """``dq_order`` (see the module docstring) from the sub-tile of each tile (in tile order) and the sub-tile,
+    layout head, sequence and q_start of each chunk row."""
+    pos = np.full(n_sub, np.iinfo(np.int64).max, dtype=np.int64)  # first tile of each sub-tile
+    np.minimum.at(pos, sub_of_tile, np.arange(sub_of_tile.shape[0], dtype=np.int64))
+    if sc_sub.size == 0:
+        return np.zeros((0, 3), dtype=np.int64), 0
+    key = np.stack([sc_head, sc_batch, sc_qs], axis=1)
+    _, sem, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    sem = sem.reshape(-1)
+    by = np.lexsort((pos[sc_sub], sem))  # chunk rows grouped by span, contributors in tile order
+    first = np.cumsum(counts) - counts
+    turn = np.empty_like(sem)
+    turn[by] = np.arange(sem.shape[0]) - first[sem[by]]
+    return np.stack([sem, turn, counts[sem]], axis=1), int(counts.shape[0])
 
 
 def bwd_tile_pairs(wl: BwdWorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_q: int, num_heads_kv: int):

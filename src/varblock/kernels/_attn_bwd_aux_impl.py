@@ -35,7 +35,7 @@ def make_preprocess(name: str, dtype_name: str, warps: int):
             head = row - tok * Int64(num_heads_q)
             o_base = tok * o_stride_tok + head * o_stride_head
             do_base = tok * do_stride_tok + head * do_stride_head
-            acc_base = row * Int64(head_dim)
+            acc_base = (head * Int64(total_q) + tok) * Int64(head_dim)  # dq_accum [Hq, total_q, D]
             acc = Float32(0.0)
             for d in cutlass.range(lane, head_dim, 32):
                 acc += out[o_base + Int64(d)].to(Float32) * dout[do_base + Int64(d)].to(Float32)
@@ -82,7 +82,7 @@ def make_postprocess(name: str, dtype_name: str, warps: int):
             tok = row // Int64(num_heads_q)
             head = row - tok * Int64(num_heads_q)
             dst = tok * dq_stride_tok + head * dq_stride_head
-            src = row * Int64(head_dim)
+            src = (head * Int64(total_q) + tok) * Int64(head_dim)  # dq_accum [Hq, total_q, D]
             for d in cutlass.range(lane, head_dim, 32):
                 dq[dst + Int64(d)] = (dq_accum[src + Int64(d)] * softmax_scale).to(dtype)
         elif row < rows_q + Int64(total_k) * Int64(num_heads_kv):

@@ -19,6 +19,7 @@ See ``attention_bwd_mma.py`` for the contract (work list, parameters, masks). La
 import cutlass
 import cutlass.cute as cute
 from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint8, Uint32
+from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync, warp
 
 MASK_DOC = 1
@@ -53,8 +54,25 @@ def _gemm(tiled_mma, acc, tA, tB, sA, vA, sB, vB, cA, cB):
         cute.gemm(tiled_mma, acc, tA[None, None, kk], tB[None, None, kk], acc)
 
 
+@cutlass.dsl_user_op
+def _bulk_reduce_add_f32(gmem_ptr, smem_ptr, num_bytes, *, loc=None, ip=None):
+    """``cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32``: add ``num_bytes`` (multiple of 16) of fp32
+    from shared memory to global memory (sm90+), asynchronously; complete with a bulk commit / wait group."""
+    llvm.inline_asm(None, [gmem_ptr.llvm_ptr, smem_ptr.toint(loc=loc, ip=ip).ir_value(),
+                           Int32(num_bytes).ir_value(loc=loc, ip=ip)],
+                    "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], $2;", "l,r,r",
+                    has_side_effects=True, loc=loc, ip=ip)
+
+
+@cute.jit
+def _spin_until(sem_ptr, value):
+    """Wait until the int32 semaphore at ``sem_ptr`` equals ``value`` (acquire, gpu scope)."""
+    while cute.arch.atomic_add(sem_ptr, Int32(0), sem="acquire", scope="gpu") != value:
+        pass
+
+
 def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
-              sdp: tuple, dkv: tuple):
+              sdp: tuple, dkv: tuple, dq_bufs: int):
     """Build the ``@cute.jit`` host function (and its kernel) of one main-kernel variant."""
     dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
     nthr = 32 * num_warps
@@ -81,6 +99,8 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         sDps: cute.struct.Align[cute.struct.MemRange[Float32, tile_m], 16]
         sDocQ: cute.struct.Align[cute.struct.MemRange[Int32, tile_m], 16]
         sDocK: cute.struct.Align[cute.struct.MemRange[Int32, tile_n], 16]
+        # dQ tiles (fp32) for the bulk reduce-add, dq_bufs of them (at least one element: the struct needs it)
+        sdQ: cute.struct.Align[cute.struct.MemRange[Float32, max(dq_bufs * tile_m * D, 4)], 1024]
 
     def smem_layout(rows, cols, blk):
         sw = 3 if blk == 64 else 2
@@ -99,10 +119,12 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         num_tiles: Int32, num_heads_q: Int32, num_tile_heads: Int32, softmax_scale_log2: Float32,
         window_left: Int32, window_right: Int32, num_sink_tokens: Int32, qhead_per_kvhead: Int32,
         heads_per_tile: Int32, tok_block_k: Int32, tok_head_div: Int32, mask_flags: Int32,
+        dq_order: cute.Pointer, dq_sem: cute.Pointer, total_q: Int32, num_sems: Int32,
     ):
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
         tile = Int32(bidx)
+        deterministic = dq_sem.toint() != Int64(0)
 
         smem = cutlass.utils.SmemAllocator()
         storage = smem.allocate(SharedStorage)
@@ -116,6 +138,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         sDps = storage.sDps.get_tensor(cute.make_layout(tile_m))
         sDocQ = storage.sDocQ.get_tensor(cute.make_layout(tile_m))
         sDocK = storage.sDocK.get_tensor(cute.make_layout(tile_n))
+        sdQ = storage.sdQ.get_tensor(cute.make_layout((tile_m, D, max(dq_bufs, 1)), stride=(D, 1, tile_m * D)))
         sQt = _transposed(sQ, tile_m, D)
         sdOt = _transposed(sdO, tile_m, D)
         sKt = _transposed(sK, tile_n, D)
@@ -260,6 +283,11 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             # the loads of step ``it``) and runs the first part of step ``it`` (S, dP, P, dS, dV, dK). Steps walk
             # (chunk, head in tile), head innermost.
             for it in cutlass.range(n_steps + 1, unroll=1):
+                # this step's per-row LSE / dPsum / doc id: loaded into registers with the Q / dO loads, stored to
+                # shared memory after the dQ phase (their latency hides behind it); rows >= q_len: P = 0
+                lse_n = Float32.inf
+                dps_n = Float32(0.0)
+                docq_n = Int32(0)
                 if it > 0:
                     cute.arch.barrier()  # everyone is done with sQ, sdO, sLse, sDps, sDocQ of step it - 1
                 if it < n_steps:
@@ -284,17 +312,12 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                         else:
                             tQsQ[None, m, None].fill(0)
                             tQsdO[None, m, None].fill(0)
-                    if tidx < tile_m:
-                        if tidx < ql:
-                            st = Int64(hq) * stat_stride_head + tok0 + Int64(tidx)
-                            sLse[tidx] = lse_log2[st]
-                            sDps[tidx] = dpsum[st]
-                            if (mask_flags & MASK_DOC) != 0:
-                                sDocQ[tidx] = doc_q[tok0 + Int64(tidx)]
-                        else:
-                            sLse[tidx] = Float32.inf
-                            sDps[tidx] = Float32(0.0)
-                            sDocQ[tidx] = Int32(0)
+                    if tidx < ql:
+                        st = Int64(hq) * stat_stride_head + tok0 + Int64(tidx)
+                        lse_n = lse_log2[st]
+                        dps_n = dpsum[st]
+                        if (mask_flags & MASK_DOC) != 0:
+                            docq_n = doc_q[tok0 + Int64(tidx)]
                 cute.arch.cp_async_commit_group()
 
                 if it > 0:
@@ -308,14 +331,62 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
                     acc_dQ.fill(0.0)
                     _gemm(mma_sdp, acc_dQ, tQrdS, tQrKt, tQsdS, tQvdS, tQsKt, tQvKt, cp_sdp_A, cp_sdp_Bt)
-                    acc_dQ_mn = _mn_view(acc_dQ)
-                    for rr in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[0])):
-                        r = tdQcdQ[rr, 0][0]
-                        if r < pq_len:
-                            base = (Int64(ptok0 + r) * Int64(num_heads_q) + Int64(phq)) * D
-                            for cc in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[1])):
-                                cute.arch.atomic_add(dq_accum + (base + Int64(tdQcdQ[rr, cc][1])),
-                                                     acc_dQ_mn[rr, cc])
+                    sem_ptr = dq_sem
+                    turn = Int32(0)
+                    next_turn = Int32(0)
+                    if deterministic:
+                        sem_ptr = dq_sem + (Int64(phq) * Int64(num_sems) + Int64(dq_order[pc * 3]))
+                        turn = dq_order[pc * 3 + 1]
+                        next_turn = turn + 1
+                        if next_turn == dq_order[pc * 3 + 2]:
+                            next_turn = Int32(0)  # the last contributor leaves the semaphore at 0
+                    if cutlass.const_expr(dq_bufs == 0):
+                        # fp32 atomics (deterministic: all of them between acquiring and releasing the semaphore)
+                        if deterministic:
+                            if tidx == 0:
+                                _spin_until(sem_ptr, turn)
+                            cute.arch.barrier()
+                        acc_dQ_mn = _mn_view(acc_dQ)
+                        for rr in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[0])):
+                            r = tdQcdQ[rr, 0][0]
+                            if r < pq_len:
+                                base = (Int64(phq) * Int64(total_q) + Int64(ptok0 + r)) * D
+                                for cc in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[1])):
+                                    cute.arch.atomic_add(dq_accum + (base + Int64(tdQcdQ[rr, cc][1])),
+                                                         acc_dQ_mn[rr, cc])
+                        if deterministic:
+                            cute.arch.fence_acq_rel_gpu()
+                            cute.arch.barrier()
+                            if tidx == 0:
+                                cute.arch.fence_acq_rel_gpu()
+                                cute.arch.atomic_exch(sem_ptr, next_turn, sem="release", scope="gpu")
+                    else:
+                        # dQ tile -> shared memory -> one bulk fp32 reduce-add into the accumulator's q_len rows
+                        # (dq_accum [Hq, total_q, D]: the chunk's rows are contiguous)
+                        sdQ_b = sdQ[None, None, pi % dq_bufs]
+                        cute.autovec_copy(acc_dQ, thr_sdp.partition_C(sdQ_b))
+                        cute.arch.fence_proxy("async.shared", space="cta")
+                        cute.arch.barrier()
+                        if tidx == 0:
+                            if deterministic:
+                                _spin_until(sem_ptr, turn)
+                                cute.arch.fence_proxy("async.global")
+                            dst = dq_accum + (Int64(phq) * Int64(total_q) + Int64(ptok0)) * D
+                            _bulk_reduce_add_f32(dst, sdQ_b.iterator, pq_len * (D * 4))
+                            cute.arch.cp_async_bulk_commit_group()
+                            if deterministic:
+                                cute.arch.cp_async_bulk_wait_group(0)  # the adds are done
+                                cute.arch.fence_proxy("async.global")
+                                cute.arch.fence_acq_rel_gpu()
+                                cute.arch.atomic_exch(sem_ptr, next_turn, sem="release", scope="gpu")
+                            else:
+                                # the reduce issued dq_bufs steps ago has read its buffer (rewritten next step)
+                                cute.arch.cp_async_bulk_wait_group(dq_bufs - 1, read=True)
+
+                if tidx < tile_m:
+                    sLse[tidx] = lse_n
+                    sDps[tidx] = dps_n
+                    sDocQ[tidx] = docq_n
 
                 if it < n_steps:
                     ci = it // heads_per_tile
@@ -399,6 +470,9 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
 
             # ------------------------------------------------------------ epilogue: fp32 dK, dV of this tile
             cute.arch.cp_async_wait_group(0)
+            if cutlass.const_expr(dq_bufs > 0):
+                if tidx == 0:
+                    cute.arch.cp_async_bulk_wait_group(0)
             acc_dK_mn = _mn_view(acc_dK)
             acc_dV_mn = _mn_view(acc_dV)
             for rr in cutlass.range_constexpr(cute.size(acc_dK_mn, mode=[0])):
@@ -424,6 +498,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         num_tiles: Int32, num_heads_q: Int32, num_tile_heads: Int32, softmax_scale_log2: Float32,
         window_left: Int32, window_right: Int32, num_sink_tokens: Int32, qhead_per_kvhead: Int32,
         heads_per_tile: Int32, tok_block_k: Int32, tok_head_div: Int32, mask_flags: Int32,
+        dq_order: cute.Pointer, dq_sem: cute.Pointer, total_q: Int32, num_sems: Int32,
     ):
         kernel(
             q, k, v, dout, lse_log2, dpsum, dq_accum, dk_accum, dv_accum, cu_seqlens_q, cu_seqlens_k, tiles,
@@ -431,7 +506,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             v_stride_tok, v_stride_head, do_stride_tok, do_stride_head, stat_stride_head, tm_stride_head,
             tm_stride_tok, tm_stride_blk, num_tiles, num_heads_q, num_tile_heads, softmax_scale_log2,
             window_left, window_right, num_sink_tokens, qhead_per_kvhead, heads_per_tile, tok_block_k,
-            tok_head_div, mask_flags,
+            tok_head_div, mask_flags, dq_order, dq_sem, total_q, num_sems,
         ).launch(grid=[num_tiles, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
 
     return host

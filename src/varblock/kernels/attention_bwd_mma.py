@@ -14,7 +14,13 @@ kept blocks. The three kernels (one family; the variant key ``kind`` tells them 
   the forward) and each query head ``hq = head * heads_per_tile + g`` (``g < heads_per_tile``, inner loop):
   ``S = Q K^T``, ``P = exp2(S * scale_log2 - lse_log2)`` (element mask on partial chunks, ``k_len`` tail always),
   ``dP = dO V^T``, ``dS = P * (dP - dpsum)``, ``dV += P^T dO``, ``dK += dS^T Q`` in registers, and
-  ``dQ += dS K`` added to the fp32 accumulator ``dq_accum [total_q, Hq, D]`` with atomics. At the end the tile
+  ``dQ += dS K`` added to the fp32 accumulator ``dq_accum [Hq, total_q, D]``: on sm90/sm100 the step's dQ tile
+  goes through shared memory into one bulk reduce-add (``cp.reduce.async.bulk .add.f32``, the chunk's rows are
+  contiguous), elsewhere with per-element fp32 atomics. Deterministic mode (``dq_sem != 0``): the contributions to
+  each (query head, chunk) are added one tile at a time in the order of the tile table, each contributor waiting
+  for its turn on a per-(query head, chunk) semaphore (``dq_order[c] = (semaphore, turn, contributors)``; the last
+  contributor resets the semaphore to 0, so it is ready for the next launch). Tiles wait only for tiles with a
+  smaller index, which were scheduled before them: no deadlock. At the end the tile
   stores its fp32 dK (unscaled) and dV to ``dk_accum`` / ``dv_accum [total_k, num_tile_heads, D]`` at head
   ``head`` (a tile with no chunk stores zeros).
 * ``postprocess`` (per dtype): ``dq = dq_accum * softmax_scale``, ``dk = softmax_scale * sum_g dk_accum[:, h * G' +
@@ -53,29 +59,29 @@ SMEM_LIMIT = {"sm80": 99 * 1024, "sm90": 227 * 1024, "sm100": 227 * 1024, "sm120
 
 class TileConfig:
     """Static shape of a main-kernel variant: ``tile_m`` query rows per step, ``tile_n`` key rows per CTA,
-    ``num_warps``, and the warp grids (rows, cols) of the two MMA tilings: ``sdp`` for ``S``/``dP`` (tile_m x tile_n)
-    and ``dQ`` (tile_m x D), ``dkv`` for ``dV``/``dK`` (tile_n x D)."""
+    ``num_warps``, the warp grids (rows, cols) of the two MMA tilings: ``sdp`` for ``S``/``dP`` (tile_m x tile_n)
+    and ``dQ`` (tile_m x D), ``dkv`` for ``dV``/``dK`` (tile_n x D), and how dQ reaches its accumulator."""
 
-    def __init__(self, tile_m: int, tile_n: int, num_warps: int, sdp: tuple[int, int], dkv: tuple[int, int]):
+    def __init__(self, tile_m: int, tile_n: int, num_warps: int, sdp: tuple[int, int], dkv: tuple[int, int],
+                 dq_bufs: int):
         self.tile_m, self.tile_n, self.num_warps, self.sdp, self.dkv = tile_m, tile_n, num_warps, sdp, dkv
-
-    def as_tuple(self) -> tuple[int, int, int, int, int]:
-        return self.tile_m, self.tile_n, self.num_warps, self.sdp[0], self.dkv[0]
+        #: fp32 dQ tiles in shared memory for the bulk reduce-add (sm90+), 0 = per-element fp32 atomics
+        self.dq_bufs = dq_bufs
 
 
 #: per head dim, for the 227 KB parts (sm90, sm100)
 _TILES_BIG = {
-    64: TileConfig(64, 128, 8, (2, 4), (4, 2)),
-    96: TileConfig(64, 128, 8, (4, 2), (4, 2)),
-    128: TileConfig(64, 128, 8, (2, 4), (4, 2)),
-    192: TileConfig(64, 64, 8, (4, 2), (4, 2)),
-    256: TileConfig(64, 64, 8, (4, 2), (4, 2)),
+    64: TileConfig(64, 128, 8, (2, 4), (4, 2), 2),
+    96: TileConfig(64, 128, 8, (4, 2), (4, 2), 2),
+    128: TileConfig(64, 128, 8, (2, 4), (4, 2), 2),
+    192: TileConfig(64, 64, 8, (4, 2), (4, 2), 2),
+    256: TileConfig(64, 64, 8, (4, 2), (4, 2), 1),
 }
 #: for the 99 KB parts (sm80 and its sm86/sm89 users, sm120): d192/d256 do not fit one K/V tile + Q/dO/P/dS
 _TILES_SMALL = {
-    64: TileConfig(64, 128, 8, (2, 4), (4, 2)),
-    96: TileConfig(64, 64, 8, (4, 2), (4, 2)),
-    128: TileConfig(64, 64, 8, (4, 2), (4, 2)),
+    64: TileConfig(64, 128, 8, (2, 4), (4, 2), 0),
+    96: TileConfig(64, 64, 8, (4, 2), (4, 2), 0),
+    128: TileConfig(64, 64, 8, (4, 2), (4, 2), 0),
 }
 HEAD_DIMS_BY_ARCH = {"sm80": (64, 96, 128), "sm90": (64, 96, 128, 192, 256), "sm100": (64, 96, 128, 192, 256),
                      "sm120": (64, 96, 128)}
@@ -91,7 +97,7 @@ MAIN_PARAMS: tuple[Param, ...] = (
     Param("dout", "ptr", 16),  # [total_q, Hq, D]
     Param("lse_log2", "ptr", 4),  # fp32 [Hq, total_q] (preprocess output; +inf = empty row)
     Param("dpsum", "ptr", 4),  # fp32 [Hq, total_q]
-    Param("dq_accum", "ptr", 4),  # fp32 [total_q, Hq, D] compact, zeroed by preprocess
+    Param("dq_accum", "ptr", 16),  # fp32 [Hq, total_q, D] compact, zeroed by preprocess
     Param("dk_accum", "ptr", 4),  # fp32 [total_k, num_tile_heads, D] compact
     Param("dv_accum", "ptr", 4),  # fp32 [total_k, num_tile_heads, D] compact
     Param("cu_seqlens_q", "ptr", 4),
@@ -125,6 +131,10 @@ MAIN_PARAMS: tuple[Param, ...] = (
     Param("tok_block_k", "i32"),
     Param("tok_head_div", "i32"),
     Param("mask_flags", "i32"),
+    Param("dq_order", "ptr", 4),  # int32 [C, 3] (semaphore, turn, contributors) per chunk; read if dq_sem != 0
+    Param("dq_sem", "ptr", 4),  # int32 [Hq, num_sems], zero between launches; 0 = not deterministic
+    Param("total_q", "i32"),  # token extent of dq_accum [Hq, total_q, D]
+    Param("num_sems", "i32"),
 )
 
 PRE_PARAMS: tuple[Param, ...] = (
@@ -133,7 +143,7 @@ PRE_PARAMS: tuple[Param, ...] = (
     Param("lse", "ptr", 4),  # fp32 [Hq, total_q] natural log (forward output)
     Param("lse_log2", "ptr", 4),  # fp32 [Hq, total_q] out
     Param("dpsum", "ptr", 4),  # fp32 [Hq, total_q] out
-    Param("dq_accum", "ptr", 4),  # fp32 [total_q, Hq, D] compact, zeroed
+    Param("dq_accum", "ptr", 16),  # fp32 [Hq, total_q, D] compact, zeroed
     Param("o_stride_tok", "i64"),
     Param("o_stride_head", "i64"),
     Param("do_stride_tok", "i64"),
@@ -146,7 +156,7 @@ PRE_PARAMS: tuple[Param, ...] = (
 )
 
 POST_PARAMS: tuple[Param, ...] = (
-    Param("dq_accum", "ptr", 4),
+    Param("dq_accum", "ptr", 16),
     Param("dk_accum", "ptr", 4),
     Param("dv_accum", "ptr", 4),
     Param("dq", "ptr", 2),  # [total_q, Hq, D]
@@ -179,8 +189,9 @@ def tile_config(arch: str, head_dim: int) -> TileConfig:
 
 def smem_bytes(cfg: TileConfig, head_dim: int) -> int:
     """Dynamic shared memory of a main variant: sQ, sdO [tile_m, D], sK, sV [tile_n, D], sP, sdS [tile_m, tile_n]
-    (each 1024-byte aligned), then fp32 LSE / dPsum and int32 doc ids per query row, int32 doc ids per key column;
-    rounded up to 1024 bytes."""
+    (each 1024-byte aligned), then fp32 LSE / dPsum and int32 doc ids per query row, int32 doc ids per key column,
+    then ``dq_bufs`` fp32 dQ tiles [tile_m, D] (1024-byte aligned; 16 bytes when there are none); rounded up to
+    1024 bytes."""
 
     def up(x: int, a: int) -> int:
         return (x + a - 1) // a * a
@@ -189,7 +200,8 @@ def smem_bytes(cfg: TileConfig, head_dim: int) -> int:
     off = 0
     for size, align in ((m * d * _DT_BYTES, 1024), (m * d * _DT_BYTES, 1024), (n * d * _DT_BYTES, 1024),
                         (n * d * _DT_BYTES, 1024), (m * n * _DT_BYTES, 1024), (m * n * _DT_BYTES, 1024),
-                        (4 * m, 16), (4 * m, 16), (4 * m, 16), (4 * n, 16)):
+                        (4 * m, 16), (4 * m, 16), (4 * m, 16), (4 * n, 16),
+                        (max(4 * cfg.dq_bufs * m * d, 16), 1024)):
         off = up(off, align) + size
     return up(off, 1024)
 
@@ -211,6 +223,8 @@ def _main_requires() -> tuple[dict[str, Any], ...]:
         req.append({"what": f"{w} in [-1, 2**30]", "value": w, "range": [-1, 2**30]})
     req.append({"what": "num_sink_tokens in [0, 2**30]", "value": "num_sink_tokens", "range": [0, 2**30]})
     req.append({"what": "mask_flags in 0..3", "value": "mask_flags", "range": [0, 3]})
+    req.append({"what": "total_q >= 0", "value": "total_q", "range": [0, 2**31 - 1]})
+    req.append({"what": "num_sems >= 0", "value": "num_sems", "range": [0, 2**31 - 1]})
     return tuple(req)
 
 
@@ -247,7 +261,8 @@ def variants(arch: str) -> list[Variant]:
                 params=MAIN_PARAMS, block=(32 * cfg.num_warps, 1, 1), grid=("num_tiles", 1, 1),
                 requires=_main_requires(),
                 extra={"tile_m": cfg.tile_m, "tile_n": cfg.tile_n, "num_warps": cfg.num_warps,
-                       "warps_sdp": list(cfg.sdp), "warps_dkv": list(cfg.dkv), "smem_bytes": smem,
+                       "warps_sdp": list(cfg.sdp), "warps_dkv": list(cfg.dkv), "dq_bufs": cfg.dq_bufs,
+                       "smem_bytes": smem,
                        "entry": f"vb_{name}_0", "mask_flags": {"doc": MASK_DOC, "token": MASK_TOKEN}},
             ))
     return out
@@ -274,7 +289,7 @@ def _fake_args(variant: Variant) -> list[Any]:
 
     dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
     half = {"q", "k", "v", "dout", "out", "dq", "dk", "dv"}
-    ints = {"cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k"}
+    ints = {"cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k", "dq_order", "dq_sem"}
     scal = {"i32": cutlass.Int32, "i64": cutlass.Int64, "f32": cutlass.Float32}
     args: list[Any] = []
     for p in variant.params:
@@ -295,7 +310,7 @@ def compile_args(variant: Variant):
     if kind == "main":
         e = variant.extra
         host = _make_main(variant.name, variant.key["dtype"], variant.key["head_dim"], e["tile_m"], e["tile_n"],
-                          e["num_warps"], tuple(e["warps_sdp"]), tuple(e["warps_dkv"]))
+                          e["num_warps"], tuple(e["warps_sdp"]), tuple(e["warps_dkv"]), e["dq_bufs"])
     else:
         host = _make_aux(kind, variant.name, variant.key["dtype"])
     return host, _fake_args(variant)
@@ -322,7 +337,9 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
                      num_heads_q=hq, num_tile_heads=nth, softmax_scale_log2=(1.0 / math.sqrt(d)) * math.log2(math.e),
                      window_left=[-1, 127, 0, 5][i], window_right=[-1, 0, -1, 3][i], num_sink_tokens=[0, 4, 0, 1][i],
                      qhead_per_kvhead=g, heads_per_tile=hpt, tok_block_k=64, tok_head_div=1 if i % 2 else g,
-                     mask_flags=i % 4)
+                     mask_flags=i % 4, total_q=tq, num_sems=[1, 40, 2000, 0][i])
+            if i % 2:
+                c["dq_sem"] = 0  # not deterministic
         elif kind == "preprocess":
             c.update(o_stride_tok=hq * d, o_stride_head=d, do_stride_tok=hq * d + 8, do_stride_head=d,
                      lse_stride_head=tq + i, stat_stride_head=tq, total_q=tq, num_heads_q=hq, head_dim=d)
@@ -336,10 +353,10 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
 
 @functools.cache
 def _make_main(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
-               sdp: tuple[int, int], dkv: tuple[int, int]):
+               sdp: tuple[int, int], dkv: tuple[int, int], dq_bufs: int):
     from ._attn_bwd_mma_impl import make_host
 
-    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps, sdp, dkv)
+    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps, sdp, dkv, dq_bufs)
 
 
 @functools.cache

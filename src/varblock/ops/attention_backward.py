@@ -48,6 +48,8 @@ class _BwdState:
         self.launches: dict[tuple, tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]] = {}
         #: stream handle -> fp32 scratch buffers (see ``_workspace``)
         self.workspace: dict[int, dict[str, Any]] = {}
+        #: stream handle -> the deterministic mode's semaphores (zero between launches: the kernel resets them)
+        self.semaphores: dict[int, Any] = {}
 
 
 _states: weakref.WeakKeyDictionary[Plan, _BwdState] = weakref.WeakKeyDictionary()
@@ -67,7 +69,9 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, pl
         plan: the host plan the forward ran with (its layout and element mask are used; a device plan has no host
             layout and is refused).
         softmax_scale: the forward's (default ``1/sqrt(D)``); must be positive.
-        deterministic: not supported by this portable kernel (a ValueError); dQ is accumulated with atomics.
+        deterministic: add the dQ contributions of the key/value tiles in a fixed order (per-(query head, query
+            span) semaphores, in the order tiles are scheduled), so results are bit-identical from run to run;
+            otherwise they are added as the tiles finish (faster; fp32 rounding varies between runs).
         dq, dk, dv: optional preallocated outputs (dtype of q; must not overlap the inputs or each other).
         stream: stream to run on (default: the current stream of the inputs' framework).
 
@@ -81,9 +85,6 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, pl
                          "a plan made from host cu_seqlens or a layout")
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic: expected a bool, got {type(deterministic).__name__}")
-    if deterministic:
-        raise ValueError("deterministic: the portable backward accumulates dQ with atomics and has no "
-                         "deterministic mode; call it with deterministic=False")
     ins = _inputs(dout, q, k, v, out)
     doa, qa, ka, va, oa = ins
     ordinal = check_same_device(list(ins))
@@ -102,6 +103,7 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, pl
     grads = _outputs(q, ins, (dq, dk, dv), ordinal, st)
     state = _state(plan)
     ws = _workspace(state, plan, st)
+    sem = _semaphores(state, plan, st) if deterministic else None
     key = (qa.dtype, qa.strides, ka.strides, va.strides, doa.strides, oa.strides, la.strides,
            tuple(g[1].strides for g in grads), scale)
     launches = state.launches.get(key)
@@ -112,7 +114,7 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, pl
     ptrs = {n: a.ptr for n, a in ws.items()}
     pre(st, (oa.ptr, doa.ptr, la.ptr, ptrs["lse_log2"], ptrs["dpsum"], ptrs["dq_accum"]))
     main(st, (qa.ptr, ka.ptr, va.ptr, doa.ptr, ptrs["lse_log2"], ptrs["dpsum"], ptrs["dq_accum"],
-              ptrs["dk_accum"], ptrs["dv_accum"]))
+              ptrs["dk_accum"], ptrs["dv_accum"], sem.ptr if sem is not None else 0))
     post(st, (ptrs["dq_accum"], ptrs["dk_accum"], ptrs["dv_accum"], *(g[1].ptr for g in grads)))
     return grads[0][0], grads[1][0], grads[2][0]
 
@@ -210,7 +212,8 @@ def _state(plan: Plan) -> _BwdState:
                                 tile_m=int(e["extra"]["tile_m"]), tile_n=int(e["extra"]["tile_n"]),
                                 heads_per_tile=hpt, band=m.band, num_sink_tokens=int(plan.num_sink_tokens))
         bufs = {"tiles": DeviceBuffer.from_host(plan.device_id, wl.tiles),
-                "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks)}
+                "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks),
+                "dq_order": DeviceBuffer.from_host(plan.device_id, wl.dq_order)}
         s = _BwdState(plan.revision, wl, bufs)
         _states[plan] = s
     return s
@@ -242,6 +245,18 @@ def _workspace(state: _BwdState, plan: Plan, st: Any) -> dict[str, Any]:
     return ws
 
 
+def _semaphores(state: _BwdState, plan: Plan, st: Any) -> Any:
+    """int32 [Hq, num_sems] semaphores of stream ``st``, zeroed once (stream-ordered); each launch leaves them 0."""
+    handle = int(st.handle)
+    sem = state.semaphores.get(handle)
+    if sem is None:
+        from varblock.runtime.memory import DeviceBuffer
+
+        sem = DeviceBuffer.zeros(plan.device_id, 4 * max(plan.num_heads_q * state.worklist.num_sems, 1), st)
+        state.semaphores[handle] = sem
+    return sem
+
+
 def _prepare(plan: Plan, state: _BwdState, ins: tuple[DeviceArray, ...], la: DeviceArray,
              grads: list[DeviceArray], ws: dict[str, Any], scale: float, ordinal: int
              ) -> tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]:
@@ -271,7 +286,8 @@ def _prepare(plan: Plan, state: _BwdState, ins: tuple[DeviceArray, ...], la: Dev
               "window_right": plan.window_right, "num_sink_tokens": int(plan.num_sink_tokens),
               "qhead_per_kvhead": hq // hkv, "heads_per_tile": wl.heads_per_tile,
               "tok_block_k": max(int(plan.tok_block_k), 1), "tok_head_div": max(int(plan.tok_head_div), 1),
-              "mask_flags": plan.mask_flags}
+              "mask_flags": plan.mask_flags, "dq_order": state.buffers["dq_order"].ptr, "dq_sem": 0,
+              "total_q": total_q, "num_sems": wl.num_sems}
     dqa, dka, dva = grads
     post_v = {"dq_accum": ws["dq_accum"].ptr, "dk_accum": ws["dk_accum"].ptr, "dv_accum": ws["dv_accum"].ptr,
               "dq": dqa.ptr, "dk": dka.ptr, "dv": dva.ptr, "dq_stride_tok": _st(dqa, 0), "dq_stride_head": _st(dqa, 1),
@@ -285,7 +301,8 @@ def _prepare(plan: Plan, state: _BwdState, ins: tuple[DeviceArray, ...], la: Dev
     return (PreparedLaunch(e_pre, ordinal, pre_v, what=what,
                            pointers=("out", "dout", "lse", "lse_log2", "dpsum", "dq_accum")),
             PreparedLaunch(e_main, ordinal, main_v, what=what,
-                           pointers=("q", "k", "v", "dout", "lse_log2", "dpsum", "dq_accum", "dk_accum", "dv_accum")),
+                           pointers=("q", "k", "v", "dout", "lse_log2", "dpsum", "dq_accum", "dk_accum", "dv_accum",
+                                     "dq_sem")),
             PreparedLaunch(e_post, ordinal, post_v, what=what,
                            pointers=("dq_accum", "dk_accum", "dv_accum", "dq", "dk", "dv")))
 
