@@ -29,7 +29,7 @@ from cutlass.utils import LayoutEnum
 from .attention_fwd_sm90 import CONSUMER_REGS, PRODUCER_REGS, THREADS
 from .common import gmem_io
 from .common.mask import ElementMask, MaskSmem
-from .common.scheduler import TileScheduler, count_tile, tile_count
+from .common.scheduler import TileScheduler, count_tile
 from .common.signature import jit_host
 from .common.softmax import OnlineSoftmax
 from .common.warp_mma import quad_max
@@ -219,6 +219,17 @@ def _pipelines(cfg: Sm90Config, storage):
 
 
 @cute.jit
+def _tile_count(p) -> Int32:
+    """``*num_tiles_ptr`` when nonzero, else ``num_tiles``, without a branch: the load always runs (from
+    ``cu_seqlens_q`` when there is no count pointer), so no uniform-register move lands in a predicated block
+    (``@P R2UR`` is illegal on sm_90a, cutlass grouped_gemm.py)."""
+    has = p.num_tiles_ptr.toint() != Int64(0)
+    addr = p.num_tiles_ptr.toint() if has else p.cu_seqlens_q.toint()
+    loaded = cute.make_ptr(Int32, addr, cute.AddressSpace.gmem, assumed_align=4)[0]
+    return loaded if has else p.num_tiles
+
+
+@cute.jit
 def _next_tile(p, tile_idx: Int32, nt: Int32, lane: Int32) -> Int32:
     """Warp 0: the CTA's next tile (``gridDim.x + atomicAdd`` when persistent), or -1."""
     nxt = Int32(-1)
@@ -254,7 +265,7 @@ def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tma_k, m_k, tma_v, 
     t_qs = g2s_thr.partition_D(sm.sQ)
     t_qc = g2s_thr.partition_S(cute.make_identity_tensor((cfg.tile_m, D)))
     lane = cute.arch.lane_idx()
-    nt = tile_count(p.num_tiles, p.num_tiles_ptr)
+    nt = _tile_count(p)
     ring_p = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, TILE_RING)
     ring_c = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, TILE_RING)
     q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
