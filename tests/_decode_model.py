@@ -35,7 +35,7 @@ def run_model(wl: WorkList, q, k_rows, v_rows, cu_q, *, num_heads_kv: int, causa
         s_all, v_all = [], []
         for c in wl.chunks[c0:c0 + nc]:
             ks, kl, hm = int(c[0]), int(c[1]), int(c[2])
-            assert 1 <= kl <= wl.tile_n
+            assert 0 <= kl <= wl.tile_n  # fixed-capacity lists have empty slots
             j = np.arange(ks, ks + kl)
             kk, vv = k_rows(b, j)[:, h], v_rows(b, j)[:, h]
             s = qr @ kk.T * scale
@@ -49,7 +49,7 @@ def run_model(wl: WorkList, q, k_rows, v_rows, cu_q, *, num_heads_kv: int, causa
         if s_all:
             s = np.concatenate(s_all, axis=1)
             vv = np.concatenate(v_all, axis=0)
-            m = s.max(axis=1)
+            m = s.max(axis=1, initial=-np.inf)
             has = np.isfinite(m)
             p = np.where(np.isfinite(s), np.exp(s - np.where(has, m, 0)[:, None]), 0.0)
             tot = p.sum(axis=1)

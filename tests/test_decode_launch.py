@@ -72,3 +72,25 @@ def test_launch_values_pack(paged, page_size):
         assert vals["k_stride_tok"] == hkv * d and vals["pt_stride"] == (77 if paged else 0)
         assert vals["k_stride_page"] == (page_size * hkv * d if paged else 0)
     assert checked == len(ENTRIES)
+
+
+def test_prepare_values_pack():
+    from varblock.decode_plan.device import prepare_values
+
+    try:
+        m = read_manifest(cubin_dir())
+    except (FileNotFoundError, ValueError):
+        pytest.skip("no cubins")
+    preps = [e for a in m["arches"] for e in read_arch_variants(m, a) if e["family"] == "decode_prepare"]
+    if not preps:
+        pytest.skip("no decode_prepare cubins built")
+    bi = _arr("block_indices", 0x7F5000000000, (3, 8, 16), "int32")
+    for e in preps:
+        for blocks in (None, bi):
+            vals = prepare_values(0x7F0000000000, 0x7F1000000000, True, blocks, None, 0x7F2000000000,
+                                  0x7F3000000000, 0x7F4000000000, num_groups=24, num_heads_kv=8, group_size=8,
+                                  tile_m=16, tile_n=64, row_tiles=1, splits=11, chunk_cap=512, block_size=64,
+                                  topk=16 if blocks is not None else 0)
+            assert check_requires(e["requires"], vals) == []
+            assert len(pack_bytes(e["params"], vals)) == len(e["params"])
+            assert grid_of(e["grid"], vals) == (-(-24 * 512 // 128), 1, 1)

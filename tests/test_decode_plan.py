@@ -165,3 +165,79 @@ def test_check_lengths_errors():
         _check_lengths(np.array([0, 3, 2]), np.array([4, 4]), True)
     with pytest.raises(ValueError, match="kv_lens"):
         _check_lengths(np.array([0, 1]), np.array([4, 4]), True)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("g", [1, 8])
+@pytest.mark.parametrize("splits", [1, 4])
+def test_fixed_worklist_matches_reference(sparse, g, splits):
+    """The twin of the device builder (fixed capacity) gives the reference result through the kernel model."""
+    from varblock.decode_plan.fixed import ERR_OK, fixed_worklist
+    from varblock.decode_plan.worklist import WorkList
+
+    rng = np.random.default_rng(hash((sparse, g, splits)) % 2**32)
+    B, hkv, tn, bs = 4, 2, 32, 64
+    cu_q, kv, pt, q, kc, vc = _case(rng, B, hkv, g, max_kv=700, max_q=16 if g == 1 else 2)
+    tm = _tile_m(cu_q, g)
+    max_q = int(np.diff(cu_q).max())
+    rt = -(-max_q * g // tm) + 1  # one spare row tile: it must read and write nothing
+    lay, idx, cnt = None, None, None
+    if sparse:
+        k = 5
+        nb = LD.num_blocks(kv, bs)
+        idx = np.full((B, hkv, k), -1)
+        cnt = np.zeros((B, hkv), np.int64)
+        for b in range(B):
+            for h in range(hkv):
+                sel = rng.permutation(int(nb[b]))[:k]
+                idx[b, h, :sel.size] = sel
+                cnt[b, h] = rng.integers(0, k + 1)
+        lay = LD.from_topk_indices(idx, kv_lens=kv, block_size=bs, counts=np.minimum(cnt, k))
+        cap = k * -(-bs // tn)
+    else:
+        cap = -(-int(kv.max()) // tn)
+    items, chunks, status = fixed_worklist(cu_q, kv, num_heads_kv=hkv, group_size=g, tile_m=tm, tile_n=tn,
+                                           row_tiles=rt, splits=splits, chunk_cap=cap, block_size=bs,
+                                           block_idx=idx, block_cnt=cnt)
+    assert status.tolist() == [items.shape[0], ERR_OK]
+    wl = WorkList(items, chunks, items.shape[0] if splits > 1 else 0, tm, tn)
+    ps = kc.shape[1]
+
+    def rows(cache):
+        return lambda b, j: cache[pt[b, j // ps], j % ps]
+    out, lse = run_model(wl, q, rows(kc), rows(vc), cu_q, num_heads_kv=hkv, causal=True)
+    ref = reference_decode.decode(q, kc, vc, cu_seqlens_q=cu_q, kv_lens=kv, page_table=pt, layout=lay)
+    np.testing.assert_allclose(out, ref[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref[1]))
+
+
+def test_fixed_worklist_flags_capacity():
+    from varblock.decode_plan.fixed import ERR_CAPACITY, fixed_worklist
+
+    _, _, status = fixed_worklist(np.array([0, 1]), np.array([1000]), num_heads_kv=1, group_size=1, tile_m=16,
+                                  tile_n=64, row_tiles=1, splits=1, chunk_cap=4)
+    assert status[1] == ERR_CAPACITY
+
+
+def test_device_plan_arguments_checked_before_any_gpu_work():
+    import varblock
+
+    kw = dict(num_heads_q=8, num_heads_kv=2, head_dim=128, kv_lens=[5], page_table=[[0]], page_size=16,
+              max_kv_len=4096)
+    with pytest.raises(TypeError, match="total_q"):
+        varblock.plan_decode([0, 1], **kw)
+    with pytest.raises(TypeError, match="layout"):
+        varblock.plan_decode([0, 1], total_q=1, layout=LD.dense_decode([5], block_size=16, num_heads=2), **kw)
+    with pytest.raises(TypeError, match="block_indices"):
+        varblock.plan_decode([0, 1], kv_lens=[5], page_table=[[0]], page_size=16, num_heads_q=8, num_heads_kv=2,
+                             head_dim=128, block_indices=np.zeros((1, 2, 1), np.int32))
+    with pytest.raises(ValueError, match="head_dim"):
+        varblock.plan_decode([0, 1], total_q=1, **{**kw, "head_dim": 80})
+
+
+def test_choose_splits():
+    from varblock.decode_plan.device import choose_splits
+
+    assert choose_splits(8, 1, 2048, 132, 2) == 66  # batch 1 x 128k: two waves
+    assert choose_splits(2048, 1, 32, 132, 2) == 1  # batch 256 x 2k: no split
+    assert choose_splits(8, 1, 16, 132, 2) == 2  # short capacity: at least 8 chunks per split

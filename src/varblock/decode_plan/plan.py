@@ -32,8 +32,8 @@ class DecodePlan:
     causal: bool
     tile_m: int
     tile_n: int
-    worklist: WorkList
-    kv_lens: np.ndarray
+    worklist: WorkList | None  # None for a device-built plan
+    kv_lens: np.ndarray | None  # host copy (None for a device-built plan)
     max_pages: int = 0
     buffers: dict[str, Any] = field(default_factory=dict)
     page_table: Any = None  # the caller's device array (kept alive), or a DeviceBuffer of a host table
@@ -41,10 +41,32 @@ class DecodePlan:
     pt_stride: int = 0
     pt_max_page: int | None = None  # largest page index when the table came from the host
     launch_cache: dict = field(default_factory=dict)
+    fixed_items: int = 0  # item count (grid) of a device-built plan
+    prepare_launch: Any = None  # a device-built plan: the decode_prepare launch that rewrites items / chunks
+    inputs: list = field(default_factory=list)  # device arrays a device-built plan reads (kept alive)
 
     @property
     def num_items(self) -> int:
-        return self.worklist.num_items
+        return self.worklist.num_items if self.worklist is not None else self.fixed_items
+
+    @property
+    def on_device(self) -> bool:
+        return self.prepare_launch is not None
+
+    def prepare(self, stream: Any = None) -> None:
+        """Device-built plans: rebuild the work list on the GPU from the current contents of the device arrays
+        the plan was made from (lengths, cu_seqlens_q, block indices), stream-ordered, with no host
+        synchronisation; call it after updating them in place (or capture it in a CUDA graph with ``decode``)."""
+        if self.prepare_launch is None:
+            raise ValueError("plan: a host-built plan has no device builder (pass max_kv_len= to plan_decode)")
+        from varblock.runtime.device import stream_for
+
+        self.prepare_launch(stream_for(stream, self.device_id, like=self.inputs[0] if self.inputs else None), ())
+
+    def status(self) -> tuple[int, int]:
+        """``(num_items, error)`` written by the device builder (synchronises; for tests and debugging)."""
+        st = self.buffers["status"].to_host(np.int32, 2)
+        return int(st[0]), int(st[1])
 
     def ptr(self, name: str) -> int:
         b = self.buffers.get(name)
@@ -101,8 +123,11 @@ def _tile_m(cu_q: np.ndarray, group: int) -> int:
 def plan_decode(cu_seqlens_q: Any, *, num_heads_q: int, num_heads_kv: int, head_dim: int, kv_lens: Any = None,
                 cu_seqlens_k: Any = None, page_table: Any = None, page_size: int | None = None,
                 layout: DecodeLayout | None = None, causal: bool = True, num_splits: int | None = None,
-                device: int | None = None, num_sms: int | None = None) -> DecodePlan:
-    """Plan one decode step (host builder: lengths and layouts are read on the host once).
+                device: int | None = None, num_sms: int | None = None, max_kv_len: int | None = None,
+                max_q_tokens: int = 1, total_q: int | None = None, block_indices: Any = None,
+                block_counts: Any = None, block_size: int | None = None, stream: Any = None) -> DecodePlan:
+    """Plan one decode step. Host builder by default (lengths and layouts are read on the host once); with
+    ``max_kv_len`` the device builder (below).
 
     Args:
         cu_seqlens_q: int32 ``[B+1]``: new tokens per sequence (0..16 each), packed in q.
@@ -116,7 +141,21 @@ def plan_decode(cu_seqlens_q: Any, *, num_heads_q: int, num_heads_kv: int, head_
         num_splits: force the split-KV count of every row tile (default: chosen from lengths and SM count).
         device: CUDA ordinal (default: that of ``page_table``/``cu_seqlens_q`` if on a GPU, else 0).
         num_sms: override the SM count used by the split heuristic.
+
+    Device builder (``max_kv_len=``): a fixed-capacity plan written on the GPU by the ``decode_prepare`` kernel
+    from the device arrays (``cu_seqlens_q``, ``kv_lens`` or ``cu_seqlens_k``, and for top-k sparsity
+    ``block_indices`` int32 ``[B, Hkv, topk]`` of ``block_size``-key blocks, unique per row, ``-1`` = none, with
+    optional ``block_counts [B, Hkv]``), stream-ordered on ``stream`` with no host synchronisation. The capacity
+    (``max_kv_len``, ``max_q_tokens``, topk) fixes the grid; ``total_q`` is q's token count. After updating those
+    arrays in place, ``plan.prepare()`` rebuilds the list (capturable in a CUDA graph together with ``decode``).
+    Lengths past the capacity are clamped and flagged in ``plan.status()``; ``layout`` is host-only.
     """
+    if max_kv_len is not None:
+        return _plan_on_device(cu_seqlens_q, num_heads_q, num_heads_kv, head_dim, kv_lens, cu_seqlens_k,
+                               page_table, page_size, layout, causal, num_splits, device, num_sms, max_kv_len,
+                               max_q_tokens, total_q, block_indices, block_counts, block_size, stream)
+    if block_indices is not None or block_counts is not None:
+        raise TypeError("block_indices / block_counts: device sparsity needs max_kv_len= (host plans take layout=)")
     from varblock.runtime.frameworks import device_ordinal
     from varblock.runtime.memory import DeviceBuffer
     from varblock.runtime.select import variant_for
@@ -194,12 +233,13 @@ def _occupancy(device_id: int, entry: dict[str, Any]) -> tuple[int, int]:
     return int(device(device_id).properties.multiprocessor_count), max(1, int(per_sm))
 
 
-def _attach_page_table(p: DecodePlan, page_table: Any, device: int) -> None:
+def _attach_page_table(p: DecodePlan, page_table: Any, device: int, need: int | None = None) -> None:
     from varblock.runtime.frameworks import is_device_array
     from varblock.runtime.memory import DeviceBuffer
     from varblock.runtime.tensors import as_device_array, check_dtype, check_ndim
 
-    need = int(((p.kv_lens + p.page_size - 1) // p.page_size).max(initial=0))
+    if need is None:
+        need = int(((p.kv_lens + p.page_size - 1) // p.page_size).max(initial=0))
     if is_device_array(page_table):
         pt = as_device_array(page_table, "page_table")
         check_dtype(pt, ("int32",))
@@ -214,7 +254,7 @@ def _attach_page_table(p: DecodePlan, page_table: Any, device: int) -> None:
     else:
         a = _ints(page_table, "page_table", ndim=2)
         rows, cols = a.shape
-        if rows == p.batch_size and cols >= need:
+        if rows == p.batch_size and cols >= need and p.kv_lens is not None:
             used = np.arange(cols)[None, :] < ((p.kv_lens + p.page_size - 1) // p.page_size)[:, None]
             if (a[used] < 0).any():
                 raise ValueError("page_table: negative page index in an entry a sequence uses")
@@ -227,3 +267,39 @@ def _attach_page_table(p: DecodePlan, page_table: Any, device: int) -> None:
         raise ValueError(f"page_table: {cols} pages per sequence, but the longest sequence needs {need} pages of "
                          f"{p.page_size} tokens")
     p.max_pages = cols
+
+
+def _plan_on_device(cu_seqlens_q, hq, hkv, d, kv_lens, cu_seqlens_k, page_table, page_size, layout, causal,
+                    num_splits, device, num_sms, max_kv_len, max_q_tokens, total_q, block_indices, block_counts,
+                    block_size, stream) -> DecodePlan:
+    from varblock.decode_plan.device import plan_decode_device
+    from varblock.runtime.frameworks import device_ordinal
+
+    hq, hkv = _pos_int(hq, "num_heads_q"), _pos_int(hkv, "num_heads_kv")
+    if hq % hkv:
+        raise ValueError(f"num_heads_q: {hq} is not a multiple of num_heads_kv = {hkv}")
+    if d not in abi.HEAD_DIMS:
+        raise ValueError(f"head_dim: decode kernels are built for {abi.HEAD_DIMS}, got {d!r}")
+    if layout is not None:
+        raise TypeError("layout: a device-built plan takes block_indices= (layouts are host-side)")
+    if (page_table is None) == (cu_seqlens_k is None):
+        raise TypeError("page_table / cu_seqlens_k: pass exactly one (a paged or a contiguous KV cache)")
+    if page_table is not None:
+        _pos_int(page_size, "page_size")
+    if num_splits is not None:
+        _pos_int(num_splits, "num_splits")
+    if total_q is None:
+        raise TypeError("total_q: required with max_kv_len= (q's token count; the GPU holds cu_seqlens_q)")
+    if device is None:
+        device = next((o for o in (device_ordinal(x) for x in (page_table, cu_seqlens_q) if x is not None)
+                       if o is not None), 0)
+
+    def occupancy(dev: int, entry: dict) -> tuple[int, int]:
+        return _occupancy(dev, entry) if num_sms is None else (int(num_sms), 1)
+
+    return plan_decode_device(DecodePlan, cu_seqlens_q, num_heads_q=hq, num_heads_kv=hkv, head_dim=d,
+                              total_q=total_q, max_kv_len=max_kv_len, max_q_tokens=max_q_tokens, kv_lens=kv_lens,
+                              cu_seqlens_k=cu_seqlens_k, page_table=page_table, page_size=page_size,
+                              block_indices=block_indices, block_counts=block_counts, block_size=block_size,
+                              causal=causal, num_splits=num_splits, device=device, entry_for=_entry,
+                              occupancy=occupancy, attach_page_table=_attach_page_table, stream=stream)

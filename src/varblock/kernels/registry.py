@@ -149,6 +149,7 @@ FAMILY_MODULES = (
     "varblock.kernels.attention_prepare",
     "varblock.kernels.attention_bwd_mma",
     "varblock.kernels.decode_fwd",
+    "varblock.kernels.decode_prepare",
     "varblock.kernels.tma_copy",
 )
 

@@ -64,7 +64,7 @@ def decode(q: Any, k_cache: Any, v_cache: Any, plan: DecodePlan, *, softmax_scal
                                  f"and head dim of the plan), got {a.shape}")
         else:
             check_ndim(a, 3, "[total_k, num_heads_kv, head_dim] (the plan is contiguous)")
-            total_k = int(plan.kv_lens.sum())
+            total_k = int(plan.kv_lens.sum()) if plan.kv_lens is not None else 0
             if a.shape[1:] != (hkv, d) or a.shape[0] < total_k:
                 raise ValueError(f"{a.name}: expected [>= {total_k}, {hkv}, {d}], got {a.shape}")
     if ka.shape[0] != va.shape[0]:
