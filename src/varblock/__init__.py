@@ -22,6 +22,7 @@ _LAZY = {
     "attention_backward": ("varblock.ops.attention_backward", "attention_backward"),
     "decode": ("varblock.ops.decode", "decode"),
     "plan_decode": ("varblock.ops.decode", "plan_decode"),
+    "plan_device": ("varblock.device_layout.plan", "plan_device"),
 }
 
 __all__ = ["BlockSparseLayout", "Plan", "attention", "families", "layout", "merge_states", "plan", "__version__",

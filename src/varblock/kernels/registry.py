@@ -151,6 +151,7 @@ FAMILY_MODULES = (
     "varblock.kernels.decode_fwd",
     "varblock.kernels.decode_prepare",
     "varblock.kernels.tma_copy",
+    "varblock.kernels.layout_device",
 )
 
 

@@ -1,0 +1,196 @@
+"""The runtime side of the device layout builder: fixed-capacity buffers and the launches of the
+``layout_device`` kernels (``varblock/kernels/layout_device.py``), with no host synchronisation and no allocation
+per build, so a build can be captured in a CUDA graph.
+
+A :class:`DeviceLayoutBuilder` is made once per (mask shape, batch size, heads, block / tile sizes, band, capacity);
+:meth:`DeviceLayoutBuilder.build` launches the kernels on a stream for a block mask or top-k indices on the GPU and
+device ``cu_seqlens``. The tables it writes are described in :mod:`varblock.device_layout.codes`; their exact NumPy
+model is :mod:`varblock.device_layout.model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from varblock.abi import CHUNK_WIDTH, STATUS_ERROR, TILE_WIDTH
+from varblock.device_layout.codes import (
+    COL_ENTRY_WIDTH,
+    COL_WIDTH,
+    ENTRY_WIDTH,
+    ERROR_NAMES,
+    ROW_WIDTH,
+    STATUS_DETAIL,
+    STATUS_NUM_CHUNKS,
+    STATUS_NUM_COLS,
+    STATUS_NUM_ENTRIES,
+    STATUS_NUM_ROWS,
+    STATUS_NUM_TILES,
+    STATUS_WIDTH,
+)
+from varblock.device_layout.model import DeviceLayoutArrays, Geometry, check_geometry
+from varblock.runtime.launch import launch_variant
+from varblock.runtime.memory import DeviceBuffer
+from varblock.runtime.select import variant_for
+from varblock.runtime.tensors import DeviceArray, as_device_array
+
+FAMILY = "layout_device"
+_I32_LIMIT = 2**31 - 1
+_BYTE_DTYPES = ("bool", "uint8", "int8")
+
+
+def mask_kind(a: DeviceArray) -> tuple[str, int]:
+    """(cells variant, codes flag) for a device mask: bool = kept cells; (u)int8 / int32 = codes 0/1/2."""
+    name = a.dtype.rsplit(".", 1)[-1]
+    if name in _BYTE_DTYPES:
+        return "uint8", int(name != "bool")
+    if name == "int32":
+        return "int32", 1
+    raise TypeError(f"mask: expected a bool, int8, uint8 or int32 block mask, got dtype {a.dtype}")
+
+
+def check_contiguous(a: DeviceArray, ndim: int, what: str) -> None:
+    """A C-contiguous ``ndim``-D device array (strides in elements)."""
+    if len(a.shape) != ndim:
+        raise ValueError(f"{a.name}: expected a {ndim}-D array {what}, got shape {a.shape}")
+    expect, acc = [], 1
+    for s in reversed(a.shape):
+        expect.append(acc)
+        acc *= max(int(s), 1)
+    if any(sh > 1 and st != e for sh, st, e in zip(a.shape, a.strides, reversed(expect))):
+        raise ValueError(f"{a.name}: expected a contiguous array, got strides {a.strides} for shape {a.shape}")
+
+
+@dataclass
+class BuildInputs:
+    """Device pointers of one build: the source and the plan's cu_seqlens copies."""
+
+    cu_q: int
+    cu_k: int
+    mask: int = 0  #: block mask [Bm, H, MB, NB] (0 with top-k)
+    mask_variant: str = "uint8"
+    codes: int = 0
+    indices: int = 0  #: top-k indices [Bm, H, MB, K] int32 (0 with a mask)
+    counts: int = 0  #: top-k counts [Bm, H, MB] int32 (0 = none)
+    k: int = 0
+
+
+class DeviceLayoutBuilder:
+    """Buffers and launches for one device layout geometry (see the module docstring)."""
+
+    def __init__(self, geo: Geometry, ordinal: int, stream: Any, topk_k: int = 0):
+        check_geometry(geo)
+        self.geo = geo
+        self.ordinal = ordinal
+        H, B, MB, NB = geo.num_layout_heads, geo.batch, geo.mb, geo.nb
+        cells = H * B * MB * NB
+        if cells * -(-geo.block_k // geo.tile_n) > _I32_LIMIT or geo.mask_batch * H * MB * max(NB, topk_k) > \
+                _I32_LIMIT:
+            raise ValueError(f"mask: {cells} cells (x chunks per block) exceed the kernels' int32 indexing")
+        if geo.max_tiles * TILE_WIDTH > _I32_LIMIT or geo.max_chunks * CHUNK_WIDTH > _I32_LIMIT or \
+                geo.max_entries * COL_ENTRY_WIDTH > _I32_LIMIT:
+            raise ValueError(f"max_kept_blocks: {geo.max_entries} makes the tables exceed int32 indexing")
+        rows_pad, cols_pad = H * B * MB, H * B * NB
+        st = stream
+        self.buffers: dict[str, DeviceBuffer] = {
+            "info": DeviceBuffer(ordinal, 4 * cells, st),
+            "row_counts": DeviceBuffer(ordinal, 16 * rows_pad, st),
+            "row_err": DeviceBuffer(ordinal, 4 * rows_pad, st),
+            "col_counts": DeviceBuffer(ordinal, 8 * cols_pad, st),
+            "row_prefix": DeviceBuffer(ordinal, 16 * (rows_pad + 1), st),
+            "col_prefix": DeviceBuffer(ordinal, 8 * (cols_pad + 1), st),
+            "status": DeviceBuffer.zeros(ordinal, 4 * STATUS_WIDTH, st),
+            "rows": DeviceBuffer(ordinal, 4 * ROW_WIDTH * rows_pad, st),
+            "entries": DeviceBuffer(ordinal, 4 * ENTRY_WIDTH * geo.max_entries, st),
+            "tiles": DeviceBuffer(ordinal, 4 * TILE_WIDTH * geo.max_tiles, st),
+            "chunks": DeviceBuffer(ordinal, 4 * CHUNK_WIDTH * geo.max_chunks, st),
+            "cols": DeviceBuffer(ordinal, 4 * COL_WIDTH * cols_pad, st),
+            "col_entries": DeviceBuffer(ordinal, 4 * COL_ENTRY_WIDTH * geo.max_entries, st),
+        }
+        if topk_k:
+            topk_rows = geo.mask_batch * H * MB
+            self.buffers["kept"] = DeviceBuffer(ordinal, topk_rows * NB, st)
+            self.buffers["topk_err"] = DeviceBuffer(ordinal, 4 * topk_rows, st)
+        self.topk_k = int(topk_k)
+
+    @property
+    def head_mul(self) -> int:
+        """Tile head = layout head * head_mul + tile-head index (see ``Geometry.tile_heads``)."""
+        g = self.geo
+        if g.pack_gqa > 1:
+            return 0 if g.head_mode == "broadcast" else 1
+        return {"per_q_head": 1, "per_kv_head": g.num_heads_q // g.num_heads_kv, "broadcast": 0}[g.head_mode]
+
+    def ptr(self, name: str) -> int:
+        b = self.buffers.get(name)
+        return 0 if b is None else b.ptr
+
+    def build(self, src: BuildInputs, stream: Any) -> None:
+        """Launch the kernels on ``stream`` (no host synchronisation, no allocation)."""
+        g = self.geo
+        H, B, MB, NB = g.num_layout_heads, g.batch, g.mb, g.nb
+        rows_pad, cols_pad = H * B * MB, H * B * NB
+        common = dict(cu_seqlens_q=src.cu_q, cu_seqlens_k=src.cu_k, mask_batch=g.mask_batch, batch=B,
+                      num_layout_heads=H, mb=MB, nb=NB, block_q=g.block_q, block_k=g.block_k, tile_n=g.tile_n)
+        mask_ptr, variant, codes, topk_rows = src.mask, src.mask_variant, src.codes, 0
+        if src.indices:
+            if not self.topk_k or src.k != self.topk_k:
+                raise ValueError(f"topk_indices: this plan was built for K = {self.topk_k} top-k slots, got {src.k}")
+            topk_rows = g.mask_batch * H * MB
+            launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "topk"}), self.ordinal, stream, {
+                **common, "indices": src.indices, "counts": src.counts, "kept": self.ptr("kept"),
+                "topk_err": self.ptr("topk_err"), "k": src.k, "has_counts": int(src.counts != 0),
+                "num_items": topk_rows})
+            mask_ptr, variant, codes = self.ptr("kept"), "uint8", 0
+        tables = {n: self.ptr(n) for n in self.buffers}
+        launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cells", "mask_dtype": variant}), self.ordinal,
+                       stream, {**common, **tables, "mask": mask_ptr, "window_left": g.window_left,
+                                "window_right": g.window_right, "codes": codes, "num_items": rows_pad + cols_pad})
+        sizes = dict(tokens_per_tile=g.tokens_per_tile, tile_heads=g.tile_heads, max_entries=g.max_entries,
+                     max_tiles=g.max_tiles, max_chunks=g.max_chunks)
+        launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "scan"}), self.ordinal, stream, {
+            **common, **tables, **sizes, "topk_err": self.ptr("topk_err"), "topk_rows": topk_rows})
+        launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "fill"}), self.ordinal, stream, {
+            **common, **tables, **sizes, "head_mul": self.head_mul, "num_items": rows_pad + cols_pad})
+
+    # ------------------------------------------------------------------------------------------ host reads (sync)
+    def read_status(self) -> np.ndarray:
+        """The status word (a synchronous copy: for checks and tests, not for the hot path)."""
+        return self.buffers["status"].to_host(np.int32, STATUS_WIDTH)
+
+    def to_host(self) -> DeviceLayoutArrays:
+        """Every table, compact (synchronous copies; tests and debugging)."""
+        s = self.read_status()
+
+        def table(name: str, count_word: int, width: int) -> np.ndarray:
+            n = int(s[count_word])
+            return self.buffers[name].to_host(np.int32, n * width).reshape(n, width)
+
+        return DeviceLayoutArrays(
+            status=s, rows=table("rows", STATUS_NUM_ROWS, ROW_WIDTH),
+            entries=table("entries", STATUS_NUM_ENTRIES, ENTRY_WIDTH),
+            tiles=table("tiles", STATUS_NUM_TILES, TILE_WIDTH), chunks=table("chunks", STATUS_NUM_CHUNKS, CHUNK_WIDTH),
+            cols=table("cols", STATUS_NUM_COLS, COL_WIDTH),
+            col_entries=table("col_entries", STATUS_NUM_ENTRIES, COL_ENTRY_WIDTH))
+
+
+def describe_status(status: np.ndarray) -> str:
+    """A readable sentence for a status word."""
+    code, detail = int(status[STATUS_ERROR]), int(status[STATUS_DETAIL])
+    name = ERROR_NAMES.get(code, f"unknown error {code}")
+    if code == 0:
+        return (f"ok: {int(status[STATUS_NUM_ROWS])} rows, {int(status[STATUS_NUM_ENTRIES])} kept blocks, "
+                f"{int(status[STATUS_NUM_TILES])} tiles, {int(status[STATUS_NUM_CHUNKS])} chunks")
+    what = {"capacity": f"{detail} kept blocks exceed max_kept_blocks",
+            "mask_shape": f"sequence {detail} has more blocks than the mask's padded dims",
+            "mask_value": f"mask cell {detail} (flat index) is not a code 0/1/2",
+            "index": f"top-k slot {detail} (flat index) is out of range (or its row's count is)",
+            "cu_seqlens": "cu_seqlens_q/k are negative or decreasing"}.get(name, "")
+    return f"{name}: {what}" if what else name
+
+
+def device_view(x: Any, name: str) -> DeviceArray:
+    """A device array view (TypeError / ValueError naming ``name`` for host arrays)."""
+    return as_device_array(x, name)

@@ -1,0 +1,210 @@
+"""``varblock.plan_device``: a block-sparse attention plan built ON THE GPU from a device block mask (or top-k block
+indices) and device ``cu_seqlens``, with no host synchronisation; ``rebuild`` refreshes it in place (same buffers,
+no allocation, capturable in a CUDA graph with the attention call that follows).
+
+The plan is an ordinary :class:`varblock.plan.Plan` (``on_device=True``): the forward kernel reads its tile count
+from the status word, which the layout kernels write (``num_tiles = 0`` on any error, so a failed build computes
+nothing and the outputs keep O = 0 only where written; check :func:`status` when inputs are untrusted). Its buffers
+also hold the layout rows / entries and the key-major columns / entries (``varblock.device_layout.codes``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from varblock import families
+from varblock.abi import CHUNK_WIDTH, HEAD_MODE_BROADCAST, HEAD_MODE_PER_KV_HEAD, HEAD_MODE_PER_Q_HEAD, TILE_WIDTH
+from varblock.device_layout.builder import (
+    BuildInputs,
+    DeviceLayoutBuilder,
+    check_contiguous,
+    describe_status,
+    device_view,
+    mask_kind,
+)
+from varblock.device_layout.model import DeviceLayoutArrays, Geometry
+from varblock.families.base import AttentionProblem
+from varblock.layout._host import check_block_size
+from varblock.plan.core import Plan
+from varblock.plan.host import band
+from varblock.plan.schedule import choose_schedule
+from varblock.plan.seqlens import device_seqlens
+from varblock.runtime.device import stream_for
+from varblock.runtime.memory import DeviceBuffer
+from varblock.runtime.select import arch_for_device
+from varblock.worklist import WorkList
+
+OP = "attention_fwd"
+_builders: weakref.WeakKeyDictionary[Plan, DeviceLayoutBuilder] = weakref.WeakKeyDictionary()
+
+
+def _source(mask: Any, topk_indices: Any, topk_counts: Any) -> tuple[tuple[int, ...], BuildInputs]:
+    """Shape ``[Bm, H, MB, NB or K]`` of the source and its pointers (cu_seqlens filled in later)."""
+    if (mask is None) == (topk_indices is None):
+        raise TypeError("plan_device: pass exactly one of mask= or topk_indices=")
+    if mask is not None:
+        a = device_view(mask, "mask")
+        check_contiguous(a, 4, "[batch or 1, heads, max query blocks, max key blocks]")
+        variant, codes = mask_kind(a)
+        return a.shape, BuildInputs(0, 0, mask=a.ptr, mask_variant=variant, codes=codes)
+    ia = device_view(topk_indices, "topk_indices")
+    check_contiguous(ia, 4, "[batch or 1, heads, max query blocks, K]")
+    if ia.dtype.rsplit(".", 1)[-1] != "int32":
+        raise TypeError(f"topk_indices: expected int32 block indices, got dtype {ia.dtype}")
+    counts = 0
+    if topk_counts is not None:
+        ca = device_view(topk_counts, "topk_counts")
+        check_contiguous(ca, 3, "[batch or 1, heads, max query blocks]")
+        if ca.dtype.rsplit(".", 1)[-1] != "int32" or tuple(ca.shape) != tuple(ia.shape[:3]):
+            raise ValueError(f"topk_counts: expected int32 of shape {tuple(ia.shape[:3])}, got {ca.dtype} "
+                             f"{tuple(ca.shape)}")
+        counts = ca.ptr
+    return ia.shape, BuildInputs(0, 0, indices=ia.ptr, counts=counts, k=int(ia.shape[3]))
+
+
+def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int, num_heads_kv: int | None = None,
+                head_dim: int, mask: Any = None, topk_indices: Any = None, topk_counts: Any = None,
+                num_key_blocks: int | None = None, block_q: int = 128, block_k: int = 128,
+                head_mode: str | None = None, causal: bool = False, window: tuple[int, int] | None = None,
+                max_kept_blocks: int | None = None, pack_gqa: bool | None = None, dtype: str | None = None,
+                backend: str = "auto", stream: Any = None) -> Plan:
+    """Plan block-sparse attention from a sparsity pattern that lives on the GPU, built there.
+
+    Args:
+        cu_seqlens_q, cu_seqlens_k: device int32 ``[B+1]`` (``cu_seqlens_k`` defaults to ``cu_seqlens_q``).
+        mask: device block mask ``[B or 1, H, MB, NB]`` padded per sequence (``MB >= ceil(len_q / block_q)``,
+            ``NB >= ceil(len_k / block_k)`` for every sequence): bool = kept blocks, classified against the
+            causal / window band (full where it allows every pair, dropped where none); int8 / uint8 / int32 =
+            codes 0 skip, 1 partial, 2 full, taken as given. Cells beyond a sequence's blocks are ignored.
+        topk_indices: instead of ``mask``, device int32 ``[B or 1, H, MB, K]`` key-block indices per query block
+            (duplicates merge), with optional ``topk_counts`` int32 ``[B or 1, H, MB]`` (slots ``k >= count``
+            are ignored); ``num_key_blocks`` (NB, default MB) bounds the indices.
+        head_mode: how the mask's ``H`` heads map to query heads (default: ``broadcast`` for 1 head,
+            ``per_q_head`` for ``num_heads_q``, ``per_kv_head`` for ``num_heads_kv``).
+        max_kept_blocks: capacity in kept blocks (default: every cell). More kept blocks than this is reported in
+            the status word (error ``capacity``, nothing written), never truncated.
+        block_q, block_k, causal, window, pack_gqa, dtype, backend: as :func:`varblock.plan`.
+        stream: the stream the build runs on (default: the current stream of ``cu_seqlens_q``'s framework).
+    """
+    hkv = int(num_heads_q if num_heads_kv is None else num_heads_kv)
+    hq = int(num_heads_q)
+    if hq < 1 or hkv < 1 or hq % hkv:
+        raise ValueError(f"num_heads_q: {hq} must be a positive multiple of num_heads_kv = {hkv}")
+    bq, bk = check_block_size(block_q, "block_q"), check_block_size(block_k, "block_k")
+    shape, src = _source(mask, topk_indices, topk_counts)
+    bm, h, mb = (int(x) for x in shape[:3])
+    nb = int(shape[3]) if mask is not None else int(num_key_blocks if num_key_blocks is not None else mb)
+    mode = head_mode or {1: HEAD_MODE_BROADCAST, hq: HEAD_MODE_PER_Q_HEAD, hkv: HEAD_MODE_PER_KV_HEAD}.get(h, "")
+    if not mode:
+        raise ValueError(f"mask: {h} heads match neither num_heads_q = {hq}, num_heads_kv = {hkv} nor 1")
+    cq, ck = device_seqlens(cu_seqlens_q, cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q)
+    ordinal = cq.device_id
+    batch = cq.shape[0] - 1
+    arch = arch_for_device(ordinal)
+    wl, wr = band(causal, window)
+    group = hq // hkv
+    kinds = frozenset(k for k, on in (("causal", wr == 0), ("window", wl >= 0 or wr > 0)) if on)
+    feats = {"block_sparse", "device_plan", "persistent"} | ({"pack_gqa"} if pack_gqa else set())
+    problem = AttentionProblem(arch, int(head_dim), hq, hkv, dtype, kinds, frozenset(feats), pack_gqa, "persistent")
+    binding, declined = families.choose(OP, problem, backend)
+    tile_m, tile_n = binding.tile_config(arch, int(head_dim))
+    shareable = group > 1 and mode != HEAD_MODE_PER_Q_HEAD and group <= tile_m
+    if pack_gqa and not shareable:
+        raise ValueError("pack_gqa: needs GQA and a mask shared by each group (per_kv_head or broadcast)")
+    g = group if (pack_gqa and shareable) else 1
+    cap = bm * h * mb * nb if max_kept_blocks is None else int(max_kept_blocks)
+    if max_kept_blocks is not None and (isinstance(max_kept_blocks, bool) or cap < 0):
+        raise ValueError(f"max_kept_blocks: expected an int >= 0, got {max_kept_blocks!r}")
+    cap = min(cap, batch * h * mb * nb)
+    geo = Geometry(batch=batch, mask_batch=bm, num_layout_heads=h, mb=mb, nb=nb, block_q=bq, block_k=bk,
+                   tile_m=tile_m, tile_n=tile_n, num_heads_q=hq, num_heads_kv=hkv, head_mode=mode, pack_gqa=g,
+                   window_left=wl, window_right=wr, max_entries=cap)
+    st = stream_for(stream, ordinal, like=cu_seqlens_q)
+    builder = DeviceLayoutBuilder(geo, ordinal, st, topk_k=src.k)
+    cu_bufs = {"cu_seqlens_q": DeviceBuffer(ordinal, 4 * (batch + 1), st),
+               "cu_seqlens_k": DeviceBuffer(ordinal, 4 * (batch + 1), st)}
+    bufs = {**builder.buffers, **cu_bufs, "tile_counters": Plan.new_tile_counters(ordinal, st)}
+    empty = WorkList(tiles=_zeros(TILE_WIDTH), chunks=_zeros(CHUNK_WIDTH), tile_m=tile_m, tile_n=tile_n, pack_gqa=g)
+    p = Plan(cu_seqlens_q=None, cu_seqlens_k=None, num_heads_q=hq, num_heads_kv=hkv, head_dim=int(head_dim),
+             layout=None, device_id=ordinal, arch=arch, family=binding.name, declined=dict(declined), tile_m=tile_m,
+             tile_n=tile_n, worklist=empty, window_left=wl, window_right=wr, mask_flags=0, tok_block_k=1,
+             tok_head_div=1, buffers=bufs, on_device=True, max_tiles=max(geo.max_tiles, 1), prepare_stream=st)
+    _builders[p] = builder
+    _launch(p, builder, src, cq.ptr, ck.ptr, st)
+    choose_schedule(p, binding, "persistent")
+    return p
+
+
+def _zeros(width: int):
+    import numpy as np
+
+    return np.zeros((0, width), np.int32)
+
+
+def _launch(p: Plan, builder: DeviceLayoutBuilder, src: BuildInputs, cu_q: int, cu_k: int, st: Any) -> None:
+    """Copy cu_seqlens into the plan and run the layout kernels on ``st`` (stream-ordered; no sync)."""
+    from cuda.bindings import driver
+
+    n = p.buffers["cu_seqlens_q"].nbytes
+    for dst, srcp in ((p.buffers["cu_seqlens_q"].ptr, cu_q), (p.buffers["cu_seqlens_k"].ptr, cu_k)):
+        (err,) = driver.cuMemcpyDtoDAsync(dst, srcp, n, int(st.handle))
+        if int(err) != 0:
+            raise RuntimeError(f"cuMemcpyDtoDAsync failed: {err}")
+    src.cu_q, src.cu_k = p.buffers["cu_seqlens_q"].ptr, p.buffers["cu_seqlens_k"].ptr
+    builder.build(src, st)
+    p.prepare_stream = st
+    p.prepare_event = st.record()
+
+
+def _builder(plan: Any) -> DeviceLayoutBuilder:
+    b = _builders.get(plan) if isinstance(plan, Plan) else None
+    if b is None:
+        raise TypeError("plan: expected a plan made by varblock.plan_device")
+    return b
+
+
+def rebuild(plan: Plan, *, cu_seqlens_q: Any, cu_seqlens_k: Any = None, mask: Any = None, topk_indices: Any = None,
+            topk_counts: Any = None, stream: Any = None) -> None:
+    """Rebuild ``plan``'s layout in place from new device inputs of the same shapes (same batch size, mask shape
+    and dtype kind, or K). No allocation and no host synchronisation: capturable in a CUDA graph."""
+    b = _builder(plan)
+    shape, src = _source(mask, topk_indices, topk_counts)
+    g = b.geo
+    want = (g.mask_batch, g.num_layout_heads, g.mb, g.nb if mask is not None else b.topk_k)
+    if tuple(int(x) for x in shape) != want:
+        raise ValueError(f"{'mask' if mask is not None else 'topk_indices'}: expected shape {want} like the plan's, "
+                         f"got {tuple(shape)}")
+    cq, ck = device_seqlens(cu_seqlens_q, cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q)
+    if cq.shape[0] - 1 != g.batch:
+        raise ValueError(f"cu_seqlens_q: expected {g.batch + 1} entries like the plan's, got {cq.shape[0]}")
+    st = stream_for(stream, cq.device_id, like=cu_seqlens_q)
+    _launch(plan, b, src, cq.ptr, ck.ptr, st)
+    plan.revision += 1
+
+
+def status(plan: Plan) -> dict[str, Any]:
+    """The plan's status word, decoded (a synchronous read: for checks, not for the hot path)."""
+    from varblock.device_layout.codes import ERROR_NAMES, STATUS_DETAIL, STATUS_ERROR
+
+    s = _builder(plan).read_status()
+    code = int(s[STATUS_ERROR])
+    return {"ok": code == 0, "error": ERROR_NAMES.get(code, str(code)), "detail": int(s[STATUS_DETAIL]),
+            "message": describe_status(s), "words": s}
+
+
+def check(plan: Plan) -> None:
+    """ValueError describing the error when the plan's last build failed (a synchronous read)."""
+    st = status(plan)
+    if not st["ok"]:
+        raise ValueError(f"plan_device: the device layout build failed: {st['message']}")
+
+
+def tables(plan: Plan) -> DeviceLayoutArrays:
+    """Host copies of every table the layout kernels wrote (synchronous; tests and debugging)."""
+    return _builder(plan).to_host()
+
+
+def geometry(plan: Plan) -> Geometry:
+    """The static description the plan's layout kernels were launched with (what the NumPy model takes)."""
+    return _builder(plan).geo

@@ -1,0 +1,257 @@
+"""CuTe DSL source of the device layout builder's ``topk`` and ``cells`` kernels, and the warp helpers the ``scan`` /
+``fill`` kernels share (see layout_device.py). Build time only.
+
+Exactness: every formula mirrors ``varblock.device_layout.model`` (``topk_cells``, ``mask_cells``); change both
+together.
+"""
+
+# (no `from __future__ import annotations`: the DSL reads annotations as objects)
+from types import SimpleNamespace
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Int32, Int64, Uint8
+
+from varblock.device_layout.codes import CELL_FULL, CELL_PARTIAL, CELL_POS_SHIFT
+from varblock.kernels.common.signature import fake_args, jit_host
+from varblock.kernels.layout_device import WARPS
+from varblock.kernels.registry import Variant
+
+I32_MAX = 2**31 - 1
+
+
+@cute.jit
+def cdiv_nonneg(a: Int32, d: Int32) -> Int32:
+    """ceil(a / d) for a >= 0, d >= 1."""
+    q = a // d
+    if a - q * d > 0:
+        q = q + 1
+    return q
+
+
+@cute.jit
+def warp_sum(v: Int32) -> Int32:
+    for i in cutlass.range_constexpr(5):
+        v = v + cute.arch.shuffle_sync_bfly(v, offset=1 << i)
+    return v
+
+
+@cute.jit
+def warp_min(v: Int32) -> Int32:
+    for i in cutlass.range_constexpr(5):
+        v = cutlass.min(v, cute.arch.shuffle_sync_bfly(v, offset=1 << i))
+    return v
+
+
+@cute.jit
+def warp_max(v: Int32) -> Int32:
+    for i in cutlass.range_constexpr(5):
+        v = cutlass.max(v, cute.arch.shuffle_sync_bfly(v, offset=1 << i))
+    return v
+
+
+@cute.jit
+def rank_below(ballot: Int32) -> Int32:
+    """Set bits of ``ballot`` held by lanes below this one."""
+    return Int32(cute.arch.popc(ballot & Int32(cute.arch.lanemask_lt())))
+
+
+@cute.jit
+def seq_len(cu: cute.Tensor, b: Int32) -> Int32:
+    """Length of sequence ``b`` (clamped to >= 0: invalid cu_seqlens are reported by the scan kernel)."""
+    return cutlass.max(cu[b + 1] - cu[b], Int32(0))
+
+
+@cute.jit
+def classify(v: Int32, codes: Int32, m: Int32, n: Int32, lq: Int32, lk: Int32, bq: Int32, bk: Int32, wl: Int32,
+             wr: Int32) -> Int32:
+    """Cell class (0 skip, 1 partial, 2 full) of mask value ``v`` at query block ``m`` x key block ``n``."""
+    cls = Int32(0)
+    if m * bq < lq and n * bk < lk:
+        if codes != 0:
+            if v >= 0 and v <= 2:
+                cls = v
+        elif v != 0:
+            qs = Int64(m * bq)
+            ql = Int64(cutlass.min(bq, lq - m * bq))
+            ks = Int64(n * bk)
+            kl = Int64(cutlass.min(bk, lk - n * bk))
+            off = Int64(lk) - Int64(lq)
+            dmin = ks - (qs + ql - 1) - off
+            dmax = ks + kl - 1 - qs - off
+            all_ = Int32(1)
+            none = Int32(0)
+            if wr >= 0:
+                if dmax > Int64(wr):
+                    all_ = Int32(0)
+                if dmin > Int64(wr):
+                    none = Int32(1)
+            if wl >= 0:
+                if dmin < -Int64(wl):
+                    all_ = Int32(0)
+                if dmax < -Int64(wl):
+                    none = Int32(1)
+            if none == 0:
+                cls = Int32(CELL_PARTIAL)
+                if all_ != 0:
+                    cls = Int32(CELL_FULL)
+    return cls
+
+
+@cute.kernel
+def _topk_kernel(p: SimpleNamespace):
+    tidx, _, _ = cute.arch.thread_idx()
+    bidx, _, _ = cute.arch.block_idx()
+    lane = Int32(tidx) % 32
+    w = Int32(bidx) * WARPS + Int32(tidx) // 32
+    H = p.num_layout_heads
+    MB = p.mb
+    NB = p.nb
+    K = p.k
+    B = p.batch
+    if w < p.num_items:
+        m = w % MB
+        bm = w // (MB * H)
+        g_cq = cute.make_tensor(p.cu_seqlens_q, cute.make_layout(B + 1))
+        g_ck = cute.make_tensor(p.cu_seqlens_k, cute.make_layout(B + 1))
+        g_idx = cute.make_tensor(p.indices, cute.make_layout(cutlass.max(p.num_items * K, Int32(1))))
+        g_cnt = cute.make_tensor(p.counts, cute.make_layout(cutlass.max(p.num_items, Int32(1))))
+        g_kept = cute.make_tensor(p.kept, cute.make_layout(cutlass.max(p.num_items * NB, Int32(1))))
+        g_err = cute.make_tensor(p.topk_err, cute.make_layout(p.num_items))
+        # row limits: this sequence's blocks, or (one mask for the batch) the largest of the batch
+        m_lim = Int32(0)
+        n_lim = Int32(0)
+        if p.mask_batch == B:
+            m_lim = cdiv_nonneg(seq_len(g_cq, bm), p.block_q)
+            n_lim = cdiv_nonneg(seq_len(g_ck, bm), p.block_k)
+        else:
+            for b in cutlass.range(lane, B, 32):
+                m_lim = cutlass.max(m_lim, cdiv_nonneg(seq_len(g_cq, b), p.block_q))
+                n_lim = cutlass.max(n_lim, cdiv_nonneg(seq_len(g_ck, b), p.block_k))
+            m_lim = warp_max(m_lim)
+            n_lim = warp_max(n_lim)
+        n_lim = cutlass.min(n_lim, NB)
+        for n in cutlass.range(lane, NB, 32):
+            g_kept[w * NB + n] = Uint8(0)
+        cute.arch.sync_warp()
+        first = Int32(I32_MAX)
+        if m < m_lim:
+            cnt = K
+            if p.has_counts != 0:
+                cnt = g_cnt[w]
+            if cnt < 0 or cnt > K:
+                first = w * K
+            else:
+                for k in cutlass.range(lane, cnt, 32):
+                    j = g_idx[w * K + k]
+                    if j < 0 or j >= n_lim:
+                        first = cutlass.min(first, w * K + k)
+                    else:
+                        g_kept[w * NB + j] = Uint8(1)
+        first = warp_min(first)
+        if lane == 0:
+            if first == I32_MAX:
+                first = Int32(-1)
+            g_err[w] = first
+
+
+@cute.kernel
+def _cells_kernel(p: SimpleNamespace):
+    tidx, _, _ = cute.arch.thread_idx()
+    bidx, _, _ = cute.arch.block_idx()
+    lane = Int32(tidx) % 32
+    w = Int32(bidx) * WARPS + Int32(tidx) // 32
+    H = p.num_layout_heads
+    B = p.batch
+    MB = p.mb
+    NB = p.nb
+    n_rows = H * B * MB
+    g_cq = cute.make_tensor(p.cu_seqlens_q, cute.make_layout(B + 1))
+    g_ck = cute.make_tensor(p.cu_seqlens_k, cute.make_layout(B + 1))
+    g_mask = cute.make_tensor(p.mask, cute.make_layout(cutlass.max(p.mask_batch * H * MB * NB, Int32(1))))
+    if w < n_rows:
+        m = w % MB
+        b = (w // MB) % B
+        hl = w // (MB * B)
+        bm = cutlass.min(b, p.mask_batch - 1)
+        lq = seq_len(g_cq, b)
+        lk = seq_len(g_ck, b)
+        g_info = cute.make_tensor(p.info, cute.make_layout(cutlass.max(n_rows * NB, Int32(1))))
+        g_rc = cute.make_tensor(p.row_counts, cute.make_layout((n_rows, 4), stride=(4, 1)))
+        g_re = cute.make_tensor(p.row_err, cute.make_layout(n_rows))
+        base = ((bm * H + hl) * MB + m) * NB
+        n_full = Int32(0)
+        n_part = Int32(0)
+        ch_full = Int32(0)
+        ch_part = Int32(0)
+        first = Int32(I32_MAX)
+        for n0 in cutlass.range(0, NB, 32):
+            n = n0 + lane
+            cls = Int32(0)
+            if n < NB:
+                v = Int32(g_mask[base + n])
+                if p.codes != 0 and (v < 0 or v > 2):
+                    first = cutlass.min(first, base + n)
+                cls = classify(v, p.codes, m, n, lq, lk, p.block_q, p.block_k, p.window_left, p.window_right)
+            bf = cute.arch.vote_ballot_sync(cls == CELL_FULL)
+            bp = cute.arch.vote_ballot_sync(cls == CELL_PARTIAL)
+            pos = Int32(0)
+            if cls == CELL_FULL:
+                pos = n_full + rank_below(bf)
+                ch_full = ch_full + cdiv_nonneg(cutlass.min(p.block_k, lk - n * p.block_k), p.tile_n)
+            elif cls == CELL_PARTIAL:
+                pos = n_part + rank_below(bp)
+                ch_part = ch_part + cdiv_nonneg(cutlass.min(p.block_k, lk - n * p.block_k), p.tile_n)
+            if n < NB:
+                g_info[w * NB + n] = cls | (pos << CELL_POS_SHIFT)
+            n_full = n_full + Int32(cute.arch.popc(bf))
+            n_part = n_part + Int32(cute.arch.popc(bp))
+        ch_full = warp_sum(ch_full)
+        ch_part = warp_sum(ch_part)
+        first = warp_min(first)
+        if lane == 0:
+            g_rc[w, 0] = n_full
+            g_rc[w, 1] = n_part
+            g_rc[w, 2] = ch_full
+            g_rc[w, 3] = ch_part
+            if first == I32_MAX:
+                first = Int32(-1)
+            g_re[w] = first
+    elif w < p.num_items:
+        q = w - n_rows
+        n = q % NB
+        b = (q // NB) % B
+        hl = q // (NB * B)
+        bm = cutlass.min(b, p.mask_batch - 1)
+        lq = seq_len(g_cq, b)
+        lk = seq_len(g_ck, b)
+        g_cc = cute.make_tensor(p.col_counts, cute.make_layout((H * B * NB, 2), stride=(2, 1)))
+        c_full = Int32(0)
+        c_part = Int32(0)
+        for m in cutlass.range(lane, MB, 32):
+            v = Int32(g_mask[((bm * H + hl) * MB + m) * NB + n])
+            cls = classify(v, p.codes, m, n, lq, lk, p.block_q, p.block_k, p.window_left, p.window_right)
+            if cls == CELL_FULL:
+                c_full = c_full + 1
+            elif cls == CELL_PARTIAL:
+                c_part = c_part + 1
+        c_full = warp_sum(c_full)
+        c_part = warp_sum(c_part)
+        if lane == 0:
+            g_cc[q, 0] = c_full
+            g_cc[q, 1] = c_part
+
+
+def make_host(variant: Variant):
+    """Trace-ready host function for a ``topk`` or ``cells`` variant, and its compile arguments."""
+    stage = variant.key["stage"]
+    kernel = _topk_kernel if stage == "topk" else _cells_kernel
+    kernel.set_name_prefix(f"vb_{variant.name}", remove_cutlass_symbol=True, keep_mangled_name=False)
+
+    def launch(p: SimpleNamespace):
+        kernel(p).launch(grid=[(p.num_items + (WARPS - 1)) // WARPS, 1, 1], block=[32 * WARPS, 1, 1])
+
+    pointee = {"kept": Uint8}
+    if stage == "cells":
+        pointee["mask"] = Uint8 if variant.key["mask_dtype"] == "uint8" else Int32
+    return jit_host(variant.params, launch, name=f"host_{variant.name}"), fake_args(variant.params, pointee)
