@@ -44,7 +44,8 @@ def test_variant_table(arch):
 
 
 def test_param_abi():
-    """The scheduler parameters are appended after mask_flags: the offsets of the older parameters are unchanged."""
+    """The scheduler parameters, then num_sink_tokens, are appended after mask_flags: the offsets of the older
+    parameters are unchanged."""
     names = list(fam.PARAM_NAMES)
     assert names[:33] == [
         "q", "k", "v", "o", "lse", "cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k", "tok_mask",
@@ -52,7 +53,7 @@ def test_param_abi():
         "o_stride_tok", "o_stride_head", "lse_stride_head", "tm_stride_head", "tm_stride_tok", "tm_stride_blk",
         "num_tiles", "softmax_scale_log2", "window_left", "window_right", "qhead_per_kvhead", "pack_gqa",
         "tok_block_k", "tok_head_div", "mask_flags"]
-    assert names[33:] == ["num_tiles_ptr", "tile_counter", "debug_counts", "persistent", "num_ctas"]
+    assert names[33:] == ["num_tiles_ptr", "tile_counter", "debug_counts", "persistent", "num_ctas", "num_sink_tokens"]
     # natural alignment (what the PTX signature and the cubin's KPARAM_INFO give)
     off, offsets = 0, {}
     for p in fam.PARAMS:
@@ -60,10 +61,10 @@ def test_param_abi():
         offsets[p.name] = off
         off += p.size
     assert offsets["num_tiles"] == 192 and offsets["mask_flags"] == 224
-    assert [offsets[n] for n in names[33:]] == [232, 240, 248, 256, 260] and off == 264
+    assert [offsets[n] for n in names[33:]] == [232, 240, 248, 256, 260, 264] and off == 268
     kinds = {p.name: (p.kind, p.align) for p in fam.PARAMS}
     assert kinds["num_tiles_ptr"] == kinds["tile_counter"] == kinds["debug_counts"] == ("ptr", 4)
-    assert kinds["persistent"][0] == kinds["num_ctas"][0] == "i32"
+    assert kinds["persistent"][0] == kinds["num_ctas"][0] == kinds["num_sink_tokens"][0] == "i32"
 
 
 def test_capture_cases_cover_the_schedule():
@@ -74,6 +75,7 @@ def test_capture_cases_cover_the_schedule():
         assert {c[name] == 0 for c in cases} == {True, False}, name
     assert any(c["num_tiles"] == 0 and c["num_tiles_ptr"] != 0 for c in cases)
     assert all(c["num_ctas"] >= 1 for c in cases)
+    assert {c["num_sink_tokens"] == 0 for c in cases} == {True, False}
 
 
 def test_module_imports_without_dsl():
@@ -85,7 +87,7 @@ def test_module_imports_without_dsl():
 
 
 _COMPILE = textwrap.dedent("""
-    import json, os, re, sys
+    import inspect, json, os, re, sys
     sys.path.insert(0, {src!r})
     from varblock.kernels import attention_fwd_mma as fam, registry
     os.environ["CUTE_DSL_ARCH"] = registry.ARCHES[{arch!r}]["target"]
@@ -111,6 +113,7 @@ _COMPILE = textwrap.dedent("""
         consts = [int(x) for x in re.findall(r"llvm.mlir.constant\\((\\d+) : i64\\)", low)]
         reqntid = re.search(r"\\.reqntid\\s+(\\d+),\\s*(\\d+),\\s*(\\d+)", ptx)
         out[v.name] = dict(entries=list(c.kernel_info.keys()), ptx_entry=m.group(1), sizes=sizes,
+                           host_params=list(inspect.signature(host).parameters),
                            smem_in_host=fam.smem_bytes(v.extra["tile_m"], v.extra["tile_n"], v.key["head_dim"])
                            in consts, reqntid=[int(x) for x in reqntid.groups()] if reqntid else None)
     print("RESULT" + json.dumps(out))
@@ -135,6 +138,7 @@ def test_compile(arch, names, tmp_path):
         v = by_name[name]
         assert r["entries"] == [fam.entry_name(v)] and r["ptx_entry"] == fam.entry_name(v)
         assert r["sizes"] == [p.size for p in v.params]
+        assert r["host_params"] == list(fam.PARAM_NAMES)  # the host signature is generated from PARAMS
         assert r["smem_in_host"], "smem_bytes() is not the size the host code launches with"
         if r["reqntid"]:
             assert r["reqntid"] == list(v.block)

@@ -120,6 +120,30 @@ def test_attention_sinks(torch, backend):
     _run(torch, q, k, v, lay, what="sinks + window", backend=backend)
 
 
+def _sink_rule(lq, lk, sinks, wl):
+    """Token rule (StreamingLLM / FlexAttention), causal: key j visible to query i iff (j < sinks or
+    j >= i + off - wl) and j <= i + off."""
+    i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+    off = lk - lq
+    return ((j < sinks) | (j >= i + off - wl)) & (j <= i + off)
+
+
+@pytest.mark.parametrize("sinks", [1, 4, 64, 100])
+@pytest.mark.parametrize("block_q,block_k", [(64, 64), (32, 48)])
+def test_attention_sinks_token_rule(torch, sinks, block_q, block_k):
+    """Issue 8.3: with window_left=32, sink keys stay visible where a sink block crosses the diagonal (kernel
+    parameter num_sink_tokens), for block sizes that do and do not divide the sink count and the window."""
+    lq, lk = [300, 1, 257, 64], [300, 70, 400, 64]
+    cu_q, cu_k = _cu(lq), _cu(lk)
+    lay = L.attention_sinks(cu_q, cu_k, num_sink_tokens=sinks, window_left=32, causal=True, block_q=block_q,
+                            block_k=block_k, num_heads=1)
+    for b in range(len(lq)):  # the reference's token expansion is the token rule
+        assert np.array_equal(lay.token_mask(b, 0), _sink_rule(lq[b], lk[b], sinks, 32))
+    q, k, v = _qkv(torch, int(cu_q[-1]), int(cu_k[-1]), 4, 2, 128, "bfloat16", seed=sinks + block_k)
+    _, p = _run(torch, q, k, v, lay, what=f"sinks={sinks} window 32 blocks {block_q}x{block_k}")
+    assert p.num_sink_tokens == sinks
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_document_mask(torch, causal, backend):
     lens = [1000, 333]

@@ -3,7 +3,8 @@
 Exactness: every formula here mirrors ``varblock.dense_worklist`` (the NumPy model); change both together.
 """
 
-from __future__ import annotations
+# (no `from __future__ import annotations`: the DSL reads annotations as objects)
+from types import SimpleNamespace
 
 import cutlass
 import cutlass.cute as cute
@@ -30,8 +31,8 @@ from varblock.abi import (
     TILE_Q_START,
     TILE_WIDTH,
 )
-from varblock.kernels._dsl import fake_pointer
 from varblock.kernels.attention_prepare import THREADS, WARPS
+from varblock.kernels.common.signature import fake_args, jit_host
 from varblock.kernels.registry import Variant
 
 _SMEM_BYTES = 3 * WARPS * 4
@@ -57,10 +58,7 @@ def _warp_incl_scan(v: Int32, lane: Int32) -> Int32:
 
 
 @cute.kernel
-def _prepare_kernel(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tiles: cute.Pointer,
-                    chunks: cute.Pointer, status: cute.Pointer, scratch: cute.Pointer,
-                    batch: Int32, num_tile_heads: Int32, pack_gqa: Int32, tile_m: Int32, tile_n: Int32,
-                    window_left: Int32, window_right: Int32, max_tiles: Int32, max_chunks: Int32):
+def _prepare_kernel(p: SimpleNamespace):
     tidx, _, _ = cute.arch.thread_idx()
     tid = Int32(tidx)
     lane = tid % 32
@@ -71,23 +69,23 @@ def _prepare_kernel(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tile
 
     # ---- scalar parameters (safe values when they are bad: nothing but the status is written then)
     bad = Int32(0)
-    if batch < 0 or num_tile_heads < 1 or pack_gqa < 1 or tile_n < 1:
+    if p.batch < 0 or p.num_tile_heads < 1 or p.pack_gqa < 1 or p.tile_n < 1:
         bad = Int32(1)
-    g = cutlass.max(pack_gqa, Int32(1))
-    tpt = tile_m // g
+    g = cutlass.max(p.pack_gqa, Int32(1))
+    tpt = p.tile_m // g
     if tpt < 1:
         bad = Int32(1)
-    nb = batch
+    nb = p.batch
     if bad != 0:
         nb = Int32(0)
     tpt = cutlass.max(tpt, Int32(1))
-    tn = cutlass.max(tile_n, Int32(1))
-    nh = cutlass.max(num_tile_heads, Int32(1))
+    tn = cutlass.max(p.tile_n, Int32(1))
+    nh = cutlass.max(p.num_tile_heads, Int32(1))
 
-    g_cq = cute.make_tensor(cu_seqlens_q, cute.make_layout(nb + 1))
-    g_ck = cute.make_tensor(cu_seqlens_k, cute.make_layout(nb + 1))
-    g_sc = cute.make_tensor(scratch, cute.make_layout(2 * nb + 2))
-    g_st = cute.make_tensor(status, cute.make_layout(STATUS_WIDTH))
+    g_cq = cute.make_tensor(p.cu_seqlens_q, cute.make_layout(nb + 1))
+    g_ck = cute.make_tensor(p.cu_seqlens_k, cute.make_layout(nb + 1))
+    g_sc = cute.make_tensor(p.scratch, cute.make_layout(2 * nb + 2))
+    g_st = cute.make_tensor(p.status, cute.make_layout(STATUS_WIDTH))
 
     # ---- (1) per-thread range of sequences: validate, count m-blocks and chunks
     per = (nb + (THREADS - 1)) // THREADS
@@ -143,7 +141,7 @@ def _prepare_kernel(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tile
         code = Int32(ERR_PARAMS)
     elif tot_e != 0:
         code = Int32(ERR_CU_SEQLENS)
-    elif Int64(tot_m) * Int64(nh) > Int64(max_tiles) or tot_n > max_chunks:
+    elif Int64(tot_m) * Int64(nh) > Int64(p.max_tiles) or tot_n > p.max_chunks:
         code = Int32(ERR_CAPACITY)
     num_tiles = Int32(0)
     if code == ERR_OK:
@@ -173,12 +171,12 @@ def _prepare_kernel(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tile
 
     # ---- (3) fill tiles and chunks
     if code == ERR_OK:
-        t_lay = cute.make_layout((cutlass.max(max_tiles, Int32(1)), TILE_WIDTH), stride=(TILE_WIDTH, 1))
-        c_lay = cute.make_layout((cutlass.max(max_chunks, Int32(1)), CHUNK_WIDTH), stride=(CHUNK_WIDTH, 1))
-        g_t = cute.make_tensor(tiles, t_lay)
-        g_c = cute.make_tensor(chunks, c_lay)
-        wl = Int64(window_left)
-        wr = Int64(window_right)
+        t_lay = cute.make_layout((cutlass.max(p.max_tiles, Int32(1)), TILE_WIDTH), stride=(TILE_WIDTH, 1))
+        c_lay = cute.make_layout((cutlass.max(p.max_chunks, Int32(1)), CHUNK_WIDTH), stride=(CHUNK_WIDTH, 1))
+        g_t = cute.make_tensor(p.tiles, t_lay)
+        g_c = cute.make_tensor(p.chunks, c_lay)
+        wl = Int64(p.window_left)
+        wr = Int64(p.window_right)
         tn64 = Int64(tn)
         lo = Int32(0)
         for t in cutlass.range(tid, num_tiles, THREADS):
@@ -265,14 +263,7 @@ def make_host(variant: Variant):
     """Trace-ready host function for the attention_prepare variant, and its compile arguments."""
     _prepare_kernel.set_name_prefix(f"vb_{variant.name}", remove_cutlass_symbol=True, keep_mangled_name=False)
 
-    @cute.jit
-    def host(cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tiles: cute.Pointer, chunks: cute.Pointer,
-             status: cute.Pointer, scratch: cute.Pointer, batch: Int32, num_tile_heads: Int32, pack_gqa: Int32,
-             tile_m: Int32, tile_n: Int32, window_left: Int32, window_right: Int32, max_tiles: Int32,
-             max_chunks: Int32):
-        _prepare_kernel(cu_seqlens_q, cu_seqlens_k, tiles, chunks, status, scratch, batch, num_tile_heads,
-                        pack_gqa, tile_m, tile_n, window_left, window_right, max_tiles, max_chunks).launch(
-            grid=[1, 1, 1], block=[THREADS, 1, 1], smem=_SMEM_BYTES)
+    def launch(p: SimpleNamespace):
+        _prepare_kernel(p).launch(grid=[1, 1, 1], block=[THREADS, 1, 1], smem=_SMEM_BYTES)
 
-    args = (*[fake_pointer(Int32, 4)] * 6, *[Int32(1)] * 9)
-    return host, args
+    return jit_host(variant.params, launch, name=f"host_{variant.name}"), fake_args(variant.params)

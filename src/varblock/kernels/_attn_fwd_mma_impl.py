@@ -252,7 +252,7 @@ def _strides(p) -> SimpleNamespace:
 
 
 def make_host(name: str, params, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
-              setup_per_tile: bool = True):
+              setup_per_tile: bool = True, sink_compare: str = "unsigned"):
     """Build the ``@cute.jit`` host function (and its kernel) of one variant; ``params``: the family's PARAMS."""
     cfg = FwdConfig(dtype_name, D, tile_m, tile_n, num_warps)
     storage_cls = cfg.shared_storage()
@@ -264,7 +264,7 @@ def make_host(name: str, params, dtype_name: str, D: int, tile_m: int, tile_n: i
         tidx0 = tidx
         sm = SmemTensors(cfg, storage_cls)
         st = _strides(p)
-        mask = ElementMask(p, sm.mask, tile_m, tile_n, nthr)
+        mask = ElementMask(p, sm.mask, tile_m, tile_n, nthr, sink_compare)
         # per-thread setup built once (None: rebuilt in every tile, see the tile loop)
         hoisted = _thread_setup(None, cfg, tidx, sm, p) if cutlass.const_expr(not setup_per_tile) else None
         sched = TileScheduler(p.persistent, p.tile_counter, sm.sched)

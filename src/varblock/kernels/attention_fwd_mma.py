@@ -18,7 +18,8 @@ Row mapping: with ``pack_gqa == 1`` the tile's ``head`` is the query head and ti
 The KV head of a tile is always ``(head * pack_gqa) // qhead_per_kvhead``.
 
 Element mask of partial chunks (query ``i``, key ``j`` relative to their sequences, ``off = len_k - len_q``):
-``(window_left < 0 or j >= i + off - window_left) and (window_right < 0 or j <= i + off + window_right)``, and with
+``(window_left < 0 or j < num_sink_tokens or j >= i + off - window_left) and (window_right < 0 or j <= i + off +
+window_right)`` (attention sinks waive only the left bound), and with
 ``mask_flags & MASK_DOC`` ``doc_q[tq] == doc_k[tk]``, and with ``mask_flags & MASK_TOKEN``
 ``tok_mask[hq // tok_head_div, tq, j // tok_block_k] != 0``. Pointers of unused inputs may be 0.
 
@@ -40,10 +41,11 @@ Schedule. The tile count is ``*num_tiles_ptr`` (int32 written on the device, e.g
   1)`` once (tests check that each tile is processed exactly once).
 
 Kernel ABI (see ``PARAMS``): only raw global pointers and scalars, in the order of ``PARAMS``; the host
-``@cute.jit`` function takes exactly these and launches once with grid ``[num_ctas, 1, 1]``. Entry name:
+``@cute.jit`` function's signature and the kernel's parameter list are generated from ``PARAMS``
+(``common/signature.py``); the host takes exactly these and launches once with grid ``[num_ctas, 1, 1]``. Entry name:
 ``vb_<variant name>_0``. Parameter byte offsets (all arches): 12 pointers at 0..88, 12 int64 at 96..184, 9
 four-byte scalars at 192..224, then ``num_tiles_ptr`` 232, ``tile_counter`` 240, ``debug_counts`` 248,
-``persistent`` 256, ``num_ctas`` 260 (264 bytes).
+``persistent`` 256, ``num_ctas`` 260, ``num_sink_tokens`` 264 (268 bytes).
 
 This module imports ``cutlass`` only inside functions, so the registry can list variants without the DSL.
 """
@@ -57,6 +59,7 @@ from typing import Any
 
 from .. import abi
 from ..abi import MASK_DOC, MASK_FLAG_BITS, MASK_TOKEN
+from . import common
 from .registry import ARCHES, Family, Param, Variant
 
 FAMILY_NAME = "attention_fwd_mma"
@@ -92,6 +95,10 @@ _TILES_ARCH = {
 #: where LLVM hoists its address math out of the loop; elsewhere it is rebuilt in every tile from an opaque thread
 #: index (``_attn_fwd_mma_impl._thread_idx_opaque``). Chosen per variant by ptxas spill bytes (see the impl module).
 _SETUP_HOISTED = {("sm80", 64), ("sm90", 128), ("sm120", 256)}
+
+#: (arch, head_dim) whose partial-chunk mask evaluates the two-sided left bound (attention sinks) as two compares;
+#: elsewhere one unsigned compare (``common/mask.py``, ``ElementMask._band``). Chosen per variant by ptxas spill bytes.
+_SINK_COMPARE_PAIR = {("sm80", 64)}
 
 _DT_BYTES = 2
 #: Q, O, K, V element strides must be multiples of this (16-byte vectors); pointers 16-byte aligned.
@@ -137,6 +144,7 @@ PARAMS: tuple[Param, ...] = (
     Param("debug_counts", "ptr", 4),  # int32 [num_tiles] or 0: every processed tile adds 1 to its entry
     Param("persistent", "i32"),  # 0: one tile per CTA (tile = blockIdx.x); 1: dynamic persistent schedule
     Param("num_ctas", "i32"),  # the grid size
+    Param("num_sink_tokens", "i32"),  # keys j < this are exempt from the left window bound (partial chunks); 0 = none
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
 
@@ -194,6 +202,8 @@ def _requires(tile_m: int) -> tuple[dict[str, Any], ...]:
     req.append({"what": "tok_block_k >= 1", "value": "tok_block_k", "range": [1, 2**31 - 1]})
     req.append({"what": "tok_head_div >= 1", "value": "tok_head_div", "range": [1, 2**31 - 1]})
     req.append({"what": "mask_flags in 0..3", "value": "mask_flags", "range": [0, 3]})
+    # like the windows: clamp larger values to the longest key sequence (the mask computes a - window_left - sinks)
+    req.append({"what": "num_sink_tokens in [0, 2**30]", "value": "num_sink_tokens", "range": [0, 2**30]})
     return tuple(req)
 
 
@@ -222,6 +232,7 @@ def variants(arch: str) -> list[Variant]:
                         "num_warps": nw,
                         "smem_bytes": smem,
                         "setup_per_tile": (arch, d) not in _SETUP_HOISTED,
+                        "sink_compare": "pair" if (arch, d) in _SINK_COMPARE_PAIR else "unsigned",
                         "entry": f"vb_{variant_name(dtype, d)}_0",
                         "mask_flags": dict(MASK_FLAG_BITS),
                         "lse_token_stride": 1,
@@ -235,7 +246,7 @@ FAMILY = Family(
     name=FAMILY_NAME,
     module=__name__,
     variants=variants,
-    sources=(__file__, str(Path(__file__).with_name("_attn_fwd_mma_impl.py")), abi.__file__),
+    sources=(__file__, str(Path(__file__).with_name("_attn_fwd_mma_impl.py")), abi.__file__, *common.SOURCES),
 )
 
 
@@ -245,25 +256,17 @@ FAMILY = Family(
 
 
 def compile_args(variant: Variant):
-    """``(host_jit_function, args)`` for ``cute.compile``; fake (null) pointers and zero scalars."""
+    """``(host_jit_function, args)`` for ``cute.compile``; fake (null) pointers and unit scalars."""
     import cutlass
-    import cutlass.cute as cute
-    from cutlass.cute.runtime import nullptr
+
+    from .common.signature import fake_args
 
     dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
-    elem = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "lse": cutlass.Float32, "tok_mask": cutlass.Uint8}
-    scal = {"i32": cutlass.Int32, "i64": cutlass.Int64, "f32": cutlass.Float32}
-    args = []
-    for p in variant.params:
-        if p.kind == "ptr":
-            args.append(nullptr(elem.get(p.name, cutlass.Int32), cute.AddressSpace.gmem, assumed_align=p.align))
-        elif p.kind == "f32":
-            args.append(scal[p.kind](1.0))
-        else:
-            args.append(scal[p.kind](1))
-    host = _make_host(variant.name, variant.key["dtype"], variant.key["head_dim"], variant.extra["tile_m"],
-                      variant.extra["tile_n"], variant.extra["num_warps"], variant.extra["setup_per_tile"])
-    return host, args
+    pointee = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "lse": cutlass.Float32, "tok_mask": cutlass.Uint8}
+    x = variant.extra
+    host = _make_host(variant.name, variant.key["dtype"], variant.key["head_dim"], x["tile_m"], x["tile_n"],
+                      x["num_warps"], x["setup_per_tile"], x["sink_compare"])
+    return host, fake_args(variant.params, pointee)
 
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:
@@ -290,13 +293,15 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
             num_tiles=nt, softmax_scale_log2=(1.0 / math.sqrt(d)) * math.log2(math.e), window_left=wl,
             window_right=wr, qhead_per_kvhead=g, pack_gqa=pack, tok_block_k=64,
             tok_head_div=1 if i % 2 else max(g, 1), mask_flags=flags, persistent=pers, num_ctas=nctas,
+            num_sink_tokens=(0, 4, 100, 2**30)[i % 4],
         )
         cases.append(c)
     return cases
 
 
 @functools.cache
-def _make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int, setup_per_tile: bool):
+def _make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int, setup_per_tile: bool,
+               sink_compare: str):
     from ._attn_fwd_mma_impl import make_host
 
-    return make_host(name, PARAMS, dtype_name, D, tile_m, tile_n, num_warps, setup_per_tile)
+    return make_host(name, PARAMS, dtype_name, D, tile_m, tile_n, num_warps, setup_per_tile, sink_compare)

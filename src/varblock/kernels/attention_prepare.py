@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import abi
+from . import common
 from .registry import ARCHES, Family, Param, Variant
 
 FAMILY_NAME = "attention_prepare"
@@ -85,7 +86,8 @@ def variants(arch: str) -> list[Variant]:
 
 
 FAMILY = Family(name=FAMILY_NAME, module=__name__, variants=variants,
-                sources=(__file__, str(Path(__file__).with_name("_attention_prepare_dsl.py")), abi.__file__))
+                sources=(__file__, str(Path(__file__).with_name("_attention_prepare_dsl.py")), abi.__file__,
+                         *common.SOURCES))
 
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:

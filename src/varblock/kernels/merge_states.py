@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from varblock.kernels import common
 from varblock.kernels.registry import Family, Param, Variant
 
 WARPS = 4
@@ -77,7 +78,7 @@ def variants(arch: str) -> list[Variant]:
 
 
 FAMILY = Family(name="merge_states", module=__name__, variants=variants,
-                sources=(__file__, str(Path(__file__).with_name("_merge_states_dsl.py"))))
+                sources=(__file__, str(Path(__file__).with_name("_merge_states_dsl.py")), *common.SOURCES))
 
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:

@@ -10,5 +10,10 @@
 * :mod:`.gmem_io` - predicated global -> shared loads of Q rows and K / V chunks, O and LSE stores for varlen tails;
 * :mod:`.warp_mma` - mma.sync fragment views, quad reductions, the two GEMMs of an attention tile.
 
-The package ``__init__`` imports nothing, so listing variants never needs the DSL.
+The package ``__init__`` imports no DSL (only :data:`SOURCES`), so listing variants never needs ``cutlass``.
 """
+
+from pathlib import Path
+
+#: the package's source files: families using these components list them among the sources that stamp their cubins
+SOURCES = tuple(sorted(str(p) for p in Path(__file__).resolve().parent.glob("*.py")))

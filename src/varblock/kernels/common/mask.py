@@ -1,8 +1,9 @@
 """The element mask of partial chunks, applied to an S accumulator tile (``docs/contracts.md``, element mask).
 
 Query ``i`` and key ``j`` are relative to their sequences; ``a = i + diag`` is the key on the query's diagonal.
-A partial chunk keeps ``S[i, j]`` iff ``(window_left < 0 or j >= a - window_left) and (window_right < 0 or j <=
-a + window_right) and j < k_len``, and with ``MASK_DOC`` ``doc_q[i] == doc_k[j]``, and with ``MASK_TOKEN`` the
+A partial chunk keeps ``S[i, j]`` iff ``(window_left < 0 or j < num_sink_tokens or j >= a - window_left) and
+(window_right < 0 or j <= a + window_right) and j < k_len`` (attention sinks: keys ``j < num_sink_tokens`` are
+exempt from the left bound only), and with ``MASK_DOC`` ``doc_q[i] == doc_k[j]``, and with ``MASK_TOKEN`` the
 token-mask bit of ``(i, j // tok_block_k)``; everything else becomes ``-inf``. A full chunk only masks its
 ``k_len`` tail.
 
@@ -54,14 +55,15 @@ class MaskSmem:
 @dataclass(frozen=True)
 class ElementMask:
     """The mask inputs of one kernel launch (``p``: the kernel's parameter namespace, fields ``window_left``,
-    ``window_right``, ``mask_flags``, ``doc_q``, ``doc_k``, ``tok_mask``, ``tok_block_k``, ``tok_head_div``,
-    ``tm_stride_*``) and the tile geometry. (Frozen: read-only to the DSL, see scheduler.py.)"""
+    ``window_right``, ``num_sink_tokens``, ``mask_flags``, ``doc_q``, ``doc_k``, ``tok_mask``, ``tok_block_k``,
+    ``tok_head_div``, ``tm_stride_*``) and the tile geometry. (Frozen: read-only to the DSL, see scheduler.py.)"""
 
     p: Any
     s: MaskSmem
     tile_m: int
     tile_n: int
     nthr: int
+    sink_compare: str = "unsigned"  #: "unsigned" or "pair": how the two-sided left bound is evaluated (_band)
 
     @cute.jit
     def load_rows(self, tidx, tile, seq, rows):
@@ -116,26 +118,14 @@ class ElementMask:
 
     @cute.jit
     def apply_partial(self, acc_s_mn, t_scs, t0_scs, col0, k_start, k_len):
-        """Mask a partial chunk: window / causal (and the ``k_len`` tail), then documents, then the token mask.
+        """Mask a partial chunk: window / causal / sinks (and the ``k_len`` tail), then documents, then the token mask.
         ``t_scs`` / ``t0_scs``: (row, col) coordinates of this thread's / thread 0's accumulator elements; this
         thread's columns are ``col0 + t0_scs[0, cc][1]``."""
         p = self.p
-        row_pos, row_doc, doc_k, tok = self.s.row_pos, self.s.row_doc, self.s.doc_k, self.s.tok
+        row_doc, doc_k, tok = self.s.row_doc, self.s.doc_k, self.s.tok
         n_rows = cute.size(t_scs, mode=[0])
         n_cols = cute.size(t_scs, mode=[1])
-        for rr in cutlass.range_constexpr(n_rows):
-            a = row_pos[t_scs[rr, 0][0]]  # i + diag: key j is on the diagonal of query i at j = a
-            lo = a - p.window_left - k_start - col0
-            lo = lo if p.window_left >= 0 else Int32(NEG_BIG)
-            hi = cutlass.min(a + p.window_right + 1 - k_start, k_len)
-            hi = hi if p.window_right >= 0 else k_len
-            hi = hi - col0
-            for cc in cutlass.range_constexpr(n_cols):
-                cl = t0_scs[0, cc][1]
-                v = acc_s_mn[rr, cc]
-                v = -Float32.inf if cl < lo else v
-                v = -Float32.inf if cl >= hi else v
-                acc_s_mn[rr, cc] = v
+        self._band(acc_s_mn, t_scs, t0_scs, col0, k_start, k_len)
         if (p.mask_flags & MASK_DOC) != 0:
             for cc in cutlass.range_constexpr(n_cols):
                 dk = doc_k[col0 + t0_scs[0, cc][1]]
@@ -157,6 +147,36 @@ class ElementMask:
                             keep = (bits >> Uint64(cl % 64)) & Uint64(1)
                             v = acc_s_mn[rr, cc]
                             acc_s_mn[rr, cc] = -Float32.inf if keep == Uint64(0) else v
+
+    @cute.jit
+    def _band(self, acc_s_mn, t_scs, t0_scs, col0, k_start, k_len):
+        """Window / causal / sinks and the ``k_len`` tail: keys j in [num_sink_tokens, a - window_left) and j > a +
+        window_right are masked. Column cl of this thread is key j = k_start + col0 + cl, so the left test is
+        ``sink_end <= cl < lo``, evaluated as two compares or, with ``sink_compare == "unsigned"``, as one unsigned
+        compare ``cl - sink_end < width`` (j < num_sink_tokens wraps to >= 2**31 > width). Both are exact; which
+        one ptxas allocates with fewer spills depends on the variant (``attention_fwd_mma._SINK_COMPARE``)."""
+        p, row_pos = self.p, self.s.row_pos
+        sink_end = p.num_sink_tokens - k_start - col0
+        for rr in cutlass.range_constexpr(cute.size(t_scs, mode=[0])):
+            a = row_pos[t_scs[rr, 0][0]]  # i + diag: key j is on the diagonal of query i at j = a
+            if cutlass.const_expr(self.sink_compare == "unsigned"):
+                width = cutlass.max(a - p.window_left - p.num_sink_tokens, 0)  # = lo - sink_end, clamped
+                width = width if p.window_left >= 0 else Int32(0)
+            else:
+                lo = a - p.window_left - k_start - col0
+                lo = lo if p.window_left >= 0 else Int32(NEG_BIG)
+            hi = cutlass.min(a + p.window_right + 1 - k_start, k_len)
+            hi = hi if p.window_right >= 0 else k_len
+            hi = hi - col0
+            for cc in cutlass.range_constexpr(cute.size(t_scs, mode=[1])):
+                cl = t0_scs[0, cc][1]
+                v = acc_s_mn[rr, cc]
+                if cutlass.const_expr(self.sink_compare == "unsigned"):
+                    v = -Float32.inf if Uint32(cl - sink_end) < Uint32(width) else v
+                else:
+                    v = -Float32.inf if (cl < lo) & (cl >= sink_end) else v
+                v = -Float32.inf if cl >= hi else v
+                acc_s_mn[rr, cc] = v
 
     @cute.jit
     def apply_tail(self, acc_s_mn, t0_scs, col0, k_len):

@@ -35,3 +35,18 @@ def jit_host(params: Sequence, launch: Callable[[SimpleNamespace], None], name: 
     host.__signature__ = signature_of(params)
     host.__name__ = host.__qualname__ = name
     return cute.jit(host)
+
+
+def fake_args(params: Sequence, pointee: dict | None = None) -> list:
+    """Compile-time stand-ins for ``params``: null global pointers (element type from ``pointee`` by name, Int32
+    otherwise; the Param's alignment) and scalars 1 / 1.0 (the values are supplied at launch)."""
+    from cutlass.cute.runtime import nullptr
+
+    pointee = pointee or {}
+    args = []
+    for p in params:
+        if p.kind == "ptr":
+            args.append(nullptr(pointee.get(p.name, Int32), cute.AddressSpace.gmem, assumed_align=p.align or 4))
+        else:
+            args.append(DSL_TYPES[p.kind](1.0 if p.kind == "f32" else 1))
+    return args
