@@ -1,5 +1,5 @@
-"""Constants of the decode work list, shared by the build-time kernel (``varblock.kernels.decode_fwd``) and the
-runtime plan. Plain Python (no NumPy, no cutlass). The format is described in ``docs/decode.md``.
+"""Constants of the decode work list, shared by the build-time kernels (``varblock/kernels/decode_fwd.py``,
+``decode_prepare.py``) and the runtime plans. Plain Python (no NumPy, no cutlass). Format: ``docs/decode.md``.
 """
 
 from __future__ import annotations
