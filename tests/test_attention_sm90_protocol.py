@@ -2,7 +2,7 @@
 
 The kernel cannot run here, but its hangs and races would come from the protocol: who arrives on which mbarrier how
 many times, the phases each side waits on, the order of the loads, the named-barrier turns. This model replays that
-protocol with the kernel's arrival counts - warp 0 (tile ring, K / V TMA), warps 1-3 (tile ring, Q), the two
+protocol with the kernel's arrival counts - warp 0 (tile ring, K / V TMA), warps 1-3 (tile ring; 2-3 load Q), the two
 consumer warpgroups (ring, Q, K, V, ping-pong turns) - under random interleavings, TMA completions being separate
 asynchronous events, and checks that every run terminates (no deadlock), that each consumer reads the tile / chunk
 it expects from every buffer, and that no buffer is overwritten while a consumer still uses it. It models the
@@ -19,6 +19,7 @@ from varblock.kernels.attention_fwd_sm90 import STAGES, THREADS
 
 TILE_RING = 2  # _attn_fwd_sm90_impl.TILE_RING
 WG = 128  # threads per warpgroup
+Q_THREADS = 64  # _attn_fwd_sm90_impl.Q_THREADS: producer warps 2-3 load Q
 Step = Generator[Callable[[], bool], None, None]  # an agent: yields "may I continue?" predicates
 
 
@@ -102,13 +103,12 @@ class Cta:
     def __init__(self, tiles: list[int], chunks: dict[int, int], pingpong: bool):
         self.tiles, self.chunks, self.pingpong = tiles, chunks, pingpong
         self.ring = Pipe(TILE_RING, 32, THREADS - 32)
-        self.q = Pipe(1, WG, 2 * WG)
+        self.q = Pipe(1, Q_THREADS, 2 * WG)
         self.stages = STAGES[128]
         self.k = Pipe(self.stages, 1, 8)
         self.v = Pipe(self.stages, 1, 8)
         self.bars = NamedBarrier()
         self.tma: list[tuple[Pipe, int, object]] = []  # copies in flight: (pipe, stage, content)
-        self.q_partial = 0  # Q arrivals of the producer warps for the current fill
 
     # ---- producer side
     def push(self, st: State, value: int) -> Step:
@@ -135,7 +135,6 @@ class Cta:
     def warp0(self) -> Step:
         ring_p = State(TILE_RING, True)
         kv = State(self.stages, True)
-        q = State(1, True)
         order = list(self.tiles) + [-1]
         yield from self.push(ring_p, order[0])
         for pos, t in enumerate(order[:-1]):
@@ -144,7 +143,6 @@ class Cta:
             if n == 0:
                 continue
             yield from self.load_kv(self.k, kv, ("K", t, 0))
-            yield from self.load_q(q, t, 32)
             for ci in range(1, n):
                 prev = kv.clone()
                 kv.advance()
@@ -169,7 +167,7 @@ class Cta:
         while got[-1] >= 0:
             t = got[-1]
             if self.chunks[t] > 0:
-                yield from self.load_q(q, t, 96)
+                yield from self.load_q(q, t, Q_THREADS)  # warps 2-3 (warp 1 only pops)
             yield from self.pop(ring_c, 96, got)
 
     # ---- consumer side

@@ -6,7 +6,7 @@ See ``attention_fwd_sm90.py`` for the design and ``attention_fwd_mma.py`` for th
   wgmma tiled MMAs (S = Q K^T from shared memory; O += P V with P from registers, V read MN-major) and the shared
   storage struct;
 * :func:`_producer` - warpgroup 0: tile indices (warp 0 fetches, a 2-slot mbarrier ring hands them out), Q by
-  cp.async (all 128 threads), K / V by TMA (warp 0), V one chunk behind K;
+  cp.async (warps 2-3), K / V by TMA (warp 0), V one chunk behind K;
 * :func:`_consumer` - warpgroups 1, 2: the chunk loop with intra-warpgroup overlap and ping-pong, the epilogue.
 
 Named barriers: 0 = CTA, 1 + wg = consumer warpgroup wg (128 threads), 3 + wg = the ping-pong turn of
@@ -36,6 +36,7 @@ from .common.warp_mma import quad_max
 from .common.work_tile import Sequence, TileRows, WorkTile, read_chunk
 
 WG_THREADS = 128
+Q_THREADS = 64  #: producer warps 2-3 load Q (warp 0 keeps issuing K / V TMA meanwhile; warp 1 only follows the ring)
 BAR_WG = 1  #: + wg: one consumer warpgroup
 BAR_TURN = 3  #: + wg: ping-pong turn of consumer warpgroup wg
 TILE_RING = 2  #: slots of the tile-index ring
@@ -204,12 +205,12 @@ class TileRing:
 
 
 def _pipelines(cfg: Sm90Config, storage):
-    """Q (cp.async by the 128 producer threads, read by 256 consumer threads), K and V (TMA, released by each of
-    the 8 consumer warps)."""
+    """Q (cp.async by producer warps 2-3, read by 256 consumer threads), K and V (TMA, released by each of the 8
+    consumer warps)."""
     thr = pipeline.Agent.Thread
     q = pipeline.PipelineAsync.create(
         barrier_storage=storage.mbar_q.data_ptr(), num_stages=1,
-        producer_group=pipeline.CooperativeGroup(thr, WG_THREADS),
+        producer_group=pipeline.CooperativeGroup(thr, Q_THREADS),
         consumer_group=pipeline.CooperativeGroup(thr, 2 * WG_THREADS), defer_sync=True)
     k, v = (pipeline.PipelineTmaAsync.create(
         barrier_storage=bar, num_stages=cfg.stages, producer_group=pipeline.CooperativeGroup(thr, 1),
@@ -256,12 +257,12 @@ def _load_kv(tma, m_coords, s_buf, pipe, state, hkv: Int32, row0: Int32, tile_n:
 
 @cute.jit
 def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tma_k, m_k, tma_v, m_v, warp_idx, tidx):
-    """Warpgroup 0: tile indices, Q (cp.async, all 128 threads), K / V (TMA, warp 0)."""
+    """Warpgroup 0: tile indices and K / V by TMA (warp 0), Q by cp.async (warps 2-3), warp 1 follows along."""
     pipe_q, pipe_k, pipe_v = pipes
     tile_n, D = cfg.tile_n, cfg.D
     st = _strides(p)
-    g2s = _row_copy(cfg.dtype, cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), WG_THREADS, D)
-    g2s_thr = g2s.get_slice(tidx)
+    g2s = _row_copy(cfg.dtype, cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), Q_THREADS, D)
+    g2s_thr = g2s.get_slice(tidx % Q_THREADS)  # (used by warps 2-3: threads 64..127)
     t_qs = g2s_thr.partition_D(sm.sQ)
     t_qc = g2s_thr.partition_S(cute.make_identity_tensor((cfg.tile_m, D)))
     lane = cute.arch.lane_idx()
@@ -291,13 +292,14 @@ def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tma_k, m_k, tma_v, 
             k_start, _ = read_chunk(p.chunks, tile.chunk_begin)
             if warp_idx == 0:
                 _load_kv(tma_k, m_k, sm.sK, pipe_k, kv_state, rows.hkv, seq.seq_k + k_start, tile_n, D)
-            pipe_q.producer_acquire(q_state)
-            gmem_io.load_q_rows(g2s, t_qs, t_qc, p.q, rows, st.q_st, st.q_sh, D)
-            cute.arch.cp_async_commit_group()
-            cute.arch.cp_async_wait_group(0)
-            cute.arch.fence_view_async_shared()  # cp.async / st.shared writes -> wgmma (async proxy) reads
-            pipe_q.producer_commit(q_state)
-            q_state.advance()
+            if warp_idx >= 2:
+                pipe_q.producer_acquire(q_state)
+                gmem_io.load_q_rows(g2s, t_qs, t_qc, p.q, rows, st.q_st, st.q_sh, D)
+                cute.arch.cp_async_commit_group()
+                cute.arch.cp_async_wait_group(0)
+                cute.arch.fence_view_async_shared()  # cp.async / st.shared writes -> wgmma (async proxy) reads
+                pipe_q.producer_commit(q_state)
+                q_state.advance()
             if warp_idx == 0:
                 for ci in cutlass.range(1, tile.n_chunks, unroll=1):
                     prev = kv_state.clone()

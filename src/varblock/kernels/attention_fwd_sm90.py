@@ -10,8 +10,9 @@ dynamic persistent schedules with the self-resetting counter, ``debug_counts``).
   every other warp through a small mbarrier pipeline; it issues the TMA loads of K and V (one descriptor each,
   ``tensormap`` kernel parameters) into ``STAGES``-deep mbarrier pipelines, V one chunk behind K. Chunks start at
   arbitrary token rows (variable spans): the TMA box starts at ``seq_k + k_start`` and rows past ``k_len`` (the
-  next sequence, or zeros past the tensor) are masked in S. All 128 producer threads load Q with cp.async
-  (pack-GQA rows are not affine in memory; rows past the tile are zero-filled) into its own pipeline.
+  next sequence, or zeros past the tensor) are masked in S. Producer warps 2-3 load Q with cp.async
+  (pack-GQA rows are not affine in memory; rows past the tile are zero-filled) into its own pipeline, so warp 0
+  never waits for Q.
 * Consumers: S = Q K^T and O += P V with wgmma (P from registers); online softmax in fp32 with exp2; the softmax
   of chunk n overlaps the P V wgmma of chunk n-1 (intra-warpgroup overlap) and the two warpgroups take turns
   issuing wgmma (ping-pong on named barriers). Partial chunks get the element mask of ``kernels/common/mask.py``
