@@ -150,7 +150,7 @@ class Cells:
 
     info: np.ndarray  #: int32 [B*H*MB*NB] class | position << CELL_POS_SHIFT, cells ordered (hl, b, m, n)
     row_counts: np.ndarray  #: int32 [B*H*MB, 4] (n_full, n_partial, full chunks, partial chunks)
-    row_error: np.ndarray  #: int32 [B*H*MB] first bad flat mask index of the row, -1 = none
+    row_err: np.ndarray  #: int32 [B*H*MB] first bad flat mask index of the row, -1 = none
     col_counts: np.ndarray  #: int32 [B*H*NB, 2] (n_full, n_partial)
 
 
@@ -206,10 +206,10 @@ def mask_cells(mask: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry
     bm = np.minimum(bidx, a.shape[0] - 1)
     hl = np.arange(H, dtype=np.int64)[:, None, None, None]
     flat = ((bm * H + hl) * MB + m) * NB + n
-    row_error = np.where(bad, flat, np.iinfo(np.int64).max).min(axis=3, initial=np.iinfo(np.int64).max)
-    row_error = np.where(row_error == np.iinfo(np.int64).max, -1, row_error)
+    row_err = np.where(bad, flat, np.iinfo(np.int64).max).min(axis=3, initial=np.iinfo(np.int64).max)
+    row_err = np.where(row_err == np.iinfo(np.int64).max, -1, row_err)
     return Cells(info=info.reshape(-1), row_counts=row_counts.reshape(-1, 4).astype(np.int32),
-                 row_error=row_error.reshape(-1).astype(np.int32),
+                 row_err=row_err.reshape(-1).astype(np.int32),
                  col_counts=col_counts.reshape(-1, 2).astype(np.int32))
 
 
@@ -276,7 +276,7 @@ def scan(cells: Cells, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry, index_er
     col_prefix = np.concatenate([np.zeros((1, 2), np.int64), np.cumsum(per_col.astype(np.int64), axis=0)])
     status = np.zeros(STATUS_WIDTH, np.int32)
     status[STATUS_DETAIL] = -1
-    bad_rows = cells.row_error[cells.row_error >= 0]
+    bad_rows = cells.row_err[cells.row_err >= 0]
     cell_err = int(bad_rows.min()) if bad_rows.size else -1
     n_ent = int(row_prefix[-1, 1])
     if not ok:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import numpy as np
+
 from varblock import families
 from varblock.abi import CHUNK_WIDTH, HEAD_MODE_BROADCAST, HEAD_MODE_PER_KV_HEAD, HEAD_MODE_PER_Q_HEAD, TILE_WIDTH
 from varblock.device_layout.builder import (
@@ -113,10 +115,11 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
     if pack_gqa and not shareable:
         raise ValueError("pack_gqa: needs GQA and a mask shared by each group (per_kv_head or broadcast)")
     g = group if (pack_gqa and shareable) else 1
-    cap = bm * h * mb * nb if max_kept_blocks is None else int(max_kept_blocks)
+    cells = batch * h * mb * nb  # every cell of every sequence: the most kept blocks there can be
+    cap = cells if max_kept_blocks is None else int(max_kept_blocks)
     if max_kept_blocks is not None and (isinstance(max_kept_blocks, bool) or cap < 0):
         raise ValueError(f"max_kept_blocks: expected an int >= 0, got {max_kept_blocks!r}")
-    cap = min(cap, batch * h * mb * nb)
+    cap = min(cap, cells)
     geo = Geometry(batch=batch, mask_batch=bm, num_layout_heads=h, mb=mb, nb=nb, block_q=bq, block_k=bk,
                    tile_m=tile_m, tile_n=tile_n, num_heads_q=hq, num_heads_kv=hkv, head_mode=mode, pack_gqa=g,
                    window_left=wl, window_right=wr, max_entries=cap)
@@ -136,25 +139,28 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
     return p
 
 
-def _zeros(width: int):
-    import numpy as np
-
+def _zeros(width: int) -> np.ndarray:
     return np.zeros((0, width), np.int32)
 
 
 def _launch(p: Plan, builder: DeviceLayoutBuilder, src: BuildInputs, cu_q: int, cu_k: int, st: Any) -> None:
     """Copy cu_seqlens into the plan and run the layout kernels on ``st`` (stream-ordered; no sync)."""
-    from cuda.bindings import driver
-
     n = p.buffers["cu_seqlens_q"].nbytes
-    for dst, srcp in ((p.buffers["cu_seqlens_q"].ptr, cu_q), (p.buffers["cu_seqlens_k"].ptr, cu_k)):
-        (err,) = driver.cuMemcpyDtoDAsync(dst, srcp, n, int(st.handle))
-        if int(err) != 0:
-            raise RuntimeError(f"cuMemcpyDtoDAsync failed: {err}")
+    copy_d2d(p.buffers["cu_seqlens_q"].ptr, cu_q, n, st)
+    copy_d2d(p.buffers["cu_seqlens_k"].ptr, cu_k, n, st)
     src.cu_q, src.cu_k = p.buffers["cu_seqlens_q"].ptr, p.buffers["cu_seqlens_k"].ptr
     builder.build(src, st)
     p.prepare_stream = st
     p.prepare_event = st.record()
+
+
+def copy_d2d(dst: int, src: int, nbytes: int, st: Any) -> None:
+    """Stream-ordered device-to-device copy (a memcpy node when captured in a graph)."""
+    from cuda.bindings import driver
+
+    (err,) = driver.cuMemcpyDtoDAsync(dst, src, nbytes, int(st.handle))
+    if int(err) != 0:
+        raise RuntimeError(f"cuMemcpyDtoDAsync failed: {err}")
 
 
 def _builder(plan: Any) -> DeviceLayoutBuilder:
@@ -169,6 +175,9 @@ def rebuild(plan: Plan, *, cu_seqlens_q: Any, cu_seqlens_k: Any = None, mask: An
     """Rebuild ``plan``'s layout in place from new device inputs of the same shapes (same batch size, mask shape
     and dtype kind, or K). No allocation and no host synchronisation: capturable in a CUDA graph."""
     b = _builder(plan)
+    if topk_indices is not None and not b.topk_k:
+        raise ValueError("topk_indices: this plan was made from a mask (it has no top-k buffers); make one with "
+                         "plan_device(topk_indices=...)")
     shape, src = _source(mask, topk_indices, topk_counts)
     g = b.geo
     want = (g.mask_batch, g.num_layout_heads, g.mb, g.nb if mask is not None else b.topk_k)
