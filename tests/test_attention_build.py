@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from varblock.kernels import attention_fwd_mma as fam
@@ -142,3 +143,36 @@ def test_compile(arch, names, tmp_path):
         assert r["smem_in_host"], "smem_bytes() is not the size the host code launches with"
         if r["reqntid"]:
             assert r["reqntid"] == list(v.block)
+
+
+def _i32(x):
+    """int64 -> int32 two's-complement wrap (the kernel's Int32 arithmetic)."""
+    return ((np.asarray(x, np.int64) + 2**31) % 2**32) - 2**31
+
+
+@pytest.mark.parametrize("formulation", ["unsigned", "pair"])
+def test_sink_left_bound_formulations(formulation):
+    """The two int32 formulations of the partial-chunk left bound in ``common/mask.py`` (``ElementMask._band``)
+    mask exactly the keys j with num_sink_tokens <= j < a - window_left (a = i + diag), over the parameter ranges
+    the family accepts (windows and sinks up to 2**30, keys and diagonal positions of int32 sequences)."""
+    rng = np.random.default_rng(1)
+    n = 200_000
+    a = rng.integers(-(2**20), 2**24, n)  # i + len_k - len_q
+    wl = np.where(rng.random(n) < 0.1, -1, rng.integers(0, 2**12, n))
+    wl[rng.random(n) < 0.01] = 2**30
+    sinks = np.where(rng.random(n) < 0.3, 0, rng.integers(0, 300, n))
+    sinks[rng.random(n) < 0.01] = 2**30
+    k_start = rng.integers(0, 2**24, n) // 64 * 64
+    k_start = np.where(rng.random(n) < 0.5, rng.integers(0, 4, n) * 64, k_start)  # near the sinks
+    col0 = rng.integers(0, 4, n) * 2
+    cl = rng.integers(0, 16, n) // 2 * 8 + rng.integers(0, 2, n)
+    j = k_start + col0 + cl
+    want = (wl >= 0) & (j >= sinks) & (j < a - wl)
+    sink_end = _i32(sinks - k_start - col0)
+    if formulation == "unsigned":
+        width = np.where(wl >= 0, np.maximum(_i32(a - wl - sinks), 0), 0)
+        got = (_i32(cl - sink_end) % 2**32) < width
+    else:
+        lo = np.where(wl >= 0, _i32(a - wl - k_start - col0), -(1 << 30))
+        got = (cl < lo) & (cl >= sink_end)
+    assert np.array_equal(got, want)
