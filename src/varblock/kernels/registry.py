@@ -146,6 +146,7 @@ class Family:
 FAMILY_MODULES = (
     "varblock.kernels.merge_states",
     "varblock.kernels.attention_fwd_mma",
+    "varblock.kernels.attention_fwd_sm90",
     "varblock.kernels.attention_prepare",
     "varblock.kernels.attention_bwd_mma",
     "varblock.kernels.decode_fwd",
