@@ -28,7 +28,21 @@ from typing import Any
 
 import numpy as np
 
-from .abi import CHUNK_WIDTH, HEAD_MODES, TILE_N_FULL, TILE_N_PARTIAL, TILE_WIDTH
+from .abi import (
+    CHUNK_K_LEN,
+    CHUNK_K_START,
+    CHUNK_WIDTH,
+    HEAD_MODES,
+    TILE_BATCH,
+    TILE_CHUNK_BEGIN,
+    TILE_HEAD,
+    TILE_N_FULL,
+    TILE_N_LEFT,
+    TILE_N_PARTIAL,
+    TILE_Q_LEN,
+    TILE_Q_START,
+    TILE_WIDTH,
+)
 
 _I32_MAX = 2**31 - 1
 
@@ -214,7 +228,7 @@ def build_worklist(
                       np.zeros_like(t_qs)], axis=1)  # n_left = 0: full chunks first
     if longest_first and tiles.shape[0]:
         tiles = tiles[np.argsort(-(tiles[:, TILE_N_FULL] + tiles[:, TILE_N_PARTIAL]), kind="stable")]
-    chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, 2), dtype=np.int64)
+    chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, CHUNK_WIDTH), dtype=np.int64)
     return WorkList(tiles=_to_i32(tiles.reshape(-1, TILE_WIDTH), "tiles"),
                     chunks=_to_i32(chunks.reshape(-1, CHUNK_WIDTH), "chunks"),
                     tile_m=int(tile_m), tile_n=int(tile_n), pack_gqa=g)
@@ -228,18 +242,18 @@ def tile_pairs(wl: WorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_
     t = wl.tiles.astype(np.int64)
     g = wl.pack_gqa
     # rows of each tile: (token, head)
-    n_rows = t[:, 3] * g
+    n_rows = t[:, TILE_Q_LEN] * g
     tid, rpos = _segment_ids(n_rows)
-    tok = cu_q[t[tid, 0]] + t[tid, 2] + rpos // g
-    hq = t[tid, 1] * g + rpos % g if g > 1 else t[tid, 1]
+    tok = cu_q[t[tid, TILE_BATCH]] + t[tid, TILE_Q_START] + rpos // g
+    hq = t[tid, TILE_HEAD] * g + rpos % g if g > 1 else t[tid, TILE_HEAD]
     # chunks of each row's tile
-    nch = t[tid, 5] + t[tid, 6]
+    nch = t[tid, TILE_N_FULL] + t[tid, TILE_N_PARTIAL]
     rid, cpos = _segment_ids(nch)
-    c = t[tid[rid], 4] + cpos
-    n_left = t[tid[rid], 7]
-    partial = (cpos < n_left) | (cpos >= n_left + t[tid[rid], 5])
+    c = t[tid[rid], TILE_CHUNK_BEGIN] + cpos
+    n_left = t[tid[rid], TILE_N_LEFT]
+    partial = (cpos < n_left) | (cpos >= n_left + t[tid[rid], TILE_N_FULL])
     ch = wl.chunks.astype(np.int64)
-    klen = ch[c, 1]
+    klen = ch[c, CHUNK_K_LEN]
     pid, kpos = _segment_ids(klen)
-    ktok = cu_k[t[tid[rid[pid]], 0]] + ch[c[pid], 0] + kpos
+    ktok = cu_k[t[tid[rid[pid]], TILE_BATCH]] + ch[c[pid], CHUNK_K_START] + kpos
     return hq[rid[pid]], tok[rid[pid]], ktok, partial[pid]
