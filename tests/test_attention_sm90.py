@@ -49,7 +49,7 @@ def test_param_list_is_descriptors_then_host_params():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_recipes_on_capture_cases(d, dtype):
     """The K / V descriptors: TMA dims (D, total_k, Hkv), byte strides of the token and head modes, a box of one
-    128-byte swizzle span by TILE_N rows; the coordinate extents packed as two int32."""
+    swizzle span (128 bytes, 64 for d96) by TILE_N rows; the coordinate extents packed as two int32."""
     v = next(x for x in fam.variants("sm90") if x.key == {"dtype": dtype, "head_dim": d})
     for case in fam.capture_cases(v):
         for p in v.params:
@@ -59,7 +59,8 @@ def test_recipes_on_capture_cases(d, dtype):
                 assert a.address == case[x]
                 assert a.dims == (d, case["total_k"], case["num_heads_kv"])
                 assert a.strides == (2 * case[f"{x}_stride_tok"], 2 * case[f"{x}_stride_head"])
-                assert a.box == (min(64, d), fam.TILE_N, 1) and a.swizzle == 3
+                assert a.box == (fam.swizzle_span(d), fam.TILE_N, 1)
+                assert a.swizzle == (3 if d % 64 == 0 else 2)  # 128B, or 64B for d96
             elif p.kind == "i32x2":
                 raw = pack_param({"name": p.name, "kind": p.kind, "recipe": p.recipe}, case)
                 assert raw == int(case["total_k"]).to_bytes(4, "little") + int(case["num_heads_kv"]).to_bytes(4,
@@ -90,7 +91,7 @@ def _problem(**kw) -> AttentionProblem:
 def test_binding_declines_with_reasons(monkeypatch):
     b = binding_mod.BINDING
     assert "arch" in b.supports(_problem(arch="sm80"))
-    assert "head_dim" in b.supports(_problem(head_dim=96))
+    assert "head_dim" in b.supports(_problem(head_dim=192))
     monkeypatch.setattr(type(b), "variant", lambda self, arch, key: None)
     monkeypatch.setattr(type(b), "built_keys", lambda self, arch: [])
     assert "no kernel is built" in b.supports(_problem())

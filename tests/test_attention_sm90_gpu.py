@@ -72,7 +72,7 @@ def test_smoke_one_tile(torch):
           f"lse[0, :4] = {lse[0, :4].tolist()}")
 
 
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 96, 128])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_matches_portable_family(torch, d, dtype, causal):

@@ -1,6 +1,6 @@
 """Runtime binding of the Hopper warp-specialized forward (``varblock/kernels/attention_fwd_sm90.py``).
 
-TMA + wgmma, sm90 only, head dims 64 and 128 (whatever the manifest has built). Same work list, masks, schedules
+TMA + wgmma, sm90 only, head dims 64, 96 and 128 (whatever the manifest has built). Same work list, masks, schedules
 and pack-GQA as the portable family, whose binding it extends: its kernel additionally takes the K / V extents its
 TMA descriptors describe (``total_k``, ``num_heads_kv``); the runtime encodes the descriptors from the manifest's
 recipes (``runtime/tensormap.py``) and launches from parameter bytes (``runtime/struct_launch.py``).
@@ -21,7 +21,7 @@ from varblock.families.base import AttentionProblem
 #: build arch this family exists for
 ARCH = "sm90"
 #: head dims its kernel source supports (the manifest says which are built)
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = (64, 96, 128)
 
 
 class AttentionFwdSm90(AttentionFwdMma):

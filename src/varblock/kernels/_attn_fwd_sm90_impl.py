@@ -49,12 +49,13 @@ class Sm90Config:
     def __init__(self, dtype_name: str, head_dim: int, tile_m: int, tile_n: int, stages: int):
         self.dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
         self.D, self.tile_m, self.tile_n, self.stages = head_dim, tile_m, tile_n, stages
-        if head_dim % 64 or tile_m != 2 * 64 or tile_n % 64:
+        if head_dim % 32 or tile_m != 2 * 64 or tile_n % 64:
             raise ValueError(f"unsupported sm90 configuration: D={head_dim}, tile {tile_m}x{tile_n}")
         self.kv_bytes = tile_n * head_dim * self.dtype.width // 8
 
     def smem_layout(self, rows: int, stages: int = 0):
-        """``(rows, D[, stages])``: 128B-swizzled K-major atoms (8 rows x 64 elements) tiled over the buffer."""
+        """``(rows, D[, stages])``: swizzled K-major atoms (8 rows x 64 elements, 128B swizzle; 8 x 32, 64B swizzle
+        when D is not a multiple of 64) tiled over the buffer."""
         atom = warpgroup.make_smem_layout_atom(
             sm90_utils.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, self.dtype, self.D), self.dtype)
         shape = (rows, self.D, stages) if stages else (rows, self.D)
@@ -164,9 +165,12 @@ def _strides(p) -> SimpleNamespace:
 
 
 def _row_copy(dtype, op, nthr: int, D: int):
-    """A tiled copy of 16-byte vectors: 8 threads per 64-column row slice, ``nthr / 8`` rows per pass."""
+    """A tiled copy of 16-byte vectors over rows of ``D``: ``tpr`` threads per row slice of ``8 * tpr`` columns (8,
+    or 4 when D is not a multiple of 64), ``nthr / tpr`` rows per pass."""
+    tpr = 8 if D % 64 == 0 else 4
     atom = cute.make_copy_atom(op, dtype, num_bits_per_copy=128)
-    return cute.make_tiled_copy_tv(atom, cute.make_layout((nthr // 8, 8), stride=(8, 1)), cute.make_layout((1, 8)))
+    return cute.make_tiled_copy_tv(atom, cute.make_layout((nthr // tpr, tpr), stride=(tpr, 1)),
+                                   cute.make_layout((1, 8)))
 
 
 @dataclass(frozen=True)

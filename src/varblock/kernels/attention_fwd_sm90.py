@@ -41,15 +41,20 @@ from .registry import Family, Param, Variant
 
 FAMILY_NAME = "attention_fwd_sm90"
 DTYPES = portable.DTYPES
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = (64, 96, 128)
 TILE_M = 128  #: query rows per tile (two consumer warpgroups of 64)
 TILE_N = 128  #: keys per chunk
-STAGES = {64: 2, 128: 2}  #: K and V pipeline depth per head dim
+STAGES = {64: 2, 96: 2, 128: 2}  #: K and V pipeline depth per head dim
 THREADS = 384
 PRODUCER_REGS = 40
 CONSUMER_REGS = 232
-#: TMA box width along the head dim: one 128-byte swizzle span of 16-bit elements
-TMA_INNER = 64
+
+
+def swizzle_span(head_dim: int) -> int:
+    """Elements of one row of the shared-memory swizzle atom (and of the TMA box's inner extent): 64 (128-byte
+    swizzle) when the head dim is a multiple of 64, else 32 (64-byte swizzle, e.g. d96: three TMA issues)."""
+    return 64 if head_dim % 64 == 0 else 32
+
 _ELEM = 2
 
 #: what the host function takes: the portable family's parameters, then the extents of the TMA descriptors
@@ -62,14 +67,15 @@ HOST_PARAM_NAMES = tuple(p.name for p in HOST_PARAMS)
 
 def tensormap_recipe(pointer: str, head_dim: int, dtype: str) -> dict[str, Any]:
     """The descriptor ``make_tiled_tma_atom`` builds for a ``[total_k, Hkv, D]`` K or V array viewed as ``(token,
-    dim, head)`` with a ``(TILE_N, D)`` box over 128B-swizzled rows: TMA dims (innermost first) = head dim,
-    token, head; box ``(TMA_INNER, TILE_N, 1)`` (a 128-wide head dim is two TMA issues)."""
+    dim, head)`` with a ``(TILE_N, D)`` tile over swizzled rows: TMA dims (innermost first) = head dim, token,
+    head; box ``(swizzle_span(D), TILE_N, 1)`` (d128: two TMA issues per tile, d96: three)."""
+    span = swizzle_span(head_dim)
     return {
         "pointer": pointer, "dtype": dtype,
         "dims": [head_dim, "total_k", "num_heads_kv"],
         "strides": [["mul", f"{pointer}_stride_tok", _ELEM], ["mul", f"{pointer}_stride_head", _ELEM]],
-        "box": [min(TMA_INNER, head_dim), TILE_N, 1], "element_strides": [1, 1, 1],
-        "interleave": "none", "swizzle": "128B", "l2_promotion": "128B", "oob_fill": "none",
+        "box": [span, TILE_N, 1], "element_strides": [1, 1, 1],
+        "interleave": "none", "swizzle": f"{span * _ELEM}B", "l2_promotion": "128B", "oob_fill": "none",
     }
 
 
