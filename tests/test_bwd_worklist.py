@@ -48,11 +48,11 @@ def _band_allows(lay, hq, tq, tk, num_sink_tokens):
     return (hi is None or d <= hi) and (lo is None or d >= lo or j < num_sink_tokens)
 
 
-def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0):
+def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0, tile_order="longest_first"):
     wl = build_bwd_worklist(lay.transposed(), lay.cu_seqlens_q, lay.cu_seqlens_k, num_heads_q=hq_n,
                             num_heads_kv=hkv_n, head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
                             tile_m=tile_m, tile_n=tile_n, heads_per_tile=hpt, band=lay.mask.band,
-                            num_sink_tokens=num_sink_tokens)
+                            num_sink_tokens=num_sink_tokens, tile_order=tile_order)
     assert len(BWD_TILE_FIELDS) == wl.tiles.shape[1] == 8
     assert wl.tiles.dtype == np.int32 and wl.chunks.dtype == np.int32
     assert wl.num_tile_heads == hq_n // hpt
@@ -62,7 +62,10 @@ def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0):
         assert (wl.chunks[:, 1] >= 1).all() and (wl.chunks[:, 1] <= tile_m).all(), "1 <= q_len <= tile_m"
     assert (t[:, 7] == 0).all()
     counts = t[:, 5].astype(np.int64) + t[:, 6]
-    assert (np.diff(counts) <= 0).all(), "longest first"
+    if tile_order == "longest_first":
+        assert (np.diff(counts) <= 0).all(), "longest first"
+    elif tile_order == "shortest_first":
+        assert (np.diff(counts) >= 0).all(), "shortest first"
 
     # every key token of every tile head in exactly one tile
     cu_k = lay.cu_seqlens_k.astype(np.int64)
@@ -141,6 +144,15 @@ def test_causal_split_blocks(tile_m, tile_n):
         assert wl.chunks.shape[0] < full_lay.chunks.shape[0]
 
 
+@pytest.mark.parametrize("tile_order", ["shortest_first", "layout"])
+def test_tile_orders(tile_order):
+    cu = _cu(LENS)
+    lay = L.random_blocks(cu, cu, density=0.5, num_heads=2, head_mode="per_kv_head", causal=True, seed=5,
+                          block_q=32, block_k=32)
+    _check(lay, 4, 2, 16, 16, 2, tile_order=tile_order)
+    _check(lay, 4, 2, 32, 16, 1, tile_order=tile_order)
+
+
 def test_window_with_sinks():
     cu = _cu([300, 17, 0, 129])
     lay = L.sliding_window(cu, cu, window_left=40, window_right=0, sink_blocks=1, block_q=32, block_k=32,
@@ -177,5 +189,7 @@ def test_bad_arguments():
         build_bwd_worklist(lay.transposed(), cu, cu, heads_per_tile=3, **kw)
     with pytest.raises(ValueError, match="layout heads"):
         build_bwd_worklist(lay.transposed(), cu, cu, **{**kw, "num_layout_heads": 1})
+    with pytest.raises(ValueError, match="tile_order"):
+        build_bwd_worklist(lay.transposed(), cu, cu, tile_order="random", **kw)
     with pytest.raises(ValueError, match="head_mode"):
         build_bwd_worklist(lay.transposed(), cu, cu, **{**kw, "head_mode": "nope"})

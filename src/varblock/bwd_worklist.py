@@ -108,14 +108,18 @@ def tile_heads_for(head_mode: str, num_heads_q: int, num_heads_kv: int, heads_pe
 def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_q: int, num_heads_kv: int,
                        head_mode: str, num_layout_heads: int, tile_m: int, tile_n: int, heads_per_tile: int = 1,
                        band: tuple[int | None, int | None] = (None, None), num_sink_tokens: int = 0,
-                       longest_first: bool = True) -> BwdWorkList:
+                       tile_order: str = "longest_first") -> BwdWorkList:
     """Tiles and chunks for ``cols`` (a ``ColSpans``: head, batch, k_start, k_len, ent_ptr, n_full, q_start,
     q_len), see the module docstring.
 
     ``band`` = ``(lo, hi)`` bounds on ``j - i - off`` of the element mask (``ElementMask.band``; None =
-    unbounded), used only to drop fully masked (tile, chunk) pairs of partial entries. ``longest_first`` orders
-    tiles by decreasing number of chunks (stable), which shortens the tail of the launch.
+    unbounded), used only to drop fully masked (tile, chunk) pairs of partial entries. ``tile_order``:
+    ``"longest_first"`` (decreasing number of chunks, stable: shortens the tail of the launch), ``"shortest_first"``
+    (increasing: in deterministic mode a tile then tends to reach each query span after the tiles before it in the
+    order, so it seldom waits) or ``"layout"`` (columns in layout order, tile heads innermost).
     """
+    if tile_order not in ("longest_first", "shortest_first", "layout"):
+        raise ValueError(f"tile_order: expected 'longest_first', 'shortest_first' or 'layout', got {tile_order!r}")
     hq_n, hkv_n = int(num_heads_q), int(num_heads_kv)
     if hq_n < 1 or hkv_n < 1 or hq_n % hkv_n:
         raise ValueError(f"num_heads_q={hq_n} must be a positive multiple of num_heads_kv={hkv_n}")
@@ -188,8 +192,9 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
     tiles = np.stack([c_batch[s_col[t_sub]], t_head, s_ks[t_sub], s_kl[t_sub], st_begin[t_sub], st_full[t_sub],
                       st_all[t_sub] - st_full[t_sub], np.zeros_like(t_head)], axis=1).reshape(-1, abi.TILE_WIDTH)
     order = np.arange(tiles.shape[0])
-    if longest_first and tiles.shape[0]:
-        order = np.argsort(-(tiles[:, 5] + tiles[:, 6]), kind="stable")
+    if tile_order != "layout" and tiles.shape[0]:
+        count = tiles[:, 5] + tiles[:, 6]
+        order = np.argsort(-count if tile_order == "longest_first" else count, kind="stable")
         tiles = tiles[order]
     chunks = np.stack([sc_qs, sc_ql], axis=1).reshape(-1, 2)
     dq_order, num_sems = _dq_order(t_sub[order], n_sub_total, sc_sub, hl[sc_sub], c_batch[s_col[sc_sub]], sc_qs)

@@ -1,7 +1,8 @@
 """CuTe DSL source of the backward's pre- and post-processing kernels (see ``attention_bwd_mma.py``). Build time only.
 
-Both are memory-bound row kernels: one warp per row, lanes stride over the head dimension (coalesced), every
-shape and stride a runtime value.
+Both are memory-bound row kernels: one warp per row, lanes stride over the head dimension in 16-byte vectors of 8
+elements (``head_dim`` and the token / head strides of the 16-bit arrays are multiples of 8, every pointer is
+16-byte aligned), every shape and stride a runtime value.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ from cutlass import Float32, Int32, Int64
 from varblock.kernels._dsl import dsl_dtype
 
 _LOG2E = math.log2(math.e)
+_VEC = 8  #: elements per lane and step
+
+
+def _vec(ptr, off):
+    """The 8 consecutive elements at ``ptr + off`` (``off`` a multiple of 8) as a tensor."""
+    return cute.make_tensor(ptr + cute.assume(off, divby=_VEC), cute.make_layout(_VEC))
 
 
 def make_preprocess(name: str, dtype_name: str, warps: int):
     """``dpsum = rowsum(dO * O)``, ``lse_log2 = LSE * log2(e)`` (``+inf`` for ``-inf``), dQ accumulator row = 0.
-    ``dtype_name`` is the dtype of ``out`` / ``dout`` (the pointer arguments carry it)."""
+    ``dtype_name`` is the dtype of ``out`` / ``dout``."""
+    dtype = dsl_dtype(dtype_name)
 
     @cute.kernel
     def kernel(out: cute.Pointer, dout: cute.Pointer, lse: cute.Pointer, lse_log2: cute.Pointer,
@@ -30,16 +38,27 @@ def make_preprocess(name: str, dtype_name: str, warps: int):
         bidx, _, _ = cute.arch.block_idx()
         lane = tidx % 32
         row = Int64(bidx) * warps + tidx // 32
+        ld16 = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=128)
+        st32 = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), Float32, num_bits_per_copy=128)
         if row < Int64(total_q) * Int64(num_heads_q):
             tok = row // Int64(num_heads_q)
             head = row - tok * Int64(num_heads_q)
-            o_base = tok * o_stride_tok + head * o_stride_head
-            do_base = tok * do_stride_tok + head * do_stride_head
+            o_base = tok * cute.assume(o_stride_tok, divby=_VEC) + head * cute.assume(o_stride_head, divby=_VEC)
+            do_base = tok * cute.assume(do_stride_tok, divby=_VEC) + head * cute.assume(do_stride_head, divby=_VEC)
             acc_base = (head * Int64(total_q) + tok) * Int64(head_dim)  # dq_accum [Hq, total_q, D]
             acc = Float32(0.0)
-            for d in cutlass.range(lane, head_dim, 32):
-                acc += out[o_base + Int64(d)].to(Float32) * dout[do_base + Int64(d)].to(Float32)
-                dq_accum[acc_base + Int64(d)] = Float32(0.0)
+            ro = cute.make_rmem_tensor(_VEC, dtype)
+            rd = cute.make_rmem_tensor(_VEC, dtype)
+            zero = cute.make_rmem_tensor(_VEC, Float32)
+            zero.fill(0.0)
+            for d in cutlass.range(lane * _VEC, head_dim, 32 * _VEC):
+                cute.copy(ld16, _vec(out, o_base + Int64(d)), ro)
+                cute.copy(ld16, _vec(dout, do_base + Int64(d)), rd)
+                prod = ro.load().to(Float32) * rd.load().to(Float32)
+                acc += prod.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
+                dst = _vec(dq_accum, acc_base + Int64(d))
+                for h in cutlass.range_constexpr(2):
+                    cute.copy(st32, cute.local_tile(zero, (4,), (h,)), cute.local_tile(dst, (4,), (h,)))
             for i in cutlass.range_constexpr(5):
                 acc += cute.arch.shuffle_sync_bfly(acc, offset=1 << i)
             if lane == 0:
@@ -78,30 +97,48 @@ def make_postprocess(name: str, dtype_name: str, warps: int):
         lane = tidx % 32
         row = Int64(bidx) * warps + tidx // 32
         rows_q = Int64(total_q) * Int64(num_heads_q)
+        ld32 = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), Float32, num_bits_per_copy=128)
+        st16 = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=128)
+        ra = cute.make_rmem_tensor(_VEC, Float32)
+        rb = cute.make_rmem_tensor(_VEC, Float32)
+        ro = cute.make_rmem_tensor(_VEC, dtype)
         if row < rows_q:
             tok = row // Int64(num_heads_q)
             head = row - tok * Int64(num_heads_q)
-            dst = tok * dq_stride_tok + head * dq_stride_head
+            dst = tok * cute.assume(dq_stride_tok, divby=_VEC) + head * cute.assume(dq_stride_head, divby=_VEC)
             src = (head * Int64(total_q) + tok) * Int64(head_dim)  # dq_accum [Hq, total_q, D]
-            for d in cutlass.range(lane, head_dim, 32):
-                dq[dst + Int64(d)] = (dq_accum[src + Int64(d)] * softmax_scale).to(dtype)
+            for d in cutlass.range(lane * _VEC, head_dim, 32 * _VEC):
+                s = _vec(dq_accum, src + Int64(d))
+                for h in cutlass.range_constexpr(2):
+                    cute.copy(ld32, cute.local_tile(s, (4,), (h,)), cute.local_tile(ra, (4,), (h,)))
+                ro.store((ra.load() * softmax_scale).to(dtype))
+                cute.copy(st16, ro, _vec(dq, dst + Int64(d)))
         elif row < rows_q + Int64(total_k) * Int64(num_heads_kv):
             r = row - rows_q
             tok = r // Int64(num_heads_kv)
             head = r - tok * Int64(num_heads_kv)
             group = num_tile_heads // num_heads_kv
             src0 = (tok * Int64(num_tile_heads) + head * Int64(group)) * Int64(head_dim)
-            k_dst = tok * dk_stride_tok + head * dk_stride_head
-            v_dst = tok * dv_stride_tok + head * dv_stride_head
-            for d in cutlass.range(lane, head_dim, 32):
-                sk = Float32(0.0)
-                sv = Float32(0.0)
+            k_dst = tok * cute.assume(dk_stride_tok, divby=_VEC) + head * cute.assume(dk_stride_head, divby=_VEC)
+            v_dst = tok * cute.assume(dv_stride_tok, divby=_VEC) + head * cute.assume(dv_stride_head, divby=_VEC)
+            rk = cute.make_rmem_tensor(_VEC, Float32)
+            rv = cute.make_rmem_tensor(_VEC, Float32)
+            for d in cutlass.range(lane * _VEC, head_dim, 32 * _VEC):
+                rk.fill(0.0)
+                rv.fill(0.0)
                 for g in cutlass.range(group, unroll=1):
                     off = src0 + Int64(g) * Int64(head_dim) + Int64(d)
-                    sk += dk_accum[off]
-                    sv += dv_accum[off]
-                dk[k_dst + Int64(d)] = (sk * softmax_scale).to(dtype)
-                dv[v_dst + Int64(d)] = sv.to(dtype)
+                    sk = _vec(dk_accum, off)
+                    sv = _vec(dv_accum, off)
+                    for h in cutlass.range_constexpr(2):
+                        cute.copy(ld32, cute.local_tile(sk, (4,), (h,)), cute.local_tile(ra, (4,), (h,)))
+                        cute.copy(ld32, cute.local_tile(sv, (4,), (h,)), cute.local_tile(rb, (4,), (h,)))
+                    rk.store(rk.load() + ra.load())
+                    rv.store(rv.load() + rb.load())
+                ro.store((rk.load() * softmax_scale).to(dtype))
+                cute.copy(st16, ro, _vec(dk, k_dst + Int64(d)))
+                ro.store(rv.load().to(dtype))
+                cute.copy(st16, ro, _vec(dv, v_dst + Int64(d)))
 
     kernel.set_name_prefix(f"vb_{name}", remove_cutlass_symbol=True, keep_mangled_name=False)
 

@@ -65,6 +65,23 @@ def _bulk_reduce_add_f32(gmem_ptr, smem_ptr, num_bytes, *, loc=None, ip=None):
 
 
 @cute.jit
+def _load_rows(g2s, g2s_thr, gQ, gdO, sQ, sdO, tQcQ, t0QcQ, n_rows):
+    """cp.async rows ``< n_rows`` of the ``[tile_m, D]`` global tiles gQ / gdO into sQ / sdO; zero the others."""
+    tQgQ = g2s_thr.partition_S(gQ)
+    tQgdO = g2s_thr.partition_S(gdO)
+    tQsQ = g2s_thr.partition_D(sQ)
+    tQsdO = g2s_thr.partition_D(sdO)
+    lim = n_rows - tQcQ[0][0]
+    for m in cutlass.range_constexpr(cute.size(tQsQ, mode=[1])):
+        if t0QcQ[0, m, 0][0] < lim:
+            cute.copy(g2s, tQgQ[None, m, None], tQsQ[None, m, None])
+            cute.copy(g2s, tQgdO[None, m, None], tQsdO[None, m, None])
+        else:
+            tQsQ[None, m, None].fill(0)
+            tQsdO[None, m, None].fill(0)
+
+
+@cute.jit
 def _spin_until(sem_ptr, value):
     """Wait until the int32 semaphore at ``sem_ptr`` equals ``value`` (acquire, gpu scope)."""
     while cute.arch.atomic_add(sem_ptr, Int32(0), sem="acquire", scope="gpu") != value:
@@ -72,7 +89,7 @@ def _spin_until(sem_ptr, value):
 
 
 def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
-              sdp: tuple, dkv: tuple, dq_bufs: int):
+              sdp: tuple, dkv: tuple, dq_bufs: int, stages: int = 1):
     """Build the ``@cute.jit`` host function (and its kernel) of one main-kernel variant."""
     dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
     nthr = 32 * num_warps
@@ -86,26 +103,30 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
     assert tile_m % (16 * wm) == 0 and tile_n % (16 * wn) == 0 and D % (16 * wn) == 0
     assert tile_n % (16 * km) == 0 and D % (16 * kn) == 0 and tile_m % 16 == 0
     assert tile_m % rows_per_pass == 0 and tile_n % rows_per_pass == 0 and tile_m <= nthr and tile_n <= nthr
+    # two Q / dO stages need the barrier of the bulk dQ phase (it orders the next loads after every dV/dK read)
+    assert stages == 1 or (stages == 2 and dq_bufs > 0)
 
     @cute.struct
     class SharedStorage:
-        sQ: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * D], 1024]
-        sdO: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * D], 1024]
+        sQ: cute.struct.Align[cute.struct.MemRange[dtype, stages * tile_m * D], 1024]
+        sdO: cute.struct.Align[cute.struct.MemRange[dtype, stages * tile_m * D], 1024]
         sK: cute.struct.Align[cute.struct.MemRange[dtype, tile_n * D], 1024]
         sV: cute.struct.Align[cute.struct.MemRange[dtype, tile_n * D], 1024]
         sP: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * tile_n], 1024]
         sdS: cute.struct.Align[cute.struct.MemRange[dtype, tile_m * tile_n], 1024]
-        sLse: cute.struct.Align[cute.struct.MemRange[Float32, tile_m], 16]
-        sDps: cute.struct.Align[cute.struct.MemRange[Float32, tile_m], 16]
-        sDocQ: cute.struct.Align[cute.struct.MemRange[Int32, tile_m], 16]
+        sLse: cute.struct.Align[cute.struct.MemRange[Float32, stages * tile_m], 16]
+        sDps: cute.struct.Align[cute.struct.MemRange[Float32, stages * tile_m], 16]
+        sDocQ: cute.struct.Align[cute.struct.MemRange[Int32, stages * tile_m], 16]
         sDocK: cute.struct.Align[cute.struct.MemRange[Int32, tile_n], 16]
         # dQ tiles (fp32) for the bulk reduce-add, dq_bufs of them (at least one element: the struct needs it)
         sdQ: cute.struct.Align[cute.struct.MemRange[Float32, max(dq_bufs * tile_m * D, 4)], 1024]
 
-    def smem_layout(rows, cols, blk):
+    def smem_layout(rows, cols, blk, n_stages=None):
         sw = 3 if blk == 64 else 2
         atom = cute.make_composed_layout(cute.make_swizzle(sw, 3, 3), 0, cute.make_layout((8, blk), stride=(blk, 1)))
-        return cute.tile_to_shape(atom, (rows, cols), (0, 1))
+        if n_stages is None:
+            return cute.tile_to_shape(atom, (rows, cols), (0, 1))
+        return cute.tile_to_shape(atom, (rows, cols, n_stages), (0, 1, 2))
 
     @cute.kernel
     def kernel(
@@ -128,19 +149,20 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
 
         smem = cutlass.utils.SmemAllocator()
         storage = smem.allocate(SharedStorage)
-        sQ = storage.sQ.get_tensor(smem_layout(tile_m, D, kblk))
-        sdO = storage.sdO.get_tensor(smem_layout(tile_m, D, kblk))
+        sQ = storage.sQ.get_tensor(smem_layout(tile_m, D, kblk, stages))  # (tile_m, D, stage)
+        sdO = storage.sdO.get_tensor(smem_layout(tile_m, D, kblk, stages))
         sK = storage.sK.get_tensor(smem_layout(tile_n, D, kblk))
         sV = storage.sV.get_tensor(smem_layout(tile_n, D, kblk))
         sP = storage.sP.get_tensor(smem_layout(tile_m, tile_n, pblk))
         sdS = storage.sdS.get_tensor(smem_layout(tile_m, tile_n, pblk))
-        sLse = storage.sLse.get_tensor(cute.make_layout(tile_m))
-        sDps = storage.sDps.get_tensor(cute.make_layout(tile_m))
-        sDocQ = storage.sDocQ.get_tensor(cute.make_layout(tile_m))
+        sLse = storage.sLse.get_tensor(cute.make_layout((tile_m, stages)))
+        sDps = storage.sDps.get_tensor(cute.make_layout((tile_m, stages)))
+        sDocQ = storage.sDocQ.get_tensor(cute.make_layout((tile_m, stages)))
         sDocK = storage.sDocK.get_tensor(cute.make_layout(tile_n))
         sdQ = storage.sdQ.get_tensor(cute.make_layout((tile_m, D, max(dq_bufs, 1)), stride=(D, 1, tile_m * D)))
-        sQt = _transposed(sQ, tile_m, D)
-        sdOt = _transposed(sdO, tile_m, D)
+        # (D, tile_m, stage) transposed views of the staged sQ / sdO
+        sQt = cute.composition(sQ, cute.make_layout((D, tile_m, stages), stride=(tile_m, 1, tile_m * D)))
+        sdOt = cute.composition(sdO, cute.make_layout((D, tile_m, stages), stride=(tile_m, 1, tile_m * D)))
         sKt = _transposed(sK, tile_n, D)
         sPt = _transposed(sP, tile_m, tile_n)
         sdSt = _transposed(sdS, tile_m, tile_n)
@@ -176,13 +198,13 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         cp_dkv_Bt = cute.make_tiled_copy_B(ldm_t, mma_dkv).get_slice(tidx)
 
         # S = Q K^T, dP = dO V^T
-        tSrQ = thr_sdp.make_fragment_A(thr_sdp.partition_A(sQ))
+        tSrQ = thr_sdp.make_fragment_A(thr_sdp.partition_A(sQ[None, None, 0]))
         tSrK = thr_sdp.make_fragment_B(thr_sdp.partition_B(sK))
-        tSsQ = cp_sdp_A.partition_S(sQ)
+        tSsQ = cp_sdp_A.partition_S(sQ)  # (..., stage)
         tSvQ = cp_sdp_A.retile(tSrQ)
         tSsK = cp_sdp_B.partition_S(sK)
         tSvK = cp_sdp_B.retile(tSrK)
-        tPrdO = thr_sdp.make_fragment_A(thr_sdp.partition_A(sdO))
+        tPrdO = thr_sdp.make_fragment_A(thr_sdp.partition_A(sdO[None, None, 0]))
         tPrV = thr_sdp.make_fragment_B(thr_sdp.partition_B(sV))
         tPsdO = cp_sdp_A.partition_S(sdO)
         tPvdO = cp_sdp_A.retile(tPrdO)
@@ -197,13 +219,13 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         tQvKt = cp_sdp_Bt.retile(tQrKt)
         # dV += P^T dO, dK += dS^T Q
         tVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt))
-        tVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt))
+        tVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt[None, None, 0]))
         tVsPt = cp_dkv_At.partition_S(sPt)
         tVvPt = cp_dkv_At.retile(tVrPt)
         tVsdOt = cp_dkv_Bt.partition_S(sdOt)
         tVvdOt = cp_dkv_Bt.retile(tVrdOt)
         tKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt))
-        tKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt))
+        tKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt[None, None, 0]))
         tKsdSt = cp_dkv_At.partition_S(sdSt)
         tKvdSt = cp_dkv_At.retile(tKrdSt)
         tKsQt = cp_dkv_Bt.partition_S(sQt)
@@ -232,8 +254,6 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         tdQcdQ = _mn_view(thr_sdp.partition_C(cute.make_identity_tensor((tile_m, D))))
         tdKcdK = _mn_view(thr_dkv.partition_C(cute.make_identity_tensor((tile_n, D))))
         cQ = cute.make_identity_tensor((tile_m, D))
-        tQsQ = g2s_thr.partition_D(sQ)
-        tQsdO = g2s_thr.partition_D(sdO)
         tQcQ = g2s_thr.partition_S(cQ)
         t0QcQ = g2s.get_slice(0).partition_S(cQ)
         cK = cute.make_identity_tensor((tile_n, D))
@@ -279,46 +299,64 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     sDocK[tidx] = doc_k[seq_k + k_start + cutlass.min(tidx, k_len - 1)]
 
             # ------------------------------------------------------------ main loop
-            # Iteration ``it`` finishes step ``it - 1`` (barrier, then dQ += dS K with fp32 atomics, which overlaps
-            # the loads of step ``it``) and runs the first part of step ``it`` (S, dP, P, dS, dV, dK). Steps walk
-            # (chunk, head in tile), head innermost.
+            # Iteration ``it`` finishes step ``it - 1`` (dQ += dS K into the accumulator) and runs the first part of
+            # step ``it`` (S, dP, P, dS, dV, dK). Steps walk (chunk, head in tile), head innermost. One Q/dO stage:
+            # the loads of step ``it`` are issued at the top of iteration ``it`` (they overlap the dQ phase); two
+            # stages: the loads of step ``it + 1`` are issued before step ``it`` runs (they overlap all of it).
+            if cutlass.const_expr(stages == 2):
+                if n_steps > 0:
+                    tok0_0 = Int64(seq_q + chunks[chunk_begin * 2])
+                    ql0 = chunks[chunk_begin * 2 + 1]
+                    _load_rows(g2s, g2s_thr,
+                               cute.make_tensor(q + (tok0_0 * q_st + Int64(hq0) * q_sh),
+                                                cute.make_layout((tile_m, D), stride=(q_st, 1))),
+                               cute.make_tensor(dout + (tok0_0 * do_st + Int64(hq0) * do_sh),
+                                                cute.make_layout((tile_m, D), stride=(do_st, 1))),
+                               sQ[None, None, 0], sdO[None, None, 0], tQcQ, t0QcQ, ql0)
+                    if tidx < tile_m:
+                        lse0 = Float32.inf
+                        dps0 = Float32(0.0)
+                        doc0 = Int32(0)
+                        if tidx < ql0:
+                            st0 = Int64(hq0) * stat_stride_head + tok0_0 + Int64(tidx)
+                            lse0 = lse_log2[st0]
+                            dps0 = dpsum[st0]
+                            if (mask_flags & MASK_DOC) != 0:
+                                doc0 = doc_q[tok0_0 + Int64(tidx)]
+                        sLse[tidx, 0] = lse0
+                        sDps[tidx, 0] = dps0
+                        sDocQ[tidx, 0] = doc0
+            cute.arch.cp_async_commit_group()  # K, V (and with two stages step 0)
             for it in cutlass.range(n_steps + 1, unroll=1):
-                # this step's per-row LSE / dPsum / doc id: loaded into registers with the Q / dO loads, stored to
-                # shared memory after the dQ phase (their latency hides behind it); rows >= q_len: P = 0
+                # the loaded step's per-row LSE / dPsum / doc id, loaded into registers with its Q / dO and stored
+                # to shared memory later (their latency hides behind other work); rows >= q_len: P = 0
                 lse_n = Float32.inf
                 dps_n = Float32(0.0)
                 docq_n = Int32(0)
-                if it > 0:
-                    cute.arch.barrier()  # everyone is done with sQ, sdO, sLse, sDps, sDocQ of step it - 1
-                if it < n_steps:
-                    # ---- loads of step it: Q, dO (cp.async, rows >= q_len zero), LSE, dPsum, doc ids
-                    ci = it // heads_per_tile
-                    hq = hq0 + (it - ci * heads_per_tile)
-                    c = chunk_begin + ci
-                    qs = chunks[c * 2]
-                    ql = chunks[c * 2 + 1]
-                    tok0 = Int64(seq_q + qs)
-                    gQ = cute.make_tensor(q + (tok0 * q_st + Int64(hq) * q_sh),
-                                          cute.make_layout((tile_m, D), stride=(q_st, 1)))
-                    gdO = cute.make_tensor(dout + (tok0 * do_st + Int64(hq) * do_sh),
-                                           cute.make_layout((tile_m, D), stride=(do_st, 1)))
-                    tQgQ = g2s_thr.partition_S(gQ)
-                    tQgdO = g2s_thr.partition_S(gdO)
-                    lim_q = ql - tQcQ[0][0]
-                    for m in cutlass.range_constexpr(cute.size(tQsQ, mode=[1])):
-                        if t0QcQ[0, m, 0][0] < lim_q:
-                            cute.copy(g2s, tQgQ[None, m, None], tQsQ[None, m, None])
-                            cute.copy(g2s, tQgdO[None, m, None], tQsdO[None, m, None])
-                        else:
-                            tQsQ[None, m, None].fill(0)
-                            tQsdO[None, m, None].fill(0)
-                    if tidx < ql:
-                        st = Int64(hq) * stat_stride_head + tok0 + Int64(tidx)
-                        lse_n = lse_log2[st]
-                        dps_n = dpsum[st]
-                        if (mask_flags & MASK_DOC) != 0:
-                            docq_n = doc_q[tok0 + Int64(tidx)]
-                cute.arch.cp_async_commit_group()
+                ld = it if cutlass.const_expr(stages == 1) else it + 1  # the step whose loads this iteration issues
+                if cutlass.const_expr(stages == 1):
+                    if it > 0:
+                        cute.arch.barrier()  # everyone is done with sQ, sdO, sLse, sDps, sDocQ of step it - 1
+                    if it < n_steps:
+                        # ---- loads of step it: Q, dO (cp.async, rows >= q_len zero), LSE, dPsum, doc ids
+                        ci = it // heads_per_tile
+                        hq = hq0 + (it - ci * heads_per_tile)
+                        c = chunk_begin + ci
+                        tok0 = Int64(seq_q + chunks[c * 2])
+                        ql = chunks[c * 2 + 1]
+                        _load_rows(g2s, g2s_thr,
+                                   cute.make_tensor(q + (tok0 * q_st + Int64(hq) * q_sh),
+                                                    cute.make_layout((tile_m, D), stride=(q_st, 1))),
+                                   cute.make_tensor(dout + (tok0 * do_st + Int64(hq) * do_sh),
+                                                    cute.make_layout((tile_m, D), stride=(do_st, 1))),
+                                   sQ[None, None, 0], sdO[None, None, 0], tQcQ, t0QcQ, ql)
+                        if tidx < ql:
+                            st = Int64(hq) * stat_stride_head + tok0 + Int64(tidx)
+                            lse_n = lse_log2[st]
+                            dps_n = dpsum[st]
+                            if (mask_flags & MASK_DOC) != 0:
+                                docq_n = doc_q[tok0 + Int64(tidx)]
+                    cute.arch.cp_async_commit_group()
 
                 if it > 0:
                     # ---- dQ += dS K of step it - 1 (sdS and sK are not overwritten before the next barrier)
@@ -383,12 +421,36 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                                 # the reduce issued dq_bufs steps ago has read its buffer (rewritten next step)
                                 cute.arch.cp_async_bulk_wait_group(dq_bufs - 1, read=True)
 
-                if tidx < tile_m:
-                    sLse[tidx] = lse_n
-                    sDps[tidx] = dps_n
-                    sDocQ[tidx] = docq_n
+                if cutlass.const_expr(stages == 1):
+                    if tidx < tile_m:
+                        sLse[tidx, 0] = lse_n
+                        sDps[tidx, 0] = dps_n
+                        sDocQ[tidx, 0] = docq_n
 
                 if it < n_steps:
+                    stage = it % stages
+                    if cutlass.const_expr(stages == 2):
+                        # ---- loads of step it + 1 into the other stage (its last readers, step it - 1's dV / dK,
+                        # are past the barrier of the dQ phase above)
+                        if ld < n_steps:
+                            lci = ld // heads_per_tile
+                            lhq = hq0 + (ld - lci * heads_per_tile)
+                            lc = chunk_begin + lci
+                            ltok0 = Int64(seq_q + chunks[lc * 2])
+                            lql = chunks[lc * 2 + 1]
+                            _load_rows(g2s, g2s_thr,
+                                       cute.make_tensor(q + (ltok0 * q_st + Int64(lhq) * q_sh),
+                                                        cute.make_layout((tile_m, D), stride=(q_st, 1))),
+                                       cute.make_tensor(dout + (ltok0 * do_st + Int64(lhq) * do_sh),
+                                                        cute.make_layout((tile_m, D), stride=(do_st, 1))),
+                                       sQ[None, None, 1 - stage], sdO[None, None, 1 - stage], tQcQ, t0QcQ, lql)
+                            if tidx < lql:
+                                lst = Int64(lhq) * stat_stride_head + ltok0 + Int64(tidx)
+                                lse_n = lse_log2[lst]
+                                dps_n = dpsum[lst]
+                                if (mask_flags & MASK_DOC) != 0:
+                                    docq_n = doc_q[ltok0 + Int64(tidx)]
+                        cute.arch.cp_async_commit_group()
                     ci = it // heads_per_tile
                     hq = hq0 + (it - ci * heads_per_tile)
                     c = chunk_begin + ci
@@ -397,15 +459,17 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     tok0 = seq_q + q_start
                     partial = Uint32(ci - n_left) >= Uint32(n_full)
 
-                    cute.arch.cp_async_wait_group(0)
+                    cute.arch.cp_async_wait_group(stages - 1)
                     cute.arch.barrier()
 
                     acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
                     acc_S.fill(0.0)
-                    _gemm(mma_sdp, acc_S, tSrQ, tSrK, tSsQ, tSvQ, tSsK, tSvK, cp_sdp_A, cp_sdp_B)
+                    _gemm(mma_sdp, acc_S, tSrQ, tSrK, tSsQ[None, None, None, stage], tSvQ, tSsK, tSvK, cp_sdp_A,
+                          cp_sdp_B)
                     acc_dP = cute.make_rmem_tensor(acc_shape_S, Float32)
                     acc_dP.fill(0.0)
-                    _gemm(mma_sdp, acc_dP, tPrdO, tPrV, tPsdO, tPvdO, tPsV, tPvV, cp_sdp_A, cp_sdp_B)
+                    _gemm(mma_sdp, acc_dP, tPrdO, tPrV, tPsdO[None, None, None, stage], tPvdO, tPsV, tPvV, cp_sdp_A,
+                          cp_sdp_B)
                     # -------------------------------------------------------- masks
                     acc_S_mn = _mn_view(acc_S)
                     if partial:
@@ -425,7 +489,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                                 acc_S_mn[rr, cc] = s
                         if (mask_flags & MASK_DOC) != 0:
                             for rr in cutlass.range_constexpr(n_rows):
-                                dq_id = sDocQ[row0 + t0ScS[rr, 0][0]]
+                                dq_id = sDocQ[row0 + t0ScS[rr, 0][0], stage]
                                 for cc in cutlass.range_constexpr(n_cols):
                                     s = acc_S_mn[rr, cc]
                                     acc_S_mn[rr, cc] = -Float32.inf if sDocK[col0 + t0ScS[0, cc][1]] != dq_id else s
@@ -451,8 +515,8 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     acc_dP_mn = _mn_view(acc_dP)
                     for rr in cutlass.range_constexpr(n_rows):
                         r = row0 + t0ScS[rr, 0][0]
-                        lse_r = sLse[r]
-                        dps_r = sDps[r]
+                        lse_r = sLse[r, stage]
+                        dps_r = sDps[r, stage]
                         p = cute.math.exp2(acc_S_mn[rr, None].load() * softmax_scale_log2 - lse_r, fastmath=True)
                         acc_S_mn[rr, None] = p
                         acc_dP_mn[rr, None] = p * (acc_dP_mn[rr, None].load() - dps_r)
@@ -465,8 +529,17 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     cute.arch.barrier()
 
                     # -------------------------------------------------------- dV += P^T dO, dK += dS^T Q
-                    _gemm(mma_dkv, acc_dV, tVrPt, tVrdOt, tVsPt, tVvPt, tVsdOt, tVvdOt, cp_dkv_At, cp_dkv_Bt)
-                    _gemm(mma_dkv, acc_dK, tKrdSt, tKrQt, tKsdSt, tKvdSt, tKsQt, tKvQt, cp_dkv_At, cp_dkv_Bt)
+                    _gemm(mma_dkv, acc_dV, tVrPt, tVrdOt, tVsPt, tVvPt, tVsdOt[None, None, None, stage], tVvdOt,
+                          cp_dkv_At, cp_dkv_Bt)
+                    _gemm(mma_dkv, acc_dK, tKrdSt, tKrQt, tKsdSt, tKvdSt, tKsQt[None, None, None, stage], tKvQt,
+                          cp_dkv_At, cp_dkv_Bt)
+                    if cutlass.const_expr(stages == 2):
+                        # per-row values of step it + 1 -> the other stage (read after the next iteration's barrier;
+                        # that stage's previous values were read by step it - 1, before this step's barriers)
+                        if tidx < tile_m:
+                            sLse[tidx, 1 - stage] = lse_n
+                            sDps[tidx, 1 - stage] = dps_n
+                            sDocQ[tidx, 1 - stage] = docq_n
 
             # ------------------------------------------------------------ epilogue: fp32 dK, dV of this tile
             cute.arch.cp_async_wait_group(0)

@@ -23,7 +23,8 @@ kept blocks. The three kernels (one family; the variant key ``kind`` tells them 
   smaller index, which were scheduled before them: no deadlock. At the end the tile
   stores its fp32 dK (unscaled) and dV to ``dk_accum`` / ``dv_accum [total_k, num_tile_heads, D]`` at head
   ``head`` (a tile with no chunk stores zeros).
-* ``postprocess`` (per dtype): ``dq = dq_accum * softmax_scale``, ``dk = softmax_scale * sum_g dk_accum[:, h * G' +
+* ``postprocess`` (per dtype; like the preprocess, 16-byte vectors: 16-byte aligned arrays, strides and head dim
+  multiples of 8 elements): ``dq = dq_accum * softmax_scale``, ``dk = softmax_scale * sum_g dk_accum[:, h * G' +
   g]``, ``dv = sum_g dv_accum[:, h * G' + g]`` with ``G' = num_tile_heads / Hkv`` (GQA groups processed one query
   head per tile are summed here), converted to the output dtype. One warp per row.
 
@@ -63,17 +64,19 @@ class TileConfig:
     and ``dQ`` (tile_m x D), ``dkv`` for ``dV``/``dK`` (tile_n x D), and how dQ reaches its accumulator."""
 
     def __init__(self, tile_m: int, tile_n: int, num_warps: int, sdp: tuple[int, int], dkv: tuple[int, int],
-                 dq_bufs: int):
+                 dq_bufs: int, stages: int = 1):
         self.tile_m, self.tile_n, self.num_warps, self.sdp, self.dkv = tile_m, tile_n, num_warps, sdp, dkv
         #: fp32 dQ tiles in shared memory for the bulk reduce-add (sm90+), 0 = per-element fp32 atomics
         self.dq_bufs = dq_bufs
+        #: Q / dO shared-memory stages (2: the next step's loads overlap the whole step; needs dq_bufs > 0)
+        self.stages = stages
 
 
 #: per head dim, for the 227 KB parts (sm90, sm100)
 _TILES_BIG = {
-    64: TileConfig(64, 128, 8, (2, 4), (4, 2), 2),
-    96: TileConfig(64, 128, 8, (4, 2), (4, 2), 2),
-    128: TileConfig(64, 128, 8, (2, 4), (4, 2), 2),
+    64: TileConfig(64, 128, 8, (2, 4), (4, 2), 2, 2),
+    96: TileConfig(64, 128, 8, (4, 2), (4, 2), 2, 2),
+    128: TileConfig(64, 128, 8, (2, 4), (4, 2), 2, 2),
     192: TileConfig(64, 64, 8, (4, 2), (4, 2), 2),
     256: TileConfig(64, 64, 8, (4, 2), (4, 2), 1),
 }
@@ -98,8 +101,8 @@ MAIN_PARAMS: tuple[Param, ...] = (
     Param("lse_log2", "ptr", 4),  # fp32 [Hq, total_q] (preprocess output; +inf = empty row)
     Param("dpsum", "ptr", 4),  # fp32 [Hq, total_q]
     Param("dq_accum", "ptr", 16),  # fp32 [Hq, total_q, D] compact, zeroed by preprocess
-    Param("dk_accum", "ptr", 4),  # fp32 [total_k, num_tile_heads, D] compact
-    Param("dv_accum", "ptr", 4),  # fp32 [total_k, num_tile_heads, D] compact
+    Param("dk_accum", "ptr", 16),  # fp32 [total_k, num_tile_heads, D] compact
+    Param("dv_accum", "ptr", 16),  # fp32 [total_k, num_tile_heads, D] compact
     Param("cu_seqlens_q", "ptr", 4),
     Param("cu_seqlens_k", "ptr", 4),
     Param("tiles", "ptr", 4),  # int32 [num_tiles, 8]
@@ -138,8 +141,8 @@ MAIN_PARAMS: tuple[Param, ...] = (
 )
 
 PRE_PARAMS: tuple[Param, ...] = (
-    Param("out", "ptr", 2),  # [total_q, Hq, D]
-    Param("dout", "ptr", 2),  # [total_q, Hq, D]
+    Param("out", "ptr", 16),  # [total_q, Hq, D]
+    Param("dout", "ptr", 16),  # [total_q, Hq, D]
     Param("lse", "ptr", 4),  # fp32 [Hq, total_q] natural log (forward output)
     Param("lse_log2", "ptr", 4),  # fp32 [Hq, total_q] out
     Param("dpsum", "ptr", 4),  # fp32 [Hq, total_q] out
@@ -157,11 +160,11 @@ PRE_PARAMS: tuple[Param, ...] = (
 
 POST_PARAMS: tuple[Param, ...] = (
     Param("dq_accum", "ptr", 16),
-    Param("dk_accum", "ptr", 4),
-    Param("dv_accum", "ptr", 4),
-    Param("dq", "ptr", 2),  # [total_q, Hq, D]
-    Param("dk", "ptr", 2),  # [total_k, Hkv, D]
-    Param("dv", "ptr", 2),
+    Param("dk_accum", "ptr", 16),
+    Param("dv_accum", "ptr", 16),
+    Param("dq", "ptr", 16),  # [total_q, Hq, D]
+    Param("dk", "ptr", 16),  # [total_k, Hkv, D]
+    Param("dv", "ptr", 16),
     Param("dq_stride_tok", "i64"),
     Param("dq_stride_head", "i64"),
     Param("dk_stride_tok", "i64"),
@@ -188,19 +191,20 @@ def tile_config(arch: str, head_dim: int) -> TileConfig:
 
 
 def smem_bytes(cfg: TileConfig, head_dim: int) -> int:
-    """Dynamic shared memory of a main variant: sQ, sdO [tile_m, D], sK, sV [tile_n, D], sP, sdS [tile_m, tile_n]
-    (each 1024-byte aligned), then fp32 LSE / dPsum and int32 doc ids per query row, int32 doc ids per key column,
+    """Dynamic shared memory of a main variant: sQ, sdO [stages, tile_m, D], sK, sV [tile_n, D], sP, sdS [tile_m,
+    tile_n] (each 1024-byte aligned), then fp32 LSE / dPsum and int32 doc ids per query row and stage, int32 doc
+    ids per key column,
     then ``dq_bufs`` fp32 dQ tiles [tile_m, D] (1024-byte aligned; 16 bytes when there are none); rounded up to
     1024 bytes."""
 
     def up(x: int, a: int) -> int:
         return (x + a - 1) // a * a
 
-    m, n, d = cfg.tile_m, cfg.tile_n, head_dim
+    m, n, d, st = cfg.tile_m, cfg.tile_n, head_dim, cfg.stages
     off = 0
-    for size, align in ((m * d * _DT_BYTES, 1024), (m * d * _DT_BYTES, 1024), (n * d * _DT_BYTES, 1024),
+    for size, align in ((st * m * d * _DT_BYTES, 1024), (st * m * d * _DT_BYTES, 1024), (n * d * _DT_BYTES, 1024),
                         (n * d * _DT_BYTES, 1024), (m * n * _DT_BYTES, 1024), (m * n * _DT_BYTES, 1024),
-                        (4 * m, 16), (4 * m, 16), (4 * m, 16), (4 * n, 16),
+                        (4 * st * m, 16), (4 * st * m, 16), (4 * st * m, 16), (4 * n, 16),
                         (max(4 * cfg.dq_bufs * m * d, 16), 1024)):
         off = up(off, align) + size
     return up(off, 1024)
@@ -231,6 +235,11 @@ def _main_requires() -> tuple[dict[str, Any], ...]:
 def _aux_requires(params: tuple[Param, ...], rows: Any) -> tuple[dict[str, Any], ...]:
     req = _align_requires(params)
     req.append({"what": "rows fit in int32", "value": rows, "range": [0, 2**31 - 1]})
+    req.append({"what": f"head_dim multiple of {_VEC}", "value": "head_dim", "divisible_by": _VEC})
+    for p in params:
+        if p.kind == "i64" and p.name.split("_")[0] in ("o", "do", "dq", "dk", "dv"):
+            req.append({"what": f"{p.name} multiple of {_VEC} elements (16 bytes)", "value": p.name,
+                        "divisible_by": _VEC})
     return tuple(req)
 
 
@@ -262,7 +271,7 @@ def variants(arch: str) -> list[Variant]:
                 requires=_main_requires(),
                 extra={"tile_m": cfg.tile_m, "tile_n": cfg.tile_n, "num_warps": cfg.num_warps,
                        "warps_sdp": list(cfg.sdp), "warps_dkv": list(cfg.dkv), "dq_bufs": cfg.dq_bufs,
-                       "smem_bytes": smem,
+                       "stages": cfg.stages, "smem_bytes": smem,
                        "entry": f"vb_{name}_0", "mask_flags": {"doc": MASK_DOC, "token": MASK_TOKEN}},
             ))
     return out
@@ -310,7 +319,7 @@ def compile_args(variant: Variant):
     if kind == "main":
         e = variant.extra
         host = _make_main(variant.name, variant.key["dtype"], variant.key["head_dim"], e["tile_m"], e["tile_n"],
-                          e["num_warps"], tuple(e["warps_sdp"]), tuple(e["warps_dkv"]), e["dq_bufs"])
+                          e["num_warps"], tuple(e["warps_sdp"]), tuple(e["warps_dkv"]), e["dq_bufs"], e["stages"])
     else:
         host = _make_aux(kind, variant.name, variant.key["dtype"])
     return host, _fake_args(variant)
@@ -353,10 +362,10 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
 
 @functools.cache
 def _make_main(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
-               sdp: tuple[int, int], dkv: tuple[int, int], dq_bufs: int):
+               sdp: tuple[int, int], dkv: tuple[int, int], dq_bufs: int, stages: int):
     from ._attn_bwd_mma_impl import make_host
 
-    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps, sdp, dkv, dq_bufs)
+    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps, sdp, dkv, dq_bufs, stages)
 
 
 @functools.cache

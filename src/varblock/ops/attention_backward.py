@@ -36,15 +36,20 @@ _DTYPES = ("bfloat16", "float16")
 #: tiles per SM below which a GQA layout shared by the group is split per query head (more CTAs, fp32 dK/dV sums)
 _MIN_TILES_PER_SM = 2
 _MAX_STREAMS = 16
+#: tile order of the work list per mode: the default runs the longest tiles first (short tail); the deterministic
+#: mode shortest first (a tile then tends to reach each query span after the tiles ordered before it: fewer waits)
+TILE_ORDER = {False: "longest_first", True: "shortest_first"}
 
 
 class _BwdState:
-    """What the backward remembers about a plan: its work list, the work list's device copy, prepared launches."""
+    """What the backward remembers about a plan: its work lists (per tile order) with their device copies, prepared
+    launches, per-stream scratch buffers and semaphores."""
 
-    def __init__(self, revision: int, wl: BwdWorkList, buffers: dict[str, Any]) -> None:
+    def __init__(self, revision: int, hpt: int) -> None:
         self.revision = revision
-        self.worklist = wl
-        self.buffers = buffers
+        self.heads_per_tile = hpt
+        #: tile order -> (work list, its device buffers)
+        self.lists: dict[str, tuple[BwdWorkList, dict[str, Any]]] = {}
         self.launches: dict[tuple, tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]] = {}
         #: stream handle -> fp32 scratch buffers (see ``_workspace``)
         self.workspace: dict[int, dict[str, Any]] = {}
@@ -72,7 +77,8 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, pl
         deterministic: add the dQ contributions of the key/value tiles in a fixed order (per-(query head, query
             span) semaphores, in the order tiles are scheduled), so results are bit-identical from run to run;
             otherwise they are added as the tiles finish (faster; fp32 rounding varies between runs).
-        dq, dk, dv: optional preallocated outputs (dtype of q; must not overlap the inputs or each other).
+        dq, dk, dv: optional preallocated outputs (dtype of q, shapes of q / k / v, last dim contiguous, 16-byte
+            aligned, other strides multiples of 8 elements; must not overlap the inputs or each other).
         stream: stream to run on (default: the current stream of the inputs' framework).
 
     Returns:
@@ -102,13 +108,15 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, pl
     st = stream_for(stream, ordinal, like=q)
     grads = _outputs(q, ins, (dq, dk, dv), ordinal, st)
     state = _state(plan)
+    order = TILE_ORDER[deterministic]
+    wl, bufs = _worklist(state, plan, order)
     ws = _workspace(state, plan, st)
     sem = _semaphores(state, plan, st) if deterministic else None
-    key = (qa.dtype, qa.strides, ka.strides, va.strides, doa.strides, oa.strides, la.strides,
+    key = (order, qa.dtype, qa.strides, ka.strides, va.strides, doa.strides, oa.strides, la.strides,
            tuple(g[1].strides for g in grads), scale)
     launches = state.launches.get(key)
     if launches is None:
-        launches = _prepare(plan, state, ins, la, [g[1] for g in grads], ws, scale, ordinal)
+        launches = _prepare(plan, wl, bufs, ins, la, [g[1] for g in grads], ws, scale, ordinal)
         state.launches[key] = launches
     pre, main, post = launches
     ptrs = {n: a.ptr for n, a in ws.items()}
@@ -164,6 +172,7 @@ def _outputs(q: Any, ins: tuple[DeviceArray, ...], given: tuple[Any, Any, Any], 
         check_dtype(a, (qa.dtype,))
         check_shape(a, shapes[name], f"= {'q' if name == 'dq' else 'k'}'s shape")
         check_inner_contiguous(a)
+        check_aligned(a, 16)
         res.append((g, a))
     check_same_device([qa] + [a for _, a in res])
     mine = [(a.name, extent(a)) for (g, a), x in zip(res, given) if x is not None]
@@ -200,28 +209,35 @@ def _tile_n(plan: Plan) -> int:
 def _state(plan: Plan) -> _BwdState:
     s = _states.get(plan)
     if s is None or s.revision != plan.revision:
-        from varblock.runtime.memory import DeviceBuffer
-
-        e = _main_entry(plan)
-        lay = plan.layout
-        m = lay.mask
-        hpt = _heads_per_tile(plan)
-        wl = build_bwd_worklist(lay.transposed(), plan.cu_seqlens_q, plan.cu_seqlens_k,
-                                num_heads_q=plan.num_heads_q, num_heads_kv=plan.num_heads_kv,
-                                head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
-                                tile_m=int(e["extra"]["tile_m"]), tile_n=int(e["extra"]["tile_n"]),
-                                heads_per_tile=hpt, band=m.band, num_sink_tokens=int(plan.num_sink_tokens))
-        bufs = {"tiles": DeviceBuffer.from_host(plan.device_id, wl.tiles),
-                "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks),
-                "dq_order": DeviceBuffer.from_host(plan.device_id, wl.dq_order)}
-        s = _BwdState(plan.revision, wl, bufs)
+        s = _BwdState(plan.revision, _heads_per_tile(plan))
         _states[plan] = s
     return s
 
 
-def bwd_worklist(plan: Plan) -> BwdWorkList:
+def _worklist(state: _BwdState, plan: Plan, order: str) -> tuple[BwdWorkList, dict[str, Any]]:
+    """The work list of ``plan`` in tile order ``order`` and its device copy (built on first use)."""
+    hit = state.lists.get(order)
+    if hit is None:
+        from varblock.runtime.memory import DeviceBuffer
+
+        e = _main_entry(plan)
+        lay = plan.layout
+        wl = build_bwd_worklist(lay.transposed(), plan.cu_seqlens_q, plan.cu_seqlens_k,
+                                num_heads_q=plan.num_heads_q, num_heads_kv=plan.num_heads_kv,
+                                head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
+                                tile_m=int(e["extra"]["tile_m"]), tile_n=int(e["extra"]["tile_n"]),
+                                heads_per_tile=state.heads_per_tile, band=lay.mask.band,
+                                num_sink_tokens=int(plan.num_sink_tokens), tile_order=order)
+        bufs = {"tiles": DeviceBuffer.from_host(plan.device_id, wl.tiles),
+                "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks),
+                "dq_order": DeviceBuffer.from_host(plan.device_id, wl.dq_order)}
+        hit = state.lists[order] = (wl, bufs)
+    return hit
+
+
+def bwd_worklist(plan: Plan, deterministic: bool = False) -> BwdWorkList:
     """The backward work list of ``plan`` (built and cached on first use)."""
-    return _state(plan).worklist
+    return _worklist(_state(plan), plan, TILE_ORDER[bool(deterministic)])[0]
 
 
 # ------------------------------------------------------------------------------------------------ launches
@@ -237,7 +253,7 @@ def _workspace(state: _BwdState, plan: Plan, st: Any) -> dict[str, Any]:
             raise RuntimeError(f"plan: attention_backward used from more than {_MAX_STREAMS} streams; make one plan "
                                "per group of streams")
         tq, tk, hq, d = plan.total_q, plan.total_k, plan.num_heads_q, plan.head_dim
-        n_th = state.worklist.num_tile_heads
+        n_th = plan.num_heads_q // state.heads_per_tile
         sizes = {"lse_log2": hq * tq, "dpsum": hq * tq, "dq_accum": tq * hq * d, "dk_accum": tk * n_th * d,
                  "dv_accum": tk * n_th * d}
         ws = {n: DeviceBuffer(plan.device_id, 4 * max(c, 1), st) for n, c in sizes.items()}
@@ -252,18 +268,18 @@ def _semaphores(state: _BwdState, plan: Plan, st: Any) -> Any:
     if sem is None:
         from varblock.runtime.memory import DeviceBuffer
 
-        sem = DeviceBuffer.zeros(plan.device_id, 4 * max(plan.num_heads_q * state.worklist.num_sems, 1), st)
+        n_sems = _worklist(state, plan, TILE_ORDER[True])[0].num_sems
+        sem = DeviceBuffer.zeros(plan.device_id, 4 * max(plan.num_heads_q * n_sems, 1), st)
         state.semaphores[handle] = sem
     return sem
 
 
-def _prepare(plan: Plan, state: _BwdState, ins: tuple[DeviceArray, ...], la: DeviceArray,
+def _prepare(plan: Plan, wl: BwdWorkList, bufs: dict[str, Any], ins: tuple[DeviceArray, ...], la: DeviceArray,
              grads: list[DeviceArray], ws: dict[str, Any], scale: float, ordinal: int
              ) -> tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]:
     doa, qa, ka, va, oa = ins
     total_q, hq, d = qa.shape
     total_k, hkv = ka.shape[0], ka.shape[1]
-    wl = state.worklist
     dt = qa.dtype
     stat_h = total_q
     lse_h = la.strides[0] if hq > 1 else total_q
@@ -275,8 +291,8 @@ def _prepare(plan: Plan, state: _BwdState, ins: tuple[DeviceArray, ...], la: Dev
     main_v = {"q": qa.ptr, "k": ka.ptr, "v": va.ptr, "dout": doa.ptr, "lse_log2": ws["lse_log2"].ptr,
               "dpsum": ws["dpsum"].ptr, "dq_accum": ws["dq_accum"].ptr, "dk_accum": ws["dk_accum"].ptr,
               "dv_accum": ws["dv_accum"].ptr, "cu_seqlens_q": plan.ptr("cu_seqlens_q"),
-              "cu_seqlens_k": plan.ptr("cu_seqlens_k"), "tiles": state.buffers["tiles"].ptr,
-              "chunks": state.buffers["chunks"].ptr, "doc_q": plan.ptr("doc_q"), "doc_k": plan.ptr("doc_k"),
+              "cu_seqlens_k": plan.ptr("cu_seqlens_k"), "tiles": bufs["tiles"].ptr,
+              "chunks": bufs["chunks"].ptr, "doc_q": plan.ptr("doc_q"), "doc_k": plan.ptr("doc_k"),
               "tok_mask": plan.ptr("tok_mask"), "q_stride_tok": _st(qa, 0), "q_stride_head": _st(qa, 1),
               "k_stride_tok": _st(ka, 0), "k_stride_head": _st(ka, 1), "v_stride_tok": _st(va, 0),
               "v_stride_head": _st(va, 1), "do_stride_tok": _st(doa, 0), "do_stride_head": _st(doa, 1),
@@ -286,7 +302,7 @@ def _prepare(plan: Plan, state: _BwdState, ins: tuple[DeviceArray, ...], la: Dev
               "window_right": plan.window_right, "num_sink_tokens": int(plan.num_sink_tokens),
               "qhead_per_kvhead": hq // hkv, "heads_per_tile": wl.heads_per_tile,
               "tok_block_k": max(int(plan.tok_block_k), 1), "tok_head_div": max(int(plan.tok_head_div), 1),
-              "mask_flags": plan.mask_flags, "dq_order": state.buffers["dq_order"].ptr, "dq_sem": 0,
+              "mask_flags": plan.mask_flags, "dq_order": bufs["dq_order"].ptr, "dq_sem": 0,
               "total_q": total_q, "num_sems": wl.num_sems}
     dqa, dka, dva = grads
     post_v = {"dq_accum": ws["dq_accum"].ptr, "dk_accum": ws["dk_accum"].ptr, "dv_accum": ws["dv_accum"].ptr,
