@@ -26,6 +26,7 @@ from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.utils import LayoutEnum
 
+from ._attn_fwd_sm90_debug import bounded_mbarrier_waits
 from .attention_fwd_sm90 import CONSUMER_REGS, PRODUCER_REGS, THREADS
 from .common import gmem_io
 from .common.mask import ElementMask, MaskSmem
@@ -566,7 +567,8 @@ def make_host(name: str, host_params, dtype_name: str, D: int, tile_m: int, tile
                 (p.total_k, D, p.num_heads_kv),
                 stride=(cute.assume(s_tok, divby=8), 1, cute.assume(s_head, divby=8))))
             atoms.extend(cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), m, kv_one, (tile_n, D)))
-        kernel(*atoms, p).launch(grid=[p.num_ctas, 1, 1], block=[THREADS, 1, 1],
-                                 smem=storage_cls.size_in_bytes(), min_blocks_per_mp=1)
+        with bounded_mbarrier_waits():  # hang diagnosis, off unless VARBLOCK_SM90_DEBUG_HANGS=1 at build time
+            kernel(*atoms, p).launch(grid=[p.num_ctas, 1, 1], block=[THREADS, 1, 1],
+                                     smem=storage_cls.size_in_bytes(), min_blocks_per_mp=1)
 
     return jit_host(host_params, launch, name=f"host_{name}")
