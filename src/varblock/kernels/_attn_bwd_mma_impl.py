@@ -2,15 +2,18 @@
 
 See ``attention_bwd_mma.py`` for the contract (work list, parameters, masks). Layout of the work here:
 
-* shared memory: sK, sV ``[tile_n, D]`` (loaded once per tile), sQ, sdO ``[tile_m, D]`` (one query chunk of one
-  head per step), sP, sdS ``[tile_m, tile_n]`` (the step's P and dS in the input dtype), per-row fp32 LSE (log2) and
-  dPsum, per-row / per-column document ids. Rows of 64 (32 for D = 96) elements, XOR-swizzled, so cp.async writes
-  and ldmatrix reads (plain and transposed) are bank-conflict free.
+* shared memory: sK, sV ``[tile_n, D]`` (loaded once per tile), sQ, sdO ``[stages, tile_m, D]`` (one query chunk
+  of one head per step, one or two stages), sP, sdS ``[tile_m, tile_n]`` (the step's P and dS in the input dtype),
+  per-row fp32 LSE (log2), dPsum and document ids per stage, per-column document ids, fp32 dQ tiles for the bulk
+  reduce. Rows of 64 (32 for D = 96) elements, XOR-swizzled, so cp.async writes and ldmatrix reads (plain and
+  transposed) are bank-conflict free.
 * two MMA tilings (mma.sync m16n8k16, fp32 accumulation): ``sdp`` (warps ``wm x wn``) for ``S = Q K^T``,
   ``dP = dO V^T`` and ``dQ = dS K``; ``dkv`` for ``dV += P^T dO`` and ``dK += dS^T Q``, whose A operands are read
   transposed from sP / sdS and B operands transposed from sdO / sQ / sK with ``ldmatrix.trans``.
-* a step: wait for Q/dO, barrier; S, dP; mask; P, dS -> shared memory; barrier; dV, dK; barrier; issue the next
-  step's Q/dO loads (cp.async) and LSE/dPsum; dQ = dS K added to ``dq_accum`` with fp32 atomics (overlaps the loads).
+* one stage, a step: barrier; Q/dO loads (cp.async; LSE/dPsum into registers); dQ of the previous step; wait,
+  barrier; S, dP; mask; P, dS -> shared memory; barrier; dV, dK. Two stages: dQ of the previous step (its tile to
+  shared memory), wait, barrier, bulk reduce, loads of the next step into the other stage, S, dP, mask, P, dS,
+  barrier, dV, dK: the loads overlap a whole step and a step has two barriers.
 * rows ``>= q_len`` of a chunk are zero-filled in sQ/sdO and get LSE ``+inf`` (so P = dS = 0 there); columns
   ``>= k_len`` get S = -inf (P = 0) and zero-filled K/V rows.
 """
@@ -302,7 +305,8 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             # Iteration ``it`` finishes step ``it - 1`` (dQ += dS K into the accumulator) and runs the first part of
             # step ``it`` (S, dP, P, dS, dV, dK). Steps walk (chunk, head in tile), head innermost. One Q/dO stage:
             # the loads of step ``it`` are issued at the top of iteration ``it`` (they overlap the dQ phase); two
-            # stages: the loads of step ``it + 1`` are issued before step ``it`` runs (they overlap all of it).
+            # stages: the loads of step ``it + 1`` are issued before step ``it`` runs (they overlap all of it), and
+            # the dQ phase's barrier doubles as step ``it``'s (two barriers per step instead of four).
             if cutlass.const_expr(stages == 2):
                 if n_steps > 0:
                     tok0_0 = Int64(seq_q + chunks[chunk_begin * 2])
@@ -404,6 +408,10 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                         sdQ_b = sdQ[None, None, pi % dq_bufs]
                         cute.autovec_copy(acc_dQ, thr_sdp.partition_C(sdQ_b))
                         cute.arch.fence_proxy("async.shared", space="cta")
+                        if cutlass.const_expr(stages == 2):
+                            # this barrier is also step it's: its Q / dO (issued last iteration, the only pending
+                            # group) have landed, every dV / dK read of step it - 1's stage is done
+                            cute.arch.cp_async_wait_group(0)
                         cute.arch.barrier()
                         if tidx == 0:
                             if deterministic:
@@ -459,8 +467,13 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     tok0 = seq_q + q_start
                     partial = Uint32(ci - n_left) >= Uint32(n_full)
 
-                    cute.arch.cp_async_wait_group(stages - 1)
-                    cute.arch.barrier()
+                    if cutlass.const_expr(stages == 1):
+                        cute.arch.cp_async_wait_group(0)
+                        cute.arch.barrier()
+                    else:
+                        if it == 0:  # later steps: the dQ phase's barrier above
+                            cute.arch.cp_async_wait_group(1)
+                            cute.arch.barrier()
 
                     acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
                     acc_S.fill(0.0)
