@@ -23,6 +23,7 @@ _LAZY = {
     "decode": ("varblock.ops.decode", "decode"),
     "plan_decode": ("varblock.ops.decode", "plan_decode"),
     "plan_device": ("varblock.device_layout.plan", "plan_device"),
+    "attention_pooling": ("varblock.ops.attention_pooling", "attention_pooling"),
 }
 
 __all__ = ["BlockSparseLayout", "Plan", "attention", "families", "layout", "merge_states", "plan", "__version__",

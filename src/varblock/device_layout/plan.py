@@ -97,7 +97,8 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
     shape, src = _source(mask, topk_indices, topk_counts)
     bm, h, mb = (int(x) for x in shape[:3])
     nb = int(shape[3]) if mask is not None else int(num_key_blocks if num_key_blocks is not None else mb)
-    mode = head_mode or {1: HEAD_MODE_BROADCAST, hq: HEAD_MODE_PER_Q_HEAD, hkv: HEAD_MODE_PER_KV_HEAD}.get(h, "")
+    # a head count matching several meanings takes the simplest: broadcast, then per query head
+    mode = head_mode or {hkv: HEAD_MODE_PER_KV_HEAD, hq: HEAD_MODE_PER_Q_HEAD, 1: HEAD_MODE_BROADCAST}.get(h, "")
     if not mode:
         raise ValueError(f"mask: {h} heads match neither num_heads_q = {hq}, num_heads_kv = {hkv} nor 1")
     cq, ck = device_seqlens(cu_seqlens_q, cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q)

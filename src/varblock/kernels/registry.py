@@ -153,6 +153,7 @@ FAMILY_MODULES = (
     "varblock.kernels.decode_prepare",
     "varblock.kernels.tma_copy",
     "varblock.kernels.layout_device",
+    "varblock.kernels.attention_pool",
 )
 
 

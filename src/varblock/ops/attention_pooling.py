@@ -1,0 +1,182 @@
+"""``attention_pooling``: SeerAttention's max-pooled attention probabilities, fused (``kernels/attention_pool.py``):
+Q K^T is recomputed per kept chunk of the plan's work list and normalised with the forward's LSE; no t x t matrix
+is ever stored. ``varblock.reference.attention_pooling_1d/2d`` define the results."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from varblock.families.attention_fwd_mma import BINDING as FWD_MMA
+from varblock.families.base import ATTENTION_DTYPES
+from varblock.plan import Plan
+from varblock.runtime import arrays
+from varblock.runtime.device import stream_for
+from varblock.runtime.launch import launch_variant
+from varblock.runtime.select import variant_for
+from varblock.runtime.tensors import (
+    DeviceArray,
+    as_device_array,
+    check_aligned,
+    check_dtype,
+    check_inner_contiguous,
+    check_ndim,
+    check_same_device,
+    check_shape,
+)
+
+FAMILY = "attention_pool"
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _blocks(plan: Plan, block_q: int | None, block_k: int | None) -> tuple[int, int]:
+    """Pooling block sizes (default: the layout's) checked against the work list: a chunk must never straddle two
+    pooling key blocks."""
+    lay = plan.layout
+    geo = _device_geometry(plan)
+    if lay is not None and not lay.is_fixed:
+        raise ValueError("plan: attention pooling needs a layout with fixed block sizes (not variable spans)")
+    align = lay.block_k if lay is not None else (geo.block_k if geo is not None else plan.tile_n)
+    dq = lay.block_q if lay is not None else (geo.block_q if geo is not None else plan.tile_m)
+    bq = dq if block_q is None else block_q
+    bk = align if block_k is None else block_k
+    for name, v in (("block_q", bq), ("block_k", bk)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    if bk % align:
+        raise ValueError(f"block_k: {bk} must be a multiple of the plan's key block / chunk alignment {align} "
+                         "(a pooled block must not split a kept block)")
+    return int(bq), int(bk)
+
+
+def _device_geometry(plan: Plan) -> Any:
+    if not plan.on_device:
+        return None
+    from varblock.device_layout import plan as dplan
+
+    try:
+        return dplan.geometry(plan)
+    except TypeError:  # a dense device plan (varblock.plan with device cu_seqlens)
+        return None
+
+
+def _extents(plan: Plan, bq: int, bk: int, max_seqlen_q: int | None, max_seqlen_k: int | None
+             ) -> tuple[int, int, list[tuple[int, int, int]] | None]:
+    """(query blocks, key blocks) of the padded 2D map and, with host lengths, (start, length, key blocks) per
+    sequence."""
+    if plan.cu_seqlens_q is not None:
+        cq = plan.cu_seqlens_q.astype(np.int64)
+        lq, lk = np.diff(cq), np.diff(plan.cu_seqlens_k.astype(np.int64))
+        seqs = [(int(cq[b]), int(lq[b]), _cdiv(int(lk[b]), bk)) for b in range(lq.shape[0])]
+        return _cdiv(int(lq.max(initial=0)), bq), _cdiv(int(lk.max(initial=0)), bk), seqs
+    geo = _device_geometry(plan)
+    mq = max_seqlen_q if max_seqlen_q is not None else (geo.mb * geo.block_q if geo is not None else None)
+    mk = max_seqlen_k if max_seqlen_k is not None else (geo.nb * geo.block_k if geo is not None else None)
+    if mq is None or mk is None:
+        raise ValueError("max_seqlen_q / max_seqlen_k: required for a device plan made without a device layout")
+    return _cdiv(int(mq), bq), _cdiv(int(mk), bk), None
+
+
+def _inputs(q: Any, k: Any, lse: Any, plan: Plan) -> tuple[DeviceArray, DeviceArray, DeviceArray, int]:
+    qa, ka, la = as_device_array(q, "q"), as_device_array(k, "k"), as_device_array(lse, "lse")
+    for a in (qa, ka):
+        check_dtype(a, ATTENTION_DTYPES)
+        check_ndim(a, 3, "[total_tokens, num_heads, head_dim]")
+        check_inner_contiguous(a)
+        check_aligned(a, 16)
+    if qa.dtype != ka.dtype:
+        raise TypeError(f"q, k: dtypes must match, got {qa.dtype}, {ka.dtype}")
+    ordinal = check_same_device([qa, ka, la])
+    if plan.device_id != ordinal:
+        raise ValueError(f"plan: made for cuda:{plan.device_id}, but q is on cuda:{ordinal}")
+    tq = plan.total_q if plan.total_q is not None else qa.shape[0]
+    tk = plan.total_k if plan.total_k is not None else ka.shape[0]
+    check_shape(qa, (tq, plan.num_heads_q, plan.head_dim), "= [total_q, num_heads_q, head_dim] of the plan")
+    check_shape(ka, (tk, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
+    check_dtype(la, ("float32",))
+    check_shape(la, (plan.num_heads_q, qa.shape[0]), "= [num_heads_q, total_q] (the forward's LSE)")
+    if qa.shape[0] > 1 and la.strides[1] != 1:
+        raise ValueError(f"lse: the token dimension must be contiguous, got strides {la.strides}")
+    return qa, ka, la, ordinal
+
+
+def _zero(a: DeviceArray, st: Any) -> None:
+    from cuda.bindings import driver
+
+    n = int(np.prod(a.shape))
+    if n:
+        (err,) = driver.cuMemsetD32Async(a.ptr, 0, n, int(st.handle))
+        if int(err) != 0:
+            raise RuntimeError(f"cuMemsetD32Async failed: {err}")
+
+
+def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | None = None,
+                      block_k: int | None = None, pool_gqa: bool = False, softmax_scale: float | None = None,
+                      per_sequence: bool | None = None, max_seqlen_q: int | None = None,
+                      max_seqlen_k: int | None = None, stream: Any = None) -> tuple[Any, Any]:
+    """SeerAttention's pooled attention maps of the attention ``plan`` describes (same masks, GQA, layout).
+
+    Args:
+        q, k: ``[total_q, Hq, D]``, ``[total_k, Hkv, D]`` fp16/bf16, as given to :func:`varblock.attention`.
+        lse: the forward's LSE ``[Hq, total_q]`` float32 (``varblock.attention(..., return_lse=True)``).
+        plan: the forward's plan (``varblock.plan`` or ``varblock.plan_device``; portable tile sizes: plan with
+            ``backend="attention_fwd_mma"`` if another family was chosen).
+        block_q, block_k: pooling block sizes (default the layout's; ``block_k`` a multiple of it).
+        pool_gqa: pool over the query heads of each GQA group (max), giving one map per KV head.
+        per_sequence: return the 1D map as a list of per-sequence views ``[H, t_b, ceil(lk_b / block_k)]``
+            (default when the plan knows the lengths on the host) instead of the packed ``[H, total_q, max_nb]``.
+        max_seqlen_q, max_seqlen_k: bounds that size the outputs of a device plan without a device layout.
+
+    Returns:
+        ``(pool_1d, pool_2d)`` float32 in q's framework: 1D = per query token and key block the largest attention
+        probability (not renormalised); 2D ``[B, H, max M_b, max N_b]`` = per query block x key block the largest
+        probability, each block row divided by its sum. ``H`` = Hq, or Hkv with ``pool_gqa``.
+    """
+    qa, ka, la, ordinal = _inputs(q, k, lse, plan)
+    bq, bk = _blocks(plan, block_q, block_k)
+    mb, nb, seqs = _extents(plan, bq, bk, max_seqlen_q, max_seqlen_k)
+    if per_sequence is None:
+        per_sequence = seqs is not None
+    if per_sequence and seqs is None:
+        raise ValueError("per_sequence: a device plan has no host lengths; pass per_sequence=False")
+    total_q, hq, d = qa.shape
+    hkv = plan.num_heads_kv
+    group = hq // hkv if pool_gqa else 1
+    ho = hq // group
+    scale = 1.0 / math.sqrt(d) if softmax_scale is None else float(softmax_scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"softmax_scale: expected a finite number, got {softmax_scale!r}")
+    entry = variant_for(FAMILY, ordinal, {"stage": "qk", "dtype": qa.dtype, "head_dim": d})
+    if plan.tile_m > entry["extra"]["tile_m"] or plan.tile_n > entry["extra"]["tile_n"]:
+        raise ValueError(f"plan: its tiles ({plan.tile_m}, {plan.tile_n}) exceed the pooling kernel's "
+                         f"({entry['extra']['tile_m']}, {entry['extra']['tile_n']}); plan with "
+                         "backend='attention_fwd_mma'")
+    st = stream_for(stream, ordinal, like=q)
+    pool, pa = arrays.empty_array(q, "pool_1d", (hq, total_q, nb), "float32", ordinal, st)
+    _zero(pa, st)
+    if plan.num_tiles:
+        if plan.on_device and plan.prepare_event is not None and int(st.handle) != int(plan.prepare_stream.handle):
+            st.wait(plan.prepare_event)
+        values = FWD_MMA.bind(plan, {"q": qa, "k": ka, "v": ka, "o": qa, "lse": la}, {"softmax_scale": scale})
+        values.update(pool=pa.ptr, pool_stride_head=pa.strides[0], pool_stride_tok=pa.strides[1], pool_block_k=bk,
+                      persistent=0, num_ctas=plan.num_tiles, tile_counter=0, debug_counts=0)
+        launch_variant(entry, ordinal, st, values)
+    red = dict(pool=pa.ptr, cu_seqlens_q=plan.ptr("cu_seqlens_q"), cu_seqlens_k=plan.ptr("cu_seqlens_k"),
+               pool_stride_head=pa.strides[0], pool_stride_tok=pa.strides[1], batch=plan.batch_size,
+               num_heads_out=ho, group=group, block_q=bq, block_k=bk)
+    out2, o2 = arrays.empty_array(q, "pool_2d", (plan.batch_size, ho, mb, nb), "float32", ordinal, st)
+    launch_variant(variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 0}), ordinal, st,
+                   {**red, "out": o2.ptr, "mb": mb, "nbo": nb, "num_items": plan.batch_size * ho * mb})
+    out1 = pool
+    if group > 1:
+        out1, o1 = arrays.empty_array(q, "pool_1d", (ho, total_q, nb), "float32", ordinal, st)
+        launch_variant(variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 1}), ordinal, st,
+                       {**red, "out": o1.ptr, "mb": total_q, "nbo": nb, "num_items": ho * total_q})
+    if per_sequence:
+        out1 = [out1[:, s:s + n, :kb] for s, n, kb in seqs]
+    return out1, out2
