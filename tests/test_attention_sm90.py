@@ -37,10 +37,12 @@ def test_registered_and_built_for_sm90_only():
 
 def test_param_list_is_descriptors_then_host_params():
     params = fam.kernel_params(128, "bfloat16")
-    assert [p.kind for p in params[:4]] == ["tensormap", "i32x2", "tensormap", "i32x2"]
-    assert params[4:] == fam.HOST_PARAMS
+    assert [p.kind for p in params[:6]] == ["tensormap", "i32x2"] * 3
+    assert [p.name for p in params[:6:2]] == ["tma_q", "tma_k", "tma_v"]
+    assert params[6:] == fam.HOST_PARAMS
     assert fam.HOST_PARAMS[: len(portable.PARAMS)] == portable.PARAMS
-    assert [p.name for p in fam.HOST_PARAMS[len(portable.PARAMS):]] == ["total_k", "num_heads_kv"]
+    assert [p.name for p in fam.HOST_PARAMS[len(portable.PARAMS):]] == ["total_k", "num_heads_kv", "total_q",
+                                                                        "num_heads_q"]
     # the producer / consumer register split fits the register file of a 384-thread CTA
     assert fam.PRODUCER_REGS * 128 + fam.CONSUMER_REGS * 256 <= 65536
 
@@ -48,29 +50,30 @@ def test_param_list_is_descriptors_then_host_params():
 @pytest.mark.parametrize("d", fam.HEAD_DIMS)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_recipes_on_capture_cases(d, dtype):
-    """The K / V descriptors: TMA dims (D, total_k, Hkv), byte strides of the token and head modes, a box of one
-    swizzle span (128 bytes, 64 for d96) by TILE_N rows; the coordinate extents packed as two int32."""
+    """The Q / K / V descriptors: TMA dims (D, tokens, heads), byte strides of the token and head modes, a box of
+    one swizzle span (128 bytes, 64 for d96) by TILE_M (Q) or TILE_N rows; the coordinate extents as two int32."""
     v = next(x for x in fam.variants("sm90") if x.key == {"dtype": dtype, "head_dim": d})
     for case in fam.capture_cases(v):
         for p in v.params:
             if p.kind == "tensormap":
                 a = tensormap_args(p.name, p.recipe, case)
                 x = p.recipe["pointer"]
+                tok, heads = ("total_q", "num_heads_q") if x == "q" else ("total_k", "num_heads_kv")
                 assert a.address == case[x]
-                assert a.dims == (d, case["total_k"], case["num_heads_kv"])
+                assert a.dims == (d, case[tok], case[heads])
                 assert a.strides == (2 * case[f"{x}_stride_tok"], 2 * case[f"{x}_stride_head"])
-                assert a.box == (fam.swizzle_span(d), fam.TILE_N, 1)
+                assert a.box == (fam.swizzle_span(d), fam.TILE_M if x == "q" else fam.TILE_N, 1)
                 assert a.swizzle == (3 if d % 64 == 0 else 2)  # 128B, or 64B for d96
             elif p.kind == "i32x2":
                 raw = pack_param({"name": p.name, "kind": p.kind, "recipe": p.recipe}, case)
-                assert raw == int(case["total_k"]).to_bytes(4, "little") + int(case["num_heads_kv"]).to_bytes(4,
-                                                                                                            "little")
+                tok, heads = ("total_q", "num_heads_q") if p.name == "q_coords" else ("total_k", "num_heads_kv")
+                assert raw == int(case[tok]).to_bytes(4, "little") + int(case[heads]).to_bytes(4, "little")
 
 
 def test_recipe_rejects_unaligned_strides():
     v = fam.variants("sm90")[0]
     case = dict(fam.capture_cases(v)[1], k_stride_tok=v.key["head_dim"] * 2 + 4)  # 8 bytes off a 16-byte multiple
-    p = v.params[0]
+    p = next(x for x in v.params if x.name == "tma_k")
     with pytest.raises(ValueError, match="multiple of 16"):
         tensormap_args(p.name, p.recipe, case)
 
@@ -78,7 +81,7 @@ def test_recipe_rejects_unaligned_strides():
 def test_smem_budget_counts_every_buffer():
     for d in fam.HEAD_DIMS:
         st = fam.STAGES[d]
-        tiles = (2 * fam.TILE_M + 2 * st * fam.TILE_N) * d * 2
+        tiles = (2 * fam.TILE_M + 2 * st * fam.TILE_N) * d * 2  # Q, O, K and V stages
         assert tiles < fam.smem_bytes(d) <= tiles + 16 * 1024
 
 
@@ -110,6 +113,7 @@ def test_binding_adds_the_descriptor_extents():
               "lse": arr((8, 300), (300, 1), 0x50000)}
     values = binding_mod.BINDING.bind(plan, arrays, {"softmax_scale": 0.125})
     assert values["total_k"] == 500 and values["num_heads_kv"] == 2
+    assert values["total_q"] == 300 and values["num_heads_q"] == 8
     assert values["softmax_scale_log2"] == pytest.approx(0.125 * abi.LOG2E)
     assert set(fam.HOST_PARAM_NAMES) <= set(values)
     arrays["k"] = arr((0, 2, 128), (256, 128, 1), 0)

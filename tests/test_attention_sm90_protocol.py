@@ -100,8 +100,8 @@ class NamedBarrier:
 class Cta:
     """One CTA: its buffers, barriers and the asynchronous TMA copies in flight."""
 
-    def __init__(self, tiles: list[int], chunks: dict[int, int], pingpong: bool):
-        self.tiles, self.chunks, self.pingpong = tiles, chunks, pingpong
+    def __init__(self, tiles: list[int], chunks: dict[int, int], pingpong: bool, q_tma: bool):
+        self.tiles, self.chunks, self.pingpong, self.q_tma = tiles, chunks, pingpong, q_tma
         self.ring = Pipe(TILE_RING, 32, THREADS - 32)
         self.q = Pipe(1, Q_THREADS, 2 * WG)
         self.stages = STAGES[128]
@@ -152,10 +152,16 @@ class Cta:
             kv.advance()
 
     def load_q(self, st: State, t: int, n: int) -> Step:
+        """Warps 2-3: cp.async (writes done before the arrive) or, with ``pack_gqa == 1``, a TMA box whose bytes
+        warp 2 expects on the full barrier before the 64 arrivals."""
         pq = self.q
         yield lambda: pq.empty[0].done(st.phase)
         assert pq.readers[0] == 0, "Q overwritten while read"
-        pq.data[0] = ("Q", t)  # every producer thread writes its own rows of the same tile
+        if self.q_tma:
+            pq.full[0].arrive(0, expect_tx=1)
+            self.tma.append((pq, 0, ("Q", t)))
+        else:
+            pq.data[0] = ("Q", t)  # every producer thread writes its own rows of the same tile
         pq.full[0].arrive(n)
         st.advance()
 
@@ -232,9 +238,10 @@ class Cta:
         return True
 
 
-def run(tiles: list[int], chunks: dict[int, int], seed: int, pingpong: bool = True, limit: int = 200000) -> None:
+def run(tiles: list[int], chunks: dict[int, int], seed: int, pingpong: bool = True, q_tma: bool = True,
+        limit: int = 200000) -> None:
     random.seed(seed)
-    cta = Cta(tiles, chunks, pingpong)
+    cta = Cta(tiles, chunks, pingpong, q_tma)
     agents: dict[str, Step] = {"warp0": cta.warp0(), "warps123": cta.warps123(), "wg0": cta.consumer(0),
                                "wg1": cta.consumer(1)}
     waits: dict[str, Callable[[], bool]] = {name: (lambda: True) for name in agents}
@@ -262,7 +269,7 @@ def test_random_tile_sequences_finish_without_races(seed):
     rng = random.Random(seed)
     n_tiles = rng.randint(0, 7)
     chunks = {t: rng.choice([0, 1, 1, 2, 3, 5]) for t in range(n_tiles)}
-    run(list(range(n_tiles)), chunks, seed, pingpong=seed % 4 != 3)
+    run(list(range(n_tiles)), chunks, seed, pingpong=seed % 4 != 3, q_tma=seed % 3 != 2)
 
 
 def test_model_detects_a_missing_release():

@@ -1,9 +1,10 @@
 """Runtime binding of the Hopper warp-specialized forward (``varblock/kernels/attention_fwd_sm90.py``).
 
 TMA + wgmma, sm90 only, head dims 64, 96 and 128 (whatever the manifest has built). Same work list, masks, schedules
-and pack-GQA as the portable family, whose binding it extends: its kernel additionally takes the K / V extents its
-TMA descriptors describe (``total_k``, ``num_heads_kv``); the runtime encodes the descriptors from the manifest's
-recipes (``runtime/tensormap.py``) and launches from parameter bytes (``runtime/struct_launch.py``).
+and pack-GQA as the portable family, whose binding it extends: its kernel additionally takes the extents its TMA
+descriptors describe (``total_q``, ``num_heads_q``, ``total_k``, ``num_heads_kv``); the runtime encodes the
+descriptors from the manifest's recipes (``runtime/tensormap.py``) and launches from parameter bytes
+(``runtime/struct_launch.py``).
 
 It declines, with the reason, what it does not run: other arches, head dims not built, cubins without it. Listed
 after the portable family in ``varblock.families.FAMILIES`` until it has passed the GPU suite (docs/hopper.md);
@@ -46,6 +47,8 @@ class AttentionFwdSm90(AttentionFwdMma):
         ka = arrays["k"]
         # a descriptor needs extents >= 1; with no keys no tile has a chunk, so K / V are never read
         values["total_k"], values["num_heads_kv"] = max(1, int(ka.shape[0])), int(ka.shape[1])
+        qa = arrays["q"]
+        values["total_q"], values["num_heads_q"] = max(1, int(qa.shape[0])), int(qa.shape[1])
         return values
 
 

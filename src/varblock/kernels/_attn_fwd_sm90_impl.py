@@ -6,7 +6,7 @@ See ``attention_fwd_sm90.py`` for the design and ``attention_fwd_mma.py`` for th
   wgmma tiled MMAs (S = Q K^T from shared memory; O += P V with P from registers, V read MN-major) and the shared
   storage struct;
 * :func:`_producer` - warpgroup 0: tile indices (warp 0 fetches, a 2-slot mbarrier ring hands them out), Q by
-  cp.async (warps 2-3), K / V by TMA (warp 0), V one chunk behind K;
+  warps 2-3 (TMA, or cp.async with pack-GQA), K / V by TMA (warp 0), V one chunk behind K;
 * :func:`_consumer` - warpgroups 1, 2: the chunk loop with intra-warpgroup overlap and ping-pong, the epilogue.
 
 Named barriers: 0 = CTA, 1 + wg = consumer warpgroup wg (128 threads), 3 + wg = the ping-pong turn of
@@ -261,9 +261,23 @@ def _load_kv(tma, m_coords, s_buf, pipe, state, hkv: Int32, row0: Int32, tile_n:
 
 
 @cute.jit
-def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tma_k, m_k, tma_v, m_v, warp_idx, tidx):
-    """Warpgroup 0: tile indices and K / V by TMA (warp 0), Q by cp.async (warps 2-3), warp 1 follows along."""
+def _load_q_tma(cfg: Sm90Config, tma_q, m_q, s_q, bar, rows):
+    """Warp 2: expect the Q tile's bytes on the Q full barrier (before this thread's arrive), then TMA the
+    ``tile_m`` rows from token ``tok0`` of query head ``hq0``."""
+    with cute.arch.elect_one():
+        cute.arch.mbarrier_expect_tx(bar, cfg.tile_m * cfg.D * cfg.dtype.width // 8)
+    g = cute.local_tile(cute.domain_offset((rows.tok0, 0), m_q[None, None, rows.hq0]), (cfg.tile_m, cfg.D), (0, 0))
+    t_s, t_g = cpasync.tma_partition(tma_q, 0, cute.make_layout(1), cute.group_modes(s_q, 0, 2),
+                                     cute.group_modes(g, 0, 2))
+    cute.copy(tma_q, t_g, t_s, tma_bar_ptr=bar)
+
+
+@cute.jit
+def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tmas, warp_idx, tidx):
+    """Warpgroup 0: tile indices and K / V by TMA (warp 0), Q (warps 2-3: TMA, or cp.async with pack-GQA), warp 1
+    follows along."""
     pipe_q, pipe_k, pipe_v = pipes
+    tma_q, m_q, tma_k, m_k, tma_v, m_v = tmas
     tile_n, D = cfg.tile_n, cfg.D
     st = _strides(p)
     g2s = _row_copy(cfg.dtype, cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), Q_THREADS, D)
@@ -299,11 +313,15 @@ def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tma_k, m_k, tma_v, 
                 _load_kv(tma_k, m_k, sm.sK, pipe_k, kv_state, rows.hkv, seq.seq_k + k_start, tile_n, D)
             if warp_idx >= 2:
                 pipe_q.producer_acquire(q_state)
-                gmem_io.load_q_rows(g2s, t_qs, t_qc, p.q, rows, st.q_st, st.q_sh, D)
-                cute.arch.cp_async_commit_group()
-                cute.arch.cp_async_wait_group(0)
-                cute.arch.fence_view_async_shared()  # cp.async / st.shared writes -> wgmma (async proxy) reads
-                pipe_q.producer_commit(q_state)
+                if p.pack_gqa == 1:  # tile rows are consecutive tokens of one head: one TMA box
+                    if warp_idx == 2:
+                        _load_q_tma(cfg, tma_q, m_q, sm.sQ, pipe_q.producer_get_barrier(q_state), rows)
+                else:
+                    gmem_io.load_q_rows(g2s, t_qs, t_qc, p.q, rows, st.q_st, st.q_sh, D)
+                    cute.arch.cp_async_commit_group()
+                    cute.arch.cp_async_wait_group(0)
+                    cute.arch.fence_view_async_shared()  # cp.async / st.shared writes -> wgmma (async proxy) reads
+                pipe_q.producer_commit(q_state)  # 64 arrivals; with TMA the phase also waits for its bytes
                 q_state.advance()
             if warp_idx == 0:
                 for ci in cutlass.range(1, tile.n_chunks, unroll=1):
@@ -529,11 +547,13 @@ def make_host(name: str, host_params, dtype_name: str, D: int, tile_m: int, tile
     storage_cls = cfg.shared_storage()
 
     @cute.kernel
-    def kernel(tma_k: cute.CopyAtom, m_k: cute.Tensor, tma_v: cute.CopyAtom, m_v: cute.Tensor, p: SimpleNamespace):
+    def kernel(tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_k: cute.CopyAtom, m_k: cute.Tensor, tma_v: cute.CopyAtom,
+               m_v: cute.Tensor, p: SimpleNamespace):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         warp_group_idx = cute.arch.make_warp_uniform(tidx // WG_THREADS)
         if warp_idx == 0:
+            cpasync.prefetch_descriptor(tma_q)
             cpasync.prefetch_descriptor(tma_k)
             cpasync.prefetch_descriptor(tma_v)
         storage = cutlass.utils.SmemAllocator().allocate(storage_cls)
@@ -552,7 +572,7 @@ def make_host(name: str, host_params, dtype_name: str, D: int, tile_m: int, tile
         )
         if warp_group_idx == 0:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
-            _producer(cfg, p, sm, pipes, ring, tma_k, m_k, tma_v, m_v, warp_idx, tidx)
+            _producer(cfg, p, sm, pipes, ring, (tma_q, m_q, tma_k, m_k, tma_v, m_v), warp_idx, tidx)
         else:
             cute.arch.setmaxregister_increase(CONSUMER_REGS)
             _consumer(cfg, p, sm, storage, pipes, ring, warp_group_idx, tidx)
@@ -562,11 +582,13 @@ def make_host(name: str, host_params, dtype_name: str, D: int, tile_m: int, tile
     def launch(p: SimpleNamespace):
         kv_one = cute.slice_(cfg.smem_layout(tile_n, stages), (None, None, 0))
         atoms = []
-        for ptr, s_tok, s_head in ((p.k, p.k_stride_tok, p.k_stride_head), (p.v, p.v_stride_tok, p.v_stride_head)):
+        for ptr, rows, heads, s_tok, s_head, s_layout, tile_rows in (
+                (p.q, p.total_q, p.num_heads_q, p.q_stride_tok, p.q_stride_head, cfg.smem_layout(tile_m), tile_m),
+                (p.k, p.total_k, p.num_heads_kv, p.k_stride_tok, p.k_stride_head, kv_one, tile_n),
+                (p.v, p.total_k, p.num_heads_kv, p.v_stride_tok, p.v_stride_head, kv_one, tile_n)):
             m = cute.make_tensor(ptr, cute.make_layout(
-                (p.total_k, D, p.num_heads_kv),
-                stride=(cute.assume(s_tok, divby=8), 1, cute.assume(s_head, divby=8))))
-            atoms.extend(cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), m, kv_one, (tile_n, D)))
+                (rows, D, heads), stride=(cute.assume(s_tok, divby=8), 1, cute.assume(s_head, divby=8))))
+            atoms.extend(cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), m, s_layout, (tile_rows, D)))
         with bounded_mbarrier_waits():  # hang diagnosis, off unless VARBLOCK_SM90_DEBUG_HANGS=1 at build time
             kernel(*atoms, p).launch(grid=[p.num_ctas, 1, 1], block=[THREADS, 1, 1],
                                      smem=storage_cls.size_in_bytes(), min_blocks_per_mp=1)

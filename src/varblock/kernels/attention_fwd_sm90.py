@@ -10,9 +10,9 @@ dynamic persistent schedules with the self-resetting counter, ``debug_counts``).
   every other warp through a small mbarrier pipeline; it issues the TMA loads of K and V (one descriptor each,
   ``tensormap`` kernel parameters) into ``STAGES``-deep mbarrier pipelines, V one chunk behind K. Chunks start at
   arbitrary token rows (variable spans): the TMA box starts at ``seq_k + k_start`` and rows past ``k_len`` (the
-  next sequence, or zeros past the tensor) are masked in S. Producer warps 2-3 load Q with cp.async
-  (pack-GQA rows are not affine in memory; rows past the tile are zero-filled) into its own pipeline, so warp 0
-  never waits for Q.
+  next sequence, or zeros past the tensor) are masked in S. Producer warps 2-3 load Q into its own pipeline (so
+  warp 0 never waits for it): by TMA (a third descriptor; rows past the tile read the next sequence or zeros),
+  or with ``pack_gqa > 1``, whose rows are not affine in memory, by cp.async (rows past the tile zero-filled).
 * Consumers: S = Q K^T and O += P V with wgmma (P from registers); online softmax in fp32 with exp2; the softmax
   of chunk n overlaps the P V wgmma of chunk n-1 (intra-warpgroup overlap) and the two warpgroups take turns
   issuing wgmma (ping-pong on named barriers). Partial chunks get the element mask of ``kernels/common/mask.py``
@@ -20,10 +20,11 @@ dynamic persistent schedules with the self-resetting counter, ``debug_counts``).
 * Epilogue: O / row sum, LSE; O goes through shared memory (its own buffer, so the next tile's Q load is not held
   back) and leaves as 16-byte vector stores of the valid rows (varlen tails, pack-GQA rows).
 
-Kernel ABI: the host function takes ``HOST_PARAMS`` (the portable family's parameters plus the four extents the
-descriptors need) and builds the two TMA descriptors; the kernel's parameters are ``(tma_k, k_coords, tma_v,
-v_coords, *HOST_PARAMS)`` (``PARAMS``), the descriptors computed by the runtime from the recipes below and checked
-field by field against the DSL's own by launch capture. sm90 only; head dims ``HEAD_DIMS``.
+Kernel ABI: the host function takes ``HOST_PARAMS`` (the portable family's parameters plus the extents the
+descriptors need) and builds the three TMA descriptors; the kernel's parameters are ``(tma_q, q_coords, tma_k,
+k_coords, tma_v, v_coords, *HOST_PARAMS)`` (``kernel_params``), the descriptors computed by the runtime from the
+recipes below and checked field by field against the DSL's own by launch capture. sm90 only; head dims
+``HEAD_DIMS``.
 
 This module imports ``cutlass`` only inside functions, so the registry can list variants without the DSL.
 """
@@ -61,33 +62,36 @@ _ELEM = 2
 HOST_PARAMS: tuple[Param, ...] = portable.PARAMS + (
     Param("total_k", "i32"),  # rows of k / v
     Param("num_heads_kv", "i32"),  # heads of k / v
+    Param("total_q", "i32"),  # rows of q
+    Param("num_heads_q", "i32"),  # heads of q
 )
 HOST_PARAM_NAMES = tuple(p.name for p in HOST_PARAMS)
+#: the extents (TMA dims 1, 2) of each descriptor's array: tokens, heads
+_EXTENTS = {"q": ("total_q", "num_heads_q"), "k": ("total_k", "num_heads_kv"), "v": ("total_k", "num_heads_kv")}
 
 
 def tensormap_recipe(pointer: str, head_dim: int, dtype: str) -> dict[str, Any]:
-    """The descriptor ``make_tiled_tma_atom`` builds for a ``[total_k, Hkv, D]`` K or V array viewed as ``(token,
-    dim, head)`` with a ``(TILE_N, D)`` tile over swizzled rows: TMA dims (innermost first) = head dim, token,
-    head; box ``(swizzle_span(D), TILE_N, 1)`` (d128: two TMA issues per tile, d96: three)."""
+    """The descriptor ``make_tiled_tma_atom`` builds for a ``[tokens, heads, D]`` Q, K or V array viewed as
+    ``(token, dim, head)`` with a ``(TILE_M or TILE_N, D)`` tile over swizzled rows: TMA dims (innermost first) =
+    head dim, token, head; box ``(swizzle_span(D), rows, 1)`` (d128: two TMA issues per tile, d96: three)."""
     span = swizzle_span(head_dim)
     return {
         "pointer": pointer, "dtype": dtype,
-        "dims": [head_dim, "total_k", "num_heads_kv"],
+        "dims": [head_dim, *_EXTENTS[pointer]],
         "strides": [["mul", f"{pointer}_stride_tok", _ELEM], ["mul", f"{pointer}_stride_head", _ELEM]],
-        "box": [span, TILE_N, 1], "element_strides": [1, 1, 1],
+        "box": [span, TILE_M if pointer == "q" else TILE_N, 1], "element_strides": [1, 1, 1],
         "interleave": "none", "swizzle": f"{span * _ELEM}B", "l2_promotion": "128B", "oob_fill": "none",
     }
 
 
 def kernel_params(head_dim: int, dtype: str) -> tuple[Param, ...]:
-    """The kernel's parameters: the K and V descriptors with their coordinate-tensor extents, then HOST_PARAMS."""
-    coords = {"fields": ["total_k", "num_heads_kv"]}
-    return (
-        Param("tma_k", "tensormap", 64, tensormap_recipe("k", head_dim, dtype)),
-        Param("k_coords", "i32x2", 4, coords),
-        Param("tma_v", "tensormap", 64, tensormap_recipe("v", head_dim, dtype)),
-        Param("v_coords", "i32x2", 4, coords),
-    ) + HOST_PARAMS
+    """The kernel's parameters: the Q, K and V descriptors, each with its coordinate-tensor extents, then
+    HOST_PARAMS."""
+    out: tuple[Param, ...] = ()
+    for x in ("q", "k", "v"):
+        out += (Param(f"tma_{x}", "tensormap", 64, tensormap_recipe(x, head_dim, dtype)),
+                Param(f"{x}_coords", "i32x2", 4, {"fields": list(_EXTENTS[x])}))
+    return out + HOST_PARAMS
 
 
 def smem_bytes(head_dim: int) -> int:
@@ -180,7 +184,7 @@ def compile_args(variant: Variant):
 
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:
-    """The portable family's cases with 16-byte aligned strides, plus the K / V extents."""
+    """The portable family's cases with 16-byte aligned strides, plus the Q / K / V extents."""
     cases = []
     for i, c in enumerate(portable.capture_cases(variant)):
         c = dict(c)
@@ -188,6 +192,8 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
         c["v_stride_tok"] = 2 * hkv * variant.key["head_dim"] + 8 * i  # multiple of 8 elements (16 bytes)
         c["total_k"] = (1, 3000, 65536, 123)[i % 4]
         c["num_heads_kv"] = hkv
+        c["total_q"] = c["lse_stride_head"]
+        c["num_heads_q"] = c["q_stride_tok"] // c["q_stride_head"]
         cases.append(c)
     return cases
 

@@ -75,8 +75,10 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
     out, oa, lse, la = _outputs(q, (qa, ka, va), out, lse, ordinal, st)
     if plan.num_tiles:
         state = state_of(plan)
-        # with k's shape: TMA descriptors (attention_fwd_sm90) hold its extents; device plans may see other totals
-        key = (entry["name"], qa.strides, ka.shape, ka.strides, va.strides, oa.strides, la.strides, softmax_scale)
+        # with q's and k's shapes: TMA descriptors (attention_fwd_sm90) hold their extents; device plans may see
+        # other totals
+        key = (entry["name"], qa.shape, qa.strides, ka.shape, ka.strides, va.strides, oa.strides, la.strides,
+               softmax_scale)
         prepared = state.launches.get(key)
         if prepared is None:
             values = binding.bind(plan, {"q": qa, "k": ka, "v": va, "o": oa, "lse": la},
