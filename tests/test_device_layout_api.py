@@ -17,6 +17,7 @@ from tests.test_device_layout_model import _host_tables, _random_case
 from varblock.device_layout import builder as builder_mod
 from varblock.device_layout import model
 from varblock.device_layout import plan as plan_mod
+from varblock.device_layout import sources as sources_mod
 from varblock.device_layout.codes import STATUS_WIDTH
 from varblock.kernels import layout_device
 from varblock.plan import core as plan_core
@@ -41,15 +42,21 @@ class FakeMemory:
         self.blocks[ptr][:] = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
         return ptr
 
+    def _at(self, ptr: int) -> np.ndarray:
+        """The bytes from ``ptr`` to the end of its allocation (pointers into a buffer are allowed)."""
+        base = max((b for b in self.blocks if b <= ptr), default=None)
+        assert base is not None and ptr - base <= self.blocks[base].shape[0], f"wild pointer {ptr:#x}"
+        return self.blocks[base][ptr - base:]
+
     def read(self, ptr: int, dtype: Any, count: int) -> np.ndarray:
-        blk = self.blocks[ptr]
+        blk = self._at(ptr)
         n = int(count) * np.dtype(dtype).itemsize
         assert n <= blk.shape[0], f"read of {n} bytes from a {blk.shape[0]}-byte buffer"
         return blk[:n].view(dtype).copy()
 
     def write(self, ptr: int, a: np.ndarray) -> None:
         raw = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
-        blk = self.blocks[ptr]
+        blk = self._at(ptr)
         assert raw.shape[0] <= blk.shape[0], f"write of {raw.shape[0]} bytes into a {blk.shape[0]}-byte buffer"
         blk[: raw.shape[0]] = raw
 
@@ -88,6 +95,8 @@ class FakeBinding:
 
 
 def _view(a: Any, name: str) -> DeviceArray:
+    if a is None:  # as as_device_array
+        raise TypeError(f"{name}: expected a CUDA device array, got None")
     a = np.ascontiguousarray(a)
     dt = "bool" if a.dtype == np.bool_ else str(a.dtype)
     return DeviceArray(name, MEM.put(a), tuple(a.shape), tuple(s // a.itemsize for s in a.strides), dt, 0, a)
@@ -112,11 +121,13 @@ def _launch(entry: dict, ordinal: int, stream: Any, values: dict) -> None:
         idx = MEM.read(v["indices"], np.int32, bm * H * MB * K).reshape(bm, H, MB, K)
         cnt = MEM.read(v["counts"], np.int32, bm * H * MB).reshape(bm, H, MB) if v["has_counts"] else None
         assert v["num_items"] == bm * H * MB
-        kept, first = model.topk_cells(idx, cnt, cq, ck, g)
+        rules = model.ListRules(v["value"], bool(v["clear"]), bool(v["strict"]), bool(v["pad_ok"]), v["slot_offset"])
+        prior = None if v["clear"] else MEM.read(v["kept"], np.uint8, bm * H * MB * NB).reshape(bm, H, MB, NB)
+        kept, first = model.topk_cells(idx, cnt, cq, ck, g, rules, prior)
         MEM.write(v["kept"], kept)
         err = np.full(bm * H * MB, -1, np.int32)
         if first >= 0:
-            err[first // K] = first
+            err[(first - v["slot_offset"]) // K] = first
         MEM.write(v["topk_err"], err)
     elif stage == "cells":
         bm = v["mask_batch"]
@@ -169,7 +180,7 @@ def fake_device(monkeypatch):
     monkeypatch.setattr(plan_core, "DeviceBuffer", FakeBuffer)
     monkeypatch.setattr(builder_mod, "launch_variant", _launch)
     monkeypatch.setattr(builder_mod, "variant_for", lambda fam, ordinal, key: entries[tuple(sorted(key.items()))])
-    monkeypatch.setattr(plan_mod, "device_view", _view)
+    monkeypatch.setattr(sources_mod, "device_view", _view)
     monkeypatch.setattr(plan_mod, "device_seqlens", lambda q, k: (_view(q, "cu_seqlens_q"), _view(k, "cu_seqlens_k")))
     monkeypatch.setattr(plan_mod, "stream_for", lambda stream, ordinal, like=None: FakeStream())
     monkeypatch.setattr(plan_mod, "arch_for_device", lambda ordinal: "sm90")
@@ -231,7 +242,7 @@ def test_rebuild_topk_and_status(fake_device):
     plan_mod.rebuild(p, mask=mask2, cu_seqlens_q=cu)
     assert LAUNCHES == ["cells", "scan", "fill"] and plan_mod.status(p)["ok"]
     np.testing.assert_array_equal(plan_mod.tables(p).entries, [[64, 64]])
-    with pytest.raises(ValueError, match="expected shape"):
+    with pytest.raises(ValueError, match="expected a cell grid"):
         plan_mod.rebuild(p, mask=mask2[:, :, :3], cu_seqlens_q=cu)
     with pytest.raises(ValueError, match="entries like the plan's"):
         plan_mod.rebuild(p, mask=mask2, cu_seqlens_q=cu[:2])
@@ -250,7 +261,7 @@ def test_rebuild_topk_and_status(fake_device):
     want = model.build_from_topk(idx, cnt, cu, cu, geo_t)
     for name in ("status", "rows", "entries", "tiles", "chunks", "cols", "col_entries"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
-    with pytest.raises(ValueError, match="expected shape"):
+    with pytest.raises(ValueError, match="index slots per row"):
         plan_mod.rebuild(pt, topk_indices=np.zeros((2, 2, 4, 3), np.int32), cu_seqlens_q=cu)
     with pytest.raises(ValueError, match="made from a mask"):  # a mask plan has no top-k buffers
         plan_mod.rebuild(p, topk_indices=np.zeros((2, 2, 4, 4), np.int32), cu_seqlens_q=cu)
@@ -261,7 +272,7 @@ def test_bad_arguments(fake_device):
     m = np.ones((1, 2, 1, 1), bool)
     kw = dict(cu_seqlens_q=cu, num_heads_q=2, head_dim=128)
     LAUNCH_GEO[:] = [model.Geometry(1, 1, 2, 1, 1, 128, 128, 128, 64, 2, 2, "per_q_head", 1, max_entries=2)]
-    with pytest.raises(TypeError, match="exactly one of mask= or topk_indices="):
+    with pytest.raises(TypeError, match="exactly one of mask=, topk_indices=, fa4=, flex="):
         plan_mod.plan_device(**kw)
     with pytest.raises(TypeError, match="mask: expected a bool, int8, uint8 or int32"):
         plan_mod.plan_device(mask=m.astype(np.float32), **kw)
@@ -273,7 +284,7 @@ def test_bad_arguments(fake_device):
         plan_mod.plan_device(mask=m, block_q=24, **kw)
     with pytest.raises(TypeError, match="topk_indices: expected int32"):
         plan_mod.plan_device(topk_indices=np.zeros((1, 2, 1, 1), np.int64), **kw)
-    with pytest.raises(ValueError, match="topk_counts: expected int32 of shape"):
+    with pytest.raises(ValueError, match="topk_counts: expected shape"):
         plan_mod.plan_device(topk_indices=np.zeros((1, 2, 1, 1), np.int32), topk_counts=np.zeros((1, 2, 2), np.int32),
                              **kw)
     with pytest.raises(ValueError, match="max_kept_blocks"):
@@ -282,3 +293,45 @@ def test_bad_arguments(fake_device):
         plan_mod.plan_device(mask=m, pack_gqa=True, **kw)
     with pytest.raises(TypeError, match="plan made by varblock.plan_device"):
         plan_mod.status(object())
+
+
+def test_fa4_and_flex_sources(fake_device):
+    cu = np.array([0, 200, 270], np.int32)
+    B, H, MB, W = 2, 2, 4, 4
+    pc, fc = np.zeros((B, H, MB), np.int32), np.zeros((B, H, MB), np.int32)
+    pi, fi = np.zeros((B, H, MB, W), np.int32), np.zeros((B, H, MB, W), np.int32)
+    pc[0, 0, 1], pi[0, 0, 1, :2] = 2, [0, 2]
+    fc[0, 0, 1], fi[0, 0, 1, 0] = 1, 1
+    pc[1, 1, 0], pi[1, 1, 0, 0] = 1, 1
+    geo = model.Geometry(batch=B, mask_batch=B, num_layout_heads=H, mb=MB, nb=W, block_q=64, block_k=64, tile_m=128,
+                         tile_n=64, num_heads_q=2, num_heads_kv=2, head_mode="per_q_head", pack_gqa=1,
+                         max_entries=B * H * MB * W)
+    LAUNCH_GEO[:] = [geo]
+    fa4 = {"mask_block_cnt": pc, "mask_block_idx": pi, "full_block_cnt": fc, "full_block_idx": fi,
+           "block_size": (64, 64)}
+    p = plan_mod.plan_device(fa4=fa4, cu_seqlens_q=cu, num_heads_q=2, head_dim=128)
+    assert LAUNCHES == ["topk", "topk", "cells", "scan", "fill"]
+    want = model.build_from_lists((pc, pi), (fc, fi), cu, cu, geo, pad_ok=False)
+    got = plan_mod.tables(p)
+    for name in ("status", "rows", "entries", "tiles", "chunks", "cols", "col_entries"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert want.error == 0 and got.entries.tolist() == [[64, 64], [0, 64], [128, 64], [64, 6]]
+    flex = {"kv_num_blocks": pc, "kv_indices": pi, "BLOCK_SIZE": 64}
+    LAUNCHES.clear()
+    pf = plan_mod.plan_device(flex=flex, cu_seqlens_q=cu, num_heads_q=2, head_dim=128)
+    assert LAUNCHES == ["topk", "cells", "scan", "fill"]
+    np.testing.assert_array_equal(plan_mod.tables(pf).status,
+                                  model.build_from_lists((pc, pi), None, cu, cu, geo, pad_ok=True).status)
+    pc2 = pc.copy()
+    pc2[1, 1, 0] = 0
+    LAUNCHES.clear()
+    plan_mod.rebuild(pf, flex={**flex, "kv_num_blocks": pc2}, cu_seqlens_q=cu)
+    assert LAUNCHES == ["topk", "cells", "scan", "fill"] and plan_mod.status(pf)["words"][3] == 2
+    with pytest.raises(ValueError, match="varlen-packed"):
+        plan_mod.plan_device(fa4={**fa4, "cu_total_m_blocks": cu}, cu_seqlens_q=cu, num_heads_q=2, head_dim=128)
+    with pytest.raises(TypeError, match="fa4.mask_block_cnt"):
+        plan_mod.plan_device(fa4={"mask_block_idx": pi}, cu_seqlens_q=cu, num_heads_q=2, head_dim=128)
+    with pytest.raises(ValueError, match="expected counts of shape"):
+        plan_mod.plan_device(fa4={**fa4, "full_block_cnt": fc[:, :1]}, cu_seqlens_q=cu, num_heads_q=2, head_dim=128)
+    with pytest.raises(ValueError, match="flex.BLOCK_SIZE"):
+        plan_mod.plan_device(flex={**flex, "BLOCK_SIZE": "x"}, cu_seqlens_q=cu, num_heads_q=2, head_dim=128)

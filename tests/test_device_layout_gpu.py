@@ -10,10 +10,10 @@ import pytest
 
 import varblock
 from tests._attention_ref import attention_ref, check_attention
-from tests.test_device_layout_model import _random_case
+from tests.test_device_layout_model import _random_case, _random_lists
 from varblock import device_layout as dl
 from varblock.device_layout.codes import ERR_INDEX, ERR_MASK_SHAPE, ERR_MASK_VALUE, STATUS_DETAIL, STATUS_ERROR
-from varblock.device_layout.model import build_from_mask, build_from_topk
+from varblock.device_layout.model import build_from_lists, build_from_mask, build_from_topk
 from varblock.layout import from_block_mask
 
 pytestmark = pytest.mark.gpu
@@ -77,6 +77,33 @@ def test_kernels_equal_model_on_topk(torch, seed):
     torch.cuda.synchronize()
     want = build_from_topk(idx, cnt, cu, cu, dl.geometry(plan))
     _assert_tables_equal(dl.tables(plan), want, f"top-k seed {seed}")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kernels_equal_model_on_fa4_and_flex_lists(torch, seed):
+    rng = np.random.default_rng(700 + seed)
+    B, H, bs = int(rng.integers(1, 4)), 2, 64
+    lens = rng.integers(1, 900, size=B)
+    cu = _cu(lens)
+    nb_k = -(-lens // bs)
+    mb = int(nb_k.max()) + 1
+    nblk = [(int(lens[b]), int(nb_k[b])) for b in range(B)]
+    for pad_ok in (False, True):
+        cnt, idx = _random_lists(rng, B, H, mb, nblk, mb, pad_beyond=pad_ok, bs=bs)
+        if pad_ok:
+            src = {"flex": {"kv_num_blocks": _dev(torch, cnt["p"]), "kv_indices": _dev(torch, idx["p"]),
+                            "full_kv_num_blocks": _dev(torch, cnt["f"]), "full_kv_indices": _dev(torch, idx["f"]),
+                            "BLOCK_SIZE": (bs, bs)}}
+        else:
+            src = {"fa4": {"mask_block_cnt": _dev(torch, cnt["p"]), "mask_block_idx": _dev(torch, idx["p"]),
+                           "full_block_cnt": _dev(torch, cnt["f"]), "full_block_idx": _dev(torch, idx["f"]),
+                           "block_size": (bs, bs)}}
+        plan = varblock.plan_device(**src, cu_seqlens_q=_dev(torch, cu), num_heads_q=2, head_dim=128, causal=True)
+        torch.cuda.synchronize()
+        want = build_from_lists((cnt["p"], idx["p"]), (cnt["f"], idx["f"]), cu, cu, dl.geometry(plan),
+                                pad_ok=pad_ok)
+        assert want.error == 0
+        _assert_tables_equal(dl.tables(plan), want, f"lists seed {seed} pad_ok={pad_ok}")
 
 
 def test_errors_reach_the_status_word(torch):

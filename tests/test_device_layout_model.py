@@ -209,3 +209,87 @@ def test_bad_scalars_raise():
     for geo, change, match in cases:
         with pytest.raises(ValueError, match=match):
             build_from_mask(mask, cu, cu, dataclasses.replace(geo, **change))
+
+
+def _random_lists(rng, B, H, mb, nblk, width, pad_beyond=False, bs=64):
+    """FA4 / Flex style lists: per row a random set of partial and (disjoint) full blocks, ascending, zero padded;
+    rows beyond a sequence empty. ``pad_beyond`` also lists blocks in [N_b, width) (a padded batch, Flex)."""
+    cnt = {k: np.zeros((B, H, mb), np.int32) for k in ("p", "f")}
+    idx = {k: np.zeros((B, H, mb, width), np.int32) for k in ("p", "f")}
+    for b, h, m in np.ndindex(B, H, mb):
+        if m * bs >= int(nblk[b][0]):
+            continue
+        lim = width if pad_beyond else int(nblk[b][1])
+        cls = rng.integers(0, 3, size=lim) * (rng.random(lim) < 0.5)
+        for k, code in (("p", 1), ("f", 2)):
+            sel = np.flatnonzero(cls == code)
+            cnt[k][b, h, m] = sel.size
+            idx[k][b, h, m, :sel.size] = sel
+    return cnt, idx
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fa4_and_flex_lists_equal_host_importers(seed):
+    from varblock.device_layout.model import build_from_lists
+    from varblock.layout import from_fa4, from_flex
+
+    rng = np.random.default_rng(300 + seed)
+    B, H, bs = int(rng.integers(1, 4)), 2, 64
+    lens = rng.integers(1, 600, size=B)
+    cu = _cu(lens)
+    nb_k = -(-lens // bs)
+    mb = int(nb_k.max()) + int(rng.integers(0, 2))
+    width = mb
+    nblk = [(int(lens[b]), int(nb_k[b])) for b in range(B)]
+    with_full = bool(rng.random() < 0.7)
+    geo = _geometry(B, B, H, H, "per_q_head", mb, width, bs, bs, 128, 64, wr=int(rng.choice([-1, 0])))
+    cnt, idx = _random_lists(rng, B, H, mb, nblk, width)
+    full = (cnt["f"], idx["f"]) if with_full else None
+    out = build_from_lists((cnt["p"], idx["p"]), full, cu, cu, geo, pad_ok=False)
+    bst = {"mask_block_cnt": cnt["p"], "mask_block_idx": idx["p"]}
+    if with_full:
+        bst.update(full_block_cnt=cnt["f"], full_block_idx=idx["f"])
+    lay = from_fa4(bst, cu, cu, block_size=(bs, bs), causal=geo.window_right == 0)
+    codes = np.zeros((B, H, mb, width), np.int32)  # the same cells as codes, through the host block-mask builder
+    for b, h, m in np.ndindex(B, H, mb):
+        codes[b, h, m, idx["p"][b, h, m, :cnt["p"][b, h, m]]] = 1
+        if with_full:
+            codes[b, h, m, idx["f"][b, h, m, :cnt["f"][b, h, m]]] = 2
+    assert lay.equals(from_block_mask(codes, cu, cu, block_q=bs, block_k=bs, causal=geo.window_right == 0))
+    _assert_equal_to_host(out, codes, cu, cu, geo)
+    # FlexAttention: blocks beyond a sequence are padding (dropped), like from_flex's padding='ignore'
+    cnt2, idx2 = _random_lists(rng, B, H, mb, nblk, width, pad_beyond=True)
+    full2 = (cnt2["f"], idx2["f"]) if with_full else None
+    out2 = build_from_lists((cnt2["p"], idx2["p"]), full2, cu, cu, geo, pad_ok=True)
+    kw = dict(full_kv_num_blocks=cnt2["f"], full_kv_indices=idx2["f"]) if with_full else {}
+    lay2 = from_flex(None, cu, cu, kv_num_blocks=cnt2["p"], kv_indices=idx2["p"], BLOCK_SIZE=(bs, bs), **kw)
+    codes2 = np.zeros_like(codes)
+    for b, h, m in np.ndindex(B, H, mb):
+        codes2[b, h, m, idx2["p"][b, h, m, :cnt2["p"][b, h, m]]] = 1
+        if with_full:
+            codes2[b, h, m, idx2["f"][b, h, m, :cnt2["f"][b, h, m]]] = 2
+    codes2 *= (np.arange(width)[None, None, None, :] < nb_k[:, None, None, None])
+    assert lay2.equals(from_block_mask(codes2, cu, cu, block_q=bs, block_k=bs), check_mask=False)
+    _assert_equal_to_host(out2, codes2, cu, cu, geo)
+
+
+def test_list_errors():
+    from varblock.device_layout.model import build_from_lists
+
+    cu = _cu([200, 70])
+    geo = _geometry(2, 2, 2, 2, "per_q_head", 4, 4, 64, 64, 128, 64)
+    cnt = np.zeros((2, 2, 4), np.int32)
+    idx = np.zeros((2, 2, 4, 4), np.int32)
+    cnt[0, 1, 2] = 2
+    idx[0, 1, 2, :2] = [3, 1]  # not ascending
+    at = ((0 * 2 + 1) * 4 + 2) * 4 + 1
+    assert _status(build_from_lists((cnt, idx), None, cu, cu, geo, pad_ok=False)) == (ERR_INDEX, at)
+    idx[0, 1, 2, :2] = [1, 3]
+    assert build_from_lists((cnt, idx), None, cu, cu, geo, pad_ok=False).error == ERR_OK
+    cnt[1, 0, 0], idx[1, 0, 0, 0] = 1, 3  # sequence 1 has 2 key blocks: an error for FA4, padding for Flex
+    assert _status(build_from_lists((cnt, idx), None, cu, cu, geo, pad_ok=False))[0] == ERR_INDEX
+    assert build_from_lists((cnt, idx), None, cu, cu, geo, pad_ok=True).error == ERR_OK
+    fcnt, fidx = np.zeros_like(cnt), np.zeros_like(idx)
+    fcnt[0, 1, 2], fidx[0, 1, 2, 0] = 1, 3  # both partial and full
+    assert _status(build_from_lists((cnt, idx), (fcnt, fidx), cu, cu, geo, pad_ok=True)) == (
+        ERR_INDEX, idx.size + ((0 * 2 + 1) * 4 + 2) * 4)

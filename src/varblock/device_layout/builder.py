@@ -72,15 +72,20 @@ class BuildInputs:
     mask: int = 0  #: block mask [Bm, H, MB, NB] (0 with top-k)
     mask_variant: str = "uint8"
     codes: int = 0
-    indices: int = 0  #: top-k indices [Bm, H, MB, K] int32 (0 with a mask)
-    counts: int = 0  #: top-k counts [Bm, H, MB] int32 (0 = none)
+    indices: int = 0  #: top-k indices / partial list [Bm, H, MB, K] int32 (0 with a mask)
+    counts: int = 0  #: their counts [Bm, H, MB] int32 (0 = none)
     k: int = 0
+    lists: bool = False  #: FA4 / FlexAttention lists: codes 1 (partial list) and 2 (full list), strict order
+    pad_ok: bool = False  #: indices in [N_b, NB) are padding (FlexAttention), not errors
+    full_indices: int = 0  #: full list [Bm, H, MB, K2] int32 (0 = none)
+    full_counts: int = 0
+    k2: int = 0
 
 
 class DeviceLayoutBuilder:
     """Buffers and launches for one device layout geometry (see the module docstring)."""
 
-    def __init__(self, geo: Geometry, ordinal: int, stream: Any, topk_k: int = 0):
+    def __init__(self, geo: Geometry, ordinal: int, stream: Any, topk_k: int = 0, full_k: int = 0):
         check_geometry(geo)
         self.geo = geo
         self.ordinal = ordinal
@@ -112,8 +117,8 @@ class DeviceLayoutBuilder:
         if topk_k:
             topk_rows = geo.mask_batch * H * MB
             self.buffers["kept"] = DeviceBuffer(ordinal, topk_rows * NB, st)
-            self.buffers["topk_err"] = DeviceBuffer(ordinal, 4 * topk_rows, st)
-        self.topk_k = int(topk_k)
+            self.buffers["topk_err"] = DeviceBuffer(ordinal, 4 * topk_rows * (2 if full_k else 1), st)
+        self.topk_k, self.full_k = int(topk_k), int(full_k)
 
     @property
     def head_mul(self) -> int:
@@ -136,14 +141,22 @@ class DeviceLayoutBuilder:
                       num_layout_heads=H, mb=MB, nb=NB, block_q=g.block_q, block_k=g.block_k, tile_n=g.tile_n)
         mask_ptr, variant, codes, topk_rows = src.mask, src.mask_variant, src.codes, 0
         if src.indices:
-            if not self.topk_k or src.k != self.topk_k:
-                raise ValueError(f"topk_indices: this plan was built for K = {self.topk_k} top-k slots, got {src.k}")
-            topk_rows = g.mask_batch * H * MB
-            launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "topk"}), self.ordinal, stream, {
-                **common, "indices": src.indices, "counts": src.counts, "kept": self.ptr("kept"),
-                "topk_err": self.ptr("topk_err"), "k": src.k, "has_counts": int(src.counts != 0),
-                "num_items": topk_rows})
-            mask_ptr, variant, codes = self.ptr("kept"), "uint8", 0
+            if (src.k, src.k2) != (self.topk_k, self.full_k):
+                raise ValueError(f"indices: this plan was built for ({self.topk_k}, {self.full_k}) slots, got "
+                                 f"({src.k}, {src.k2})")
+            rows = g.mask_batch * H * MB
+            entry = variant_for(FAMILY, self.ordinal, {"stage": "topk"})
+            lists = [(src.indices, src.counts, src.k, 1, 1, int(src.lists), 0)]
+            if src.full_indices:
+                lists.append((src.full_indices, src.full_counts, src.k2, 2, 0, 1, rows * src.k))
+            for i, (ind, cnt, k, value, clear, strict, offset) in enumerate(lists):
+                launch_variant(entry, self.ordinal, stream, {
+                    **common, "indices": ind, "counts": cnt, "kept": self.ptr("kept"),
+                    "topk_err": self.ptr("topk_err") + 4 * rows * i, "k": k, "has_counts": int(cnt != 0),
+                    "num_items": rows, "value": value, "clear": clear, "strict": strict,
+                    "pad_ok": int(src.pad_ok), "slot_offset": offset})
+            topk_rows = rows * len(lists)
+            mask_ptr, variant, codes = self.ptr("kept"), "uint8", int(src.lists)
         tables = {n: self.ptr(n) for n in self.buffers}
         launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cells", "mask_dtype": variant}), self.ordinal,
                        stream, {**common, **tables, "mask": mask_ptr, "window_left": g.window_left,

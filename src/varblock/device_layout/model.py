@@ -213,14 +213,27 @@ def mask_cells(mask: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry
                  col_counts=col_counts.reshape(-1, 2).astype(np.int32))
 
 
+@dataclass(frozen=True)
+class ListRules:
+    """How the scatter kernel reads one list of block indices (a launch of ``layout_device_topk``)."""
+
+    value: int = 1  #: cell code written (1 = kept / partial, 2 = full)
+    clear: bool = True  #: zero the rows first (the first list of a source)
+    strict: bool = False  #: indices must ascend strictly within a row's count (FA4 / FlexAttention lists)
+    pad_ok: bool = False  #: indices in [N_b, NB) are padding (ignored later), not errors (FlexAttention)
+    slot_offset: int = 0  #: added to the reported flat slot index (the second list follows the first)
+
+
 def topk_cells(indices: np.ndarray, counts: np.ndarray | None, cu_q: np.ndarray, cu_k: np.ndarray,
-               g: Geometry) -> tuple[np.ndarray, int]:
-    """The kept mask ``[Bm, H, MB, NB]`` (uint8) the scatter kernel writes from top-k block indices
-    ``[Bm, H, MB, K]`` (optional ``counts [Bm, H, MB]``: slots ``k >= count`` are ignored; duplicates merge), and
-    the flat index of the first bad slot (-1 = none): an index outside ``[0, N_b)`` of a row inside its sequence,
-    or a count outside ``[0, K]`` (then the row's slot 0). Rows beyond a sequence's query blocks are ignored. For a
-    broadcast mask (``Bm = 1``) the bounds are the largest ``M_b`` / ``N_b`` of the batch (cells beyond a shorter
-    sequence are then padding, ignored like ``padding='ignore'``)."""
+               g: Geometry, rules: ListRules = ListRules(), prior: np.ndarray | None = None
+               ) -> tuple[np.ndarray, int]:
+    """The cells ``[Bm, H, MB, NB]`` (uint8) the scatter kernel writes from block indices ``[Bm, H, MB, K]``
+    (optional ``counts [Bm, H, MB]``: slots ``k >= count`` are ignored) and the flat index (+ ``slot_offset``) of the
+    first bad slot (-1 = none). Bad: a count outside ``[0, K]`` (reported at the row's slot 0); an index outside
+    ``[0, N_b)`` (``[0, NB)`` with ``pad_ok``); with ``strict`` an index not above the previous slot's; with
+    ``value = 2`` a cell the previous list (``prior``) set (a block both partial and full). Without ``strict``
+    duplicates merge. Rows beyond a sequence's query blocks are ignored. For a broadcast source (``Bm = 1``) the
+    bounds are the largest ``M_b`` / ``N_b`` of the batch (cells beyond a shorter sequence are then padding)."""
     idx = np.asarray(indices).astype(np.int64)
     Bm, H, MB, K = idx.shape
     lq, lk, _ = _seq_lengths(cu_q.astype(np.int64), cu_k.astype(np.int64))
@@ -230,20 +243,30 @@ def topk_cells(indices: np.ndarray, counts: np.ndarray | None, cu_q: np.ndarray,
         n_lim = np.array([nblk.max(initial=0)], dtype=np.int64)
     else:
         m_lim, n_lim = mblk, nblk
+    n_lim = np.full_like(n_lim, g.nb) if rules.pad_ok else np.minimum(n_lim, g.nb)
     cnt = np.full((Bm, H, MB), K, dtype=np.int64) if counts is None else np.asarray(counts).astype(np.int64)
     live = np.arange(MB)[None, None, :] < m_lim[:, None, None]
     cnt_bad = live & ((cnt < 0) | (cnt > K))
     used = live[..., None] & (np.arange(K)[None, None, None, :] < np.clip(cnt, 0, K)[..., None]) & ~cnt_bad[..., None]
-    idx_bad = used & ((idx < 0) | (idx >= np.minimum(n_lim, g.nb)[:, None, None, None]))
+    in_range = (idx >= 0) & (idx < n_lim[:, None, None, None])
+    idx_bad = used & ~in_range
+    if rules.strict and K > 1:
+        idx_bad[..., 1:] |= used[..., 1:] & (idx[..., 1:] <= idx[..., :-1])
+    out = np.zeros((Bm, H, MB, g.nb), dtype=np.uint8) if rules.clear or prior is None else prior.copy()
+    if rules.value == 2 and prior is not None:
+        hit = np.zeros(idx.shape, dtype=np.bool_)
+        b_, h_, m_, k_ = np.nonzero(used & in_range)
+        hit[b_, h_, m_, k_] = prior[b_, h_, m_, idx[b_, h_, m_, k_]] == 1
+        idx_bad |= hit
     flat_slot = np.arange(idx.size, dtype=np.int64).reshape(idx.shape)
-    bad_at = np.where(idx_bad, flat_slot, np.iinfo(np.int64).max).min(axis=3, initial=np.iinfo(np.int64).max)
-    bad_at = np.minimum(bad_at, np.where(cnt_bad, flat_slot[..., 0], np.iinfo(np.int64).max))
-    first = int(bad_at.min(initial=np.iinfo(np.int64).max))
-    out = np.zeros((Bm, H, MB, g.nb), dtype=np.uint8)
+    big = np.iinfo(np.int64).max
+    bad_at = np.where(idx_bad, flat_slot, big).min(axis=3, initial=big)
+    bad_at = np.minimum(bad_at, np.where(cnt_bad, flat_slot[..., 0], big))
+    first = int(bad_at.min(initial=big))
     ok = used & ~idx_bad
     b_, h_, m_, k_ = np.nonzero(ok)
-    out[b_, h_, m_, idx[b_, h_, m_, k_]] = 1
-    return out, (-1 if first == np.iinfo(np.int64).max else first)
+    out[b_, h_, m_, idx[b_, h_, m_, k_]] = rules.value
+    return out, (-1 if first == big else first + rules.slot_offset)
 
 
 @dataclass
@@ -430,3 +453,19 @@ def build_from_topk(indices: Any, counts: Any, cu_q: Any, cu_k: Any, g: Geometry
     ck = np.asarray(cu_k).astype(np.int64).reshape(-1)
     kept, err = topk_cells(np.asarray(indices), None if counts is None else np.asarray(counts), cq, ck, g)
     return build_from_mask(kept.astype(np.bool_), cq, ck, g, index_error=err)
+
+
+def build_from_lists(partial: tuple[Any, Any], full: tuple[Any, Any] | None, cu_q: Any, cu_k: Any, g: Geometry,
+                     *, pad_ok: bool) -> DeviceLayoutArrays:
+    """All stages for FA4 / FlexAttention block lists: ``partial = (counts [Bm, H, MB], indices [Bm, H, MB, K1])``
+    become code 1, ``full`` (optional, same leading shape) code 2, both taken as given (no classification)."""
+    check_geometry(g)
+    cq = np.asarray(cu_q).astype(np.int64).reshape(-1)
+    ck = np.asarray(cu_k).astype(np.int64).reshape(-1)
+    p_cnt, p_idx = (np.asarray(x) for x in partial)
+    cells, err = topk_cells(p_idx, p_cnt, cq, ck, g, ListRules(1, True, True, pad_ok, 0))
+    if full is not None:
+        f_cnt, f_idx = (np.asarray(x) for x in full)
+        cells, err2 = topk_cells(f_idx, f_cnt, cq, ck, g, ListRules(2, False, True, pad_ok, p_idx.size), cells)
+        err = err if err >= 0 else err2
+    return build_from_mask(cells.astype(np.int32), cq, ck, g, index_error=err)

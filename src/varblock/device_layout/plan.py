@@ -17,15 +17,9 @@ import numpy as np
 
 from varblock import families
 from varblock.abi import CHUNK_WIDTH, HEAD_MODE_BROADCAST, HEAD_MODE_PER_KV_HEAD, HEAD_MODE_PER_Q_HEAD, TILE_WIDTH
-from varblock.device_layout.builder import (
-    BuildInputs,
-    DeviceLayoutBuilder,
-    check_contiguous,
-    describe_status,
-    device_view,
-    mask_kind,
-)
+from varblock.device_layout.builder import BuildInputs, DeviceLayoutBuilder, describe_status
 from varblock.device_layout.model import DeviceLayoutArrays, Geometry
+from varblock.device_layout.sources import resolve_source
 from varblock.families.base import AttentionProblem
 from varblock.layout._host import check_block_size
 from varblock.plan.core import Plan
@@ -41,33 +35,10 @@ OP = "attention_fwd"
 _builders: weakref.WeakKeyDictionary[Plan, DeviceLayoutBuilder] = weakref.WeakKeyDictionary()
 
 
-def _source(mask: Any, topk_indices: Any, topk_counts: Any) -> tuple[tuple[int, ...], BuildInputs]:
-    """Shape ``[Bm, H, MB, NB or K]`` of the source and its pointers (cu_seqlens filled in later)."""
-    if (mask is None) == (topk_indices is None):
-        raise TypeError("plan_device: pass exactly one of mask= or topk_indices=")
-    if mask is not None:
-        a = device_view(mask, "mask")
-        check_contiguous(a, 4, "[batch or 1, heads, max query blocks, max key blocks]")
-        variant, codes = mask_kind(a)
-        return a.shape, BuildInputs(0, 0, mask=a.ptr, mask_variant=variant, codes=codes)
-    ia = device_view(topk_indices, "topk_indices")
-    check_contiguous(ia, 4, "[batch or 1, heads, max query blocks, K]")
-    if ia.dtype.rsplit(".", 1)[-1] != "int32":
-        raise TypeError(f"topk_indices: expected int32 block indices, got dtype {ia.dtype}")
-    counts = 0
-    if topk_counts is not None:
-        ca = device_view(topk_counts, "topk_counts")
-        check_contiguous(ca, 3, "[batch or 1, heads, max query blocks]")
-        if ca.dtype.rsplit(".", 1)[-1] != "int32" or tuple(ca.shape) != tuple(ia.shape[:3]):
-            raise ValueError(f"topk_counts: expected int32 of shape {tuple(ia.shape[:3])}, got {ca.dtype} "
-                             f"{tuple(ca.shape)}")
-        counts = ca.ptr
-    return ia.shape, BuildInputs(0, 0, indices=ia.ptr, counts=counts, k=int(ia.shape[3]))
-
-
 def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int, num_heads_kv: int | None = None,
                 head_dim: int, mask: Any = None, topk_indices: Any = None, topk_counts: Any = None,
-                num_key_blocks: int | None = None, block_q: int = 128, block_k: int = 128,
+                fa4: Any = None, flex: Any = None, num_key_blocks: int | None = None, block_q: int | None = None,
+                block_k: int | None = None,
                 head_mode: str | None = None, causal: bool = False, window: tuple[int, int] | None = None,
                 max_kept_blocks: int | None = None, pack_gqa: bool | None = None, dtype: str | None = None,
                 backend: str = "auto", stream: Any = None) -> Plan:
@@ -81,22 +52,33 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
             codes 0 skip, 1 partial, 2 full, taken as given. Cells beyond a sequence's blocks are ignored.
         topk_indices: instead of ``mask``, device int32 ``[B or 1, H, MB, K]`` key-block indices per query block
             (duplicates merge), with optional ``topk_counts`` int32 ``[B or 1, H, MB]`` (slots ``k >= count``
-            are ignored); ``num_key_blocks`` (NB, default MB) bounds the indices.
+            are ignored); ``num_key_blocks`` (NB, default MB) bounds the indices. Kept blocks are classified
+            like a bool mask.
+        fa4: instead, FA4 ``BlockSparseTensorsTorch`` fields on the GPU (object or dict; batched form
+            ``mask_block_cnt [B or 1, H, M]``, ``mask_block_idx [B or 1, H, M, W]``, optional ``full_block_*``):
+            ``mask_*`` blocks partial, ``full_*`` full, as given; lists ascending, indices ``< N_b`` (``NB`` =
+            ``num_key_blocks``, default ``W``). Block sizes from ``block_size`` unless given.
+        flex: instead, a FlexAttention ``BlockMask`` (per batch: ``kv_num_blocks [B or 1, H, MQ]``,
+            ``kv_indices [.., NK]``, optional ``full_kv_*``, ``BLOCK_SIZE``): like ``fa4``; blocks beyond a
+            sequence are padding (dropped, as ``from_flex(padding='ignore')``).
         head_mode: how the mask's ``H`` heads map to query heads (default: ``broadcast`` for 1 head,
             ``per_q_head`` for ``num_heads_q``, ``per_kv_head`` for ``num_heads_kv``).
         max_kept_blocks: capacity in kept blocks (default: every cell). More kept blocks than this is reported in
             the status word (error ``capacity``, nothing written), never truncated.
-        block_q, block_k, causal, window, pack_gqa, dtype, backend: as :func:`varblock.plan`.
+        block_q, block_k: block sizes (default 128, or those the FA4 / FlexAttention object carries).
+        causal, window, pack_gqa, dtype, backend: as :func:`varblock.plan`.
         stream: the stream the build runs on (default: the current stream of ``cu_seqlens_q``'s framework).
     """
     hkv = int(num_heads_q if num_heads_kv is None else num_heads_kv)
     hq = int(num_heads_q)
     if hq < 1 or hkv < 1 or hq % hkv:
         raise ValueError(f"num_heads_q: {hq} must be a positive multiple of num_heads_kv = {hkv}")
-    bq, bk = check_block_size(block_q, "block_q"), check_block_size(block_k, "block_k")
-    shape, src = _source(mask, topk_indices, topk_counts)
-    bm, h, mb = (int(x) for x in shape[:3])
-    nb = int(shape[3]) if mask is not None else int(num_key_blocks if num_key_blocks is not None else mb)
+    source = resolve_source(mask, topk_indices, topk_counts, fa4, flex, num_key_blocks)
+    carried = source.block_size or (128, 128)
+    bq = check_block_size(carried[0] if block_q is None else block_q, "block_q")
+    bk = check_block_size(carried[1] if block_k is None else block_k, "block_k")
+    bm, h, mb, nb = source.shape
+    src = source.inputs
     # a head count matching several meanings takes the simplest: broadcast, then per query head
     mode = head_mode or {hkv: HEAD_MODE_PER_KV_HEAD, hq: HEAD_MODE_PER_Q_HEAD, 1: HEAD_MODE_BROADCAST}.get(h, "")
     if not mode:
@@ -125,7 +107,7 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
                    tile_m=tile_m, tile_n=tile_n, num_heads_q=hq, num_heads_kv=hkv, head_mode=mode, pack_gqa=g,
                    window_left=wl, window_right=wr, max_entries=cap)
     st = stream_for(stream, ordinal, like=cu_seqlens_q)
-    builder = DeviceLayoutBuilder(geo, ordinal, st, topk_k=src.k)
+    builder = DeviceLayoutBuilder(geo, ordinal, st, topk_k=src.k, full_k=src.k2)
     cu_bufs = {"cu_seqlens_q": DeviceBuffer(ordinal, 4 * (batch + 1), st),
                "cu_seqlens_k": DeviceBuffer(ordinal, 4 * (batch + 1), st)}
     bufs = {**builder.buffers, **cu_bufs, "tile_counters": Plan.new_tile_counters(ordinal, st)}
@@ -172,19 +154,22 @@ def _builder(plan: Any) -> DeviceLayoutBuilder:
 
 
 def rebuild(plan: Plan, *, cu_seqlens_q: Any, cu_seqlens_k: Any = None, mask: Any = None, topk_indices: Any = None,
-            topk_counts: Any = None, stream: Any = None) -> None:
-    """Rebuild ``plan``'s layout in place from new device inputs of the same shapes (same batch size, mask shape
-    and dtype kind, or K). No allocation and no host synchronisation: capturable in a CUDA graph."""
+            topk_counts: Any = None, fa4: Any = None, flex: Any = None, stream: Any = None) -> None:
+    """Rebuild ``plan``'s layout in place from new device inputs of the same kind and shapes as the plan's (same
+    batch size, cell grid, slots). No allocation and no host synchronisation: capturable in a CUDA graph."""
     b = _builder(plan)
-    if topk_indices is not None and not b.topk_k:
-        raise ValueError("topk_indices: this plan was made from a mask (it has no top-k buffers); make one with "
-                         "plan_device(topk_indices=...)")
-    shape, src = _source(mask, topk_indices, topk_counts)
     g = b.geo
-    want = (g.mask_batch, g.num_layout_heads, g.mb, g.nb if mask is not None else b.topk_k)
-    if tuple(int(x) for x in shape) != want:
-        raise ValueError(f"{'mask' if mask is not None else 'topk_indices'}: expected shape {want} like the plan's, "
-                         f"got {tuple(shape)}")
+    source = resolve_source(mask, topk_indices, topk_counts, fa4, flex, g.nb)
+    if source.kind != "mask" and not b.topk_k:
+        raise ValueError("rebuild: this plan was made from a mask (it has no index-list buffers); make one with "
+                         "plan_device(topk_indices= / fa4= / flex=)")
+    want = (g.mask_batch, g.num_layout_heads, g.mb, g.nb)
+    if source.shape != want:
+        raise ValueError(f"{source.kind}: expected a cell grid {want} like the plan's, got {source.shape}")
+    src = source.inputs
+    if src.indices and (src.k, src.k2) != (b.topk_k, b.full_k):
+        raise ValueError(f"{source.kind}: the plan was made for ({b.topk_k}, {b.full_k}) index slots per row, got "
+                         f"({src.k}, {src.k2})")
     cq, ck = device_seqlens(cu_seqlens_q, cu_seqlens_k if cu_seqlens_k is not None else cu_seqlens_q)
     if cq.shape[0] - 1 != g.batch:
         raise ValueError(f"cu_seqlens_q: expected {g.batch + 1} entries like the plan's, got {cq.shape[0]}")

@@ -131,8 +131,11 @@ def _topk_kernel(p: SimpleNamespace):
             m_lim = warp_max(m_lim)
             n_lim = warp_max(n_lim)
         n_lim = cutlass.min(n_lim, NB)
-        for n in cutlass.range(lane, NB, 32):
-            g_kept[w * NB + n] = Uint8(0)
+        if p.pad_ok != 0:
+            n_lim = NB
+        if p.clear != 0:
+            for n in cutlass.range(lane, NB, 32):
+                g_kept[w * NB + n] = Uint8(0)
         cute.arch.sync_warp()
         first = Int32(I32_MAX)
         if m < m_lim:
@@ -144,14 +147,25 @@ def _topk_kernel(p: SimpleNamespace):
             else:
                 for k in cutlass.range(lane, cnt, 32):
                     j = g_idx[w * K + k]
+                    bad = Int32(0)
                     if j < 0 or j >= n_lim:
+                        bad = Int32(1)
+                    elif p.strict != 0 and k > 0:
+                        if j <= g_idx[w * K + k - 1]:
+                            bad = Int32(1)
+                    if bad == 0 and p.value == 2:
+                        if Int32(g_kept[w * NB + j]) == 1:  # written by the previous (partial) list's launch
+                            bad = Int32(1)
+                    if bad != 0:
                         first = cutlass.min(first, w * K + k)
                     else:
-                        g_kept[w * NB + j] = Uint8(1)
+                        g_kept[w * NB + j] = Uint8(p.value)
         first = warp_min(first)
         if lane == 0:
             if first == I32_MAX:
                 first = Int32(-1)
+            else:
+                first = first + p.slot_offset
             g_err[w] = first
 
 

@@ -4,8 +4,10 @@ needs), in fixed-capacity buffers, with no host synchronisation (capturable in a
 
 Four kernels (one variant each per arch; ``cells`` has one per mask element type), run in this order on one stream:
 
-* ``topk`` (optional source): one warp per padded row ``(b, hl, m)`` of ``indices [Bm, H, MB, K]`` zeroes its row of
-  the kept mask ``[Bm, H, MB, NB]`` (uint8) and sets the selected cells; bad slots -> ``topk_err`` (per row).
+* ``topk`` (optional source, launched once per index list): one warp per padded row ``(b, hl, m)`` of ``indices
+  [Bm, H, MB, K]`` zeroes its row of the cell codes ``[Bm, H, MB, NB]`` (uint8; ``clear``) and writes ``value`` at
+  the listed cells (top-k: 1 = kept; FA4 / FlexAttention: 1 = partial list, then 2 = full list); bad slots (range,
+  ``strict`` ascending order, a full block already partial) -> ``topk_err`` (per row, flat slot + ``slot_offset``).
 * ``cells``: one warp per padded layout row ``(hl, b, m)`` classifies its ``NB`` cells (warp ballots give each kept
   cell its position in the row's full / partial group, written to ``info``) and counts entries and chunks; one
   warp per padded column ``(hl, b, n)`` counts the column's full / partial cells.
@@ -48,7 +50,7 @@ def _i32(*names: str) -> tuple[Param, ...]:
 PARAMS: dict[str, tuple[Param, ...]] = {
     "topk": _ptrs("indices", "counts", "cu_seqlens_q", "cu_seqlens_k", "kept", "topk_err")
     + _i32("mask_batch", "batch", "num_layout_heads", "mb", "nb", "k", "block_q", "block_k", "has_counts",
-           "num_items"),
+           "num_items", "value", "clear", "strict", "pad_ok", "slot_offset"),
     "cells": _ptrs("mask", "cu_seqlens_q", "cu_seqlens_k", "info", "row_counts", "row_err", "col_counts")
     + _i32("mask_batch", "batch", "num_layout_heads", "mb", "nb", "block_q", "block_k", "tile_n", "window_left",
            "window_right", "codes", "num_items"),
@@ -103,6 +105,7 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
             if p.kind == "ptr":
                 vals[p.name] = 0x7F0000000000 + (j << 24) + (i << 12)
         rows_pad, cols_pad = h * b * mb, h * b * nb
+        vals.update(value=1 + i % 2, clear=1 - i % 2, strict=i % 2, pad_ok=i % 2, slot_offset=i * 1000)
         vals.update(mask_batch=b, batch=b, num_layout_heads=h, mb=mb, nb=nb, k=3, block_q=128, block_k=64,
                     has_counts=i % 2, tile_n=64, window_left=-1 if i else 100, window_right=0, codes=i % 2,
                     tokens_per_tile=128, tile_heads=1, head_mul=1, topk_rows=b * h * mb, max_entries=1000 + i,
