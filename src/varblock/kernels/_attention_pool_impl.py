@@ -152,21 +152,22 @@ def _reduce_2d(p, w: Int32, lane: Int32):
     t1 = cutlass.min(t0 + p.block_q, lq)
     out_row = Int64(w) * p.nbo
     total = Float32(0.0)
-    for pass_ in cutlass.range(2, unroll=1):  # pass 0: the row sum; pass 1: normalised values
-        for n0 in cutlass.range(0, p.nbo, 32):
-            n = n0 + lane
-            v = Float32(0.0)
-            if n < n_b:
-                for g in cutlass.range(p.group):
-                    base = Int64(ho * p.group + g) * p.pool_stride_head + Int64(n)
-                    for t in cutlass.range(t0, t1):
-                        v = cute.arch.fmax(v, p.pool[base + Int64(cq0 + t) * p.pool_stride_tok])
-            if pass_ == 0:
-                total = total + _warp_sum_f32(v)
-            elif n < p.nbo:
-                if total > Float32(0.0):
-                    v = v / total
-                p.out[out_row + Int64(n)] = v
+    # pass 1: block maxima -> out (unnormalised) and the row sum; pass 2: out / sum (each lane rereads its own
+    # columns, so the large 1D map is read once)
+    for n0 in cutlass.range(0, p.nbo, 32):
+        n = n0 + lane
+        v = Float32(0.0)
+        if n < n_b:
+            for g in cutlass.range(p.group):
+                base = Int64(ho * p.group + g) * p.pool_stride_head + Int64(n)
+                for t in cutlass.range(t0, t1):
+                    v = cute.arch.fmax(v, p.pool[base + Int64(cq0 + t) * p.pool_stride_tok])
+        total = total + _warp_sum_f32(v)
+        if n < p.nbo:
+            p.out[out_row + Int64(n)] = v
+    if total > Float32(0.0):
+        for n in cutlass.range(lane, p.nbo, 32):
+            p.out[out_row + Int64(n)] = p.out[out_row + Int64(n)] / total
 
 
 @cute.jit
