@@ -3,6 +3,11 @@ launch-capture cases, the shared-memory budget, and the runtime binding (what it
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -118,3 +123,23 @@ def test_binding_adds_the_descriptor_extents():
     assert set(fam.HOST_PARAM_NAMES) <= set(values)
     arrays["k"] = arr((0, 2, 128), (256, 128, 1), 0)
     assert binding_mod.BINDING.bind(plan, arrays, {"softmax_scale": 0.125})["total_k"] == 1
+
+
+def _cuobjdump() -> str | None:
+    return os.environ.get("VARBLOCK_CUOBJDUMP") or shutil.which("cuobjdump")
+
+
+def test_sass_has_no_predicated_r2ur():
+    """ptxas can sink the uniform-register moves of a TMA issue into the elected-thread block (``@P R2UR``), which
+    sm_90a rejects at run time (illegal instruction; cutlass examples/.../grouped_gemm.py). Checks the built cubins
+    (``$VARBLOCK_CUBIN_DIR`` or ./cubins) when cuobjdump is available (``$VARBLOCK_CUOBJDUMP`` or PATH)."""
+    tool = _cuobjdump()
+    d = Path(os.environ.get("VARBLOCK_CUBIN_DIR", Path(__file__).resolve().parent.parent / "cubins")) / "sm90"
+    cubins = sorted(d.glob(f"{fam.FAMILY_NAME}_*.cubin"))
+    if tool is None or not cubins:
+        pytest.skip("needs cuobjdump and built attention_fwd_sm90 cubins")
+    for c in cubins:
+        sass = subprocess.run([tool, "-sass", str(c)], capture_output=True, text=True, check=True).stdout
+        bad = re.findall(r"@!?U?P[0-9T] R2UR[^;]*", sass)
+        assert not bad, f"{c.name}: predicated R2UR in the SASS: {bad[:4]}"
+        assert "HGMMA" in sass and "UTMALDG" in sass and "USETMAXREG" in sass, f"{c.name}: not a wgmma/TMA kernel"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # First GPU check of the Hopper forward family (attention_fwd_sm90), one command on an H200:
 #   PYTHONPATH=src bash tools/hopper_check.sh            (cubins carried; VARBLOCK_CUBIN_DIR honoured)
+# 0. the SASS check of tests/test_attention_sm90.py (when cuobjdump is found);
 # 1. smoke: one tile (1 head, 128 tokens, d128, dense), then 2 chunks, then persistent - each under a timeout, with a
 #    clear printout (max error vs float64, LSE, unwritten outputs); a hang shows as "TIMEOUT";
 # 2. tests/test_attention_sm90_gpu.py (stops at the first failure);
@@ -10,6 +11,10 @@ set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-src}"
 status=0
+
+echo "== SASS check (no predicated R2UR: illegal on sm_90a) =="
+export VARBLOCK_CUOBJDUMP="${VARBLOCK_CUOBJDUMP:-$(command -v cuobjdump || ls /usr/local/cuda/bin/cuobjdump 2>/dev/null || true)}"
+python -m pytest -q -rs tests/test_attention_sm90.py -k sass || status=1
 
 echo "== smoke (attention_fwd_sm90) =="
 timeout -k 5 120 python - <<'EOF' || { rc=$?; [ $rc -ge 124 ] && echo "SMOKE TIMEOUT (rc $rc): the kernel probably hangs"; status=1; }

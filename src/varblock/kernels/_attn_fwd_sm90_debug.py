@@ -1,4 +1,5 @@
-"""Hang diagnosis for ``attention_fwd_sm90`` (build time only; off unless ``VARBLOCK_SM90_DEBUG_HANGS=1``).
+"""Debug builds of ``attention_fwd_sm90`` (build time only; off unless ``VARBLOCK_SM90_DEBUG_HANGS=1`` or
+``VARBLOCK_SM90_PLAIN=1``, the latter selecting the plain consumer loop, see ``_attn_fwd_sm90_impl``).
 
 With the variable set while building, every mbarrier wait of the kernel (the DSL pipelines call
 ``cute.arch.mbarrier_wait``) becomes a bounded loop of ``mbarrier.try_wait``: after ``HANG_LIMIT`` failed tries the
@@ -23,12 +24,20 @@ from cutlass import Int32
 from cutlass._mlir.dialects import llvm
 
 ENV = "VARBLOCK_SM90_DEBUG_HANGS"
+#: build-time switch: the plain consumer loop (S, softmax, P V one after the other; no intra-warpgroup overlap, no
+#: ping-pong), to tell a bug of the overlap / turn logic from one elsewhere
+ENV_PLAIN = "VARBLOCK_SM90_PLAIN"
 #: failed try_wait rounds before a thread reports and traps (each round may suspend for a while: seconds in all)
 HANG_LIMIT = 1 << 20
 
 
 def enabled() -> bool:
     return os.environ.get(ENV, "") not in ("", "0")
+
+
+def plain() -> bool:
+    """Whether this build uses the plain consumer loop (``VARBLOCK_SM90_PLAIN=1``)."""
+    return os.environ.get(ENV_PLAIN, "") not in ("", "0")
 
 
 @cutlass.dsl_user_op

@@ -7,7 +7,8 @@ See ``attention_fwd_sm90.py`` for the design and ``attention_fwd_mma.py`` for th
   storage struct;
 * :func:`_producer` - warpgroup 0: tile indices (warp 0 fetches, a 2-slot mbarrier ring hands them out), Q by
   warps 2-3 (TMA, or cp.async with pack-GQA), K / V by TMA (warp 0), V one chunk behind K;
-* :func:`_consumer` - warpgroups 1, 2: the chunk loop with intra-warpgroup overlap and ping-pong, the epilogue.
+* :func:`_consumer` - warpgroups 1, 2: pop tiles, the chunk loop (``_attn_fwd_sm90_consumer``: intra-warpgroup
+  overlap and ping-pong), the epilogue.
 
 Named barriers: 0 = CTA, 1 + wg = consumer warpgroup wg (128 threads), 3 + wg = the ping-pong turn of
 warpgroup wg (256 threads).
@@ -26,22 +27,26 @@ from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.utils import LayoutEnum
 
+from ._attn_fwd_sm90_consumer import (
+    OVERLAP,
+    WG_THREADS,
+    ConsumerSetup,
+    first_turn,
+    mn_view,
+    tile_mainloop,
+    tile_mainloop_plain,
+    wg_sync,
+)
 from ._attn_fwd_sm90_debug import bounded_mbarrier_waits
 from .attention_fwd_sm90 import CONSUMER_REGS, PRODUCER_REGS, THREADS
 from .common import gmem_io
 from .common.mask import ElementMask, MaskSmem
 from .common.scheduler import TileScheduler, count_tile
 from .common.signature import jit_host
-from .common.softmax import OnlineSoftmax
-from .common.warp_mma import quad_max
 from .common.work_tile import Sequence, TileRows, WorkTile, read_chunk
 
-WG_THREADS = 128
 Q_THREADS = 64  #: producer warps 2-3 load Q (warp 0 keeps issuing K / V TMA meanwhile; warp 1 only follows the ring)
-BAR_WG = 1  #: + wg: one consumer warpgroup
-BAR_TURN = 3  #: + wg: ping-pong turn of consumer warpgroup wg
 TILE_RING = 2  #: slots of the tile-index ring
-PINGPONG = True  #: warpgroups take turns issuing wgmma
 
 
 class Sm90Config:
@@ -96,67 +101,6 @@ class Sm90Config:
             sTiles: al[mr[Int32, 4], 16]
 
         return SharedStorage
-
-
-def mn_view(t):
-    """A wgmma accumulator ``((2, 2, V), MMA_M, MMA_N)`` as ``(rows, cols)`` = ``((2, MMA_M), (2, V, MMA_N))``."""
-    lay = cute.make_layout(t.layout.shape)
-    mn = cute.make_layout(
-        ((lay.shape[0][1], lay.shape[1]), (lay.shape[0][0], lay.shape[0][2], lay.shape[2])),
-        stride=((lay.stride[0][1], lay.stride[1]), (lay.stride[0][0], lay.stride[0][2], lay.stride[2])))
-    return cute.make_tensor(t.iterator, cute.composition(t.layout, mn))
-
-
-def acc_as_operand_a(t):
-    """A wgmma accumulator ``((2, 2, V), MMA_M, MMA_N)`` as the register A operand of the next wgmma:
-    ``((2, 2, 2), MMA_M, (V / 2, MMA_N))`` (two n8 column groups make one k16 slice)."""
-    div = cute.logical_divide(t.layout, ((None, None, 2), None, None))
-    lay = cute.make_layout(
-        ((div.shape[0][0], div.shape[0][1], div.shape[0][2][0]), div.shape[1], (div.shape[0][2][1], div.shape[2])),
-        stride=((div.stride[0][0], div.stride[0][1], div.stride[0][2][0]), div.stride[1],
-                (div.stride[0][2][1], div.stride[2])))
-    return cute.make_tensor(t.iterator, lay)
-
-
-@cute.jit
-def wgmma(tiled_mma, acc, frag_a, frag_b, zero_init: cutlass.Constexpr, wait: cutlass.Constexpr):
-    """Issue ``acc (+)= A B`` over the k slices as one wgmma group; wait until ``wait`` groups are pending
-    (``wait < 0``: do not wait)."""
-    warpgroup.fence()
-    atom = cute.make_mma_atom(tiled_mma.op)
-    atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
-    for k in cutlass.range_constexpr(cute.size(frag_a.shape[2])):
-        cute.gemm(atom, acc, frag_a[None, None, k], frag_b[None, None, k], acc)
-        atom.set(warpgroup.Field.ACCUMULATE, True)
-    warpgroup.commit_group()
-    if cutlass.const_expr(wait >= 0):
-        warpgroup.wait_group(wait)
-
-
-@cute.jit
-def softmax_step(sm: OnlineSoftmax, acc_s_mn, corr):
-    """Fold a chunk of scores in (base 2): new row max, ``P = exp2(S * scale - max * scale)`` over S, row sums;
-    the O correction ``exp2((old max - new max) * scale)`` goes to ``corr`` (applied once the in-flight P V
-    wgmma of the previous chunk is done). Fully masked rows so far use max 0, so they contribute exactly 0."""
-    scale, row_max, row_sum = sm.scale_log2, sm.row_max, sm.row_sum
-    for rr in cutlass.range_constexpr(sm.n_rows):
-        srow = acc_s_mn[rr, None].load()
-        m_cur = quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
-        m_prev = row_max[rr]
-        m_new = cute.arch.fmax(m_prev, m_cur)
-        row_max[rr] = m_new
-        m_scaled = (0.0 if m_new == -Float32.inf else m_new) * scale
-        p = cute.math.exp2(srow * scale - m_scaled, fastmath=True)
-        c = cute.math.exp2(m_prev * scale - m_scaled, fastmath=True)
-        row_sum[rr] = row_sum[rr] * c + p.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
-        acc_s_mn[rr, None] = p
-        corr[rr] = c
-
-
-@cute.jit
-def _rescale(acc_o_mn, corr, n_rows: cutlass.Constexpr):
-    for rr in cutlass.range_constexpr(n_rows):
-        acc_o_mn[rr, None] = acc_o_mn[rr, None].load() * corr[rr]
 
 
 def _strides(p) -> SimpleNamespace:
@@ -342,11 +286,6 @@ def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tmas, warp_idx, tid
         TileScheduler(p.persistent, p.tile_counter, None).finish(tidx)
 
 
-@cute.jit
-def _wg_sync(wg):
-    cute.arch.barrier(barrier_id=BAR_WG + wg, number_of_threads=WG_THREADS)
-
-
 def _mask_of(cfg: Sm90Config, p, storage, wg) -> ElementMask:
     """This warpgroup's copy of the element-mask inputs (full tile rows: rows are indexed by tile row)."""
     tm, tn, nw = cfg.tile_m, cfg.tile_n, cfg.tile_n // 32
@@ -362,132 +301,6 @@ def _mask_of(cfg: Sm90Config, p, storage, wg) -> ElementMask:
     return ElementMask(p, ms, tm, tn, WG_THREADS)
 
 
-@dataclass(frozen=True)
-class ConsumerSetup:
-    """A consumer thread's wgmma fragments, accumulators, coordinates and softmax state (frozen: read-only to
-    the DSL; the tensors it holds are written in place)."""
-
-    mma_qk: Any
-    mma_pv: Any
-    rQ: Any
-    rK: Any
-    rVt: Any
-    rP: Any
-    acc_O: Any
-    shape_S: Any
-    tScS: Any
-    t0ScS: Any
-    tOcO: Any
-    softmax: Any
-    corr: Any
-
-    @staticmethod
-    def create(cfg: Sm90Config, sm, ctid, wg, scale_log2) -> "ConsumerSetup":
-        tm, tn, D = cfg.tile_m, cfg.tile_n, cfg.D
-        mma_qk, mma_pv = cfg.tiled_mmas()
-        wg_qk = mma_qk.get_slice(wg * WG_THREADS)
-        wg_pv = mma_pv.get_slice(wg * WG_THREADS)
-        cS = cute.make_identity_tensor((tm, tn))
-        tScS = mn_view(mma_qk.get_slice(ctid).partition_C(cS))
-        n_rows = cute.size(tScS, mode=[0])
-        return ConsumerSetup(
-            mma_qk=mma_qk, mma_pv=mma_pv,
-            rQ=wg_qk.make_fragment_A(wg_qk.partition_A(sm.sQ)),
-            rK=wg_qk.make_fragment_B(wg_qk.partition_B(sm.sK)),
-            rVt=wg_pv.make_fragment_B(wg_pv.partition_B(sm.sVt)),
-            rP=wg_pv.make_fragment_A(wg_pv.partition_shape_A((tm, tn))),
-            acc_O=cute.make_rmem_tensor(wg_pv.partition_shape_C((tm, D)), Float32),
-            shape_S=wg_qk.partition_shape_C((tm, tn)),
-            tScS=tScS,
-            t0ScS=mn_view(mma_qk.get_slice(0).partition_C(cS)),
-            tOcO=mn_view(mma_pv.get_slice(ctid).partition_C(cute.make_identity_tensor((tm, D)))),
-            softmax=OnlineSoftmax.create(n_rows, scale_log2),
-            corr=cute.make_rmem_tensor(n_rows, Float32),
-        )
-
-
-@cute.jit
-def _mask_scores(mask: ElementMask, cs: ConsumerSetup, acc_s_mn, partial, k_start, k_len):
-    col0 = cs.tScS[0, 0][1]
-    if partial:
-        mask.apply_partial(acc_s_mn, cs.tScS, cs.t0ScS, col0, k_start, k_len)
-    else:
-        mask.apply_tail(acc_s_mn, cs.t0ScS, col0, k_len)
-
-
-@cute.jit
-def _chunk_mask_inputs(p, mask: ElementMask, tile: WorkTile, seq, ci, wtid, wg, first: cutlass.Constexpr):
-    """Partial chunk ``ci`` with document / token masks: its per-key inputs -> this warpgroup's shared memory,
-    between barriers (the previous chunk's readers are done; this chunk's readers wait)."""
-    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
-    if tile.is_partial(ci) & (p.mask_flags != 0):
-        if cutlass.const_expr(not first):
-            _wg_sync(wg)
-        mask.load_chunk(wtid, seq, k_start, k_len)
-        _wg_sync(wg)
-
-
-@cute.jit
-def _turn_wait(wg):
-    if cutlass.const_expr(PINGPONG):
-        cute.arch.barrier(barrier_id=BAR_TURN + wg, number_of_threads=2 * WG_THREADS)
-
-
-@cute.jit
-def _turn_pass(wg):
-    if cutlass.const_expr(PINGPONG):
-        cute.arch.barrier_arrive(barrier_id=BAR_TURN + 1 - wg, number_of_threads=2 * WG_THREADS)
-
-
-@cute.jit
-def _tile_mainloop(cfg: Sm90Config, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, kv_state,
-                   tile: WorkTile, seq, wtid, wg):
-    """The chunks of one tile: S(0); then for each next chunk S(n) and P(n-1) V(n-1) in flight together, the
-    softmax of S(n) while P V runs; finally P(last) V(last)."""
-    pipe_q, pipe_k, pipe_v = pipes
-    acc_O_mn = mn_view(cs.acc_O)
-    n_rows = cs.softmax.n_rows
-    pipe_q.consumer_wait(q_state)
-    _chunk_mask_inputs(p, mask, tile, seq, 0, wtid, wg, True)
-    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin)
-    pipe_k.consumer_wait(kv_state)
-    acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
-    wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
-    pipe_k.consumer_release(kv_state)
-    acc_S_mn = mn_view(acc_S)
-    _mask_scores(mask, cs, acc_S_mn, tile.is_partial(0), k_start, k_len)
-    softmax_step(cs.softmax, acc_S_mn, cs.corr)
-    cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
-    for ci in cutlass.range(1, tile.n_chunks, unroll=1):
-        prev = kv_state.clone()
-        kv_state.advance()
-        _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, False)
-        k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
-        pipe_k.consumer_wait(kv_state)
-        _turn_wait(wg)
-        acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
-        wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, -1)
-        pipe_v.consumer_wait(prev)
-        wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, prev.index], False, -1)
-        _turn_pass(wg)
-        warpgroup.wait_group(1)  # S(ci) done, P V still running
-        pipe_k.consumer_release(kv_state)
-        acc_S_mn = mn_view(acc_S)
-        _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
-        softmax_step(cs.softmax, acc_S_mn, cs.corr)
-        warpgroup.wait_group(0)
-        pipe_v.consumer_release(prev)
-        cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
-        _rescale(acc_O_mn, cs.corr, n_rows)
-    pipe_q.consumer_release(q_state)
-    q_state.advance()
-    pipe_v.consumer_wait(kv_state)
-    wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, kv_state.index], False, 0)
-    pipe_v.consumer_release(kv_state)
-    kv_state.advance()
-    return q_state, kv_state
-
-
 @cute.jit
 def _epilogue(cfg: Sm90Config, p, sm, cs: ConsumerSetup, rows, ctid, wtid, wg):
     """O / row sum and LSE; O -> shared memory (this warpgroup's 64 rows) -> 16-byte stores of the valid rows."""
@@ -499,7 +312,7 @@ def _epilogue(cfg: Sm90Config, p, sm, cs: ConsumerSetup, rows, ctid, wtid, wg):
     r2s_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), cfg.dtype, num_bits_per_copy=32)
     r2s = cute.make_tiled_copy_C(r2s_atom, cs.mma_pv).get_slice(ctid)
     cute.copy(r2s_atom, r2s.retile(rO), r2s.partition_D(sm.sO))
-    _wg_sync(wg)
+    wg_sync(wg)
     s2g = _row_copy(cfg.dtype, cute.nvgpu.CopyUniversalOp(), WG_THREADS, cfg.D)
     s2g_thr = s2g.get_slice(wtid)
     half = (cfg.tile_m // 2, cfg.D)
@@ -522,21 +335,23 @@ def _consumer(cfg: Sm90Config, p, sm, storage, pipes, ring: TileRing, warp_group
     ring_c = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, TILE_RING)
     q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
     kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, cfg.stages)
-    if cutlass.const_expr(PINGPONG):
-        if wg == 0:  # warpgroup 0 takes the first turn
-            cute.arch.barrier_arrive(barrier_id=BAR_TURN, number_of_threads=2 * WG_THREADS)
+    first_turn(wg)
     tile_idx, ring_c = ring.pop(ring_c)
     while tile_idx >= 0:
         tile = WorkTile.load(p.tiles, tile_idx)
         seq = Sequence.load(p.cu_seqlens_q, p.cu_seqlens_k, tile.batch)
         rows = TileRows.of(tile, seq, p.pack_gqa, p.qhead_per_kvhead)
-        _wg_sync(wg)  # the previous tile's readers of sO and of the mask inputs are done
+        wg_sync(wg)  # the previous tile's readers of sO and of the mask inputs are done
         mask.load_rows(wtid, tile, seq, rows)
-        _wg_sync(wg)
+        wg_sync(wg)
         cs.acc_O.fill(0.0)
         cs.softmax.reset()
         if tile.n_chunks > 0:
-            q_state, kv_state = _tile_mainloop(cfg, p, cs, mask, pipes, q_state, kv_state, tile, seq, wtid, wg)
+            if cutlass.const_expr(OVERLAP):
+                q_state, kv_state = tile_mainloop(cfg, p, cs, mask, pipes, q_state, kv_state, tile, seq, wtid, wg)
+            else:
+                q_state, kv_state = tile_mainloop_plain(cfg, p, cs, mask, pipes, q_state, kv_state, tile, seq,
+                                                        wtid, wg)
         _epilogue(cfg, p, sm, cs, rows, ctid, wtid, wg)
         tile_idx, ring_c = ring.pop(ring_c)
 

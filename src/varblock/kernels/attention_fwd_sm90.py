@@ -152,6 +152,7 @@ FAMILY = Family(
     module=__name__,
     variants=variants,
     sources=(__file__, str(Path(__file__).with_name("_attn_fwd_sm90_impl.py")),
+             str(Path(__file__).with_name("_attn_fwd_sm90_consumer.py")),
              str(Path(__file__).with_name("_attn_fwd_sm90_debug.py")), portable.__file__, abi.__file__,
              *sorted(str(p) for p in Path(__file__).with_name("common").glob("*.py"))),  # the shared components
     arches=("sm90",),

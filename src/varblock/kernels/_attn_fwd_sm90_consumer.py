@@ -1,0 +1,259 @@
+"""The consumer side of ``attention_fwd_sm90`` (build time only): wgmma fragments and helpers, online softmax
+steps, the element mask on wgmma accumulators, and the chunk loop of a tile - with intra-warpgroup overlap and
+ping-pong (:func:`tile_mainloop`), or plain (:func:`tile_mainloop_plain`, a debug build: ``VARBLOCK_SM90_PLAIN=1``).
+
+Named barriers: 1 + wg = consumer warpgroup wg (128 threads), 3 + wg = the ping-pong turn of warpgroup wg
+(256 threads).
+"""
+
+# (no `from __future__ import annotations`: the DSL reads annotations as objects)
+from dataclasses import dataclass
+from typing import Any
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32
+from cutlass.cute.nvgpu import warpgroup
+
+from ._attn_fwd_sm90_debug import plain
+from .common.mask import ElementMask
+from .common.softmax import OnlineSoftmax
+from .common.warp_mma import quad_max
+from .common.work_tile import WorkTile, read_chunk
+
+WG_THREADS = 128
+BAR_WG = 1  #: + wg: one consumer warpgroup
+BAR_TURN = 3  #: + wg: ping-pong turn of consumer warpgroup wg
+OVERLAP = not plain()  #: intra-warpgroup overlap (False: the plain loop, a debug build: VARBLOCK_SM90_PLAIN=1)
+PINGPONG = OVERLAP  #: warpgroups take turns issuing wgmma
+
+
+def mn_view(t):
+    """A wgmma accumulator ``((2, 2, V), MMA_M, MMA_N)`` as ``(rows, cols)`` = ``((2, MMA_M), (2, V, MMA_N))``."""
+    lay = cute.make_layout(t.layout.shape)
+    mn = cute.make_layout(
+        ((lay.shape[0][1], lay.shape[1]), (lay.shape[0][0], lay.shape[0][2], lay.shape[2])),
+        stride=((lay.stride[0][1], lay.stride[1]), (lay.stride[0][0], lay.stride[0][2], lay.stride[2])))
+    return cute.make_tensor(t.iterator, cute.composition(t.layout, mn))
+
+
+def acc_as_operand_a(t):
+    """A wgmma accumulator ``((2, 2, V), MMA_M, MMA_N)`` as the register A operand of the next wgmma:
+    ``((2, 2, 2), MMA_M, (V / 2, MMA_N))`` (two n8 column groups make one k16 slice)."""
+    div = cute.logical_divide(t.layout, ((None, None, 2), None, None))
+    lay = cute.make_layout(
+        ((div.shape[0][0], div.shape[0][1], div.shape[0][2][0]), div.shape[1], (div.shape[0][2][1], div.shape[2])),
+        stride=((div.stride[0][0], div.stride[0][1], div.stride[0][2][0]), div.stride[1],
+                (div.stride[0][2][1], div.stride[2])))
+    return cute.make_tensor(t.iterator, lay)
+
+
+@cute.jit
+def wgmma(tiled_mma, acc, frag_a, frag_b, zero_init: cutlass.Constexpr, wait: cutlass.Constexpr):
+    """Issue ``acc (+)= A B`` over the k slices as one wgmma group; wait until ``wait`` groups are pending
+    (``wait < 0``: do not wait)."""
+    warpgroup.fence()
+    atom = cute.make_mma_atom(tiled_mma.op)
+    atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
+    for k in cutlass.range_constexpr(cute.size(frag_a.shape[2])):
+        cute.gemm(atom, acc, frag_a[None, None, k], frag_b[None, None, k], acc)
+        atom.set(warpgroup.Field.ACCUMULATE, True)
+    warpgroup.commit_group()
+    if cutlass.const_expr(wait >= 0):
+        warpgroup.wait_group(wait)
+
+
+@cute.jit
+def softmax_step(sm: OnlineSoftmax, acc_s_mn, corr):
+    """Fold a chunk of scores in (base 2): new row max, ``P = exp2(S * scale - max * scale)`` over S, row sums;
+    the O correction ``exp2((old max - new max) * scale)`` goes to ``corr`` (applied once the in-flight P V
+    wgmma of the previous chunk is done). Fully masked rows so far use max 0, so they contribute exactly 0."""
+    scale, row_max, row_sum = sm.scale_log2, sm.row_max, sm.row_sum
+    for rr in cutlass.range_constexpr(sm.n_rows):
+        srow = acc_s_mn[rr, None].load()
+        m_cur = quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
+        m_prev = row_max[rr]
+        m_new = cute.arch.fmax(m_prev, m_cur)
+        row_max[rr] = m_new
+        m_scaled = (0.0 if m_new == -Float32.inf else m_new) * scale
+        p = cute.math.exp2(srow * scale - m_scaled, fastmath=True)
+        c = cute.math.exp2(m_prev * scale - m_scaled, fastmath=True)
+        row_sum[rr] = row_sum[rr] * c + p.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
+        acc_s_mn[rr, None] = p
+        corr[rr] = c
+
+
+@cute.jit
+def _rescale(acc_o_mn, corr, n_rows: cutlass.Constexpr):
+    for rr in cutlass.range_constexpr(n_rows):
+        acc_o_mn[rr, None] = acc_o_mn[rr, None].load() * corr[rr]
+
+
+@cute.jit
+def wg_sync(wg):
+    cute.arch.barrier(barrier_id=BAR_WG + wg, number_of_threads=WG_THREADS)
+
+
+@dataclass(frozen=True)
+class ConsumerSetup:
+    """A consumer thread's wgmma fragments, accumulators, coordinates and softmax state (frozen: read-only to
+    the DSL; the tensors it holds are written in place)."""
+
+    mma_qk: Any
+    mma_pv: Any
+    rQ: Any
+    rK: Any
+    rVt: Any
+    rP: Any
+    acc_O: Any
+    shape_S: Any
+    tScS: Any
+    t0ScS: Any
+    tOcO: Any
+    softmax: Any
+    corr: Any
+
+    @staticmethod
+    def create(cfg, sm, ctid, wg, scale_log2) -> "ConsumerSetup":
+        tm, tn, D = cfg.tile_m, cfg.tile_n, cfg.D
+        mma_qk, mma_pv = cfg.tiled_mmas()
+        wg_qk = mma_qk.get_slice(wg * WG_THREADS)
+        wg_pv = mma_pv.get_slice(wg * WG_THREADS)
+        cS = cute.make_identity_tensor((tm, tn))
+        tScS = mn_view(mma_qk.get_slice(ctid).partition_C(cS))
+        n_rows = cute.size(tScS, mode=[0])
+        return ConsumerSetup(
+            mma_qk=mma_qk, mma_pv=mma_pv,
+            rQ=wg_qk.make_fragment_A(wg_qk.partition_A(sm.sQ)),
+            rK=wg_qk.make_fragment_B(wg_qk.partition_B(sm.sK)),
+            rVt=wg_pv.make_fragment_B(wg_pv.partition_B(sm.sVt)),
+            rP=wg_pv.make_fragment_A(wg_pv.partition_shape_A((tm, tn))),
+            acc_O=cute.make_rmem_tensor(wg_pv.partition_shape_C((tm, D)), Float32),
+            shape_S=wg_qk.partition_shape_C((tm, tn)),
+            tScS=tScS,
+            t0ScS=mn_view(mma_qk.get_slice(0).partition_C(cS)),
+            tOcO=mn_view(mma_pv.get_slice(ctid).partition_C(cute.make_identity_tensor((tm, D)))),
+            softmax=OnlineSoftmax.create(n_rows, scale_log2),
+            corr=cute.make_rmem_tensor(n_rows, Float32),
+        )
+
+
+@cute.jit
+def _mask_scores(mask: ElementMask, cs: ConsumerSetup, acc_s_mn, partial, k_start, k_len):
+    col0 = cs.tScS[0, 0][1]
+    if partial:
+        mask.apply_partial(acc_s_mn, cs.tScS, cs.t0ScS, col0, k_start, k_len)
+    else:
+        mask.apply_tail(acc_s_mn, cs.t0ScS, col0, k_len)
+
+
+@cute.jit
+def _chunk_mask_inputs(p, mask: ElementMask, tile: WorkTile, seq, ci, wtid, wg, first: cutlass.Constexpr):
+    """Partial chunk ``ci`` with document / token masks: its per-key inputs -> this warpgroup's shared memory,
+    between barriers (the previous chunk's readers are done; this chunk's readers wait)."""
+    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+    if tile.is_partial(ci) & (p.mask_flags != 0):
+        if cutlass.const_expr(not first):
+            wg_sync(wg)
+        mask.load_chunk(wtid, seq, k_start, k_len)
+        wg_sync(wg)
+
+
+@cute.jit
+def first_turn(wg):
+    """Ping-pong start: warpgroup 0 holds the first turn."""
+    if cutlass.const_expr(PINGPONG):
+        if wg == 0:
+            cute.arch.barrier_arrive(barrier_id=BAR_TURN, number_of_threads=2 * WG_THREADS)
+
+
+@cute.jit
+def _turn_wait(wg):
+    if cutlass.const_expr(PINGPONG):
+        cute.arch.barrier(barrier_id=BAR_TURN + wg, number_of_threads=2 * WG_THREADS)
+
+
+@cute.jit
+def _turn_pass(wg):
+    if cutlass.const_expr(PINGPONG):
+        cute.arch.barrier_arrive(barrier_id=BAR_TURN + 1 - wg, number_of_threads=2 * WG_THREADS)
+
+
+@cute.jit
+def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, kv_state,
+                   tile: WorkTile, seq, wtid, wg):
+    """The chunks of one tile: S(0); then for each next chunk S(n) and P(n-1) V(n-1) in flight together, the
+    softmax of S(n) while P V runs; finally P(last) V(last)."""
+    pipe_q, pipe_k, pipe_v = pipes
+    acc_O_mn = mn_view(cs.acc_O)
+    n_rows = cs.softmax.n_rows
+    pipe_q.consumer_wait(q_state)
+    _chunk_mask_inputs(p, mask, tile, seq, 0, wtid, wg, True)
+    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin)
+    pipe_k.consumer_wait(kv_state)
+    acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
+    wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
+    pipe_k.consumer_release(kv_state)
+    acc_S_mn = mn_view(acc_S)
+    _mask_scores(mask, cs, acc_S_mn, tile.is_partial(0), k_start, k_len)
+    softmax_step(cs.softmax, acc_S_mn, cs.corr)
+    cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+    for ci in cutlass.range(1, tile.n_chunks, unroll=1):
+        prev = kv_state.clone()
+        kv_state.advance()
+        _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, False)
+        k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+        pipe_k.consumer_wait(kv_state)
+        _turn_wait(wg)
+        acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
+        wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, -1)
+        pipe_v.consumer_wait(prev)
+        wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, prev.index], False, -1)
+        _turn_pass(wg)
+        warpgroup.wait_group(1)  # S(ci) done, P V still running
+        pipe_k.consumer_release(kv_state)
+        acc_S_mn = mn_view(acc_S)
+        _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
+        softmax_step(cs.softmax, acc_S_mn, cs.corr)
+        warpgroup.wait_group(0)
+        pipe_v.consumer_release(prev)
+        cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+        _rescale(acc_O_mn, cs.corr, n_rows)
+    pipe_q.consumer_release(q_state)
+    q_state.advance()
+    pipe_v.consumer_wait(kv_state)
+    wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, kv_state.index], False, 0)
+    pipe_v.consumer_release(kv_state)
+    kv_state.advance()
+    return q_state, kv_state
+
+
+@cute.jit
+def tile_mainloop_plain(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, kv_state,
+                         tile: WorkTile, seq, wtid, wg):
+    """Debug build: each chunk's S, mask, softmax, O rescale and P V one after the other (no overlap, no turns)."""
+    pipe_q, pipe_k, pipe_v = pipes
+    acc_O_mn = mn_view(cs.acc_O)
+    pipe_q.consumer_wait(q_state)
+    for ci in cutlass.range(tile.n_chunks, unroll=1):
+        if ci > 0:
+            _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, False)
+        else:
+            _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, True)
+        k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+        pipe_k.consumer_wait(kv_state)
+        acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
+        wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
+        pipe_k.consumer_release(kv_state)
+        acc_S_mn = mn_view(acc_S)
+        _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
+        softmax_step(cs.softmax, acc_S_mn, cs.corr)
+        _rescale(acc_O_mn, cs.corr, cs.softmax.n_rows)
+        cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+        pipe_v.consumer_wait(kv_state)
+        wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, kv_state.index], False, 0)
+        pipe_v.consumer_release(kv_state)
+        kv_state.advance()
+    pipe_q.consumer_release(q_state)
+    q_state.advance()
+    return q_state, kv_state
