@@ -146,11 +146,64 @@ def test_per_q_head_layout_seqlen_q_ne_k(torch):
     _run(torch, lay, 6, 3, 64, "float16", seed=5, what="per-q-head causal q!=k")
 
 
-def test_window_and_sinks(torch):
+def forward_ref(torch, q, k, v, layout, scale):
+    """float64 (out rounded to q's dtype, float32 LSE [Hq, total_q]) from the layout's token-level mask."""
+    total_q, hq, d = q.shape
+    group = hq // k.shape[1]
+    hmap = layout.head_map(hq, k.shape[1])
+    cu_q, cu_k = layout.cu_seqlens_q.astype(np.int64), layout.cu_seqlens_k.astype(np.int64)
+    out = torch.zeros(q.shape, dtype=torch.float64, device="cuda")
+    lse = torch.full((hq, total_q), float("-inf"), dtype=torch.float64, device="cuda")
+    for b in range(cu_q.shape[0] - 1):
+        q0, q1, k0, k1 = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])
+        if q1 == q0 or k1 == k0:
+            continue
+        for h in range(hq):
+            allowed = torch.from_numpy(layout.token_mask(b, int(hmap[h]))).to("cuda")
+            s = (q[q0:q1, h].double() @ k[k0:k1, h // group].double().T) * scale
+            s = s.masked_fill(~allowed, float("-inf"))
+            m = s.amax(dim=1, keepdim=True)
+            m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+            e = torch.exp(s - m)
+            z = e.sum(dim=1, keepdim=True)
+            out[q0:q1, h] = (e / torch.where(z > 0, z, torch.ones_like(z))) @ v[k0:k1, h // group].double()
+            lse[h, q0:q1] = torch.where(z[:, 0] > 0, torch.log(z[:, 0]) + m[:, 0], torch.full_like(m[:, 0], -np.inf))
+    return out.to(q.dtype), lse.float()
+
+
+def test_window_and_sinks_backward_alone(torch):
+    """Window + token-level sinks with the forward's out / LSE taken from the float64 reference: checks the
+    backward's sink rule on its own (keys j < num_sink_tokens waive the left window bound)."""
     cu = _cu([1023, 1, 300])
     lay = L.sliding_window(cu, cu, window_left=200, window_right=0, num_sink_tokens=5, block_q=64, block_k=64,
                            num_heads=1)
-    _run(torch, lay, 4, 1, 128, "bfloat16", seed=11, what="window + sinks")
+    q, k, v, dout = _inputs(torch, int(cu[-1]), int(cu[-1]), 4, 1, 128, "bfloat16", 11)
+    plan = varblock.plan(cu, cu, num_heads_q=4, num_heads_kv=1, head_dim=128, layout=lay)
+    scale = 1.0 / np.sqrt(128)
+    out, lse = forward_ref(torch, q, k, v, lay, scale)
+    grads = varblock.attention_backward(dout, q, k, v, out, lse, plan)
+    torch.cuda.synchronize()
+    ref, low = backward_ref(torch, q, k, v, dout, lay, scale)
+    _check(torch, grads, ref, low, "window + sinks, reference out / LSE")
+
+
+def test_window_and_sinks(torch):
+    """The same through varblock's forward: its out / LSE are checked first (a wrong LSE makes P wrong)."""
+    cu = _cu([1023, 1, 300])
+    lay = L.sliding_window(cu, cu, window_left=200, window_right=0, num_sink_tokens=5, block_q=64, block_k=64,
+                           num_heads=1)
+    q, k, v, _ = _inputs(torch, int(cu[-1]), int(cu[-1]), 4, 1, 128, "bfloat16", 11)
+    plan = varblock.plan(cu, cu, num_heads_q=4, num_heads_kv=1, head_dim=128, layout=lay)
+    out, lse = varblock.attention(q, k, v, plan, return_lse=True)
+    out_ref, lse_ref = forward_ref(torch, q, k, v, lay, 1.0 / np.sqrt(128))
+    fin = torch.isfinite(lse_ref)
+    assert torch.equal(torch.isfinite(lse), fin), "forward: LSE -inf pattern differs from the reference"
+    assert (lse[fin] - lse_ref[fin]).abs().max().item() <= 1e-2, "forward: LSE differs from the reference"
+    _run(torch, lay, 4, 1, 128, "bfloat16", seed=11, what="window + sinks", plan=plan)
+
+
+def test_two_sided_window(torch):
+    cu = _cu([1023, 1, 300])
     lay = L.sliding_window(cu, cu, window_left=100, window_right=37, block_q=128, block_k=128, num_heads=1)
     _run(torch, lay, 4, 4, 96, "float16", seed=12, what="two-sided window")
 

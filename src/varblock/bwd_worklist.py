@@ -114,9 +114,9 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
 
     ``band`` = ``(lo, hi)`` bounds on ``j - i - off`` of the element mask (``ElementMask.band``; None =
     unbounded), used only to drop fully masked (tile, chunk) pairs of partial entries. ``tile_order``:
-    ``"longest_first"`` (decreasing number of chunks, stable: shortens the tail of the launch), ``"shortest_first"``
-    (increasing: in deterministic mode a tile then tends to reach each query span after the tiles before it in the
-    order, so it seldom waits) or ``"layout"`` (columns in layout order, tile heads innermost).
+    ``"longest_first"`` (decreasing number of chunks, stable: shortens the tail of the launch; also the best order
+    measured for the deterministic mode), ``"shortest_first"`` (increasing) or ``"layout"`` (columns in layout order,
+    tile heads innermost).
     """
     if tile_order not in ("longest_first", "shortest_first", "layout"):
         raise ValueError(f"tile_order: expected 'longest_first', 'shortest_first' or 'layout', got {tile_order!r}")

@@ -36,9 +36,10 @@ _DTYPES = ("bfloat16", "float16")
 #: tiles per SM below which a GQA layout shared by the group is split per query head (more CTAs, fp32 dK/dV sums)
 _MIN_TILES_PER_SM = 2
 _MAX_STREAMS = 16
-#: tile order of the work list per mode: the default runs the longest tiles first (short tail); the deterministic
-#: mode shortest first (a tile then tends to reach each query span after the tiles ordered before it: fewer waits)
-TILE_ORDER = {False: "longest_first", True: "shortest_first"}
+#: tile order of the work list per mode (default, deterministic): longest first for both. Measured on an H200 (W1,
+#: d128, bf16) the deterministic mode took 1.28-1.41x the default's time dense and causal with longest first, and
+#: 8.6-9.7x on causal with shortest first (the long tiles then start last and every query span waits for them)
+TILE_ORDER = {False: "longest_first", True: "longest_first"}
 
 
 class _BwdState:
@@ -198,8 +199,15 @@ def _heads_per_tile(plan: Plan) -> int:
     return group if per_head * plan.num_heads_kv >= _MIN_TILES_PER_SM * sms else 1
 
 
-def _main_entry(plan: Plan, dtype: str = "bfloat16") -> dict[str, Any]:
-    return variant_for(FAMILY, plan.device_id, {"kind": "main", "dtype": dtype, "head_dim": plan.head_dim})
+def _main_entry(plan: Plan) -> dict[str, Any]:
+    """A built main variant for the plan's head dim (tile sizes do not depend on the dtype)."""
+    err: ValueError | None = None
+    for dtype in _DTYPES:
+        try:
+            return variant_for(FAMILY, plan.device_id, {"kind": "main", "dtype": dtype, "head_dim": plan.head_dim})
+        except ValueError as e:
+            err = e
+    raise ValueError(f"head_dim: {err}")
 
 
 def _tile_n(plan: Plan) -> int:
