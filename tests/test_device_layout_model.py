@@ -293,3 +293,57 @@ def test_list_errors():
     fcnt[0, 1, 2], fidx[0, 1, 2, 0] = 1, 3  # both partial and full
     assert _status(build_from_lists((cnt, idx), (fcnt, fidx), cu, cu, geo, pad_ok=True)) == (
         ERR_INDEX, idx.size + ((0 * 2 + 1) * 4 + 2) * 4)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_seer_1d_token_mask_equals_host(seed):
+    from varblock.device_layout.model_seer import build_from_token_mask
+    from varblock.layout import from_seer_1d
+
+    rng = np.random.default_rng(900 + seed)
+    B = int(rng.integers(1, 4))
+    lens = rng.integers(0, 400, size=B)
+    cu = _cu(lens)
+    bs = int(rng.choice([16, 32, 64]))
+    bq = int(rng.choice([bs, 2 * bs]))
+    hkv = int(rng.choice([1, 2]))
+    hq = hkv * 2
+    T = int(lens.max(initial=0)) + int(rng.integers(0, 5))
+    NB = int(np.max(-(-lens // bs), initial=0)) + int(rng.integers(0, 2))
+    Bm = B if rng.random() < 0.8 else 1
+    tm = rng.random((Bm, hkv, T, NB)) < float(rng.choice([0.05, 0.5, 0.95]))
+    causal = bool(rng.random() < 0.6)
+    geo = Geometry(batch=B, mask_batch=Bm, num_layout_heads=hkv, mb=-(-T // bq), nb=NB, block_q=bq, block_k=bs,
+                   tile_m=128, tile_n=int(rng.choice([16, 64])), num_heads_q=hq, num_heads_kv=hkv,
+                   head_mode="per_kv_head", pack_gqa=1, window_left=-1, window_right=0 if causal else -1,
+                   max_entries=10**6, q_tokens=T)
+    out, packed = build_from_token_mask(tm, cu, cu, geo)
+    lay = from_seer_1d(tm, cu, cu, block_size=bs, block_q=bq, causal=causal)
+    r = lay.rows()
+    rows = np.stack([r.head, r.batch, r.q_start, r.q_len, r.ent_ptr[:-1], r.n_full, np.diff(r.ent_ptr) - r.n_full],
+                    axis=1)
+    assert out.error == ERR_OK
+    np.testing.assert_array_equal(out.rows, rows)
+    np.testing.assert_array_equal(out.entries, np.stack([r.k_start, r.k_len], axis=1))
+    wl = build_worklist(r, cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_mode="per_kv_head", tile_m=128,
+                        tile_n=geo.tile_n, num_layout_heads=hkv)
+    np.testing.assert_array_equal(out.tiles, wl.tiles)
+    np.testing.assert_array_equal(out.chunks, wl.chunks)
+    c = lay.transposed()
+    np.testing.assert_array_equal(out.col_entries, np.stack([c.q_start, c.q_len, c.row, c.entry], axis=1))
+    host_tm = lay.mask.token_mask  # [H, total_q, maxN]
+    total = int(cu[-1])
+    np.testing.assert_array_equal(packed[:, :total, :host_tm.shape[2]], host_tm)
+    assert not packed[:, :total, host_tm.shape[2]:].any() and not packed[:, total:].any()
+
+
+def test_seer_1d_too_few_tokens():
+    from varblock.device_layout.model_seer import build_from_token_mask
+
+    cu = _cu([100, 40])
+    geo = Geometry(batch=2, mask_batch=2, num_layout_heads=1, mb=2, nb=2, block_q=64, block_k=64, tile_m=128,
+                   tile_n=64, num_heads_q=1, num_heads_kv=1, head_mode="broadcast", pack_gqa=1, max_entries=99,
+                   q_tokens=90)
+    out, packed = build_from_token_mask(np.ones((2, 1, 90, 2), bool), cu, cu, geo)
+    assert _status(out) == (ERR_MASK_SHAPE, 0)  # 100 tokens > the mask's 90
+    assert packed.shape == (1, 180, 2) and packed[0, 100:140, 0].all()  # sequence 1 (1 key block) at token 100

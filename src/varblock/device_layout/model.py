@@ -80,6 +80,11 @@ class Geometry:
     window_left: int = -1  #: -1 = unbounded
     window_right: int = -1  #: -1 = unbounded (causal: 0)
     max_entries: int = 0  #: capacity in kept blocks
+    q_tokens: int = 0  #: token-mask sources: query tokens per sequence the mask holds (0: ``mb * block_q``)
+
+    @property
+    def max_q_tokens(self) -> int:
+        return self.q_tokens if self.q_tokens else self.mb * self.block_q
 
     @property
     def tokens_per_tile(self) -> int:
@@ -161,56 +166,76 @@ def _seq_lengths(cu_q: np.ndarray, cu_k: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.maximum(lq, 0), np.maximum(lk, 0), ok
 
 
-def mask_cells(mask: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry) -> Cells:
-    """Stage 1 (kernel ``layout_device_cells``) for a bool or integer block mask ``[Bm, H, MB, NB]``."""
-    a = np.asarray(mask)
-    H, B, MB, NB = g.num_layout_heads, g.batch, g.mb, g.nb
+def band_classes(kept: np.ndarray, all_extra: np.ndarray | None, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry
+                 ) -> np.ndarray:
+    """Classes (0 skip, 1 partial, 2 full) of candidate cells ``kept [H, B, MB, NB]`` (``(hl, b, m, n)``) against
+    the causal / window band (exact on rectangles) and, when given, a further "every pair allowed" condition;
+    cells outside a sequence's blocks are skipped."""
+    B, MB, NB = g.batch, g.mb, g.nb
     lq, lk, _ = _seq_lengths(cu_q.astype(np.int64), cu_k.astype(np.int64))
     bq, bk = g.block_q, g.block_k
-    a4 = np.broadcast_to(a, (B, H, MB, NB)).transpose(1, 0, 2, 3)  # (hl, b, m, n)
     bidx = np.arange(B, dtype=np.int64)[None, :, None, None]
     m = np.arange(MB, dtype=np.int64)[None, None, :, None]
     n = np.arange(NB, dtype=np.int64)[None, None, None, :]
     lq4, lk4 = lq[bidx], lk[bidx]
     inside = (m * bq < lq4) & (n * bk < lk4)
-    if a.dtype == np.bool_:
-        bad = np.zeros(a4.shape, dtype=np.bool_)
-        qs, ql = m * bq, np.minimum(bq, lq4 - m * bq)
-        ks, kl = n * bk, np.minimum(bk, lk4 - n * bk)
-        off = lk4 - lq4
-        dmin = ks - (qs + ql - 1) - off
-        dmax = ks + kl - 1 - qs - off
-        lo, hi = _band(g)
-        all_ = np.ones(a4.shape, dtype=np.bool_)
-        none = np.zeros(a4.shape, dtype=np.bool_)
-        if hi is not None:
-            all_ &= dmax <= hi
-            none |= dmin > hi
-        if lo is not None:
-            all_ &= dmin >= lo
-            none |= dmax < lo
-        cls = np.where(a4 & inside & ~none, np.where(all_, CELL_FULL, CELL_PARTIAL), 0)
-    else:
-        v = a4.astype(np.int64)
-        bad = (v < 0) | (v > 2)
-        cls = np.where(inside & ~bad, v, 0)
-    cls = cls.astype(np.int64)
+    qs, ql = m * bq, np.minimum(bq, lq4 - m * bq)
+    ks, kl = n * bk, np.minimum(bk, lk4 - n * bk)
+    off = lk4 - lq4
+    dmin = ks - (qs + ql - 1) - off
+    dmax = ks + kl - 1 - qs - off
+    lo, hi = _band(g)
+    all_ = np.ones(kept.shape, dtype=np.bool_) if all_extra is None else all_extra.copy()
+    none = np.zeros(kept.shape, dtype=np.bool_)
+    if hi is not None:
+        all_ &= dmax <= hi
+        none |= dmin > hi
+    if lo is not None:
+        all_ &= dmin >= lo
+        none |= dmax < lo
+    return np.where(kept & inside & ~none, np.where(all_, CELL_FULL, CELL_PARTIAL), 0).astype(np.int64)
+
+
+def cells_from_classes(cls: np.ndarray, row_err: np.ndarray, cu_k: np.ndarray, g: Geometry) -> Cells:
+    """Positions, per-row and per-column counts of classified cells ``cls [H, B, MB, NB]``."""
+    _, lk, _ = _seq_lengths(cu_k.astype(np.int64), cu_k.astype(np.int64))
+    n = np.arange(g.nb, dtype=np.int64)[None, None, None, :]
+    lk4 = lk[np.arange(g.batch, dtype=np.int64)[None, :, None, None]]
     full, part = cls == CELL_FULL, cls == CELL_PARTIAL
     pos = np.where(full, np.cumsum(full, axis=3) - 1, np.where(part, np.cumsum(part, axis=3) - 1, 0))
     info = (cls | (pos << CELL_POS_SHIFT)).astype(np.int32)
-    kl_all = np.minimum(bk, lk4 - n * bk)
+    kl_all = np.minimum(g.block_k, lk4 - n * g.block_k)
     nch = np.where(cls > 0, _cdiv(np.maximum(kl_all, 1), g.tile_n), 0)
     row_counts = np.stack([full.sum(3), part.sum(3), (nch * full).sum(3), (nch * part).sum(3)], axis=-1)
     col_counts = np.stack([full.sum(2), part.sum(2)], axis=-1)
-    # first bad cell of each row, as a flat index into the caller's mask [Bm, H, MB, NB]
-    bm = np.minimum(bidx, a.shape[0] - 1)
-    hl = np.arange(H, dtype=np.int64)[:, None, None, None]
-    flat = ((bm * H + hl) * MB + m) * NB + n
-    row_err = np.where(bad, flat, np.iinfo(np.int64).max).min(axis=3, initial=np.iinfo(np.int64).max)
-    row_err = np.where(row_err == np.iinfo(np.int64).max, -1, row_err)
     return Cells(info=info.reshape(-1), row_counts=row_counts.reshape(-1, 4).astype(np.int32),
                  row_err=row_err.reshape(-1).astype(np.int32),
                  col_counts=col_counts.reshape(-1, 2).astype(np.int32))
+
+
+def mask_cells(mask: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry) -> Cells:
+    """Stage 1 (kernel ``layout_device_cells``) for a bool or integer block mask ``[Bm, H, MB, NB]``."""
+    a = np.asarray(mask)
+    H, B, MB, NB = g.num_layout_heads, g.batch, g.mb, g.nb
+    a4 = np.broadcast_to(a, (B, H, MB, NB)).transpose(1, 0, 2, 3)  # (hl, b, m, n)
+    if a.dtype == np.bool_:
+        bad = np.zeros(a4.shape, dtype=np.bool_)
+        cls = band_classes(a4, None, cu_q, cu_k, g)
+    else:
+        v = a4.astype(np.int64)
+        bad = (v < 0) | (v > 2)
+        lq, lk, _ = _seq_lengths(cu_q.astype(np.int64), cu_k.astype(np.int64))
+        bidx = np.arange(B, dtype=np.int64)[None, :, None, None]
+        inside = ((np.arange(MB)[None, None, :, None] * g.block_q < lq[bidx])
+                  & (np.arange(NB)[None, None, None, :] * g.block_k < lk[bidx]))
+        cls = np.where(inside & ~bad, v, 0).astype(np.int64)
+    # first bad cell of each row, as a flat index into the caller's mask [Bm, H, MB, NB]
+    bm = np.minimum(np.arange(B, dtype=np.int64)[None, :, None, None], a.shape[0] - 1)
+    hl = np.arange(H, dtype=np.int64)[:, None, None, None]
+    flat = ((bm * H + hl) * MB + np.arange(MB)[None, None, :, None]) * NB + np.arange(NB)[None, None, None, :]
+    big = np.iinfo(np.int64).max
+    row_err = np.where(bad, flat, big).min(axis=3, initial=big)
+    return cells_from_classes(cls, np.where(row_err == big, -1, row_err), cu_k, g)
 
 
 @dataclass(frozen=True)
@@ -304,9 +329,9 @@ def scan(cells: Cells, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry, index_er
     n_ent = int(row_prefix[-1, 1])
     if not ok:
         code = ERR_CU_SEQLENS
-    elif ((mblk > MB) | (nblk > NB)).any():
+    elif ((mblk > MB) | (nblk > NB) | (lq > g.max_q_tokens)).any():
         code = ERR_MASK_SHAPE
-        status[STATUS_DETAIL] = int(np.argmax((mblk > MB) | (nblk > NB)))
+        status[STATUS_DETAIL] = int(np.argmax((mblk > MB) | (nblk > NB) | (lq > g.max_q_tokens)))
     elif index_error >= 0:
         code = ERR_INDEX
         status[STATUS_DETAIL] = index_error
