@@ -17,12 +17,21 @@ from typing import Any
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, Int32, Int64, Uint8, Uint32, Uint64
+from cutlass import Boolean, Float32, Int32, Int64, Uint8, Uint32, Uint64
+from cutlass._mlir.dialects import arith
 
 from varblock.abi import MASK_DOC, MASK_TOKEN
 
 #: "unbounded" left edge (below any column index)
 NEG_BIG = -(1 << 30)
+
+
+@cutlass.dsl_user_op
+def lt_u32(a, b, *, loc=None, ip=None) -> Boolean:
+    """``a < b`` as unsigned 32-bit integers, emitted as such (``Uint32(x) < Uint32(y)`` on values derived from
+    CuTe integer tuples, such as accumulator coordinates, was lowered to a signed compare)."""
+    return Boolean(arith.cmpi(arith.CmpIPredicate.ult, Int32(a).ir_value(loc=loc, ip=ip),
+                              Int32(b).ir_value(loc=loc, ip=ip), loc=loc, ip=ip))
 
 
 @dataclass(frozen=True)
@@ -172,7 +181,7 @@ class ElementMask:
                 cl = t0_scs[0, cc][1]
                 v = acc_s_mn[rr, cc]
                 if cutlass.const_expr(self.sink_compare == "unsigned"):
-                    v = -Float32.inf if Uint32(cl - sink_end) < Uint32(width) else v
+                    v = -Float32.inf if lt_u32(cl - sink_end, width) else v
                 else:
                     v = -Float32.inf if (cl < lo) & (cl >= sink_end) else v
                 v = -Float32.inf if cl >= hi else v
