@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from varblock.families import attention_fwd_mma, attention_fwd_sm90
+from varblock.families import attention_bwd_mma, attention_fwd_mma, attention_fwd_sm90
 from varblock.families.base import FEATURES, MASK_KINDS, AttentionFamily, AttentionProblem, FamilyBinding
 
 #: op -> family bindings, in order of preference (the first that supports a problem runs it)
 FAMILIES: dict[str, tuple[FamilyBinding, ...]] = {
     "attention_fwd": (attention_fwd_mma.BINDING, attention_fwd_sm90.BINDING),  # sm90 first once GPU-verified
+    "attention_bwd": (attention_bwd_mma.BINDING,),
 }
 
 __all__ = ["FAMILIES", "FEATURES", "MASK_KINDS", "AttentionFamily", "AttentionProblem", "FamilyBinding", "binding",

@@ -12,10 +12,13 @@ import math
 import weakref
 from typing import Any
 
-from varblock import abi
+from varblock import abi, families
 from varblock.bwd_worklist import BwdWorkList, build_bwd_worklist
+from varblock.families.attention_bwd_mma import BINDING
+from varblock.families.base import AttentionProblem
 from varblock.ops.checks import check_no_alias, extent
 from varblock.plan import Plan
+from varblock.plan.host import mask_kinds
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
 from varblock.runtime.launch import PreparedLaunch
@@ -31,7 +34,10 @@ from varblock.runtime.tensors import (
     check_shape,
 )
 
-FAMILY = "attention_bwd_mma"
+FAMILY = BINDING.name
+OP = BINDING.op
+_PRE_POINTERS = ("out", "dout", "lse", "lse_log2", "dpsum", "dq_accum")
+_POST_POINTERS = ("dq_accum", "dk_accum", "dv_accum", "dq", "dk", "dv")
 _DTYPES = ("bfloat16", "float16")
 #: tiles per SM below which a GQA layout shared by the group is split per query head (more CTAs, fp32 dK/dV sums)
 _MIN_TILES_PER_SM = 2
@@ -106,6 +112,8 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, pl
         raise ValueError(f"lse: the token dimension must be contiguous, got strides {la.strides}")
     check_same_device([qa, la])
     scale = _scale(softmax_scale, d)
+    problem = AttentionProblem(plan.arch, d, hq, ka.shape[1], qa.dtype, mask_kinds(plan.layout.mask))
+    families.choose(OP, problem)  # a ValueError naming what no backward family supports
     st = stream_for(stream, ordinal, like=q)
     grads = _outputs(q, ins, (dq, dk, dv), ordinal, st)
     state = _state(plan)
@@ -201,13 +209,10 @@ def _heads_per_tile(plan: Plan) -> int:
 
 def _main_entry(plan: Plan) -> dict[str, Any]:
     """A built main variant for the plan's head dim (tile sizes do not depend on the dtype)."""
-    err: ValueError | None = None
-    for dtype in _DTYPES:
-        try:
-            return variant_for(FAMILY, plan.device_id, {"kind": "main", "dtype": dtype, "head_dim": plan.head_dim})
-        except ValueError as e:
-            err = e
-    raise ValueError(f"head_dim: {err}")
+    e = BINDING.main_entry(plan.arch, plan.head_dim)
+    if e is None:
+        raise ValueError(f"head_dim: no {FAMILY} kernel is built for head_dim={plan.head_dim} on {plan.arch}")
+    return e
 
 
 def _tile_n(plan: Plan) -> int:
@@ -285,55 +290,19 @@ def _semaphores(state: _BwdState, plan: Plan, st: Any) -> Any:
 def _prepare(plan: Plan, wl: BwdWorkList, bufs: dict[str, Any], ins: tuple[DeviceArray, ...], la: DeviceArray,
              grads: list[DeviceArray], ws: dict[str, Any], scale: float, ordinal: int
              ) -> tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]:
+    """The three launches of one argument signature; parameter values from the family binding."""
     doa, qa, ka, va, oa = ins
-    total_q, hq, d = qa.shape
-    total_k, hkv = ka.shape[0], ka.shape[1]
-    dt = qa.dtype
-    stat_h = total_q
-    lse_h = la.strides[0] if hq > 1 else total_q
-    pre_v = {"out": oa.ptr, "dout": doa.ptr, "lse": la.ptr, "lse_log2": ws["lse_log2"].ptr, "dpsum": ws["dpsum"].ptr,
-             "dq_accum": ws["dq_accum"].ptr, "o_stride_tok": _st(oa, 0), "o_stride_head": _st(oa, 1),
-             "do_stride_tok": _st(doa, 0), "do_stride_head": _st(doa, 1), "lse_stride_head": lse_h,
-             "stat_stride_head": stat_h, "total_q": total_q, "num_heads_q": hq, "head_dim": d}
-    ts = plan.tok_strides
-    main_v = {"q": qa.ptr, "k": ka.ptr, "v": va.ptr, "dout": doa.ptr, "lse_log2": ws["lse_log2"].ptr,
-              "dpsum": ws["dpsum"].ptr, "dq_accum": ws["dq_accum"].ptr, "dk_accum": ws["dk_accum"].ptr,
-              "dv_accum": ws["dv_accum"].ptr, "cu_seqlens_q": plan.ptr("cu_seqlens_q"),
-              "cu_seqlens_k": plan.ptr("cu_seqlens_k"), "tiles": bufs["tiles"].ptr,
-              "chunks": bufs["chunks"].ptr, "doc_q": plan.ptr("doc_q"), "doc_k": plan.ptr("doc_k"),
-              "tok_mask": plan.ptr("tok_mask"), "q_stride_tok": _st(qa, 0), "q_stride_head": _st(qa, 1),
-              "k_stride_tok": _st(ka, 0), "k_stride_head": _st(ka, 1), "v_stride_tok": _st(va, 0),
-              "v_stride_head": _st(va, 1), "do_stride_tok": _st(doa, 0), "do_stride_head": _st(doa, 1),
-              "stat_stride_head": stat_h, "tm_stride_head": ts[0], "tm_stride_tok": ts[1], "tm_stride_blk": ts[2],
-              "num_tiles": wl.num_tiles, "num_heads_q": hq, "num_tile_heads": wl.num_tile_heads,
-              "softmax_scale_log2": scale * abi.LOG2E, "window_left": plan.window_left,
-              "window_right": plan.window_right, "num_sink_tokens": int(plan.num_sink_tokens),
-              "qhead_per_kvhead": hq // hkv, "heads_per_tile": wl.heads_per_tile,
-              "tok_block_k": max(int(plan.tok_block_k), 1), "tok_head_div": max(int(plan.tok_head_div), 1),
-              "mask_flags": plan.mask_flags, "dq_order": bufs["dq_order"].ptr, "dq_sem": 0,
-              "total_q": total_q, "num_sems": wl.num_sems}
-    dqa, dka, dva = grads
-    post_v = {"dq_accum": ws["dq_accum"].ptr, "dk_accum": ws["dk_accum"].ptr, "dv_accum": ws["dv_accum"].ptr,
-              "dq": dqa.ptr, "dk": dka.ptr, "dv": dva.ptr, "dq_stride_tok": _st(dqa, 0), "dq_stride_head": _st(dqa, 1),
-              "dk_stride_tok": _st(dka, 0), "dk_stride_head": _st(dka, 1), "dv_stride_tok": _st(dva, 0),
-              "dv_stride_head": _st(dva, 1), "total_q": total_q, "total_k": total_k, "num_heads_q": hq,
-              "num_heads_kv": hkv, "num_tile_heads": wl.num_tile_heads, "head_dim": d, "softmax_scale": scale}
+    arrays = {"q": qa, "k": ka, "v": va, "dout": doa, "out": oa, "lse": la, "dq": grads[0], "dk": grads[1],
+              "dv": grads[2], **ws, **bufs}
+    scalars = {"softmax_scale": scale, "num_tiles": wl.num_tiles, "num_tile_heads": wl.num_tile_heads,
+               "heads_per_tile": wl.heads_per_tile, "num_sems": wl.num_sems}
+    b = BINDING
+    dt, d = qa.dtype, qa.shape[2]
     e_pre = variant_for(FAMILY, ordinal, {"kind": "preprocess", "dtype": dt})
     e_main = variant_for(FAMILY, ordinal, {"kind": "main", "dtype": dt, "head_dim": d})
     e_post = variant_for(FAMILY, ordinal, {"kind": "postprocess", "dtype": dt})
     what = "attention_backward"
-    return (PreparedLaunch(e_pre, ordinal, pre_v, what=what,
-                           pointers=("out", "dout", "lse", "lse_log2", "dpsum", "dq_accum")),
-            PreparedLaunch(e_main, ordinal, main_v, what=what,
-                           pointers=("q", "k", "v", "dout", "lse_log2", "dpsum", "dq_accum", "dk_accum", "dv_accum",
-                                     "dq_sem")),
-            PreparedLaunch(e_post, ordinal, post_v, what=what,
-                           pointers=("dq_accum", "dk_accum", "dv_accum", "dq", "dk", "dv")))
-
-
-def _st(a: DeviceArray, dim: int) -> int:
-    """Element stride of a ``[tokens, heads, D]`` array along ``dim``, compact for extent-1 modes (DLPack may
-    report any stride there)."""
-    if a.shape[dim] <= 1:
-        return a.shape[1] * a.shape[2] if dim == 0 else a.shape[2]
-    return a.strides[dim]
+    return (PreparedLaunch(e_pre, ordinal, b.bind_preprocess(arrays), what=what, pointers=_PRE_POINTERS),
+            PreparedLaunch(e_main, ordinal, b.bind(plan, arrays, scalars), what=what, pointers=b.pointers),
+            PreparedLaunch(e_post, ordinal, b.bind_postprocess(arrays, scalars), what=what,
+                           pointers=_POST_POINTERS))
