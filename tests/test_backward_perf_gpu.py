@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import varblock
-import varblock.ops.attention_backward as ab
 from varblock import layout as L
 
 pytestmark = pytest.mark.gpu
@@ -48,16 +47,9 @@ def _bench(torch, lens, hq, hkv, d, lay, label):
     t_f = _time(torch, lambda: varblock.attention(q, k, v, plan))
     t_b = _time(torch, lambda: varblock.attention_backward(dout, q, k, v, out, lse, plan))
     t_d = _time(torch, lambda: varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=True))
-    # the deterministic mode with the default's tile order, for comparison with its own (shortest first)
-    orders = ab.TILE_ORDER
-    ab.TILE_ORDER = {False: orders[False], True: orders[False]}
-    try:
-        t_l = _time(torch, lambda: varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=True))
-    finally:
-        ab.TILE_ORDER = orders
     print(f"\n{label}: pairs {pairs:.3e}  fwd {t_f:.3f} ms {4 * d * pairs / t_f / 1e9:.0f} TFLOP/s  "
           f"bwd {t_b:.3f} ms {10 * d * pairs / t_b / 1e9:.0f} TFLOP/s  deterministic {t_d:.3f} ms "
-          f"({t_d / t_b:.2f}x; longest-first order {t_l / t_b:.2f}x)")
+          f"({t_d / t_b:.2f}x)")
     return t_b
 
 
