@@ -15,7 +15,7 @@ import pytest
 
 from tests.test_device_layout_model import _host_tables, _random_case
 from varblock.device_layout import builder as builder_mod
-from varblock.device_layout import model
+from varblock.device_layout import model, model_seer
 from varblock.device_layout import plan as plan_mod
 from varblock.device_layout import sources as sources_mod
 from varblock.device_layout.codes import STATUS_WIDTH
@@ -110,9 +110,9 @@ def _launch(entry: dict, ordinal: int, stream: Any, values: dict) -> None:
     v = {n: values[n] for n in names}
     stage = entry["key"]["stage"]
     g = LAUNCH_GEO[0]
-    B, H, MB, NB = v["batch"], v["num_layout_heads"], v["mb"], v["nb"]
-    assert (B, H, MB, NB, v["block_q"], v["block_k"]) == (g.batch, g.num_layout_heads, g.mb, g.nb, g.block_q,
-                                                          g.block_k)
+    B, H, MB, NB = v["batch"], v["num_layout_heads"], v.get("mb", g.mb), v["nb"]
+    assert (B, H, MB, NB, v.get("block_q", g.block_q), v["block_k"]) == (g.batch, g.num_layout_heads, g.mb, g.nb,
+                                                                          g.block_q, g.block_k)
     cq = MEM.read(v["cu_seqlens_q"], np.int32, B + 1).astype(np.int64)
     ck = MEM.read(v["cu_seqlens_k"], np.int32, B + 1).astype(np.int64)
     LAUNCHES.append(stage)
@@ -129,6 +129,18 @@ def _launch(entry: dict, ordinal: int, stream: Any, values: dict) -> None:
         if first >= 0:
             err[(first - v["slot_offset"]) // K] = first
         MEM.write(v["topk_err"], err)
+    elif stage == "pack":
+        bm, T = v["mask_batch"], v["q_tokens"]
+        assert v["num_items"] == H * B * T
+        tm = MEM.read(v["mask"], np.uint8, bm * H * T * NB).reshape(bm, H, T, NB)
+        MEM.write(v["packed"], model_seer.pack_token_mask(tm, cq, ck, g))
+    elif stage == "cells" and entry["key"]["mask_dtype"] == "token":
+        bm, T = v["mask_batch"], v["q_tokens"]
+        tm = MEM.read(v["mask"], np.uint8, bm * H * T * NB).reshape(bm, H, T, NB)
+        geo = dataclasses.replace(g, window_left=v["window_left"], window_right=v["window_right"])
+        c = model_seer.token_cells(tm, cq, ck, geo)
+        for name in ("info", "row_counts", "row_err", "col_counts"):
+            MEM.write(v[name], getattr(c, name))
     elif stage == "cells":
         bm = v["mask_batch"]
         dt = {"uint8": np.uint8, "int32": np.int32}[entry["key"]["mask_dtype"]]
@@ -150,6 +162,7 @@ def _launch(entry: dict, ordinal: int, stream: Any, values: dict) -> None:
         geo = dataclasses.replace(g, max_entries=v["max_entries"])
         assert (v["tokens_per_tile"], v["tile_heads"], v["max_tiles"], v["max_chunks"]) == (
             g.tokens_per_tile, g.tile_heads, g.max_tiles, g.max_chunks)
+        assert "max_q_tokens" not in v or v["max_q_tokens"] == g.max_q_tokens
         if stage == "scan":
             te = MEM.read(v["topk_err"], np.int32, v["topk_rows"]) if v["topk_rows"] else np.zeros(0, np.int32)
             first = int(te[te >= 0].min()) if (te >= 0).any() else -1
@@ -335,3 +348,40 @@ def test_fa4_and_flex_sources(fake_device):
         plan_mod.plan_device(fa4={**fa4, "full_block_cnt": fc[:, :1]}, cu_seqlens_q=cu, num_heads_q=2, head_dim=128)
     with pytest.raises(ValueError, match="flex.BLOCK_SIZE"):
         plan_mod.plan_device(flex={**flex, "BLOCK_SIZE": "x"}, cu_seqlens_q=cu, num_heads_q=2, head_dim=128)
+
+
+def test_seer_1d_source(fake_device):
+    from varblock.abi import MASK_TOKEN
+
+    rng = np.random.default_rng(3)
+    lens = [100, 0, 250]
+    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    B, H, T, NB = 3, 2, 260, 5
+    tm = rng.random((B, H, T, NB)) < 0.4
+    geo = model.Geometry(batch=B, mask_batch=B, num_layout_heads=H, mb=-(-T // 64), nb=NB, block_q=64, block_k=64,
+                         tile_m=128, tile_n=64, num_heads_q=4, num_heads_kv=2, head_mode="per_kv_head", pack_gqa=1,
+                         window_right=0, max_entries=B * H * 5 * NB, q_tokens=T)
+    LAUNCH_GEO[:] = [geo]
+    p = plan_mod.plan_device(seer_1d=tm, cu_seqlens_q=cu, num_heads_q=4, num_heads_kv=2, head_dim=128, causal=True)
+    assert LAUNCHES == ["pack", "cells", "scan", "fill"]
+    assert plan_mod.geometry(p) == geo
+    want, packed = model_seer.build_from_token_mask(tm, cu, cu, geo)
+    got = plan_mod.tables(p)
+    for name in ("status", "rows", "entries", "tiles", "chunks", "cols", "col_entries"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert want.error == 0 and want.rows.shape[0] == H * (2 + 4)
+    assert (p.mask_flags, p.tok_block_k, p.tok_head_div, p.tok_strides) == (MASK_TOKEN, 64, 2, (B * T * NB, NB, 1))
+    dev = MEM.read(p.ptr("tok_mask"), np.uint8, H * B * T * NB).reshape(H, B * T, NB)
+    np.testing.assert_array_equal(dev[:, :350], packed[:, :350])
+    with pytest.raises(ValueError, match="source kind cannot change"):
+        plan_mod.rebuild(p, mask=np.ones((B, H, 5, NB), bool), cu_seqlens_q=cu)
+    with pytest.raises(ValueError, match="expected a cell grid"):
+        plan_mod.rebuild(p, seer_1d=tm[:, :, :200], cu_seqlens_q=cu)
+    LAUNCHES.clear()
+    plan_mod.rebuild(p, seer_1d=~tm, cu_seqlens_q=cu)
+    assert LAUNCHES == ["pack", "cells", "scan", "fill"]
+    np.testing.assert_array_equal(plan_mod.tables(p).entries,
+                                  model_seer.build_from_token_mask(~tm, cu, cu, geo)[0].entries)
+    with pytest.raises(TypeError, match="seer_1d: expected a bool"):
+        plan_mod.plan_device(seer_1d=tm.astype(np.int32), cu_seqlens_q=cu, num_heads_q=4, num_heads_kv=2,
+                             head_dim=128)

@@ -106,6 +106,35 @@ def test_kernels_equal_model_on_fa4_and_flex_lists(torch, seed):
         _assert_tables_equal(dl.tables(plan), want, f"lists seed {seed} pad_ok={pad_ok}")
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_seer_1d_token_mask(torch, causal):
+    from varblock.device_layout.model_seer import build_from_token_mask
+    from varblock.layout import from_seer_1d
+
+    rng = np.random.default_rng(40 + causal)
+    lens = [1, 200, 0, 513, 64]
+    cu = _cu(lens)
+    B, hq, hkv, T, NB = len(lens), 8, 2, 520, 9
+    tm = rng.random((B, hkv, T, NB)) < 0.3
+    plan = varblock.plan_device(seer_1d=_dev(torch, tm), cu_seqlens_q=_dev(torch, cu), num_heads_q=hq,
+                                num_heads_kv=hkv, head_dim=128, causal=causal)
+    torch.cuda.synchronize()
+    want, packed = build_from_token_mask(tm, cu, cu, dl.geometry(plan))
+    _assert_tables_equal(dl.tables(plan), want, f"seer_1d causal={causal}")
+    total = int(cu[-1])
+    got_packed = plan.buffers["tok_mask"].to_host(np.uint8, hkv * B * T * NB).reshape(hkv, B * T, NB)
+    assert np.array_equal(got_packed[:, :total], packed[:, :total])
+    lay = from_seer_1d(tm, cu, cu, block_size=64, causal=causal)
+    g = torch.Generator(device="cuda").manual_seed(9)
+    q, k, v = (torch.randn(total, n, 128, device="cuda", generator=g).to(torch.bfloat16) for n in (hq, hkv, hkv))
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((hq, total), float("nan"), device="cuda")
+    varblock.attention(q, k, v, plan, out=out, lse=lse, return_lse=True)
+    torch.cuda.synchronize()
+    ref_o, ref_l, base_o = attention_ref(torch, q, k, v, lay)
+    check_attention(torch, out, lse, ref_o, ref_l, base_o, what=f"seer_1d device plan causal={causal}")
+
+
 def test_errors_reach_the_status_word(torch):
     cu = _cu([200, 70])
     mask = np.zeros((2, 2, 4, 4), bool)

@@ -80,12 +80,14 @@ class BuildInputs:
     full_indices: int = 0  #: full list [Bm, H, MB, K2] int32 (0 = none)
     full_counts: int = 0
     k2: int = 0
+    token: bool = False  #: ``mask`` is a SeerAttention 1D token mask [Bm, H, T, NB] (``Geometry.q_tokens`` = T)
 
 
 class DeviceLayoutBuilder:
     """Buffers and launches for one device layout geometry (see the module docstring)."""
 
-    def __init__(self, geo: Geometry, ordinal: int, stream: Any, topk_k: int = 0, full_k: int = 0):
+    def __init__(self, geo: Geometry, ordinal: int, stream: Any, topk_k: int = 0, full_k: int = 0,
+                 token: bool = False):
         check_geometry(geo)
         self.geo = geo
         self.ordinal = ordinal
@@ -119,6 +121,11 @@ class DeviceLayoutBuilder:
             self.buffers["kept"] = DeviceBuffer(ordinal, topk_rows * NB, st)
             self.buffers["topk_err"] = DeviceBuffer(ordinal, 4 * topk_rows * (2 if full_k else 1), st)
         self.topk_k, self.full_k = int(topk_k), int(full_k)
+        self.token = bool(token)
+        if token:  # the packed token mask the attention kernels read: [H, B * T, NB] bytes
+            if H * B * geo.q_tokens * NB > _I32_LIMIT:
+                raise ValueError("mask: the token mask exceeds the kernels' int32 indexing")
+            self.buffers["tok_mask"] = DeviceBuffer(ordinal, H * B * geo.q_tokens * NB, st)
 
     @property
     def head_mul(self) -> int:
@@ -157,12 +164,20 @@ class DeviceLayoutBuilder:
                     "pad_ok": int(src.pad_ok), "slot_offset": offset})
             topk_rows = rows * len(lists)
             mask_ptr, variant, codes = self.ptr("kept"), "uint8", int(src.lists)
+        if src.token != self.token:
+            raise ValueError("mask: the plan was made for a " + ("token" if self.token else "block") + " mask")
+        if self.token:
+            launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "pack"}), self.ordinal, stream, {
+                **common, "mask": mask_ptr, "packed": self.ptr("tok_mask"), "q_tokens": g.q_tokens,
+                "num_items": H * B * g.q_tokens})
+            variant, codes = "token", 0
         tables = {n: self.ptr(n) for n in self.buffers}
         launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cells", "mask_dtype": variant}), self.ordinal,
                        stream, {**common, **tables, "mask": mask_ptr, "window_left": g.window_left,
-                                "window_right": g.window_right, "codes": codes, "num_items": rows_pad + cols_pad})
+                                "window_right": g.window_right, "codes": codes, "num_items": rows_pad + cols_pad,
+                                "q_tokens": g.max_q_tokens})
         sizes = dict(tokens_per_tile=g.tokens_per_tile, tile_heads=g.tile_heads, max_entries=g.max_entries,
-                     max_tiles=g.max_tiles, max_chunks=g.max_chunks)
+                     max_tiles=g.max_tiles, max_chunks=g.max_chunks, max_q_tokens=g.max_q_tokens)
         launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "scan"}), self.ordinal, stream, {
             **common, **tables, **sizes, "topk_err": self.ptr("topk_err"), "topk_rows": topk_rows})
         launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "fill"}), self.ordinal, stream, {

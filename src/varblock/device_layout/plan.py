@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from varblock import families
-from varblock.abi import CHUNK_WIDTH, HEAD_MODE_BROADCAST, HEAD_MODE_PER_KV_HEAD, HEAD_MODE_PER_Q_HEAD, TILE_WIDTH
+from varblock.abi import (
+    CHUNK_WIDTH,
+    HEAD_MODE_BROADCAST,
+    HEAD_MODE_PER_KV_HEAD,
+    HEAD_MODE_PER_Q_HEAD,
+    MASK_TOKEN,
+    TILE_WIDTH,
+)
 from varblock.device_layout.builder import BuildInputs, DeviceLayoutBuilder, describe_status
 from varblock.device_layout.model import DeviceLayoutArrays, Geometry
 from varblock.device_layout.sources import resolve_source
@@ -37,7 +44,8 @@ _builders: weakref.WeakKeyDictionary[Plan, DeviceLayoutBuilder] = weakref.WeakKe
 
 def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int, num_heads_kv: int | None = None,
                 head_dim: int, mask: Any = None, topk_indices: Any = None, topk_counts: Any = None,
-                fa4: Any = None, flex: Any = None, num_key_blocks: int | None = None, block_q: int | None = None,
+                fa4: Any = None, flex: Any = None, seer_1d: Any = None, num_key_blocks: int | None = None,
+                block_q: int | None = None,
                 block_k: int | None = None,
                 head_mode: str | None = None, causal: bool = False, window: tuple[int, int] | None = None,
                 max_kept_blocks: int | None = None, pack_gqa: bool | None = None, dtype: str | None = None,
@@ -61,6 +69,10 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
         flex: instead, a FlexAttention ``BlockMask`` (per batch: ``kv_num_blocks [B or 1, H, MQ]``,
             ``kv_indices [.., NK]``, optional ``full_kv_*``, ``BLOCK_SIZE``): like ``fa4``; blocks beyond a
             sequence are padding (dropped, as ``from_flex(padding='ignore')``).
+        seer_1d: instead, a SeerAttention 1D token mask ``[B or 1, H, T, NB]`` bool (query token x key block of
+            ``block_k`` tokens, ``T >= len_q``; default blocks 64, ``H`` KV heads): a block pair is kept when some
+            query token of the block selects the key block, full when all do and the band allows every pair; the
+            mask becomes the attention kernels' token mask (as ``from_seer_1d``).
         head_mode: how the mask's ``H`` heads map to query heads (default: ``broadcast`` for 1 head,
             ``per_q_head`` for ``num_heads_q``, ``per_kv_head`` for ``num_heads_kv``).
         max_kept_blocks: capacity in kept blocks (default: every cell). More kept blocks than this is reported in
@@ -73,11 +85,14 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
     hq = int(num_heads_q)
     if hq < 1 or hkv < 1 or hq % hkv:
         raise ValueError(f"num_heads_q: {hq} must be a positive multiple of num_heads_kv = {hkv}")
-    source = resolve_source(mask, topk_indices, topk_counts, fa4, flex, num_key_blocks)
+    source = resolve_source(mask, topk_indices, topk_counts, fa4, flex, num_key_blocks, seer_1d)
     carried = source.block_size or (128, 128)
     bq = check_block_size(carried[0] if block_q is None else block_q, "block_q")
     bk = check_block_size(carried[1] if block_k is None else block_k, "block_k")
     bm, h, mb, nb = source.shape
+    q_tokens = 0
+    if source.kind == "token":  # the grid's query blocks come from the mask's T query tokens
+        q_tokens, mb = mb, -(-mb // bq)
     src = source.inputs
     # a head count matching several meanings takes the simplest: broadcast, then per query head
     mode = head_mode or {hkv: HEAD_MODE_PER_KV_HEAD, hq: HEAD_MODE_PER_Q_HEAD, 1: HEAD_MODE_BROADCAST}.get(h, "")
@@ -89,7 +104,8 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
     arch = arch_for_device(ordinal)
     wl, wr = band(causal, window)
     group = hq // hkv
-    kinds = frozenset(k for k, on in (("causal", wr == 0), ("window", wl >= 0 or wr > 0)) if on)
+    kinds = frozenset(k for k, on in (("causal", wr == 0), ("window", wl >= 0 or wr > 0), ("token", src.token))
+                      if on)
     feats = {"block_sparse", "device_plan", "persistent"} | ({"pack_gqa"} if pack_gqa else set())
     problem = AttentionProblem(arch, int(head_dim), hq, hkv, dtype, kinds, frozenset(feats), pack_gqa, "persistent")
     binding, declined = families.choose(OP, problem, backend)
@@ -105,9 +121,9 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
     cap = min(cap, cells)
     geo = Geometry(batch=batch, mask_batch=bm, num_layout_heads=h, mb=mb, nb=nb, block_q=bq, block_k=bk,
                    tile_m=tile_m, tile_n=tile_n, num_heads_q=hq, num_heads_kv=hkv, head_mode=mode, pack_gqa=g,
-                   window_left=wl, window_right=wr, max_entries=cap)
+                   window_left=wl, window_right=wr, max_entries=cap, q_tokens=q_tokens)
     st = stream_for(stream, ordinal, like=cu_seqlens_q)
-    builder = DeviceLayoutBuilder(geo, ordinal, st, topk_k=src.k, full_k=src.k2)
+    builder = DeviceLayoutBuilder(geo, ordinal, st, topk_k=src.k, full_k=src.k2, token=src.token)
     cu_bufs = {"cu_seqlens_q": DeviceBuffer(ordinal, 4 * (batch + 1), st),
                "cu_seqlens_k": DeviceBuffer(ordinal, 4 * (batch + 1), st)}
     bufs = {**builder.buffers, **cu_bufs, "tile_counters": Plan.new_tile_counters(ordinal, st)}
@@ -116,6 +132,11 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
              layout=None, device_id=ordinal, arch=arch, family=binding.name, declined=dict(declined), tile_m=tile_m,
              tile_n=tile_n, worklist=empty, window_left=wl, window_right=wr, mask_flags=0, tok_block_k=1,
              tok_head_div=1, buffers=bufs, on_device=True, max_tiles=max(geo.max_tiles, 1), prepare_stream=st)
+    if src.token:  # the packed token mask [H, B * T, NB] is the element mask of partial entries
+        p.mask_flags, p.tok_block_k = MASK_TOKEN, bk
+        p.tok_strides = (batch * q_tokens * nb, nb, 1)
+        p.tok_head_div = hq if h == 1 else {HEAD_MODE_PER_Q_HEAD: 1, HEAD_MODE_PER_KV_HEAD: group,
+                                            HEAD_MODE_BROADCAST: hq}[mode]
     _builders[p] = builder
     _launch(p, builder, src, cq.ptr, ck.ptr, st)
     choose_schedule(p, binding, "persistent")
@@ -154,16 +175,20 @@ def _builder(plan: Any) -> DeviceLayoutBuilder:
 
 
 def rebuild(plan: Plan, *, cu_seqlens_q: Any, cu_seqlens_k: Any = None, mask: Any = None, topk_indices: Any = None,
-            topk_counts: Any = None, fa4: Any = None, flex: Any = None, stream: Any = None) -> None:
+            topk_counts: Any = None, fa4: Any = None, flex: Any = None, seer_1d: Any = None,
+            stream: Any = None) -> None:
     """Rebuild ``plan``'s layout in place from new device inputs of the same kind and shapes as the plan's (same
     batch size, cell grid, slots). No allocation and no host synchronisation: capturable in a CUDA graph."""
     b = _builder(plan)
     g = b.geo
-    source = resolve_source(mask, topk_indices, topk_counts, fa4, flex, g.nb)
-    if source.kind != "mask" and not b.topk_k:
+    source = resolve_source(mask, topk_indices, topk_counts, fa4, flex, g.nb, seer_1d)
+    if (source.kind == "token") != b.token:
+        raise ValueError("rebuild: the plan was made " + ("from" if b.token else "without") + " a token mask "
+                         "(seer_1d=); its source kind cannot change")
+    if source.kind in ("topk", "lists") and not b.topk_k:
         raise ValueError("rebuild: this plan was made from a mask (it has no index-list buffers); make one with "
                          "plan_device(topk_indices= / fa4= / flex=)")
-    want = (g.mask_batch, g.num_layout_heads, g.mb, g.nb)
+    want = (g.mask_batch, g.num_layout_heads, g.q_tokens if b.token else g.mb, g.nb)
     if source.shape != want:
         raise ValueError(f"{source.kind}: expected a cell grid {want} like the plan's, got {source.shape}")
     src = source.inputs

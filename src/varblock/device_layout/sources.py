@@ -1,6 +1,6 @@
 """The device sources of a device layout, checked without reading their contents (the kernels validate those and
 report to the status word): a block mask, top-k block indices, FA4 ``BlockSparseTensorsTorch`` (batched), a
-FlexAttention ``BlockMask`` (per batch)."""
+FlexAttention ``BlockMask`` (per batch), a SeerAttention 1D token mask."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ _LIMIT = 2**31 - 1
 class Source:
     """A checked source: ``shape = (Bm, H, MB, NB)`` of the cell grid, its pointers, block sizes it carries."""
 
-    kind: str  #: "mask", "topk" or "lists"
-    shape: tuple[int, int, int, int]
+    kind: str  #: "mask", "topk", "lists" or "token"
+    shape: tuple[int, int, int, int]  #: (Bm, H, MB, NB); a token mask: (Bm, H, T, NB)
     inputs: BuildInputs
     block_size: tuple[int, int] | None = None
     k2: int = 0  #: slots of the full list (lists)
@@ -77,12 +77,20 @@ def _lists(partial: tuple[Any, Any], full: tuple[Any, Any] | None, names: tuple[
 
 
 def resolve_source(mask: Any, topk_indices: Any, topk_counts: Any, fa4: Any, flex: Any,
-                   num_key_blocks: int | None) -> Source:
+                   num_key_blocks: int | None, seer_1d: Any = None) -> Source:
     """The one source given (TypeError when none or several are)."""
-    given = [n for n, v in (("mask", mask), ("topk_indices", topk_indices), ("fa4", fa4), ("flex", flex))
-             if v is not None]
+    given = [n for n, v in (("mask", mask), ("topk_indices", topk_indices), ("fa4", fa4), ("flex", flex),
+                            ("seer_1d", seer_1d)) if v is not None]
     if len(given) != 1:
-        raise TypeError(f"plan_device: pass exactly one of mask=, topk_indices=, fa4=, flex= (got {given or 'none'})")
+        raise TypeError(f"plan_device: pass exactly one of mask=, topk_indices=, fa4=, flex=, seer_1d= (got "
+                        f"{given or 'none'})")
+    if seer_1d is not None:
+        a = device_view(seer_1d, "seer_1d")
+        check_contiguous(a, 4, "[batch or 1, heads, max query tokens, max key blocks]")
+        if a.dtype.rsplit(".", 1)[-1] not in ("bool", "uint8"):
+            raise TypeError(f"seer_1d: expected a bool (or uint8 0/1) token mask, got dtype {a.dtype}")
+        bm, h, t, nb = (int(x) for x in a.shape)
+        return Source("token", (bm, h, t, nb), BuildInputs(0, 0, mask=a.ptr, token=True), (64, 64))
     if mask is not None:
         a = device_view(mask, "mask")
         check_contiguous(a, 4, "[batch or 1, heads, max query blocks, max key blocks]")

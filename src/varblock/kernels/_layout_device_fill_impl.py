@@ -146,7 +146,8 @@ def _scan_kernel(p: SimpleNamespace):
         ck1 = g_ck[b + 1]
         if cq0 < 0 or ck0 < 0 or cq1 < cq0 or ck1 < ck0:
             bad_cu = Int32(0)
-        elif cdiv_nonneg(cq1 - cq0, p.block_q) > MB or cdiv_nonneg(ck1 - ck0, p.block_k) > NB:
+        elif cdiv_nonneg(cq1 - cq0, p.block_q) > MB or cdiv_nonneg(ck1 - ck0, p.block_k) > NB or \
+                cq1 - cq0 > p.max_q_tokens:
             short = cutlass.min(short, b)
     bad_cell = Int32(I32_MAX)
     for r in cutlass.range(tid, n_rows, SCAN_THREADS):

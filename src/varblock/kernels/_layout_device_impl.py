@@ -1,5 +1,5 @@
-"""CuTe DSL source of the device layout builder's ``topk`` and ``cells`` kernels, and the warp helpers the ``scan`` /
-``fill`` kernels share (see layout_device.py). Build time only.
+"""CuTe DSL source of the device layout builder's ``topk``, ``pack`` and ``cells`` kernels, and the warp helpers
+the ``scan`` / ``fill`` kernels share (see layout_device.py). Build time only.
 
 Exactness: every formula mirrors ``varblock.device_layout.model`` (``topk_cells``, ``mask_cells``); change both
 together.
@@ -18,6 +18,8 @@ from varblock.kernels.layout_device import WARPS
 from varblock.kernels.registry import Variant
 
 I32_MAX = 2**31 - 1
+#: token-mask cell value: some (not all) query tokens of the block select the key block (all: 1, none: 0)
+TOKEN_SOME = 3
 
 
 @cute.jit
@@ -80,6 +82,8 @@ def classify(v: Int32, codes: Int32, m: Int32, n: Int32, lq: Int32, lk: Int32, b
             dmin = ks - (qs + ql - 1) - off
             dmax = ks + kl - 1 - qs - off
             all_ = Int32(1)
+            if v == TOKEN_SOME:  # a token-mask cell some but not all of whose query tokens select the key block
+                all_ = Int32(0)
             none = Int32(0)
             if wr >= 0:
                 if dmax > Int64(wr):
@@ -169,8 +173,45 @@ def _topk_kernel(p: SimpleNamespace):
             g_err[w] = first
 
 
-@cute.kernel
-def _cells_kernel(p: SimpleNamespace):
+@cute.jit
+def _cell_value(g_mask: cute.Tensor, p, token: cutlass.Constexpr, bm: Int32, hl: Int32, m: Int32, n: Int32,
+                lq: Int32) -> Int32:
+    """A block mask's value at cell (m, n); a token mask's any / all over the block's query tokens (0 none, 1 all,
+    TOKEN_SOME otherwise)."""
+    v = Int32(0)
+    if cutlass.const_expr(token):
+        T = p.q_tokens
+        NB = p.nb
+        t_hi = cutlass.min(cutlass.min((m + 1) * p.block_q, lq), T)
+        row0 = (bm * p.num_layout_heads + hl) * T * NB + n
+        any_ = Int32(0)
+        all_ = Int32(1)
+        for t in cutlass.range(m * p.block_q, t_hi):
+            if Int32(g_mask[row0 + t * NB]) != 0:
+                any_ = Int32(1)
+            else:
+                all_ = Int32(0)
+        if any_ != 0:
+            v = Int32(1)
+            if all_ == 0:
+                v = Int32(TOKEN_SOME)
+    else:
+        v = Int32(g_mask[((bm * p.num_layout_heads + hl) * p.mb + m) * p.nb + n])
+    return v
+
+
+def _make_cells_kernel(token: bool):
+    """The cells kernel for a block mask (``token=False``) or a SeerAttention 1D token mask."""
+
+    @cute.kernel
+    def kernel(p: SimpleNamespace):
+        _cells_body(p, token)
+
+    return kernel
+
+
+@cute.jit
+def _cells_body(p: SimpleNamespace, token: cutlass.Constexpr):
     tidx, _, _ = cute.arch.thread_idx()
     bidx, _, _ = cute.arch.block_idx()
     lane = Int32(tidx) % 32
@@ -182,7 +223,8 @@ def _cells_kernel(p: SimpleNamespace):
     n_rows = H * B * MB
     g_cq = cute.make_tensor(p.cu_seqlens_q, cute.make_layout(B + 1))
     g_ck = cute.make_tensor(p.cu_seqlens_k, cute.make_layout(B + 1))
-    g_mask = cute.make_tensor(p.mask, cute.make_layout(cutlass.max(p.mask_batch * H * MB * NB, Int32(1))))
+    rows_in = p.q_tokens if cutlass.const_expr(token) else MB
+    g_mask = cute.make_tensor(p.mask, cute.make_layout(cutlass.max(p.mask_batch * H * rows_in * NB, Int32(1))))
     if w < n_rows:
         m = w % MB
         b = (w // MB) % B
@@ -203,7 +245,7 @@ def _cells_kernel(p: SimpleNamespace):
             n = n0 + lane
             cls = Int32(0)
             if n < NB:
-                v = Int32(g_mask[base + n])
+                v = _cell_value(g_mask, p, token, bm, hl, m, n, lq)
                 if p.codes != 0 and (v < 0 or v > 2):
                     first = cutlass.min(first, base + n)
                 cls = classify(v, p.codes, m, n, lq, lk, p.block_q, p.block_k, p.window_left, p.window_right)
@@ -243,7 +285,7 @@ def _cells_kernel(p: SimpleNamespace):
         c_full = Int32(0)
         c_part = Int32(0)
         for m in cutlass.range(lane, MB, 32):
-            v = Int32(g_mask[((bm * H + hl) * MB + m) * NB + n])
+            v = _cell_value(g_mask, p, token, bm, hl, m, n, lq)
             cls = classify(v, p.codes, m, n, lq, lk, p.block_q, p.block_k, p.window_left, p.window_right)
             if cls == CELL_FULL:
                 c_full = c_full + 1
@@ -256,16 +298,54 @@ def _cells_kernel(p: SimpleNamespace):
             g_cc[q, 1] = c_part
 
 
+@cute.kernel
+def _pack_kernel(p: SimpleNamespace):
+    """One warp per (head, sequence, token) row of a token mask ``[Bm, H, T, NB]``: the row -> the packed
+    ``[H, B * T, NB]`` at the token's packed index (key blocks beyond the sequence's zeroed)."""
+    tidx, _, _ = cute.arch.thread_idx()
+    bidx, _, _ = cute.arch.block_idx()
+    lane = Int32(tidx) % 32
+    w = Int32(bidx) * WARPS + Int32(tidx) // 32
+    if w < p.num_items:
+        T = p.q_tokens
+        B = p.batch
+        H = p.num_layout_heads
+        NB = p.nb
+        t = w % T
+        b = (w // T) % B
+        h = w // (T * B)
+        g_cq = cute.make_tensor(p.cu_seqlens_q, cute.make_layout(B + 1))
+        g_ck = cute.make_tensor(p.cu_seqlens_k, cute.make_layout(B + 1))
+        g_in = cute.make_tensor(p.mask, cute.make_layout(cutlass.max(p.mask_batch * H * T * NB, Int32(1))))
+        g_out = cute.make_tensor(p.packed, cute.make_layout(cutlass.max(H * B * T * NB, Int32(1))))
+        cap = B * T
+        tok = g_cq[b] + t
+        n_b = cdiv_nonneg(seq_len(g_ck, b), p.block_k)
+        if t < seq_len(g_cq, b) and tok >= 0 and tok < cap:
+            src = ((cutlass.min(b, p.mask_batch - 1) * H + h) * T + t) * NB
+            dst = (h * cap + tok) * NB
+            for n in cutlass.range(lane, NB, 32):
+                x = Uint8(0)
+                if n < n_b:
+                    x = Uint8(g_in[src + n])
+                g_out[dst + n] = x
+
+
 def make_host(variant: Variant):
-    """Trace-ready host function for a ``topk`` or ``cells`` variant, and its compile arguments."""
+    """Trace-ready host function for a ``topk``, ``pack`` or ``cells`` variant, and its compile arguments."""
     stage = variant.key["stage"]
-    kernel = _topk_kernel if stage == "topk" else _cells_kernel
+    if stage == "topk":
+        kernel = _topk_kernel
+    elif stage == "pack":
+        kernel = _pack_kernel
+    else:
+        kernel = _make_cells_kernel(variant.key["mask_dtype"] == "token")
     kernel.set_name_prefix(f"vb_{variant.name}", remove_cutlass_symbol=True, keep_mangled_name=False)
 
     def launch(p: SimpleNamespace):
         kernel(p).launch(grid=[(p.num_items + (WARPS - 1)) // WARPS, 1, 1], block=[32 * WARPS, 1, 1])
 
-    pointee = {"kept": Uint8}
-    if stage == "cells":
-        pointee["mask"] = Uint8 if variant.key["mask_dtype"] == "uint8" else Int32
+    pointee = {"kept": Uint8, "packed": Uint8, "mask": Uint8}
+    if stage == "cells" and variant.key["mask_dtype"] == "int32":
+        pointee["mask"] = Int32
     return jit_host(variant.params, launch, name=f"host_{variant.name}"), fake_args(variant.params, pointee)

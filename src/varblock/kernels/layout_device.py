@@ -8,6 +8,8 @@ Four kernels (one variant each per arch; ``cells`` has one per mask element type
   [Bm, H, MB, K]`` zeroes its row of the cell codes ``[Bm, H, MB, NB]`` (uint8; ``clear``) and writes ``value`` at
   the listed cells (top-k: 1 = kept; FA4 / FlexAttention: 1 = partial list, then 2 = full list); bad slots (range,
   ``strict`` ascending order, a full block already partial) -> ``topk_err`` (per row, flat slot + ``slot_offset``).
+* ``pack`` (SeerAttention 1D token masks): one warp per (head, sequence, token) row copies the token mask ``[Bm, H,
+  T, NB]`` into the packed ``[H, B * T, NB]`` the attention kernels read as their token mask.
 * ``cells``: one warp per padded layout row ``(hl, b, m)`` classifies its ``NB`` cells (warp ballots give each kept
   cell its position in the row's full / partial group, written to ``info``) and counts entries and chunks; one
   warp per padded column ``(hl, b, n)`` counts the column's full / partial cells.
@@ -35,11 +37,12 @@ from .registry import ARCHES, Family, Param, Variant
 FAMILY_NAME = "layout_device"
 WARPS = 8  #: warps per CTA of the per-row kernels (topk, cells, fill)
 SCAN_THREADS = 1024  #: the scan kernel's single CTA
-MASK_DTYPES = ("uint8", "int32")  #: cells variants: bool / int8 / uint8 masks read as bytes, int32 codes
+#: cells variants: bool / int8 / uint8 block masks read as bytes, int32 codes, SeerAttention 1D token masks (bytes)
+MASK_DTYPES = ("uint8", "int32", "token")
 
 
 def _ptrs(*names: str) -> tuple[Param, ...]:
-    return tuple(Param(n, "ptr", 4 if n not in ("mask", "kept") else 1) for n in names)
+    return tuple(Param(n, "ptr", 4 if n not in ("mask", "kept", "packed") else 1) for n in names)
 
 
 def _i32(*names: str) -> tuple[Param, ...]:
@@ -51,13 +54,15 @@ PARAMS: dict[str, tuple[Param, ...]] = {
     "topk": _ptrs("indices", "counts", "cu_seqlens_q", "cu_seqlens_k", "kept", "topk_err")
     + _i32("mask_batch", "batch", "num_layout_heads", "mb", "nb", "k", "block_q", "block_k", "has_counts",
            "num_items", "value", "clear", "strict", "pad_ok", "slot_offset"),
+    "pack": _ptrs("mask", "packed", "cu_seqlens_q", "cu_seqlens_k")
+    + _i32("mask_batch", "batch", "num_layout_heads", "q_tokens", "nb", "block_k", "num_items"),
     "cells": _ptrs("mask", "cu_seqlens_q", "cu_seqlens_k", "info", "row_counts", "row_err", "col_counts")
     + _i32("mask_batch", "batch", "num_layout_heads", "mb", "nb", "block_q", "block_k", "tile_n", "window_left",
-           "window_right", "codes", "num_items"),
+           "window_right", "codes", "num_items", "q_tokens"),
     "scan": _ptrs("cu_seqlens_q", "cu_seqlens_k", "row_counts", "row_err", "col_counts", "topk_err", "row_prefix",
                   "col_prefix", "status")
     + _i32("batch", "num_layout_heads", "mb", "nb", "block_q", "block_k", "tokens_per_tile", "tile_heads",
-           "topk_rows", "max_entries", "max_tiles", "max_chunks"),
+           "topk_rows", "max_entries", "max_tiles", "max_chunks", "max_q_tokens"),
     "fill": _ptrs("status", "cu_seqlens_q", "cu_seqlens_k", "info", "row_counts", "col_counts", "row_prefix",
                   "col_prefix", "rows", "entries", "tiles", "chunks", "cols", "col_entries")
     + _i32("batch", "num_layout_heads", "mb", "nb", "block_q", "block_k", "tile_n", "tokens_per_tile", "tile_heads",
@@ -65,6 +70,7 @@ PARAMS: dict[str, tuple[Param, ...]] = {
 }
 GRIDS: dict[str, tuple[Any, Any, Any]] = {
     "topk": (["cdiv", "num_items", WARPS], 1, 1),
+    "pack": (["cdiv", "num_items", WARPS], 1, 1),
     "cells": (["cdiv", "num_items", WARPS], 1, 1),
     "scan": (1, 1, 1),
     "fill": (["cdiv", "num_items", WARPS], 1, 1),
@@ -109,15 +115,16 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
         vals.update(mask_batch=b, batch=b, num_layout_heads=h, mb=mb, nb=nb, k=3, block_q=128, block_k=64,
                     has_counts=i % 2, tile_n=64, window_left=-1 if i else 100, window_right=0, codes=i % 2,
                     tokens_per_tile=128, tile_heads=1, head_mul=1, topk_rows=b * h * mb, max_entries=1000 + i,
-                    max_tiles=rows_pad, max_chunks=2000)
-        vals["num_items"] = b * h * mb if variant.key["stage"] == "topk" else rows_pad + cols_pad
+                    max_tiles=rows_pad, max_chunks=2000, q_tokens=mb * 100 + i, max_q_tokens=mb * 128)
+        vals["num_items"] = {"topk": b * h * mb, "pack": h * b * mb * 100}.get(variant.key["stage"],
+                                                                              rows_pad + cols_pad)
         cases.append({p.name: vals[p.name] for p in variant.params})
     return cases
 
 
 def compile_args(variant: Variant):
     """The host function and its compile-time arguments (imports the DSL: build time only)."""
-    if variant.key["stage"] in ("topk", "cells"):
+    if variant.key["stage"] in ("topk", "pack", "cells"):
         from varblock.kernels._layout_device_impl import make_host
     else:
         from varblock.kernels._layout_device_fill_impl import make_host
