@@ -111,10 +111,11 @@ def _launch(entry: dict, ordinal: int, stream: Any, values: dict) -> None:
     stage = entry["key"]["stage"]
     g = LAUNCH_GEO[0]
     B, H, MB, NB = v["batch"], v["num_layout_heads"], v.get("mb", g.mb), v["nb"]
-    assert (B, H, MB, NB, v.get("block_q", g.block_q), v["block_k"]) == (g.batch, g.num_layout_heads, g.mb, g.nb,
-                                                                          g.block_q, g.block_k)
-    cq = MEM.read(v["cu_seqlens_q"], np.int32, B + 1).astype(np.int64)
-    ck = MEM.read(v["cu_seqlens_k"], np.int32, B + 1).astype(np.int64)
+    assert (B, H, MB, NB, v.get("block_q", g.block_q), v.get("block_k", g.block_k)) == (
+        g.batch, g.num_layout_heads, g.mb, g.nb, g.block_q, g.block_k)
+    if "cu_seqlens_q" in v:
+        cq = MEM.read(v["cu_seqlens_q"], np.int32, B + 1).astype(np.int64)
+        ck = MEM.read(v["cu_seqlens_k"], np.int32, B + 1).astype(np.int64)
     LAUNCHES.append(stage)
     if stage == "topk":
         K, bm = v["k"], v["mask_batch"]
@@ -136,11 +137,16 @@ def _launch(entry: dict, ordinal: int, stream: Any, values: dict) -> None:
         MEM.write(v["packed"], model_seer.pack_token_mask(tm, cq, ck, g))
     elif stage == "cells" and entry["key"]["mask_dtype"] == "token":
         bm, T = v["mask_batch"], v["q_tokens"]
+        assert v["num_items"] == H * B * MB  # rows only: the cols kernel counts the columns
         tm = MEM.read(v["mask"], np.uint8, bm * H * T * NB).reshape(bm, H, T, NB)
         geo = dataclasses.replace(g, window_left=v["window_left"], window_right=v["window_right"])
         c = model_seer.token_cells(tm, cq, ck, geo)
-        for name in ("info", "row_counts", "row_err", "col_counts"):
+        for name in ("info", "row_counts", "row_err"):
             MEM.write(v[name], getattr(c, name))
+    elif stage == "cols":
+        assert v["num_items"] == H * B * NB
+        cls = MEM.read(v["info"], np.int32, H * B * MB * NB).reshape(H, B, MB, NB) & 3
+        MEM.write(v["col_counts"], np.stack([(cls == 2).sum(2), (cls == 1).sum(2)], axis=-1).astype(np.int32))
     elif stage == "cells":
         bm = v["mask_batch"]
         dt = {"uint8": np.uint8, "int32": np.int32}[entry["key"]["mask_dtype"]]
@@ -363,7 +369,7 @@ def test_seer_1d_source(fake_device):
                          window_right=0, max_entries=B * H * 5 * NB, q_tokens=T)
     LAUNCH_GEO[:] = [geo]
     p = plan_mod.plan_device(seer_1d=tm, cu_seqlens_q=cu, num_heads_q=4, num_heads_kv=2, head_dim=128, causal=True)
-    assert LAUNCHES == ["pack", "cells", "scan", "fill"]
+    assert LAUNCHES == ["pack", "cells", "cols", "scan", "fill"]
     assert plan_mod.geometry(p) == geo
     want, packed = model_seer.build_from_token_mask(tm, cu, cu, geo)
     got = plan_mod.tables(p)
@@ -379,7 +385,7 @@ def test_seer_1d_source(fake_device):
         plan_mod.rebuild(p, seer_1d=tm[:, :, :200], cu_seqlens_q=cu)
     LAUNCHES.clear()
     plan_mod.rebuild(p, seer_1d=~tm, cu_seqlens_q=cu)
-    assert LAUNCHES == ["pack", "cells", "scan", "fill"]
+    assert LAUNCHES == ["pack", "cells", "cols", "scan", "fill"]
     np.testing.assert_array_equal(plan_mod.tables(p).entries,
                                   model_seer.build_from_token_mask(~tm, cu, cu, geo)[0].entries)
     with pytest.raises(TypeError, match="seer_1d: expected a bool"):

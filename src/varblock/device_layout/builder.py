@@ -174,8 +174,12 @@ class DeviceLayoutBuilder:
         tables = {n: self.ptr(n) for n in self.buffers}
         launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cells", "mask_dtype": variant}), self.ordinal,
                        stream, {**common, **tables, "mask": mask_ptr, "window_left": g.window_left,
-                                "window_right": g.window_right, "codes": codes, "num_items": rows_pad + cols_pad,
+                                "window_right": g.window_right, "codes": codes,
+                                "num_items": rows_pad if self.token else rows_pad + cols_pad,
                                 "q_tokens": g.max_q_tokens})
+        if self.token:  # columns counted from the classified cells (a token mask is costly to read by column)
+            launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cols"}), self.ordinal, stream, {
+                **common, **tables, "num_items": cols_pad})
         sizes = dict(tokens_per_tile=g.tokens_per_tile, tile_heads=g.tile_heads, max_entries=g.max_entries,
                      max_tiles=g.max_tiles, max_chunks=g.max_chunks, max_q_tokens=g.max_q_tokens)
         launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "scan"}), self.ordinal, stream, {

@@ -1,5 +1,5 @@
-"""CuTe DSL source of the device layout builder's ``topk``, ``pack`` and ``cells`` kernels, and the warp helpers
-the ``scan`` / ``fill`` kernels share (see layout_device.py). Build time only.
+"""CuTe DSL source of the device layout builder's ``topk``, ``pack``, ``cells`` and ``cols`` kernels, and the warp
+helpers the ``scan`` / ``fill`` kernels share (see layout_device.py). Build time only.
 
 Exactness: every formula mirrors ``varblock.device_layout.model`` (``topk_cells``, ``mask_cells``); change both
 together.
@@ -331,6 +331,37 @@ def _pack_kernel(p: SimpleNamespace):
                 g_out[dst + n] = x
 
 
+@cute.kernel
+def _cols_kernel(p: SimpleNamespace):
+    """One warp per padded column ``(hl, b, n)``: its full / partial cells counted from ``info``."""
+    tidx, _, _ = cute.arch.thread_idx()
+    bidx, _, _ = cute.arch.block_idx()
+    lane = Int32(tidx) % 32
+    q = Int32(bidx) * WARPS + Int32(tidx) // 32
+    if q < p.num_items:
+        B = p.batch
+        MB = p.mb
+        NB = p.nb
+        n = q % NB
+        row0 = (q // NB) * MB  # padded row (hl, b, 0)
+        g_info = cute.make_tensor(p.info, cute.make_layout(cutlass.max(p.num_layout_heads * B * MB * NB, Int32(1))))
+        g_cc = cute.make_tensor(p.col_counts, cute.make_layout((cutlass.max(p.num_items, Int32(1)), 2),
+                                                               stride=(2, 1)))
+        c_full = Int32(0)
+        c_part = Int32(0)
+        for m in cutlass.range(lane, MB, 32):
+            cls = g_info[(row0 + m) * NB + n] & 3
+            if cls == CELL_FULL:
+                c_full = c_full + 1
+            elif cls == CELL_PARTIAL:
+                c_part = c_part + 1
+        c_full = warp_sum(c_full)
+        c_part = warp_sum(c_part)
+        if lane == 0:
+            g_cc[q, 0] = c_full
+            g_cc[q, 1] = c_part
+
+
 def make_host(variant: Variant):
     """Trace-ready host function for a ``topk``, ``pack`` or ``cells`` variant, and its compile arguments."""
     stage = variant.key["stage"]
@@ -338,6 +369,8 @@ def make_host(variant: Variant):
         kernel = _topk_kernel
     elif stage == "pack":
         kernel = _pack_kernel
+    elif stage == "cols":
+        kernel = _cols_kernel
     else:
         kernel = _make_cells_kernel(variant.key["mask_dtype"] == "token")
     kernel.set_name_prefix(f"vb_{variant.name}", remove_cutlass_symbol=True, keep_mangled_name=False)

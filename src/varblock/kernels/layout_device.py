@@ -12,7 +12,8 @@ Four kernels (one variant each per arch; ``cells`` has one per mask element type
   T, NB]`` into the packed ``[H, B * T, NB]`` the attention kernels read as their token mask.
 * ``cells``: one warp per padded layout row ``(hl, b, m)`` classifies its ``NB`` cells (warp ballots give each kept
   cell its position in the row's full / partial group, written to ``info``) and counts entries and chunks; one
-  warp per padded column ``(hl, b, n)`` counts the column's full / partial cells.
+  warp per padded column ``(hl, b, n)`` counts the column's full / partial cells (token masks: the separate
+  ``cols`` kernel counts them from ``info`` instead, one read per cell rather than one per token).
 * ``scan``: one CTA validates ``cu_seqlens`` and the mask shape, scans the per-row and per-column counts (exclusive
   prefixes), checks the capacities and writes the status word.
 * ``fill``: the same warps as ``cells`` write every table at the scanned offsets (nothing when status says error).
@@ -59,6 +60,7 @@ PARAMS: dict[str, tuple[Param, ...]] = {
     "cells": _ptrs("mask", "cu_seqlens_q", "cu_seqlens_k", "info", "row_counts", "row_err", "col_counts")
     + _i32("mask_batch", "batch", "num_layout_heads", "mb", "nb", "block_q", "block_k", "tile_n", "window_left",
            "window_right", "codes", "num_items", "q_tokens"),
+    "cols": _ptrs("info", "col_counts") + _i32("batch", "num_layout_heads", "mb", "nb", "num_items"),
     "scan": _ptrs("cu_seqlens_q", "cu_seqlens_k", "row_counts", "row_err", "col_counts", "topk_err", "row_prefix",
                   "col_prefix", "status")
     + _i32("batch", "num_layout_heads", "mb", "nb", "block_q", "block_k", "tokens_per_tile", "tile_heads",
@@ -71,6 +73,7 @@ PARAMS: dict[str, tuple[Param, ...]] = {
 GRIDS: dict[str, tuple[Any, Any, Any]] = {
     "topk": (["cdiv", "num_items", WARPS], 1, 1),
     "pack": (["cdiv", "num_items", WARPS], 1, 1),
+    "cols": (["cdiv", "num_items", WARPS], 1, 1),
     "cells": (["cdiv", "num_items", WARPS], 1, 1),
     "scan": (1, 1, 1),
     "fill": (["cdiv", "num_items", WARPS], 1, 1),
@@ -116,15 +119,15 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
                     has_counts=i % 2, tile_n=64, window_left=-1 if i else 100, window_right=0, codes=i % 2,
                     tokens_per_tile=128, tile_heads=1, head_mul=1, topk_rows=b * h * mb, max_entries=1000 + i,
                     max_tiles=rows_pad, max_chunks=2000, q_tokens=mb * 100 + i, max_q_tokens=mb * 128)
-        vals["num_items"] = {"topk": b * h * mb, "pack": h * b * mb * 100}.get(variant.key["stage"],
-                                                                              rows_pad + cols_pad)
+        vals["num_items"] = {"topk": b * h * mb, "pack": h * b * mb * 100, "cols": cols_pad}.get(
+            variant.key["stage"], rows_pad + cols_pad)
         cases.append({p.name: vals[p.name] for p in variant.params})
     return cases
 
 
 def compile_args(variant: Variant):
     """The host function and its compile-time arguments (imports the DSL: build time only)."""
-    if variant.key["stage"] in ("topk", "pack", "cells"):
+    if variant.key["stage"] in ("topk", "pack", "cells", "cols"):
         from varblock.kernels._layout_device_impl import make_host
     else:
         from varblock.kernels._layout_device_fill_impl import make_host
