@@ -9,9 +9,9 @@ Needs a CUDA GPU, built cubins, torch (inputs) and `compute-sanitizer` on PATH (
 varblock's own kernels are checked (``--kernel-name kns=vb_``: every entry name starts with vb_); the smoke set's
 torch kernels are not ours.
 
-Every family in the kernel registry must have a smoke case in ``SMOKE`` below (the script fails otherwise), so a
-new kernel family cannot land without being sanitized: add a function that launches it on odd lengths, GQA and each
-of its mask kinds / code paths.
+Every family in the kernel registry must have a smoke case in ``SMOKE`` (tools/sanitize_cases.py; the script fails
+otherwise, and tests/test_sanitize_smoke.py checks it on the CPU), so a new kernel family cannot land without being
+sanitized: add a function there that launches it on odd lengths, GQA and each of its mask kinds / code paths.
 """
 
 from __future__ import annotations
@@ -23,144 +23,34 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+for _p in (ROOT / "src", ROOT):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
-import numpy as np  # noqa: E402
+from tools.sanitize_cases import SMOKE  # noqa: E402
 
 TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
-LENS = [1, 3, 113, 0, 200]
-
-
-def _cu(lens: list[int]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-
-
-def _qkv(torch, tq: int, tk: int, hq: int, hkv: int, d: int, dtype: str = "bfloat16"):
-    dt = getattr(torch, dtype)
-    return (torch.randn(tq, hq, d, device="cuda").to(dt), torch.randn(tk, hkv, d, device="cuda").to(dt),
-            torch.randn(tk, hkv, d, device="cuda").to(dt))
-
-
-_T0 = time.perf_counter()
-
-
-def _check_finite(torch, what: str, *xs) -> None:
-    torch.cuda.synchronize()
-    for x in xs:
-        if torch.isnan(x.float()).any():
-            raise RuntimeError(f"{what}: NaN in the output")
-    print(f"  [{time.perf_counter() - _T0:7.1f} s] {what}: ok", flush=True)
-
-
-# ------------------------------------------------------------------------------------------------ smoke cases
-def _attention_layouts(L) -> list[tuple[str, object, int, int]]:
-    """(name, layout, Hq, Hkv) covering every mask kind of the forward."""
-    cu = _cu(LENS)
-    cu_k = _cu([5, 1, 300, 0, 64])
-    rng = np.random.default_rng(0)
-    t = max(LENS)
-    m1d = rng.random((len(LENS), 2, t, (t + 63) // 64)) < 0.4
-    doc = np.concatenate([np.repeat(np.arange(3), [n // 3, n // 3, n - 2 * (n // 3)]) for n in LENS]).astype(np.int32)
-    row = np.array([[100, 28, 300], [128, 128, 172]])
-    col = np.array([[64, 200, 164], [1, 255, 172]])
-    out = [
-        ("random per_kv_head causal", L.random_blocks(cu, cu, density=0.5, num_heads=2, head_mode="per_kv_head",
-                                                      causal=True, seed=1), 8, 2),
-        ("random per_q_head q!=k", L.random_blocks(cu, cu_k, density=0.5, num_heads=4, head_mode="per_q_head",
-                                                   causal=True, seed=2, block_q=64, block_k=64), 4, 1),
-        ("sliding window", L.sliding_window(cu, cu, window_left=32, window_right=0, num_heads=1), 4, 4),
-        ("sinks + window", L.attention_sinks(cu, cu, sink_blocks=1, window_left=32, causal=True, num_heads=1,
-                                             block_q=64, block_k=64), 4, 2),
-        ("document", L.document(cu, cu, doc_ids_q=doc, causal=True, num_heads=1), 4, 2),
-        ("seer 1d token mask", L.from_seer_1d(m1d, cu, cu, block_size=64, head_mode="per_kv_head"), 8, 2),
-        ("flashinfer variable blocks", L.from_flashinfer(np.random.default_rng(2).random((2, 3, 3)) < 0.6, row,
-                                                         col, _cu([428]), _cu([428])), 4, 2),
-    ]
-    return out
-
-
-def smoke_attention(torch, backend: str = "auto") -> None:
-    import varblock
-    from varblock import layout as L
-
-    cu = _cu(LENS)
-    tq = int(cu[-1])
-    for sched in ("single", "persistent"):
-        for causal in (False, True):
-            for d in (64, 128):
-                q, k, v = _qkv(torch, tq, tq, 8, 2, d)
-                p = varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=d, causal=causal, scheduler=sched,
-                                  backend=backend)
-                o = varblock.attention(q, k, v, p)
-                _check_finite(torch, f"dense causal={causal} d={d} {sched}", o)
-        for name, lay, hq, hkv in _attention_layouts(L):
-            cq, ck = lay.cu_seqlens_q, lay.cu_seqlens_k
-            q, k, v = _qkv(torch, int(cq[-1]), int(ck[-1]), hq, hkv, 128)
-            p = varblock.plan(cq, ck, num_heads_q=hq, num_heads_kv=hkv, head_dim=128, layout=lay, scheduler=sched,
-                              backend=backend)
-            o, lse = varblock.attention(q, k, v, p, return_lse=True)
-            _check_finite(torch, f"{name} {sched}", o)
-    # pack-GQA, fp16, d96 (d64 for the Hopper family, which has no d96)
-    d = 64 if backend == "attention_fwd_sm90" else 96
-    q, k, v = _qkv(torch, tq, tq, 8, 2, d, "float16")
-    o = varblock.attention(q, k, v, varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=d, causal=True,
-                                                   pack_gqa=True, backend=backend))
-    _check_finite(torch, f"pack-gqa fp16 d{d}", o)
-
-
-def smoke_attention_sm90(torch) -> None:
-    """The Hopper forward on the same cases (sm90 only: elsewhere it has no kernels)."""
-    if torch.cuda.get_device_capability()[0] != 9:
-        print("  attention_fwd_sm90: not an sm90 GPU, skipped", flush=True)
-        return
-    smoke_attention(torch, backend="attention_fwd_sm90")
-
-
-def smoke_prepare(torch) -> None:
-    """Device plans: the prepare kernel builds the work list on the GPU, the forward reads its tile count."""
-    import varblock
-
-    cu = torch.tensor(_cu(LENS), device="cuda")
-    tq = int(_cu(LENS)[-1])
-    for causal, window in ((False, None), (True, None), (True, (40, 0))):
-        q, k, v = _qkv(torch, tq, tq, 8, 2, 128)
-        p = varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=128, causal=causal, window=window,
-                          max_seqlen_q=max(LENS), total_q=tq)
-        o = varblock.attention(q, k, v, p)
-        _check_finite(torch, f"device plan causal={causal} window={window}", o)
-
-
-def smoke_merge_states(torch) -> None:
-    import varblock
-
-    for s, t, h, d, dt in ((1, 3, 2, 64, "float32"), (4, 113, 3, 128, "bfloat16"), (3, 1, 1, 256, "float16")):
-        parts = torch.randn(s, t, h, d, device="cuda").to(getattr(torch, dt))
-        lse = torch.randn(s, h, t, device="cuda")
-        lse[0, :, : max(1, t // 3)] = float("-inf")
-        o, ls = varblock.merge_states(parts, lse)
-        _check_finite(torch, f"merge_states S={s} {dt}", o)
-    parts = torch.randn(2, 77, 4, 128, device="cuda")
-    o, _ = varblock.merge_states(parts, torch.randn(2, 4, 77, device="cuda"), out_dtype="bfloat16")
-    _check_finite(torch, "merge_states fp32 -> bf16", o)
-
-
-#: kernel family name -> smoke function (every registered family needs one)
-SMOKE: dict[str, Callable] = {
-    "attention_fwd_mma": smoke_attention,
-    "attention_fwd_sm90": smoke_attention_sm90,
-    "attention_prepare": smoke_prepare,
-    "merge_states": smoke_merge_states,
-}
 
 
 def registered_families() -> list[str]:
     from varblock.kernels.registry import families
 
     return [f.name for f in families()]
+
+
+def coverage_problem(registered: list[str]) -> str | None:
+    """Why ``SMOKE`` does not match the registered kernel families (a family without a smoke case, or a smoke case
+    for no family), or None."""
+    missing = [f for f in registered if f not in SMOKE]
+    stale = [f for f in SMOKE if f not in registered]
+    if missing:
+        return f"no smoke case for kernel families {missing}: add one to tools/sanitize_cases.py SMOKE"
+    if stale:
+        return f"smoke cases for unregistered kernel families {stale}: remove them from tools/sanitize_cases.py SMOKE"
+    return None
 
 
 def run_smoke(only: list[str] | None) -> None:
@@ -223,6 +113,13 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per (tool, family) run")
     args = ap.parse_args()
     only = [s.strip() for s in args.only.split(",")] if args.only else None
+    unknown = [f for f in only or () if f not in SMOKE]
+    if unknown:
+        ap.error(f"--only: unknown kernel families {unknown}; known: {', '.join(SMOKE)}")
+    problem = coverage_problem(registered_families())
+    if problem:
+        print(problem)
+        return 1
     if args.smoke:
         run_smoke(only)
         return 0
@@ -231,10 +128,6 @@ def main() -> int:
     for tool in tools:
         if tool not in TOOLS:
             ap.error(f"--tools: unknown tool {tool!r}; known: {', '.join(TOOLS)}")
-    missing = [f for f in registered_families() if f not in SMOKE]
-    if missing:
-        print(f"no smoke case for kernel families {missing}: add one to tools/sanitize.py SMOKE")
-        return 1
     fams = [f for f in SMOKE if only is None or f in only]
     bad = 0
     for tool in tools:
