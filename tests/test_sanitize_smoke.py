@@ -77,6 +77,7 @@ def _plan(a: dict[str, Any]) -> SimpleNamespace:
     lay = a.get("layout")
     if lay is not None:
         assert np.array_equal(lay.cu_seqlens_q, cq) and np.array_equal(lay.cu_seqlens_k, ck)
+        lay.head_map(a["num_heads_q"], hkv)  # raises when the layout's heads fit neither count
     return SimpleNamespace(hq=a["num_heads_q"], hkv=hkv, d=a["head_dim"], tq=int(cq[-1]), tk=int(ck[-1]))
 
 
@@ -95,6 +96,15 @@ def _backward(a: dict[str, Any]) -> Any:
 
 
 def _plan_decode(a: dict[str, Any]) -> SimpleNamespace:
+    """Host plans: the plan's own length and layout checks."""
+    from varblock.decode_plan.plan import _check_layout, _check_lengths
+
+    if a["max_kv_len"] is None:
+        cq = _host(a["cu_seqlens_q"])
+        kv = _host(a["kv_lens"]) if a["kv_lens"] is not None else np.diff(_host(a["cu_seqlens_k"]))
+        _check_lengths(cq, kv, a["causal"])
+        if a["layout"] is not None:
+            _check_layout(a["layout"], kv, a["num_heads_q"], a["num_heads_kv"])
     calls: list[str] = []
     return SimpleNamespace(args=a, calls=calls, status=lambda: (1, 0), prepare=lambda stream=None: calls.append("p"))
 
