@@ -89,10 +89,12 @@ def sanitize(tool: str, family: str, log_dir: Path | None, timeout: float) -> tu
             (ex.stdout or "") + (ex.stderr or "")
         code = None
     if log_dir is not None:
-        (log_dir / f"sanitize_{tool}_{family}.log").write_text(text)
+        tag = family if "," not in family else "grouped"
+        (log_dir / f"sanitize_{tool}_{tag}.log").write_text(text)
     counts = [int(m.group(2)) for m in _SUMMARY.finditer(text)]
     reported = sum(counts) if counts else -1
-    line = (f"{tool:10s} {family:20s} exit {code if code is not None else 'TIMEOUT':>7}  reported "
+    label = family if "," not in family else "all selected"
+    line = (f"{tool:10s} {label:20s} exit {code if code is not None else 'TIMEOUT':>7}  reported "
             f"{reported if reported >= 0 else '?'}  ({time.perf_counter() - t0:.0f} s)")
     if code is None:
         return 1, line + f"  (no result within {timeout:.0f} s)"
@@ -111,6 +113,9 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="comma-separated kernel family names")
     ap.add_argument("--log-dir", default=os.environ.get("OUT"), help="write one log per tool and family here")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per (tool, family) run")
+    ap.add_argument("--grouped", action="store_true",
+                    help="one sanitizer process per tool for all selected families (less start-up time, one log "
+                         "per tool; a failure names the tool, rerun per family to locate it)")
     args = ap.parse_args()
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     unknown = [f for f in only or () if f not in SMOKE]
@@ -131,7 +136,7 @@ def main() -> int:
     fams = [f for f in SMOKE if only is None or f in only]
     bad = 0
     for tool in tools:
-        for fam in fams:
+        for fam in [",".join(fams)] if args.grouped else fams:
             n, line = sanitize(tool, fam, log_dir, args.timeout)
             print(line, flush=True)
             bad += n
