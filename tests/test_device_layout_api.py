@@ -365,8 +365,8 @@ def test_seer_1d_source(fake_device):
     B, H, T, NB = 3, 2, 260, 5
     tm = rng.random((B, H, T, NB)) < 0.4
     geo = model.Geometry(batch=B, mask_batch=B, num_layout_heads=H, mb=-(-T // 64), nb=NB, block_q=64, block_k=64,
-                         tile_m=128, tile_n=64, num_heads_q=4, num_heads_kv=2, head_mode="per_kv_head", pack_gqa=1,
-                         window_right=0, max_entries=B * H * 5 * NB, q_tokens=T)
+                         tile_m=128, tile_n=64, num_heads_q=4, num_heads_kv=2, head_mode="per_kv_head", pack_gqa=2,
+                         window_right=0, max_entries=B * H * 5 * NB, q_tokens=T)  # token masks pack GQA by default
     LAUNCH_GEO[:] = [geo]
     p = plan_mod.plan_device(seer_1d=tm, cu_seqlens_q=cu, num_heads_q=4, num_heads_kv=2, head_dim=128, causal=True)
     assert LAUNCHES == ["pack", "cells", "cols", "scan", "fill"]

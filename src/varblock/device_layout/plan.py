@@ -106,14 +106,16 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
     group = hq // hkv
     kinds = frozenset(k for k, on in (("causal", wr == 0), ("window", wl >= 0 or wr > 0), ("token", src.token))
                       if on)
-    feats = {"block_sparse", "device_plan", "persistent"} | ({"pack_gqa"} if pack_gqa else set())
+    packs = pack_gqa or (pack_gqa is None and src.token and group > 1)
+    feats = {"block_sparse", "device_plan", "persistent"} | ({"pack_gqa"} if packs else set())
     problem = AttentionProblem(arch, int(head_dim), hq, hkv, dtype, kinds, frozenset(feats), pack_gqa, "persistent")
     binding, declined = families.choose(OP, problem, backend)
     tile_m, tile_n = binding.tile_config(arch, int(head_dim))
     shareable = group > 1 and mode != HEAD_MODE_PER_Q_HEAD and group <= tile_m
     if pack_gqa and not shareable:
         raise ValueError("pack_gqa: needs GQA and a mask shared by each group (per_kv_head or broadcast)")
-    g = group if (pack_gqa and shareable) else 1
+    # pack-GQA when asked, and by default for token masks (as the host plan: the group's union stays small)
+    g = group if shareable and (pack_gqa or (pack_gqa is None and src.token)) else 1
     cells = batch * h * mb * nb  # every cell of every sequence: the most kept blocks there can be
     cap = cells if max_kept_blocks is None else int(max_kept_blocks)
     if max_kept_blocks is not None and (isinstance(max_kept_blocks, bool) or cap < 0):
