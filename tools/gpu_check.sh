@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One GPU session's verification in one command (device time is scarce: everything in one call, each step under a
+# time cap, a short summary printed last). Run from the repo root with cubins built for the GPU's arch:
+#   PYTHONPATH=src bash tools/gpu_check.sh [budget_seconds]
+# Steps, in priority order (a step is skipped when the remaining budget is below its cap):
+#   1. forward fingerprints vs build/gpu/fp_base.json (bit-identical forward across a refactor), if that file exists
+#   2. the GPU test suite (every family except the unverified sm90 forward, which has its own step), 8 workers
+#   3. compute-sanitizer memcheck, racecheck, synccheck over every family's smoke set (tools/sanitize.py --grouped)
+#   4. the sm90 forward's first check (tools/hopper_check.sh smoke: timeouts, never hangs the session)
+#   5. compute-sanitizer initcheck
+#   6. a short forward benchmark (W1, both families, FlexAttention)
+# Logs go to $OUT (at most 8 files): summary.txt, pytest.log, fingerprint.log, sanitize.tar.gz, hopper.log, bench.log
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="${PYTHONPATH:-src}" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/gpu_check_out}"
+mkdir -p "$OUT"
+BUDGET="${1:-540}"
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+say() { echo "$*" | tee -a "$SUMMARY"; }
+left() { echo $((BUDGET - SECONDS)); }
+step() {  # step NAME CAP LOG CMD...: run CMD with a time cap if the budget allows, record rc and time
+    local name=$1 cap=$2 log=$3
+    shift 3
+    if [ "$(left)" -lt $((cap / 3 + 10)) ]; then say "SKIPPED  $name (budget left $(left) s)"; return; fi
+    [ "$cap" -gt "$(left)" ] && cap=$(left)
+    local t0=$SECONDS
+    timeout -k 5 "$cap" "$@" >>"$log" 2>&1
+    local rc=$?
+    say "$( [ $rc -eq 0 ] && echo 'OK      ' || echo "FAIL $rc ")$name ($((SECONDS - t0)) s): $(grep -E -a \
+        'passed|failed|fingerprints:|sanitizer:|OK  |FAIL' "$log" | tail -n 3 | tr '\n' ' ' | cut -c1-400)"
+}
+
+say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader) | $(python3 -c 'import torch, cuda.core as c; print("torch", torch.__version__, "cuda.core", c.__version__)' 2>&1 | tail -1)"
+if [ -f build/gpu/fp_base.json ]; then
+    step "forward fingerprints vs base" 90 "$OUT/fingerprint.log" python3 tools/fwd_fingerprint.py --compare build/gpu/fp_base.json
+fi
+step "GPU tests" 300 "$OUT/pytest.log" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 150 tests/ \
+    --ignore=tests/test_attention_sm90_gpu.py --ignore=tests/test_backward_perf_gpu.py -k "not sm90" -rf
+step "sanitizer memcheck/racecheck/synccheck" 240 "$OUT/sanitize.log" python3 tools/sanitize.py --grouped \
+    --tools memcheck,racecheck,synccheck --timeout 100 --log-dir /tmp/sanitize_logs
+step "sm90 forward first check" 100 "$OUT/hopper.log" bash tools/hopper_check.sh
+step "sanitizer initcheck" 120 "$OUT/sanitize.log" python3 tools/sanitize.py --grouped --tools initcheck \
+    --timeout 110 --log-dir /tmp/sanitize_logs
+step "forward benchmark W1" 90 "$OUT/bench.log" python3 benchmarks/bench_attention.py --workloads W1
+tar czf "$OUT/sanitize.tar.gz" -C /tmp sanitize_logs 2>/dev/null
+say "total $SECONDS s"
+echo "== failures =="
+grep -E -a "^FAILED|^ERROR" "$OUT/pytest.log" | head -40
+echo "== summary =="
+cat "$SUMMARY"
