@@ -8,6 +8,8 @@ layer (``varblock.ops.state``).
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,10 @@ from varblock.abi import TILE_COUNTER_WIDTH
 from varblock.layout import BlockSparseLayout
 from varblock.runtime.memory import DeviceBuffer
 from varblock.worklist import WorkList
+
+_uids = itertools.count(1)
+#: uid -> live plan (weak: a plan goes away when its owner drops it), see :meth:`Plan.by_uid`
+_live: weakref.WeakValueDictionary[int, Plan] = weakref.WeakValueDictionary()
 
 
 @dataclass(eq=False)
@@ -61,6 +67,21 @@ class Plan:
     prepare_event: Any = field(default=None, repr=False)
     #: bumped whenever something a prepared launch captured changes (the ops layer then prepares again)
     revision: int = 0
+    #: process-unique integer naming this plan: framework adapters (varblock.torch, varblock.jax) pass it through
+    #: traced graphs in place of the plan object and look the plan up with :meth:`Plan.by_uid`
+    uid: int = field(default_factory=lambda: next(_uids), repr=False)
+
+    def __post_init__(self) -> None:
+        _live[self.uid] = self
+
+    @staticmethod
+    def by_uid(uid: int) -> Plan:
+        """The live plan whose ``uid`` is ``uid``; ValueError when no such plan exists (any more)."""
+        plan = _live.get(uid)
+        if plan is None:
+            raise ValueError(f"plan_id: no live varblock plan has uid {uid} (was the plan garbage-collected? keep a "
+                             f"reference to it while graphs that use it can run)")
+        return plan
 
     #: tile counter slots in ``buffers["tile_counters"]`` (one {next, done} pair of int32 per stream)
     MAX_STREAMS = 64
