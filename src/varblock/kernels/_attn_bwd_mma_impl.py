@@ -19,25 +19,20 @@ See ``attention_bwd_mma.py`` for the contract (work list, parameters, masks). La
 """
 
 # (no `from __future__ import annotations`: cute.struct reads the annotations as objects)
+from collections.abc import Sequence
+from types import SimpleNamespace
+
 import cutlass
 import cutlass.cute as cute
 from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint8, Uint32
 from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync, warp
 
-MASK_DOC = 1
-MASK_TOKEN = 2
-_NEG_BIG = -(1 << 30)
+from varblock.abi import MASK_DOC, MASK_TOKEN
 
-
-def _mn_view(t):
-    """View an mma C-fragment ``((2, 2), MMA_M, MMA_N)`` as ``(rows, cols)`` = ``((2, MMA_M), (2, MMA_N))``."""
-    lay = cute.make_layout(t.layout.shape)
-    mn = cute.make_layout(
-        ((lay.shape[0][1], lay.shape[1]), (lay.shape[0][0], lay.shape[2])),
-        stride=((lay.stride[0][1], lay.stride[1]), (lay.stride[0][0], lay.stride[2])),
-    )
-    return cute.make_tensor(t.iterator, cute.composition(t.layout, mn))
+from .common.mask import NEG_BIG
+from .common.signature import jit_host
+from .common.warp_mma import mn_view
 
 
 def _transposed(t, rows: int, cols: int):
@@ -91,9 +86,10 @@ def _spin_until(sem_ptr, value):
         pass
 
 
-def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
+def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
               sdp: tuple, dkv: tuple, dq_bufs: int, stages: int = 1):
-    """Build the ``@cute.jit`` host function (and its kernel) of one main-kernel variant."""
+    """Build the ``@cute.jit`` host function (and its kernel) of one main-kernel variant; ``params`` is the
+    family's ``MAIN_PARAMS`` (the kernel's parameter list)."""
     dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
     nthr = 32 * num_warps
     kblk = 64 if D % 64 == 0 else 32  # smem swizzle atom width for [rows, D] tensors (elements)
@@ -132,23 +128,11 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         return cute.tile_to_shape(atom, (rows, cols, n_stages), (0, 1, 2))
 
     @cute.kernel
-    def kernel(
-        q: cute.Pointer, k: cute.Pointer, v: cute.Pointer, dout: cute.Pointer, lse_log2: cute.Pointer,
-        dpsum: cute.Pointer, dq_accum: cute.Pointer, dk_accum: cute.Pointer, dv_accum: cute.Pointer,
-        cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tiles: cute.Pointer, chunks: cute.Pointer,
-        doc_q: cute.Pointer, doc_k: cute.Pointer, tok_mask: cute.Pointer,
-        q_stride_tok: Int64, q_stride_head: Int64, k_stride_tok: Int64, k_stride_head: Int64,
-        v_stride_tok: Int64, v_stride_head: Int64, do_stride_tok: Int64, do_stride_head: Int64,
-        stat_stride_head: Int64, tm_stride_head: Int64, tm_stride_tok: Int64, tm_stride_blk: Int64,
-        num_tiles: Int32, num_heads_q: Int32, num_tile_heads: Int32, softmax_scale_log2: Float32,
-        window_left: Int32, window_right: Int32, num_sink_tokens: Int32, qhead_per_kvhead: Int32,
-        heads_per_tile: Int32, tok_block_k: Int32, tok_head_div: Int32, mask_flags: Int32,
-        dq_order: cute.Pointer, dq_sem: cute.Pointer, total_q: Int32, num_sems: Int32,
-    ):
+    def kernel(p: SimpleNamespace):
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
         tile = Int32(bidx)
-        deterministic = dq_sem.toint() != Int64(0)
+        deterministic = p.dq_sem.toint() != Int64(0)
 
         smem = cutlass.utils.SmemAllocator()
         storage = smem.allocate(SharedStorage)
@@ -170,14 +154,14 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         sPt = _transposed(sP, tile_m, tile_n)
         sdSt = _transposed(sdS, tile_m, tile_n)
 
-        q_st = cute.assume(q_stride_tok, divby=8)
-        q_sh = cute.assume(q_stride_head, divby=8)
-        k_st = cute.assume(k_stride_tok, divby=8)
-        k_sh = cute.assume(k_stride_head, divby=8)
-        v_st = cute.assume(v_stride_tok, divby=8)
-        v_sh = cute.assume(v_stride_head, divby=8)
-        do_st = cute.assume(do_stride_tok, divby=8)
-        do_sh = cute.assume(do_stride_head, divby=8)
+        q_st = cute.assume(p.q_stride_tok, divby=8)
+        q_sh = cute.assume(p.q_stride_head, divby=8)
+        k_st = cute.assume(p.k_stride_tok, divby=8)
+        k_sh = cute.assume(p.k_stride_head, divby=8)
+        v_st = cute.assume(p.v_stride_tok, divby=8)
+        v_sh = cute.assume(p.v_stride_head, divby=8)
+        do_st = cute.assume(p.do_stride_tok, divby=8)
+        do_sh = cute.assume(p.do_stride_head, divby=8)
 
         # ---------------------------------------------------------------- per-thread setup
         g2s_atom = cute.make_copy_atom(
@@ -248,14 +232,14 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
 
         # coordinates
         cS = cute.make_identity_tensor((tile_m, tile_n))
-        tScS = _mn_view(thr_sdp.partition_C(cS))
-        t0ScS = _mn_view(mma_sdp.get_slice(0).partition_C(cS))
+        tScS = mn_view(thr_sdp.partition_C(cS))
+        t0ScS = mn_view(mma_sdp.get_slice(0).partition_C(cS))
         n_rows = cute.size(tScS, mode=[0])
         n_cols = cute.size(tScS, mode=[1])
         row0 = tScS[0, 0][0]
         col0 = tScS[0, 0][1]
-        tdQcdQ = _mn_view(thr_sdp.partition_C(cute.make_identity_tensor((tile_m, D))))
-        tdKcdK = _mn_view(thr_dkv.partition_C(cute.make_identity_tensor((tile_n, D))))
+        tdQcdQ = mn_view(thr_sdp.partition_C(cute.make_identity_tensor((tile_m, D))))
+        tdKcdK = mn_view(thr_dkv.partition_C(cute.make_identity_tensor((tile_n, D))))
         cQ = cute.make_identity_tensor((tile_m, D))
         tQcQ = g2s_thr.partition_S(cQ)
         t0QcQ = g2s.get_slice(0).partition_S(cQ)
@@ -265,28 +249,30 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
         tKcK = g2s_thr.partition_S(cK)
         t0KcK = g2s.get_slice(0).partition_S(cK)
 
-        if tile < num_tiles:
+        if tile < p.num_tiles:
             tb = tile * 8
-            batch = tiles[tb]
-            head = tiles[tb + 1]
-            k_start = tiles[tb + 2]
-            k_len = tiles[tb + 3]
-            chunk_begin = tiles[tb + 4]
-            n_full = tiles[tb + 5]
-            n_left = tiles[tb + 7]
-            n_steps = (n_full + tiles[tb + 6]) * heads_per_tile
-            seq_q = cu_seqlens_q[batch]
-            len_q = cu_seqlens_q[batch + 1] - seq_q
-            seq_k = cu_seqlens_k[batch]
-            len_k = cu_seqlens_k[batch + 1] - seq_k
+            batch = p.tiles[tb]
+            head = p.tiles[tb + 1]
+            k_start = p.tiles[tb + 2]
+            k_len = p.tiles[tb + 3]
+            chunk_begin = p.tiles[tb + 4]
+            n_full = p.tiles[tb + 5]
+            n_left = p.tiles[tb + 7]
+            n_steps = (n_full + p.tiles[tb + 6]) * p.heads_per_tile
+            seq_q = p.cu_seqlens_q[batch]
+            len_q = p.cu_seqlens_q[batch + 1] - seq_q
+            seq_k = p.cu_seqlens_k[batch]
+            len_k = p.cu_seqlens_k[batch + 1] - seq_k
             diag = len_k - len_q
-            hq0 = head * heads_per_tile
-            hkv = hq0 // qhead_per_kvhead
+            hq0 = head * p.heads_per_tile
+            hkv = hq0 // p.qhead_per_kvhead
 
             # ------------------------------------------------------------ K, V: global -> shared (rows >= k_len: 0)
             kv0 = Int64(seq_k + k_start)
-            gK = cute.make_tensor(k + (kv0 * k_st + Int64(hkv) * k_sh), cute.make_layout((tile_n, D), stride=(k_st, 1)))
-            gV = cute.make_tensor(v + (kv0 * v_st + Int64(hkv) * v_sh), cute.make_layout((tile_n, D), stride=(v_st, 1)))
+            gK = cute.make_tensor(p.k + (kv0 * k_st + Int64(hkv) * k_sh),
+                                  cute.make_layout((tile_n, D), stride=(k_st, 1)))
+            gV = cute.make_tensor(p.v + (kv0 * v_st + Int64(hkv) * v_sh),
+                                  cute.make_layout((tile_n, D), stride=(v_st, 1)))
             tKgK = g2s_thr.partition_S(gK)
             tKgV = g2s_thr.partition_S(gV)
             lim_k = k_len - tKcK[0][0]
@@ -297,9 +283,9 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                 else:
                     tKsK[None, n, None].fill(0)
                     tKsV[None, n, None].fill(0)
-            if (mask_flags & MASK_DOC) != 0:
+            if (p.mask_flags & MASK_DOC) != 0:
                 if tidx < tile_n:
-                    sDocK[tidx] = doc_k[seq_k + k_start + cutlass.min(tidx, k_len - 1)]
+                    sDocK[tidx] = p.doc_k[seq_k + k_start + cutlass.min(tidx, k_len - 1)]
 
             # ------------------------------------------------------------ main loop
             # Iteration ``it`` finishes step ``it - 1`` (dQ += dS K into the accumulator) and runs the first part of
@@ -309,12 +295,12 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             # the dQ phase's barrier doubles as step ``it``'s (two barriers per step instead of four).
             if cutlass.const_expr(stages == 2):
                 if n_steps > 0:
-                    tok0_0 = Int64(seq_q + chunks[chunk_begin * 2])
-                    ql0 = chunks[chunk_begin * 2 + 1]
+                    tok0_0 = Int64(seq_q + p.chunks[chunk_begin * 2])
+                    ql0 = p.chunks[chunk_begin * 2 + 1]
                     _load_rows(g2s, g2s_thr,
-                               cute.make_tensor(q + (tok0_0 * q_st + Int64(hq0) * q_sh),
+                               cute.make_tensor(p.q + (tok0_0 * q_st + Int64(hq0) * q_sh),
                                                 cute.make_layout((tile_m, D), stride=(q_st, 1))),
-                               cute.make_tensor(dout + (tok0_0 * do_st + Int64(hq0) * do_sh),
+                               cute.make_tensor(p.dout + (tok0_0 * do_st + Int64(hq0) * do_sh),
                                                 cute.make_layout((tile_m, D), stride=(do_st, 1))),
                                sQ[None, None, 0], sdO[None, None, 0], tQcQ, t0QcQ, ql0)
                     if tidx < tile_m:
@@ -322,11 +308,11 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                         dps0 = Float32(0.0)
                         doc0 = Int32(0)
                         if tidx < ql0:
-                            st0 = Int64(hq0) * stat_stride_head + tok0_0 + Int64(tidx)
-                            lse0 = lse_log2[st0]
-                            dps0 = dpsum[st0]
-                            if (mask_flags & MASK_DOC) != 0:
-                                doc0 = doc_q[tok0_0 + Int64(tidx)]
+                            st0 = Int64(hq0) * p.stat_stride_head + tok0_0 + Int64(tidx)
+                            lse0 = p.lse_log2[st0]
+                            dps0 = p.dpsum[st0]
+                            if (p.mask_flags & MASK_DOC) != 0:
+                                doc0 = p.doc_q[tok0_0 + Int64(tidx)]
                         sLse[tidx, 0] = lse0
                         sDps[tidx, 0] = dps0
                         sDocQ[tidx, 0] = doc0
@@ -343,44 +329,44 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                         cute.arch.barrier()  # everyone is done with sQ, sdO, sLse, sDps, sDocQ of step it - 1
                     if it < n_steps:
                         # ---- loads of step it: Q, dO (cp.async, rows >= q_len zero), LSE, dPsum, doc ids
-                        ci = it // heads_per_tile
-                        hq = hq0 + (it - ci * heads_per_tile)
+                        ci = it // p.heads_per_tile
+                        hq = hq0 + (it - ci * p.heads_per_tile)
                         c = chunk_begin + ci
-                        tok0 = Int64(seq_q + chunks[c * 2])
-                        ql = chunks[c * 2 + 1]
+                        tok0 = Int64(seq_q + p.chunks[c * 2])
+                        ql = p.chunks[c * 2 + 1]
                         _load_rows(g2s, g2s_thr,
-                                   cute.make_tensor(q + (tok0 * q_st + Int64(hq) * q_sh),
+                                   cute.make_tensor(p.q + (tok0 * q_st + Int64(hq) * q_sh),
                                                     cute.make_layout((tile_m, D), stride=(q_st, 1))),
-                                   cute.make_tensor(dout + (tok0 * do_st + Int64(hq) * do_sh),
+                                   cute.make_tensor(p.dout + (tok0 * do_st + Int64(hq) * do_sh),
                                                     cute.make_layout((tile_m, D), stride=(do_st, 1))),
                                    sQ[None, None, 0], sdO[None, None, 0], tQcQ, t0QcQ, ql)
                         if tidx < ql:
-                            st = Int64(hq) * stat_stride_head + tok0 + Int64(tidx)
-                            lse_n = lse_log2[st]
-                            dps_n = dpsum[st]
-                            if (mask_flags & MASK_DOC) != 0:
-                                docq_n = doc_q[tok0 + Int64(tidx)]
+                            st = Int64(hq) * p.stat_stride_head + tok0 + Int64(tidx)
+                            lse_n = p.lse_log2[st]
+                            dps_n = p.dpsum[st]
+                            if (p.mask_flags & MASK_DOC) != 0:
+                                docq_n = p.doc_q[tok0 + Int64(tidx)]
                     cute.arch.cp_async_commit_group()
 
                 if it > 0:
                     # ---- dQ += dS K of step it - 1 (sdS and sK are not overwritten before the next barrier)
                     pi = it - 1
-                    pci = pi // heads_per_tile
-                    phq = hq0 + (pi - pci * heads_per_tile)
+                    pci = pi // p.heads_per_tile
+                    phq = hq0 + (pi - pci * p.heads_per_tile)
                     pc = chunk_begin + pci
-                    ptok0 = seq_q + chunks[pc * 2]
-                    pq_len = chunks[pc * 2 + 1]
+                    ptok0 = seq_q + p.chunks[pc * 2]
+                    pq_len = p.chunks[pc * 2 + 1]
                     acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
                     acc_dQ.fill(0.0)
                     _gemm(mma_sdp, acc_dQ, tQrdS, tQrKt, tQsdS, tQvdS, tQsKt, tQvKt, cp_sdp_A, cp_sdp_Bt)
-                    sem_ptr = dq_sem
+                    sem_ptr = p.dq_sem
                     turn = Int32(0)
                     next_turn = Int32(0)
                     if deterministic:
-                        sem_ptr = dq_sem + (Int64(phq) * Int64(num_sems) + Int64(dq_order[pc * 3]))
-                        turn = dq_order[pc * 3 + 1]
+                        sem_ptr = p.dq_sem + (Int64(phq) * Int64(p.num_sems) + Int64(p.dq_order[pc * 3]))
+                        turn = p.dq_order[pc * 3 + 1]
                         next_turn = turn + 1
-                        if next_turn == dq_order[pc * 3 + 2]:
+                        if next_turn == p.dq_order[pc * 3 + 2]:
                             next_turn = Int32(0)  # the last contributor leaves the semaphore at 0
                     if cutlass.const_expr(dq_bufs == 0):
                         # fp32 atomics (deterministic: all of them between acquiring and releasing the semaphore)
@@ -388,13 +374,13 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                             if tidx == 0:
                                 _spin_until(sem_ptr, turn)
                             cute.arch.barrier()
-                        acc_dQ_mn = _mn_view(acc_dQ)
+                        acc_dQ_mn = mn_view(acc_dQ)
                         for rr in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[0])):
                             r = tdQcdQ[rr, 0][0]
                             if r < pq_len:
-                                base = (Int64(phq) * Int64(total_q) + Int64(ptok0 + r)) * D
+                                base = (Int64(phq) * Int64(p.total_q) + Int64(ptok0 + r)) * D
                                 for cc in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[1])):
-                                    cute.arch.atomic_add(dq_accum + (base + Int64(tdQcdQ[rr, cc][1])),
+                                    cute.arch.atomic_add(p.dq_accum + (base + Int64(tdQcdQ[rr, cc][1])),
                                                          acc_dQ_mn[rr, cc])
                         if deterministic:
                             cute.arch.fence_acq_rel_gpu()
@@ -417,7 +403,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                             if deterministic:
                                 _spin_until(sem_ptr, turn)
                                 cute.arch.fence_proxy("async.global")
-                            dst = dq_accum + (Int64(phq) * Int64(total_q) + Int64(ptok0)) * D
+                            dst = p.dq_accum + (Int64(phq) * Int64(p.total_q) + Int64(ptok0)) * D
                             _bulk_reduce_add_f32(dst, sdQ_b.iterator, pq_len * (D * 4))
                             cute.arch.cp_async_bulk_commit_group()
                             if deterministic:
@@ -441,29 +427,29 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                         # ---- loads of step it + 1 into the other stage (its last readers, step it - 1's dV / dK,
                         # are past the barrier of the dQ phase above)
                         if ld < n_steps:
-                            lci = ld // heads_per_tile
-                            lhq = hq0 + (ld - lci * heads_per_tile)
+                            lci = ld // p.heads_per_tile
+                            lhq = hq0 + (ld - lci * p.heads_per_tile)
                             lc = chunk_begin + lci
-                            ltok0 = Int64(seq_q + chunks[lc * 2])
-                            lql = chunks[lc * 2 + 1]
+                            ltok0 = Int64(seq_q + p.chunks[lc * 2])
+                            lql = p.chunks[lc * 2 + 1]
                             _load_rows(g2s, g2s_thr,
-                                       cute.make_tensor(q + (ltok0 * q_st + Int64(lhq) * q_sh),
+                                       cute.make_tensor(p.q + (ltok0 * q_st + Int64(lhq) * q_sh),
                                                         cute.make_layout((tile_m, D), stride=(q_st, 1))),
-                                       cute.make_tensor(dout + (ltok0 * do_st + Int64(lhq) * do_sh),
+                                       cute.make_tensor(p.dout + (ltok0 * do_st + Int64(lhq) * do_sh),
                                                         cute.make_layout((tile_m, D), stride=(do_st, 1))),
                                        sQ[None, None, 1 - stage], sdO[None, None, 1 - stage], tQcQ, t0QcQ, lql)
                             if tidx < lql:
-                                lst = Int64(lhq) * stat_stride_head + ltok0 + Int64(tidx)
-                                lse_n = lse_log2[lst]
-                                dps_n = dpsum[lst]
-                                if (mask_flags & MASK_DOC) != 0:
-                                    docq_n = doc_q[ltok0 + Int64(tidx)]
+                                lst = Int64(lhq) * p.stat_stride_head + ltok0 + Int64(tidx)
+                                lse_n = p.lse_log2[lst]
+                                dps_n = p.dpsum[lst]
+                                if (p.mask_flags & MASK_DOC) != 0:
+                                    docq_n = p.doc_q[ltok0 + Int64(tidx)]
                         cute.arch.cp_async_commit_group()
-                    ci = it // heads_per_tile
-                    hq = hq0 + (it - ci * heads_per_tile)
+                    ci = it // p.heads_per_tile
+                    hq = hq0 + (it - ci * p.heads_per_tile)
                     c = chunk_begin + ci
-                    q_start = chunks[c * 2]
-                    q_len = chunks[c * 2 + 1]
+                    q_start = p.chunks[c * 2]
+                    q_len = p.chunks[c * 2 + 1]
                     tok0 = seq_q + q_start
                     partial = Uint32(ci - n_left) >= Uint32(n_full)
 
@@ -484,15 +470,15 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                     _gemm(mma_sdp, acc_dP, tPrdO, tPrV, tPsdO[None, None, None, stage], tPvdO, tPsV, tPvV, cp_sdp_A,
                           cp_sdp_B)
                     # -------------------------------------------------------- masks
-                    acc_S_mn = _mn_view(acc_S)
+                    acc_S_mn = mn_view(acc_S)
                     if partial:
-                        sink_hi = num_sink_tokens - k_start - col0  # columns below this are sink keys
+                        sink_hi = p.num_sink_tokens - k_start - col0  # columns below this are sink keys
                         for rr in cutlass.range_constexpr(n_rows):
                             a = q_start + row0 + t0ScS[rr, 0][0] + diag  # key j is on the diagonal of the row at j = a
-                            lo = a - window_left - k_start - col0
-                            lo = lo if window_left >= 0 else Int32(_NEG_BIG)
-                            hi = cutlass.min(a + window_right + 1 - k_start, k_len)
-                            hi = hi if window_right >= 0 else k_len
+                            lo = a - p.window_left - k_start - col0
+                            lo = lo if p.window_left >= 0 else Int32(NEG_BIG)
+                            hi = cutlass.min(a + p.window_right + 1 - k_start, k_len)
+                            hi = hi if p.window_right >= 0 else k_len
                             hi = hi - col0
                             for cc in cutlass.range_constexpr(n_cols):
                                 cl = t0ScS[0, cc][1]
@@ -500,20 +486,20 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                                 s = -Float32.inf if ((cl < lo) & (cl >= sink_hi)) else s
                                 s = -Float32.inf if cl >= hi else s
                                 acc_S_mn[rr, cc] = s
-                        if (mask_flags & MASK_DOC) != 0:
+                        if (p.mask_flags & MASK_DOC) != 0:
                             for rr in cutlass.range_constexpr(n_rows):
                                 dq_id = sDocQ[row0 + t0ScS[rr, 0][0], stage]
                                 for cc in cutlass.range_constexpr(n_cols):
                                     s = acc_S_mn[rr, cc]
                                     acc_S_mn[rr, cc] = -Float32.inf if sDocK[col0 + t0ScS[0, cc][1]] != dq_id else s
-                        if (mask_flags & MASK_TOKEN) != 0:
-                            hm = hq // tok_head_div
+                        if (p.mask_flags & MASK_TOKEN) != 0:
+                            hm = hq // p.tok_head_div
                             for rr in cutlass.range_constexpr(n_rows):
                                 r = cutlass.min(row0 + t0ScS[rr, 0][0], q_len - 1)
-                                row_off = Int64(hm) * tm_stride_head + Int64(tok0 + r) * tm_stride_tok
+                                row_off = Int64(hm) * p.tm_stride_head + Int64(tok0 + r) * p.tm_stride_tok
                                 for cc in cutlass.range_constexpr(n_cols):
                                     j = k_start + cutlass.min(col0 + t0ScS[0, cc][1], k_len - 1)
-                                    keep = tok_mask[row_off + Int64(j // tok_block_k) * tm_stride_blk]
+                                    keep = p.tok_mask[row_off + Int64(j // p.tok_block_k) * p.tm_stride_blk]
                                     s = acc_S_mn[rr, cc]
                                     acc_S_mn[rr, cc] = -Float32.inf if keep == Uint8(0) else s
                     else:
@@ -525,14 +511,14 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
                                         acc_S_mn[rr, cc] = -Float32.inf
 
                     # -------------------------------------------------------- P, dS
-                    acc_dP_mn = _mn_view(acc_dP)
+                    acc_dP_mn = mn_view(acc_dP)
                     for rr in cutlass.range_constexpr(n_rows):
                         r = row0 + t0ScS[rr, 0][0]
                         lse_r = sLse[r, stage]
                         dps_r = sDps[r, stage]
-                        p = cute.math.exp2(acc_S_mn[rr, None].load() * softmax_scale_log2 - lse_r, fastmath=True)
-                        acc_S_mn[rr, None] = p
-                        acc_dP_mn[rr, None] = p * (acc_dP_mn[rr, None].load() - dps_r)
+                        prob = cute.math.exp2(acc_S_mn[rr, None].load() * p.softmax_scale_log2 - lse_r, fastmath=True)
+                        acc_S_mn[rr, None] = prob
+                        acc_dP_mn[rr, None] = prob * (acc_dP_mn[rr, None].load() - dps_r)
                     rP = cute.make_fragment_like(acc_S, dtype)
                     rP.store(acc_S.load().to(dtype))
                     rdS = cute.make_fragment_like(acc_dP, dtype)
@@ -559,40 +545,20 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_
             if cutlass.const_expr(dq_bufs > 0):
                 if tidx == 0:
                     cute.arch.cp_async_bulk_wait_group(0)
-            acc_dK_mn = _mn_view(acc_dK)
-            acc_dV_mn = _mn_view(acc_dV)
+            acc_dK_mn = mn_view(acc_dK)
+            acc_dV_mn = mn_view(acc_dV)
             for rr in cutlass.range_constexpr(cute.size(acc_dK_mn, mode=[0])):
                 r = tdKcdK[rr, 0][0]
                 if r < k_len:
-                    base = (Int64(seq_k + k_start + r) * Int64(num_tile_heads) + Int64(head)) * D
+                    base = (Int64(seq_k + k_start + r) * Int64(p.num_tile_heads) + Int64(head)) * D
                     for cc in cutlass.range_constexpr(cute.size(acc_dK_mn, mode=[1])):
                         off = base + Int64(tdKcdK[rr, cc][1])
-                        dk_accum[off] = acc_dK_mn[rr, cc]
-                        dv_accum[off] = acc_dV_mn[rr, cc]
+                        p.dk_accum[off] = acc_dK_mn[rr, cc]
+                        p.dv_accum[off] = acc_dV_mn[rr, cc]
 
     kernel.set_name_prefix(f"vb_{name}", remove_cutlass_symbol=True, keep_mangled_name=False)
 
-    @cute.jit
-    def host(
-        q: cute.Pointer, k: cute.Pointer, v: cute.Pointer, dout: cute.Pointer, lse_log2: cute.Pointer,
-        dpsum: cute.Pointer, dq_accum: cute.Pointer, dk_accum: cute.Pointer, dv_accum: cute.Pointer,
-        cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, tiles: cute.Pointer, chunks: cute.Pointer,
-        doc_q: cute.Pointer, doc_k: cute.Pointer, tok_mask: cute.Pointer,
-        q_stride_tok: Int64, q_stride_head: Int64, k_stride_tok: Int64, k_stride_head: Int64,
-        v_stride_tok: Int64, v_stride_head: Int64, do_stride_tok: Int64, do_stride_head: Int64,
-        stat_stride_head: Int64, tm_stride_head: Int64, tm_stride_tok: Int64, tm_stride_blk: Int64,
-        num_tiles: Int32, num_heads_q: Int32, num_tile_heads: Int32, softmax_scale_log2: Float32,
-        window_left: Int32, window_right: Int32, num_sink_tokens: Int32, qhead_per_kvhead: Int32,
-        heads_per_tile: Int32, tok_block_k: Int32, tok_head_div: Int32, mask_flags: Int32,
-        dq_order: cute.Pointer, dq_sem: cute.Pointer, total_q: Int32, num_sems: Int32,
-    ):
-        kernel(
-            q, k, v, dout, lse_log2, dpsum, dq_accum, dk_accum, dv_accum, cu_seqlens_q, cu_seqlens_k, tiles,
-            chunks, doc_q, doc_k, tok_mask, q_stride_tok, q_stride_head, k_stride_tok, k_stride_head,
-            v_stride_tok, v_stride_head, do_stride_tok, do_stride_head, stat_stride_head, tm_stride_head,
-            tm_stride_tok, tm_stride_blk, num_tiles, num_heads_q, num_tile_heads, softmax_scale_log2,
-            window_left, window_right, num_sink_tokens, qhead_per_kvhead, heads_per_tile, tok_block_k,
-            tok_head_div, mask_flags, dq_order, dq_sem, total_q, num_sems,
-        ).launch(grid=[num_tiles, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
+    def launch(p: SimpleNamespace):
+        kernel(p).launch(grid=[p.num_tiles, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
 
-    return host
+    return jit_host(params, launch, name=f"host_{name}")

@@ -293,24 +293,15 @@ FAMILY = Family(
 
 def _fake_args(variant: Variant) -> list[Any]:
     import cutlass
-    import cutlass.cute as cute
-    from cutlass.cute.runtime import nullptr
+
+    from .common.signature import fake_args
 
     dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
-    half = {"q", "k", "v", "dout", "out", "dq", "dk", "dv"}
-    ints = {"cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k", "dq_order", "dq_sem"}
-    scal = {"i32": cutlass.Int32, "i64": cutlass.Int64, "f32": cutlass.Float32}
-    args: list[Any] = []
-    for p in variant.params:
-        if p.kind == "ptr":
-            el = dtype if p.name in half else cutlass.Int32 if p.name in ints else \
-                cutlass.Uint8 if p.name == "tok_mask" else cutlass.Float32
-            args.append(nullptr(el, cute.AddressSpace.gmem, assumed_align=p.align))
-        elif p.kind == "f32":
-            args.append(scal[p.kind](1.0))
-        else:
-            args.append(scal[p.kind](1))
-    return args
+    pointee = {p.name: cutlass.Float32 for p in variant.params if p.kind == "ptr"}
+    pointee.update(dict.fromkeys(("q", "k", "v", "dout", "out", "dq", "dk", "dv"), dtype), tok_mask=cutlass.Uint8)
+    pointee.update(dict.fromkeys(("cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k", "dq_order",
+                                  "dq_sem"), cutlass.Int32))
+    return fake_args(variant.params, pointee)
 
 
 def compile_args(variant: Variant):
@@ -365,11 +356,13 @@ def _make_main(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num
                sdp: tuple[int, int], dkv: tuple[int, int], dq_bufs: int, stages: int):
     from ._attn_bwd_mma_impl import make_host
 
-    return make_host(name, dtype_name, D, tile_m, tile_n, num_warps, sdp, dkv, dq_bufs, stages)
+    return make_host(name, MAIN_PARAMS, dtype_name, D, tile_m, tile_n, num_warps, sdp, dkv, dq_bufs, stages)
 
 
 @functools.cache
 def _make_aux(kind: str, name: str, dtype_name: str):
     from ._attn_bwd_aux_impl import make_postprocess, make_preprocess
 
-    return (make_preprocess if kind == "preprocess" else make_postprocess)(name, dtype_name, AUX_WARPS)
+    if kind == "preprocess":
+        return make_preprocess(name, PRE_PARAMS, dtype_name, AUX_WARPS)
+    return make_postprocess(name, POST_PARAMS, dtype_name, AUX_WARPS)
