@@ -14,7 +14,8 @@ in the last split of a row tile, the merged result.
 """
 
 # (no `from __future__ import annotations`: cute.struct reads the annotations as objects)
-import math
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 import cutlass
 import cutlass.cute as cute
@@ -23,39 +24,12 @@ from cutlass.cute.nvgpu import cpasync, warp
 
 from varblock.decode_plan import abi
 
-LN2 = math.log(2.0)
+from .common.signature import jit_host
+from .common.softmax import LN2
+from .common.warp_mma import acc_to_frag_a, mn_view, quad_max, quad_sum
+
 W = abi.ITEM_WIDTH
 CW = abi.CHUNK_WIDTH
-
-
-def _mn_view(t):
-    """View an mma C-fragment ``((2, 2), MMA_M, MMA_N)`` as ``(rows, cols)`` = ``((2, MMA_M), (2, MMA_N))``."""
-    lay = cute.make_layout(t.layout.shape)
-    mn = cute.make_layout(
-        ((lay.shape[0][1], lay.shape[1]), (lay.shape[0][0], lay.shape[2])),
-        stride=((lay.stride[0][1], lay.stride[1]), (lay.stride[0][0], lay.stride[2])),
-    )
-    return cute.make_tensor(t.iterator, cute.composition(t.layout, mn))
-
-
-def _acc_to_frag_a(t):
-    """The S accumulator ``((2, 2), MMA_M, MMA_N)`` as the A operand of the PV mma ``((2, 2, 2), MMA_M, MMA_N/2)``."""
-    div = cute.logical_divide(t.layout, (None, None, 2))
-    lay = cute.make_layout(
-        ((div.shape[0], div.shape[2][0]), div.shape[1], div.shape[2][1]),
-        stride=((div.stride[0], div.stride[2][0]), div.stride[1], div.stride[2][1]),
-    )
-    return cute.make_tensor(t.iterator, lay)
-
-
-def _quad_max(x):
-    x = cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=2, mask=-1, mask_and_clamp=31))
-    return cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=1, mask=-1, mask_and_clamp=31))
-
-
-def _quad_sum(x):
-    x = x + cute.arch.shuffle_sync_bfly(x, offset=2, mask=-1, mask_and_clamp=31)
-    return x + cute.arch.shuffle_sync_bfly(x, offset=1, mask=-1, mask_and_clamp=31)
 
 
 def _warp_max(x):
@@ -108,9 +82,9 @@ def load_chunk(ci: Int32, stage: Int32, chunks: cute.Pointer, chunk_begin: Int32
                 tVsV[None, n, None, sl].fill(0)
 
 
-def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stages: int, warps_m: int,
+def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int, tile_n: int, stages: int, warps_m: int,
               warps_n: int):
-    """Build the ``@cute.jit`` host function (and its kernel) of one variant."""
+    """Build the ``@cute.jit`` host function (and its kernel) of one variant; ``params``: the family's ``PARAMS``."""
     dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
     num_warps = warps_m * warps_n
     nthr = 32 * num_warps
@@ -137,17 +111,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
         return cute.tile_to_shape(atom, (rows, D, slices), (0, 1, 2))
 
     @cute.kernel
-    def kernel(
-        q: cute.Pointer, k_cache: cute.Pointer, v_cache: cute.Pointer, o: cute.Pointer, lse: cute.Pointer,
-        cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, page_table: cute.Pointer, items: cute.Pointer,
-        chunks: cute.Pointer, part_o: cute.Pointer, part_lse: cute.Pointer, counters: cute.Pointer,
-        num_items_ptr: cute.Pointer,
-        q_stride_tok: Int64, q_stride_head: Int64, k_stride_page: Int64, k_stride_tok: Int64, k_stride_head: Int64,
-        v_stride_page: Int64, v_stride_tok: Int64, v_stride_head: Int64, o_stride_tok: Int64,
-        o_stride_head: Int64, lse_stride_head: Int64, pt_stride: Int64,
-        num_items: Int32, softmax_scale_log2: Float32, group_size: Int32, page_size: Int32, paged: Int32,
-        causal: Int32, num_ctas: Int32,
-    ):
+    def kernel(p: SimpleNamespace):
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
         warp_id = tidx // 32
@@ -169,15 +133,15 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
         sE = cute.make_tensor(cute.recast_ptr(storage.sK.data_ptr(), dtype=Float32),
                               cute.make_layout((warps_n, tile_m, D), stride=(tile_m * D, D, 1)))
 
-        q_st = cute.assume(q_stride_tok, divby=8)
-        q_sh = cute.assume(q_stride_head, divby=8)
-        k_sp = cute.assume(k_stride_page, divby=8)
-        k_st = cute.assume(k_stride_tok, divby=8)
-        k_sh = cute.assume(k_stride_head, divby=8)
-        v_sp = cute.assume(v_stride_page, divby=8)
-        v_st = cute.assume(v_stride_tok, divby=8)
-        v_sh = cute.assume(v_stride_head, divby=8)
-        G = group_size
+        q_st = cute.assume(p.q_stride_tok, divby=8)
+        q_sh = cute.assume(p.q_stride_head, divby=8)
+        k_sp = cute.assume(p.k_stride_page, divby=8)
+        k_st = cute.assume(p.k_stride_tok, divby=8)
+        k_sh = cute.assume(p.k_stride_head, divby=8)
+        v_sp = cute.assume(p.v_stride_page, divby=8)
+        v_st = cute.assume(p.v_stride_tok, divby=8)
+        v_sh = cute.assume(p.v_stride_head, divby=8)
+        G = p.group_size
 
         # ------------------------------------------------------------------ per-thread setup
         g2s_atom = cute.make_copy_atom(cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), dtype,
@@ -216,9 +180,9 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
         tOsVt = s2r_V.partition_S(sVt)  # (CPY, D, kw, nsl)
         tOrVt_v = s2r_V.retile(tOrVt)
         cS = cute.make_identity_tensor((16, kw))
-        tScS = _mn_view(thr_mma.partition_C(cS))
-        t0ScS = _mn_view(tiled_mma.get_slice(0).partition_C(cS))
-        taccOcO = _mn_view(thr_mma.partition_C(cute.make_identity_tensor((16, D))))
+        tScS = mn_view(thr_mma.partition_C(cS))
+        t0ScS = mn_view(tiled_mma.get_slice(0).partition_C(cS))
+        taccOcO = mn_view(thr_mma.partition_C(cute.make_identity_tensor((16, D))))
         n_rows = cute.size(tScS, mode=[0])
         n_cols = cute.size(tScS, mode=[1])
         row_max = cute.make_rmem_tensor(n_rows, Float32)
@@ -226,28 +190,28 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
         row_lim = cute.make_rmem_tensor(n_rows, Int32)  # causal: last allowed key (sequence position)
         row_g = cute.make_rmem_tensor(n_rows, Int32)  # head in group
 
-        n_items = num_items
-        if num_items_ptr.toint() != Int64(0):
-            n_items = num_items_ptr[0]
+        n_items = p.num_items
+        if p.num_items_ptr.toint() != Int64(0):
+            n_items = p.num_items_ptr[0]
         if bidx < n_items:
             it = bidx * W
-            batch = items[it + abi.ITEM_BATCH]
-            kv_head = items[it + abi.ITEM_KV_HEAD]
-            row_start = items[it + abi.ITEM_ROW_START]
-            chunk_begin = items[it + abi.ITEM_CHUNK_BEGIN]
-            n_chunks = items[it + abi.ITEM_N_CHUNKS]
-            slot = items[it + abi.ITEM_SLOT]
-            slot_base = items[it + abi.ITEM_SLOT_BASE]
-            num_splits = items[it + abi.ITEM_NUM_SPLITS]
-            kv_len = items[it + abi.ITEM_KV_LEN]
-            seq_q = cu_seqlens_q[batch]
-            n_q = cu_seqlens_q[batch + 1] - seq_q
+            batch = p.items[it + abi.ITEM_BATCH]
+            kv_head = p.items[it + abi.ITEM_KV_HEAD]
+            row_start = p.items[it + abi.ITEM_ROW_START]
+            chunk_begin = p.items[it + abi.ITEM_CHUNK_BEGIN]
+            n_chunks = p.items[it + abi.ITEM_N_CHUNKS]
+            slot = p.items[it + abi.ITEM_SLOT]
+            slot_base = p.items[it + abi.ITEM_SLOT_BASE]
+            num_splits = p.items[it + abi.ITEM_NUM_SPLITS]
+            kv_len = p.items[it + abi.ITEM_KV_LEN]
+            seq_q = p.cu_seqlens_q[batch]
+            n_q = p.cu_seqlens_q[batch + 1] - seq_q
             rows_valid = cutlass.min(n_q * G - row_start, tile_m)
             hq0 = kv_head * G
             kv_row_base = Int64(0)
-            if paged == 0:
-                kv_row_base = Int64(cu_seqlens_k[batch])
-            pt_row = Int64(batch) * pt_stride
+            if p.paged == 0:
+                kv_row_base = Int64(p.cu_seqlens_k[batch])
+            pt_row = Int64(batch) * p.pt_stride
             k_head_off = Int64(kv_head) * k_sh
             v_head_off = Int64(kv_head) * v_sh
 
@@ -256,11 +220,11 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                 for m in cutlass.range_constexpr(cute.size(tQsQ, mode=[1])):
                     r = sl * 16 + tQcQ[0, m, 0][0]
                     if r < rows_valid:
-                        p = row_start + r
-                        tq = p // G
-                        hq = hq0 + (p - tq * G)
+                        packed = row_start + r
+                        tq = packed // G
+                        hq = hq0 + (packed - tq * G)
                         off = Int64(seq_q + tq) * q_st + Int64(hq) * q_sh
-                        gq = cute.tiled_divide(cute.make_tensor(q + off, cute.make_layout(D)), (8,))
+                        gq = cute.tiled_divide(cute.make_tensor(p.q + off, cute.make_layout(D)), (8,))
                         for kk in cutlass.range_constexpr(cute.size(tQsQ, mode=[2])):
                             cute.copy(g2s, gq[None, tQcQ[0, m, kk][1] // 8], tQsQ[None, m, kk, sl])
                     else:
@@ -268,13 +232,13 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
 
             # per-row mask inputs of this thread's accumulator rows
             for rr in cutlass.range_constexpr(n_rows):
-                p = row_start + wm * 16 + tScS[rr, 0][0]
-                tq = p // G
-                row_g[rr] = cutlass.min(p - tq * G, 31)
+                packed = row_start + wm * 16 + tScS[rr, 0][0]
+                tq = packed // G
+                row_g[rr] = cutlass.min(packed - tq * G, 31)
                 row_lim[rr] = kv_len - n_q + tq
 
-            ctx = (chunks, chunk_begin, tKsK, tVsV, tKcK, g2s, kv_row_base, k_st, v_st, k_sp, v_sp, k_head_off,
-                   v_head_off, paged, page_table, pt_row, page_size, k_cache, v_cache, D, kw, warps_n)
+            ctx = (p.chunks, chunk_begin, tKsK, tVsV, tKcK, g2s, kv_row_base, k_st, v_st, k_sp, v_sp, k_head_off,
+                   v_head_off, p.paged, p.page_table, pt_row, p.page_size, p.k_cache, p.v_cache, D, kw, warps_n)
             # -------------------------------------------------------------- pipeline prologue
             for s in cutlass.range_constexpr(stages - 1):
                 if s < n_chunks:
@@ -284,7 +248,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
             acc_O.fill(0.0)
             row_max.fill(-Float32.inf)
             row_sum.fill(0.0)
-            acc_O_mn = _mn_view(acc_O)
+            acc_O_mn = mn_view(acc_O)
             col0 = tScS[0, 0][1]
             warp_key0 = wn * kw
             lim_tok0 = kv_len - n_q  # causal: keys past this need the mask for some token
@@ -301,9 +265,9 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                 stage = ci % stages
                 sl = stage * warps_n + wn
                 c = (chunk_begin + ci) * CW
-                k_start = chunks[c + abi.CHUNK_K_START]
-                k_len = chunks[c + abi.CHUNK_K_LEN]
-                head_mask = chunks[c + abi.CHUNK_HEAD_MASK]
+                k_start = p.chunks[c + abi.CHUNK_K_START]
+                k_len = p.chunks[c + abi.CHUNK_K_LEN]
+                head_mask = p.chunks[c + abi.CHUNK_HEAD_MASK]
 
                 # S = Q K^T
                 acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
@@ -318,14 +282,14 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                     cute.gemm(tiled_mma, acc_S, tSrQ[None, None, kk], tSrK[None, None, kk], acc_S)
 
                 # masks: k_len tail, causal, per-head chunk mask
-                acc_S_mn = _mn_view(acc_S)
+                acc_S_mn = mn_view(acc_S)
                 need = (k_len < tile_n) | (head_mask != abi.HEAD_MASK_ALL)
-                if causal != 0:
+                if p.causal != 0:
                     need = need | (k_start + k_len - 1 > lim_tok0)
                 if need:
                     for rr in cutlass.range_constexpr(n_rows):
                         hi = k_len
-                        if causal != 0:
+                        if p.causal != 0:
                             hi = cutlass.min(hi, row_lim[rr] - k_start + 1)
                         if head_mask != abi.HEAD_MASK_ALL:
                             if ((head_mask >> row_g[rr]) & 1) == 0:
@@ -338,14 +302,14 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                 # online softmax
                 for rr in cutlass.range_constexpr(n_rows):
                     srow = acc_S_mn[rr, None].load()
-                    m_cur = _quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
+                    m_cur = quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
                     m_prev = row_max[rr]
                     m_new = cute.arch.fmax(m_prev, m_cur)
                     row_max[rr] = m_new
                     m_safe = 0.0 if m_new == -Float32.inf else m_new
-                    m_scaled = m_safe * softmax_scale_log2
-                    pr = cute.math.exp2(srow * softmax_scale_log2 - m_scaled, fastmath=True)
-                    corr = cute.math.exp2(m_prev * softmax_scale_log2 - m_scaled, fastmath=True)
+                    m_scaled = m_safe * p.softmax_scale_log2
+                    pr = cute.math.exp2(srow * p.softmax_scale_log2 - m_scaled, fastmath=True)
+                    corr = cute.math.exp2(m_prev * p.softmax_scale_log2 - m_scaled, fastmath=True)
                     row_sum[rr] = row_sum[rr] * corr + pr.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
                     acc_S_mn[rr, None] = pr
                     acc_O_mn[rr, None] = acc_O_mn[rr, None].load() * corr
@@ -353,7 +317,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                 # O += P V
                 rP = cute.make_fragment_like(acc_S, dtype)
                 rP.store(acc_S.load().to(dtype))
-                tOrP = _acc_to_frag_a(rP)
+                tOrP = acc_to_frag_a(rP)
                 nkv = cute.size(tOrP, mode=[2])
                 cute.copy(s2r_V, tOsVt[None, None, 0, sl], tOrVt_v[None, None, 0])
                 for kk in cutlass.range_constexpr(nkv):
@@ -365,7 +329,7 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
             cute.arch.cp_async_wait_group(0)
             cute.arch.barrier()  # every warp is done with the ring: it becomes sE
             for rr in cutlass.range_constexpr(n_rows):
-                ssum = _quad_sum(row_sum[rr])
+                ssum = quad_sum(row_sum[rr])
                 if col0 == 0:
                     r = wm * 16 + tScS[rr, 0][0]
                     sStat[0, wn, r] = row_max[rr]
@@ -382,23 +346,23 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                 m_safe = 0.0 if m_all == -Float32.inf else m_all
                 total = Float32(0.0)
                 for w in cutlass.range_constexpr(warps_n):
-                    f = cute.math.exp2((sStat[0, w, tidx] - m_safe) * softmax_scale_log2, fastmath=True)
+                    f = cute.math.exp2((sStat[0, w, tidx] - m_safe) * p.softmax_scale_log2, fastmath=True)
                     total += sStat[1, w, tidx] * f
                     sStat[0, w, tidx] = f
                 inv = Float32(0.0) if total == 0.0 else Float32(1.0) / total
                 for w in cutlass.range_constexpr(warps_n):
                     sStat[0, w, tidx] = sStat[0, w, tidx] * inv
                 sRow[tidx] = -Float32.inf if total == 0.0 else (
-                    m_safe * softmax_scale_log2 + cute.math.log2(total, fastmath=True)) * LN2
+                    m_safe * p.softmax_scale_log2 + cute.math.log2(total, fastmath=True)) * LN2
             cute.arch.barrier()
 
             # -------------------------------------------------------------- outputs
             if num_splits == 1:
                 for r in cutlass.range(warp_id, rows_valid, num_warps, unroll=1):
-                    p = row_start + r
-                    tq = p // G
-                    hq = hq0 + (p - tq * G)
-                    orow = o + (Int64(seq_q + tq) * o_stride_tok + Int64(hq) * o_stride_head)
+                    packed = row_start + r
+                    tq = packed // G
+                    hq = hq0 + (packed - tq * G)
+                    orow = p.o + (Int64(seq_q + tq) * p.o_stride_tok + Int64(hq) * p.o_stride_head)
                     for i in cutlass.range_constexpr(n_dcol):
                         d = lane + 32 * i
                         acc = Float32(0.0)
@@ -406,10 +370,10 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                             acc += sE[w, r, d] * sStat[0, w, r]
                         orow[d] = acc.to(dtype)
                     if lane == 0:
-                        lse[Int64(hq) * lse_stride_head + Int64(seq_q + tq)] = sRow[r]
+                        p.lse[Int64(hq) * p.lse_stride_head + Int64(seq_q + tq)] = sRow[r]
             else:
                 for r in cutlass.range(warp_id, rows_valid, num_warps, unroll=1):
-                    prow = part_o + (Int64(slot) * tile_m + r) * D
+                    prow = p.part_o + (Int64(slot) * tile_m + r) * D
                     for i in cutlass.range_constexpr(n_dcol):
                         d = lane + 32 * i
                         acc = Float32(0.0)
@@ -417,28 +381,28 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                             acc += sE[w, r, d] * sStat[0, w, r]
                         prow[d] = acc
                     if lane == 0:
-                        part_lse[Int64(slot) * tile_m + r] = sRow[r]
+                        p.part_lse[Int64(slot) * tile_m + r] = sRow[r]
                 # publish the partial; the last split of the row tile merges them all
                 cute.arch.fence_acq_rel_gpu()
                 cute.arch.barrier()
                 if tidx == 0:
-                    done = cute.arch.atomic_add(counters + slot_base, Int32(1), sem="acq_rel", scope="gpu")
+                    done = cute.arch.atomic_add(p.counters + slot_base, Int32(1), sem="acq_rel", scope="gpu")
                     sFlag[0] = Int32(1) if done == num_splits - 1 else Int32(0)
                 cute.arch.barrier()
                 if sFlag[0] != 0:
                     cute.arch.fence_acq_rel_gpu()
                     for r in cutlass.range(warp_id, rows_valid, num_warps, unroll=1):
-                        p = row_start + r
-                        tq = p // G
-                        hq = hq0 + (p - tq * G)
+                        packed = row_start + r
+                        tq = packed // G
+                        hq = hq0 + (packed - tq * G)
                         m = -Float32.inf
                         for s in cutlass.range(lane, num_splits, 32, unroll=1):
-                            m = cute.arch.fmax(m, part_lse[Int64(slot_base + s) * tile_m + r])
+                            m = cute.arch.fmax(m, p.part_lse[Int64(slot_base + s) * tile_m + r])
                         m = _warp_max(m)
                         m_safe = 0.0 if m == -Float32.inf else m
                         total = Float32(0.0)
                         for s in cutlass.range(lane, num_splits, 32, unroll=1):
-                            total += cute.math.exp(part_lse[Int64(slot_base + s) * tile_m + r] - m_safe)
+                            total += cute.math.exp(p.part_lse[Int64(slot_base + s) * tile_m + r] - m_safe)
                         total = _warp_sum(total)
                         inv = Float32(0.0) if total == 0.0 else Float32(1.0) / total
                         accs = cute.make_rmem_tensor(n_dcol, Float32)
@@ -446,38 +410,22 @@ def make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, stag
                         # no branch on empty partials (LSE -inf: weight 0, and their O is exactly 0), so the
                         # unrolled iterations keep the loads of several splits in flight at once
                         for s in cutlass.range(num_splits, unroll=8):
-                            wgt = cute.math.exp(part_lse[Int64(slot_base + s) * tile_m + r] - m_safe) * inv
-                            prow = part_o + (Int64(slot_base + s) * tile_m + r) * D
+                            wgt = cute.math.exp(p.part_lse[Int64(slot_base + s) * tile_m + r] - m_safe) * inv
+                            prow = p.part_o + (Int64(slot_base + s) * tile_m + r) * D
                             for i in cutlass.range_constexpr(n_dcol):
                                 accs[i] = accs[i] + wgt * prow[lane + 32 * i]
-                        orow = o + (Int64(seq_q + tq) * o_stride_tok + Int64(hq) * o_stride_head)
+                        orow = p.o + (Int64(seq_q + tq) * p.o_stride_tok + Int64(hq) * p.o_stride_head)
                         for i in cutlass.range_constexpr(n_dcol):
                             orow[lane + 32 * i] = accs[i].to(dtype)
                         if lane == 0:
-                            lse[Int64(hq) * lse_stride_head + Int64(seq_q + tq)] = (
+                            p.lse[Int64(hq) * p.lse_stride_head + Int64(seq_q + tq)] = (
                                 -Float32.inf if total == 0.0 else m_safe + cute.math.log(total))
                     if tidx == 0:
-                        counters[slot_base] = Int32(0)
+                        p.counters[slot_base] = Int32(0)
 
     kernel.set_name_prefix(f"vb_{name}", remove_cutlass_symbol=True, keep_mangled_name=False)
 
-    @cute.jit
-    def host(
-        q: cute.Pointer, k_cache: cute.Pointer, v_cache: cute.Pointer, o: cute.Pointer, lse: cute.Pointer,
-        cu_seqlens_q: cute.Pointer, cu_seqlens_k: cute.Pointer, page_table: cute.Pointer, items: cute.Pointer,
-        chunks: cute.Pointer, part_o: cute.Pointer, part_lse: cute.Pointer, counters: cute.Pointer,
-        num_items_ptr: cute.Pointer,
-        q_stride_tok: Int64, q_stride_head: Int64, k_stride_page: Int64, k_stride_tok: Int64, k_stride_head: Int64,
-        v_stride_page: Int64, v_stride_tok: Int64, v_stride_head: Int64, o_stride_tok: Int64,
-        o_stride_head: Int64, lse_stride_head: Int64, pt_stride: Int64,
-        num_items: Int32, softmax_scale_log2: Float32, group_size: Int32, page_size: Int32, paged: Int32,
-        causal: Int32, num_ctas: Int32,
-    ):
-        kernel(
-            q, k_cache, v_cache, o, lse, cu_seqlens_q, cu_seqlens_k, page_table, items, chunks, part_o, part_lse,
-            counters, num_items_ptr, q_stride_tok, q_stride_head, k_stride_page, k_stride_tok, k_stride_head,
-            v_stride_page, v_stride_tok, v_stride_head, o_stride_tok, o_stride_head, lse_stride_head, pt_stride,
-            num_items, softmax_scale_log2, group_size, page_size, paged, causal, num_ctas,
-        ).launch(grid=[num_ctas, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
+    def launch(p: SimpleNamespace):
+        kernel(p).launch(grid=[p.num_ctas, 1, 1], block=[nthr, 1, 1], smem=SharedStorage.size_in_bytes())
 
-    return host
+    return jit_host(params, launch, name=f"host_{name}")

@@ -200,19 +200,13 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
 def compile_args(variant: Variant):
     """``(host_jit_function, args)`` for ``cute.compile``; fake (null) pointers and unit scalars."""
     import cutlass
-    import cutlass.cute as cute
-    from cutlass.cute.runtime import nullptr
+
+    from .common.signature import fake_args
 
     dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
     elem = {"q": dtype, "k_cache": dtype, "v_cache": dtype, "o": dtype, "lse": cutlass.Float32,
             "part_o": cutlass.Float32, "part_lse": cutlass.Float32}
-    scal = {"i32": cutlass.Int32, "i64": cutlass.Int64, "f32": cutlass.Float32}
-    args = []
-    for p in variant.params:
-        if p.kind == "ptr":
-            args.append(nullptr(elem.get(p.name, cutlass.Int32), cute.AddressSpace.gmem, assumed_align=p.align))
-        else:
-            args.append(scal[p.kind](1))
+    args = fake_args(variant.params, elem)
     e = variant.extra
     host = _make_host(variant.name, variant.key["dtype"], variant.key["head_dim"], e["tile_m"], e["tile_n"],
                       e["stages"], e["warps_m"], e["warps_n"])
@@ -224,4 +218,4 @@ def _make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, sta
                warps_n: int):
     from ._decode_fwd_impl import make_host
 
-    return make_host(name, dtype_name, D, tile_m, tile_n, stages, warps_m, warps_n)
+    return make_host(name, PARAMS, dtype_name, D, tile_m, tile_n, stages, warps_m, warps_n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from varblock.abi import LOG2E
 from varblock.decode_plan.plan import FAMILY, DecodePlan, plan_decode
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
@@ -25,7 +26,6 @@ __all__ = ["decode", "plan_decode"]
 
 _DTYPES = ("bfloat16", "float16")
 _POINTERS = ("q", "k_cache", "v_cache", "o", "lse")
-_LOG2E = 1.4426950408889634
 
 
 def decode(q: Any, k_cache: Any, v_cache: Any, plan: DecodePlan, *, softmax_scale: float | None = None,
@@ -143,7 +143,7 @@ def launch_values(plan: DecodePlan, qa: DeviceArray, ka: DeviceArray, va: Device
         "q_stride_tok": qs, "q_stride_head": qh, "k_stride_page": kp if plan.paged else 0, "k_stride_tok": ks,
         "k_stride_head": kh, "v_stride_page": vp if plan.paged else 0, "v_stride_tok": vs, "v_stride_head": vh,
         "o_stride_tok": os_, "o_stride_head": oh, "lse_stride_head": la.strides[0] if hq > 1 else total_q,
-        "pt_stride": plan.pt_stride, "num_items": plan.num_items, "softmax_scale_log2": softmax_scale * _LOG2E,
+        "pt_stride": plan.pt_stride, "num_items": plan.num_items, "softmax_scale_log2": softmax_scale * LOG2E,
         "group_size": hq // plan.num_heads_kv, "page_size": plan.page_size, "paged": int(plan.paged),
         "causal": int(plan.causal), "num_ctas": plan.num_items,
     }
