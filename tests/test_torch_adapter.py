@@ -175,3 +175,15 @@ def test_device_plan_refused():
     plan.on_device = True
     with pytest.raises(ValueError, match="device plan"):
         vbt.attention(q, k, v, plan)
+
+
+def test_deterministic_follows_torch_by_default(calls):
+    _, plan, q, k, v = _problem()
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        for flag in (True, False):
+            torch.use_deterministic_algorithms(flag)
+            vbt.attention(q, k, v, plan).sum().backward()
+            assert calls["bwd"][-1][2] is flag
+    finally:
+        torch.use_deterministic_algorithms(before)

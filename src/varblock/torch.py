@@ -28,7 +28,7 @@ _DTYPES = (torch.bfloat16, torch.float16)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, *, softmax_scale: float | None = None,
-              deterministic: bool = False, return_lse: bool = False
+              deterministic: bool | None = None, return_lse: bool = False
               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Varlen block-sparse attention, differentiable with respect to q, k and v.
 
@@ -36,7 +36,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, *, 
         q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]`` CUDA tensors, bfloat16/float16, shapes of the plan.
         plan: a host :func:`varblock.plan` (the backward needs its layout; device plans are refused).
         softmax_scale: default ``1/sqrt(D)``.
-        deterministic: run the backward in deterministic mode (bit-identical gradients from run to run).
+        deterministic: run the backward in deterministic mode (bit-identical gradients from run to run); None
+            (default): as ``torch.are_deterministic_algorithms_enabled()``.
         return_lse: also return the natural-log LSE ``[Hq, total_q]`` float32. It is not differentiable: gradients
             do not flow back through it (it is marked non-differentiable).
 
@@ -57,6 +58,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, *, 
             raise ValueError(f"{name}: expected [total_tokens, num_heads, head_dim], got shape {tuple(t.shape)}")
     if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))):
         raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic: expected a bool, got {type(deterministic).__name__}")
     scale = None if softmax_scale is None else float(softmax_scale)
