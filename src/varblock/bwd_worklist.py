@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from varblock import abi
+from varblock.worklist import segment_ids, to_i32
 
 #: column names of a backward ``tiles`` row (queries and keys swapped with respect to the forward's)
 BWD_TILE_FIELDS = ("batch", "head", "k_start", "k_len", "chunk_begin", "n_full", "n_partial", "n_left")
 BWD_CHUNK_FIELDS = ("q_start", "q_len")
-_I32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,21 +60,6 @@ class BwdWorkList:
         """int64 [T]: chunk steps of each tile times the query heads it processes (a work estimate)."""
         t = self.tiles.astype(np.int64)
         return (t[:, 5] + t[:, 6]) * self.heads_per_tile
-
-
-def _segment_ids(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For counts c_r: (r repeated c_r times, position 0..c_r-1 inside each group)."""
-    counts = counts.astype(np.int64)
-    ids = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
-    starts = np.cumsum(counts) - counts
-    pos = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
-    return ids, pos
-
-
-def _to_i32(a: np.ndarray, what: str) -> np.ndarray:
-    if a.size and (a.min() < -_I32_MAX - 1 or a.max() > _I32_MAX):
-        raise ValueError(f"{what} does not fit in int32")
-    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 def _band_keeps(qs, ql, ks, kl, off, band: tuple[int | None, int | None], num_sink_tokens: int) -> np.ndarray:
@@ -155,17 +140,17 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
 
     # ---- sub-tiles: every column split into ceil(k_len / tile_n) tiles of at most tile_n keys
     n_sub = (c_kl + tile_n - 1) // tile_n
-    s_col, s_pos = _segment_ids(n_sub)
+    s_col, s_pos = segment_ids(n_sub)
     s_ks = c_ks[s_col] + s_pos * tile_n
     s_kl = np.minimum(c_kl[s_col] - s_pos * tile_n, tile_n)
 
     # ---- (sub-tile, entry) pairs, then (sub-tile, chunk) pairs: entries split into chunks of <= tile_m queries
     n_ent = np.diff(ent_ptr)
-    se_sub, se_pos = _segment_ids(n_ent[s_col])
+    se_sub, se_pos = segment_ids(n_ent[s_col])
     se_ent = ent_ptr[s_col[se_sub]] + se_pos
     se_full = se_pos < c_nfull[s_col[se_sub]]
     n_ch = (e_ql[se_ent] + tile_m - 1) // tile_m
-    sc_se, sc_pos = _segment_ids(n_ch)
+    sc_se, sc_pos = segment_ids(n_ch)
     sc_sub = se_sub[sc_se]
     sc_qs = e_qs[se_ent[sc_se]] + sc_pos * tile_m
     sc_ql = np.minimum(e_ql[se_ent[sc_se]] - sc_pos * tile_m, tile_m)
@@ -187,7 +172,7 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
         base, stride = (hl if heads_per_tile > 1 else hl * group), 1
     else:
         reps, base, stride = n_tile_heads, np.zeros_like(hl), 1
-    t_sub, t_rep = _segment_ids(np.full(n_sub_total, reps, dtype=np.int64))
+    t_sub, t_rep = segment_ids(np.full(n_sub_total, reps, dtype=np.int64))
     t_head = base[t_sub] + t_rep * stride
     tiles = np.stack([c_batch[s_col[t_sub]], t_head, s_ks[t_sub], s_kl[t_sub], st_begin[t_sub], st_full[t_sub],
                       st_all[t_sub] - st_full[t_sub], np.zeros_like(t_head)], axis=1).reshape(-1, abi.TILE_WIDTH)
@@ -198,9 +183,9 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
         tiles = tiles[order]
     chunks = np.stack([sc_qs, sc_ql], axis=1).reshape(-1, 2)
     dq_order, num_sems = _dq_order(t_sub[order], n_sub_total, sc_sub, hl[sc_sub], c_batch[s_col[sc_sub]], sc_qs)
-    return BwdWorkList(tiles=_to_i32(tiles, "tiles"), chunks=_to_i32(chunks, "chunks"), tile_m=int(tile_m),
+    return BwdWorkList(tiles=to_i32(tiles, "tiles"), chunks=to_i32(chunks, "chunks"), tile_m=int(tile_m),
                        tile_n=int(tile_n), heads_per_tile=int(heads_per_tile), num_tile_heads=n_tile_heads,
-                       dq_order=_to_i32(dq_order, "dq_order"), num_sems=num_sems)
+                       dq_order=to_i32(dq_order, "dq_order"), num_sems=num_sems)
 
 
 def _dq_order(sub_of_tile: np.ndarray, n_sub: int, sc_sub: np.ndarray, sc_head: np.ndarray, sc_batch: np.ndarray,
@@ -229,18 +214,18 @@ def bwd_tile_pairs(wl: BwdWorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num
     t = wl.tiles.astype(np.int64)
     hpt = wl.heads_per_tile
     # (tile, head in tile)
-    th_t, th_g = _segment_ids(np.full(t.shape[0], hpt, dtype=np.int64))
+    th_t, th_g = segment_ids(np.full(t.shape[0], hpt, dtype=np.int64))
     hq = t[th_t, 1] * hpt + th_g
     # chunks of each (tile, head)
     nch = t[th_t, 5] + t[th_t, 6]
-    ci_th, ci_pos = _segment_ids(nch)
+    ci_th, ci_pos = segment_ids(nch)
     tt = th_t[ci_th]
     c = t[tt, 4] + ci_pos
     partial = (ci_pos < t[tt, 7]) | (ci_pos >= t[tt, 7] + t[tt, 5])
     ch = wl.chunks.astype(np.int64)
     # (chunk step, query row), then (.., key)
-    r_id, r_pos = _segment_ids(ch[c, 1])
-    k_id, k_pos = _segment_ids(t[tt[r_id], 3])
+    r_id, r_pos = segment_ids(ch[c, 1])
+    k_id, k_pos = segment_ids(t[tt[r_id], 3])
     step = r_id[k_id]
     tile = tt[step]
     qtok = cu_q[t[tile, 0]] + ch[c[step], 0] + r_pos[k_id]

@@ -67,13 +67,14 @@ def _i64(a: Any, name: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _to_i32(a: np.ndarray, what: str) -> np.ndarray:
+def to_i32(a: np.ndarray, what: str) -> np.ndarray:
+    """``a`` as a C-contiguous int32 array; ValueError naming ``what`` when a value does not fit."""
     if a.size and (a.min() < -_I32_MAX - 1 or a.max() > _I32_MAX):
         raise ValueError(f"{what} does not fit in int32")
-    return a.astype(np.int32)
+    return np.ascontiguousarray(a, dtype=np.int32)
 
 
-def _segment_ids(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def segment_ids(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For counts c_r: (r repeated c_r times, position 0..c_r-1 inside each group)."""
     total = int(counts.sum())
     ids = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
@@ -162,7 +163,7 @@ def build_worklist(
 
     # ---- chunks: split every entry into ceil(k_len / tile_n) pieces (entry order kept: full entries first)
     n_ch_e = (k_len + tile_n - 1) // tile_n
-    e_id, e_pos = _segment_ids(n_ch_e)
+    e_id, e_pos = segment_ids(n_ch_e)
     ch_start = k_start[e_id] + e_pos * tile_n
     ch_len = np.minimum(k_len[e_id] - e_pos * tile_n, tile_n)
     csum = np.concatenate([[0], np.cumsum(n_ch_e)])
@@ -215,7 +216,7 @@ def build_worklist(
         n_th = {"per_q_head": 1, "per_kv_head": group, "broadcast": hq_n}[head_mode]
         tpt = tile_m
     n_seg = (r_ql + tpt - 1) // tpt
-    t_row, t_pos = _segment_ids(n_seg * n_th)
+    t_row, t_pos = segment_ids(n_seg * n_th)
     seg = t_pos // n_th
     th = t_pos % n_th
     if g > 1:
@@ -229,8 +230,8 @@ def build_worklist(
     if longest_first and tiles.shape[0]:
         tiles = tiles[np.argsort(-(tiles[:, TILE_N_FULL] + tiles[:, TILE_N_PARTIAL]), kind="stable")]
     chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, CHUNK_WIDTH), dtype=np.int64)
-    return WorkList(tiles=_to_i32(tiles.reshape(-1, TILE_WIDTH), "tiles"),
-                    chunks=_to_i32(chunks.reshape(-1, CHUNK_WIDTH), "chunks"),
+    return WorkList(tiles=to_i32(tiles.reshape(-1, TILE_WIDTH), "tiles"),
+                    chunks=to_i32(chunks.reshape(-1, CHUNK_WIDTH), "chunks"),
                     tile_m=int(tile_m), tile_n=int(tile_n), pack_gqa=g)
 
 
@@ -243,17 +244,17 @@ def tile_pairs(wl: WorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_
     g = wl.pack_gqa
     # rows of each tile: (token, head)
     n_rows = t[:, TILE_Q_LEN] * g
-    tid, rpos = _segment_ids(n_rows)
+    tid, rpos = segment_ids(n_rows)
     tok = cu_q[t[tid, TILE_BATCH]] + t[tid, TILE_Q_START] + rpos // g
     hq = t[tid, TILE_HEAD] * g + rpos % g if g > 1 else t[tid, TILE_HEAD]
     # chunks of each row's tile
     nch = t[tid, TILE_N_FULL] + t[tid, TILE_N_PARTIAL]
-    rid, cpos = _segment_ids(nch)
+    rid, cpos = segment_ids(nch)
     c = t[tid[rid], TILE_CHUNK_BEGIN] + cpos
     n_left = t[tid[rid], TILE_N_LEFT]
     partial = (cpos < n_left) | (cpos >= n_left + t[tid[rid], TILE_N_FULL])
     ch = wl.chunks.astype(np.int64)
     klen = ch[c, CHUNK_K_LEN]
-    pid, kpos = _segment_ids(klen)
+    pid, kpos = segment_ids(klen)
     ktok = cu_k[t[tid[rid[pid]], TILE_BATCH]] + ch[c[pid], CHUNK_K_START] + kpos
     return hq[rid[pid]], tok[rid[pid]], ktok, partial[pid]
