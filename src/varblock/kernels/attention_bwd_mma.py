@@ -46,7 +46,7 @@ from typing import Any
 
 from varblock.abi import MASK_DOC, MASK_TOKEN
 
-from .registry import ARCHES, Family, Param, Variant
+from .registry import ARCHES, Family, Param, Variant, pointer_requires
 
 FAMILY_NAME = "attention_bwd_mma"
 #: (short name used in variant names, dtype name used in keys)
@@ -210,13 +210,8 @@ def smem_bytes(cfg: TileConfig, head_dim: int) -> int:
     return up(off, 1024)
 
 
-def _align_requires(params: tuple[Param, ...]) -> list[dict[str, Any]]:
-    return [{"what": f"{p.name} pointer {p.align}-byte aligned", "value": p.name, "divisible_by": p.align}
-            for p in params if p.kind == "ptr" and p.align > 1]
-
-
 def _main_requires() -> tuple[dict[str, Any], ...]:
-    req = _align_requires(MAIN_PARAMS)
+    req = list(pointer_requires(MAIN_PARAMS))
     for s in ("q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head",
               "do_stride_tok", "do_stride_head"):
         req.append({"what": f"{s} multiple of {_VEC} elements (16 bytes)", "value": s, "divisible_by": _VEC})
@@ -233,7 +228,7 @@ def _main_requires() -> tuple[dict[str, Any], ...]:
 
 
 def _aux_requires(params: tuple[Param, ...], rows: Any) -> tuple[dict[str, Any], ...]:
-    req = _align_requires(params)
+    req = list(pointer_requires(params))
     req.append({"what": "rows fit in int32", "value": rows, "range": [0, 2**31 - 1]})
     req.append({"what": f"head_dim multiple of {_VEC}", "value": "head_dim", "divisible_by": _VEC})
     for p in params:

@@ -60,7 +60,7 @@ from typing import Any
 from .. import abi
 from ..abi import MASK_DOC, MASK_FLAG_BITS, MASK_TOKEN
 from . import common
-from .registry import ARCHES, Family, Param, Variant
+from .registry import ARCHES, Family, Param, Variant, pointer_requires
 
 FAMILY_NAME = "attention_fwd_mma"
 #: (short name used in variant names, dtype name used in keys)
@@ -181,16 +181,10 @@ def entry_name(variant: Variant) -> str:
 
 
 def _requires(tile_m: int) -> tuple[dict[str, Any], ...]:
-    req: list[dict[str, Any]] = []
-    for p in ("q", "k", "v", "o"):
-        req.append({"what": f"{p} pointer 16-byte aligned", "value": p, "divisible_by": 16})
-    for p in ("lse", "cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k"):
-        req.append({"what": f"{p} pointer 4-byte aligned", "value": p, "divisible_by": 4})
+    req = list(pointer_requires(PARAMS))
     for s in ("q_stride_tok", "q_stride_head", "k_stride_tok", "k_stride_head", "v_stride_tok", "v_stride_head",
               "o_stride_tok", "o_stride_head"):
         req.append({"what": f"{s} multiple of {_VEC} elements (16 bytes)", "value": s, "divisible_by": _VEC})
-    for p in ("num_tiles_ptr", "tile_counter", "debug_counts"):
-        req.append({"what": f"{p} pointer 4-byte aligned", "value": p, "divisible_by": 4})
     req.append({"what": "num_tiles >= 0 (ignored when num_tiles_ptr is nonzero)", "value": "num_tiles",
                 "range": [0, 2**31 - 1]})
     req.append({"what": "num_ctas >= 1 (the grid size)", "value": "num_ctas", "range": [1, 2**31 - 1]})

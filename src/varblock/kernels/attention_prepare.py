@@ -39,7 +39,7 @@ from typing import Any
 
 from .. import abi
 from . import common
-from .registry import ARCHES, Family, Param, Variant
+from .registry import ARCHES, Family, Param, Variant, pointer_requires
 
 FAMILY_NAME = "attention_prepare"
 THREADS = 512
@@ -75,8 +75,7 @@ MAX_CHUNKS_LIMIT = 2**31 // 2 - 1
 def variants(arch: str) -> list[Variant]:
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}")
-    requires = tuple({"what": f"{p.name} address", "value": p.name, "divisible_by": p.align}
-                     for p in PARAMS if p.kind == "ptr") + (
+    requires = pointer_requires(PARAMS) + (
         {"what": "batch", "value": "batch", "range": [0, 2**30]},
         {"what": "max_tiles", "value": "max_tiles", "range": [0, MAX_TILES_LIMIT]},
         {"what": "max_chunks", "value": "max_chunks", "range": [0, MAX_CHUNKS_LIMIT]},

@@ -34,7 +34,7 @@ from typing import Any
 
 from varblock.decode_plan import abi
 
-from .registry import ARCHES, Family, Param, Variant
+from .registry import ARCHES, Family, Param, Variant, pointer_requires
 
 FAMILY_NAME = "decode_fwd"
 DTYPES = (("fp16", "float16"), ("bf16", "bfloat16"))
@@ -126,10 +126,7 @@ def variant_name(dtype: str, head_dim: int, tile_m: int) -> str:
 
 
 def _requires() -> tuple[dict[str, Any], ...]:
-    req: list[dict[str, Any]] = []
-    for p in PARAMS:
-        if p.kind == "ptr":
-            req.append({"what": f"{p.name} pointer {p.align}-byte aligned", "value": p.name, "divisible_by": p.align})
+    req = list(pointer_requires(PARAMS))
     for s in ("q_stride_tok", "q_stride_head", "k_stride_page", "k_stride_tok", "k_stride_head", "v_stride_page",
               "v_stride_tok", "v_stride_head", "o_stride_tok", "o_stride_head"):
         req.append({"what": f"{s} multiple of {_VEC} elements (16 bytes)", "value": s, "divisible_by": _VEC})

@@ -16,7 +16,7 @@ from typing import Any
 from varblock.decode_plan import abi
 
 from . import common
-from .registry import ARCHES, Family, Param, Variant
+from .registry import ARCHES, Family, Param, Variant, pointer_requires
 
 FAMILY_NAME = "decode_prepare"
 THREADS = 128
@@ -53,8 +53,7 @@ GRID = (["cdiv", ["max", ["mul", "num_groups", "chunk_cap"], "num_items"], THREA
 def variants(arch: str) -> list[Variant]:
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}")
-    requires = tuple({"what": f"{p.name} address", "value": p.name, "divisible_by": p.align}
-                     for p in PARAMS if p.kind == "ptr") + (
+    requires = pointer_requires(PARAMS) + (
         {"what": "num_groups * chunk_cap (chunk rows)", "value": ["mul", "num_groups", "chunk_cap"],
          "range": [0, 2**31 // abi.CHUNK_WIDTH - 1]},
         {"what": "num_items", "value": "num_items", "range": [0, 2**31 // abi.ITEM_WIDTH - 1]},

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from varblock.kernels import common
-from varblock.kernels.registry import Family, Param, Variant
+from varblock.kernels.registry import Family, Param, Variant, pointer_requires
 
 WARPS = 4
 THREADS = 32 * WARPS
@@ -57,11 +57,6 @@ _SCALARS = (
 GRID = (["cdiv", ["mul", "total_q", "num_heads"], WARPS], 1, 1)
 
 
-def _alignment_requires(params: tuple[Param, ...]) -> tuple[dict[str, Any], ...]:
-    return tuple({"what": f"{p.name} address", "value": p.name, "divisible_by": p.align}
-                 for p in params if p.kind == "ptr")
-
-
 def variants(arch: str) -> list[Variant]:
     out = []
     for din, dout in DTYPE_PAIRS:
@@ -70,7 +65,7 @@ def variants(arch: str) -> list[Variant]:
         out.append(Variant(
             family="merge_states", name=f"merge_states_{short[din]}_{short[dout]}", arch=arch,
             key={"in_dtype": din, "out_dtype": dout}, params=params, block=(THREADS, 1, 1), grid=GRID,
-            requires=_alignment_requires(params) + (
+            requires=pointer_requires(params) + (
                 {"what": "total_q * num_heads", "value": ["mul", "total_q", "num_heads"], "range": [0, 2**31 - 1]},
             ),
         ))

@@ -14,7 +14,7 @@ The runtime packs the same values in the same order; launch capture proves it by
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,13 @@ class Param:
     @property
     def size(self) -> int:
         return PARAM_SIZES[self.kind]
+
+
+def pointer_requires(params: Sequence[Param]) -> tuple[dict[str, Any], ...]:
+    """Requirement entries (see :class:`Variant`): each pointer parameter's address a multiple of its ``align``
+    (pointers aligned to 1 byte need none)."""
+    return tuple({"what": f"{p.name} address", "value": p.name, "divisible_by": p.align}
+                 for p in params if p.kind == "ptr" and p.align > 1)
 
 
 @dataclass(frozen=True)
