@@ -32,24 +32,12 @@ from varblock.abi import MASK_DOC, MASK_TOKEN
 
 from .common.mask import NEG_BIG
 from .common.signature import jit_host
-from .common.warp_mma import mn_view
+from .common.warp_mma import gemm_smem_smem, mn_view
 
 
 def _transposed(t, rows: int, cols: int):
     """The ``(cols, rows)`` transposed view of a ``(rows, cols)`` shared-memory tensor."""
     return cute.composition(t, cute.make_layout((cols, rows), stride=(rows, 1)))
-
-
-def _gemm(tiled_mma, acc, tA, tB, sA, vA, sB, vB, cA, cB):
-    """acc += A B^T over the whole K extent: ldmatrix of slice kk + 1 overlaps the mma of slice kk."""
-    nk = cute.size(sA, mode=[2])
-    cute.copy(cA, sA[None, None, 0], vA[None, None, 0])
-    cute.copy(cB, sB[None, None, 0], vB[None, None, 0])
-    for kk in range(nk):  # plain Python: this helper is traced, not preprocessed
-        if kk + 1 < nk:
-            cute.copy(cA, sA[None, None, kk + 1], vA[None, None, kk + 1])
-            cute.copy(cB, sB[None, None, kk + 1], vB[None, None, kk + 1])
-        cute.gemm(tiled_mma, acc, tA[None, None, kk], tB[None, None, kk], acc)
 
 
 @cutlass.dsl_user_op
@@ -358,7 +346,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                     pq_len = p.chunks[pc * 2 + 1]
                     acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
                     acc_dQ.fill(0.0)
-                    _gemm(mma_sdp, acc_dQ, tQrdS, tQrKt, tQsdS, tQvdS, tQsKt, tQvKt, cp_sdp_A, cp_sdp_Bt)
+                    gemm_smem_smem(mma_sdp, acc_dQ, cp_sdp_A, tQsdS, tQvdS, tQrdS, cp_sdp_Bt, tQsKt, tQvKt, tQrKt)
                     sem_ptr = p.dq_sem
                     turn = Int32(0)
                     next_turn = Int32(0)
@@ -463,12 +451,12 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
 
                     acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
                     acc_S.fill(0.0)
-                    _gemm(mma_sdp, acc_S, tSrQ, tSrK, tSsQ[None, None, None, stage], tSvQ, tSsK, tSvK, cp_sdp_A,
-                          cp_sdp_B)
+                    gemm_smem_smem(mma_sdp, acc_S, cp_sdp_A, tSsQ[None, None, None, stage], tSvQ, tSrQ,
+                                   cp_sdp_B, tSsK, tSvK, tSrK)
                     acc_dP = cute.make_rmem_tensor(acc_shape_S, Float32)
                     acc_dP.fill(0.0)
-                    _gemm(mma_sdp, acc_dP, tPrdO, tPrV, tPsdO[None, None, None, stage], tPvdO, tPsV, tPvV, cp_sdp_A,
-                          cp_sdp_B)
+                    gemm_smem_smem(mma_sdp, acc_dP, cp_sdp_A, tPsdO[None, None, None, stage], tPvdO, tPrdO,
+                                   cp_sdp_B, tPsV, tPvV, tPrV)
                     # -------------------------------------------------------- masks
                     acc_S_mn = mn_view(acc_S)
                     if partial:
@@ -528,10 +516,10 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                     cute.arch.barrier()
 
                     # -------------------------------------------------------- dV += P^T dO, dK += dS^T Q
-                    _gemm(mma_dkv, acc_dV, tVrPt, tVrdOt, tVsPt, tVvPt, tVsdOt[None, None, None, stage], tVvdOt,
-                          cp_dkv_At, cp_dkv_Bt)
-                    _gemm(mma_dkv, acc_dK, tKrdSt, tKrQt, tKsdSt, tKvdSt, tKsQt[None, None, None, stage], tKvQt,
-                          cp_dkv_At, cp_dkv_Bt)
+                    gemm_smem_smem(mma_dkv, acc_dV, cp_dkv_At, tVsPt, tVvPt, tVrPt,
+                                   cp_dkv_Bt, tVsdOt[None, None, None, stage], tVvdOt, tVrdOt)
+                    gemm_smem_smem(mma_dkv, acc_dK, cp_dkv_At, tKsdSt, tKvdSt, tKrdSt,
+                                   cp_dkv_Bt, tKsQt[None, None, None, stage], tKvQt, tKrQt)
                     if cutlass.const_expr(stages == 2):
                         # per-row values of step it + 1 -> the other stage (read after the next iteration's barrier;
                         # that stage's previous values were read by step it - 1, before this step's barriers)
