@@ -7,12 +7,15 @@ tile. TMA clips both at the tensor's edges, so tail tiles need no masking in the
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import cutlass.cute as cute
-from cutlass import Int32, Int64
+from cutlass import Int64
 from cutlass.cute.nvgpu import cpasync
 from cutlass.utils import SmemAllocator
 
-from varblock.kernels._dsl import dsl_dtype, fake_pointer
+from varblock.kernels._dsl import dsl_dtype
+from varblock.kernels.common.signature import fake_args, jit_host
 from varblock.kernels.registry import Variant
 from varblock.kernels.tma_copy import THREADS, TILE_M, tile_cols
 
@@ -59,20 +62,19 @@ def make_host(variant: Variant):
 
     copy_kernel.set_name_prefix(f"vb_{variant.name}", remove_cutlass_symbol=True, keep_mangled_name=False)
 
-    @cute.jit
-    def host(src: cute.Pointer, dst: cute.Pointer, rows: Int32, cols: Int32, ld_src: Int64, ld_dst: Int64):
+    def launch(p: SimpleNamespace):
         s_layout = cute.make_composed_layout(cute.make_swizzle(3, 4, 3), 0,
                                              cute.make_layout((tile_m, tile_n), stride=(tile_n, 1)))
-        m_src = cute.make_tensor(src, cute.make_layout(
-            (rows, cols), stride=(cute.assume(ld_src, divby=elems_16b), 1)))
-        m_dst = cute.make_tensor(dst, cute.make_layout(
-            (rows, cols), stride=(cute.assume(ld_dst, divby=elems_16b), 1)))
+        m_src = cute.make_tensor(p.src, cute.make_layout(
+            (p.rows, p.cols), stride=(cute.assume(p.ld_src, divby=elems_16b), 1)))
+        m_dst = cute.make_tensor(p.dst, cute.make_layout(
+            (p.rows, p.cols), stride=(cute.assume(p.ld_dst, divby=elems_16b), 1)))
         tma_load, g_src = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), m_src, s_layout,
                                                       (tile_m, tile_n))
         tma_store, g_dst = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileS2GOp(), m_dst, s_layout,
                                                        (tile_m, tile_n))
         copy_kernel(tma_load, g_src, tma_store, g_dst, s_layout).launch(
-            grid=[(cols + tile_n - 1) // tile_n, (rows + tile_m - 1) // tile_m, 1], block=[THREADS, 1, 1])
+            grid=[(p.cols + tile_n - 1) // tile_n, (p.rows + tile_m - 1) // tile_m, 1], block=[THREADS, 1, 1])
 
-    args = (fake_pointer(dtype, 16), fake_pointer(dtype, 16), Int32(1), Int32(1), Int64(1), Int64(1))
-    return host, args
+    host = jit_host(variant.host_params, launch)
+    return host, fake_args(variant.host_params, {"src": dtype, "dst": dtype})
