@@ -15,7 +15,8 @@ Imported on demand (``import varblock.torch``); ``import varblock`` alone never 
   same plan (its key-major work list is built on first use and cached with the plan).
 """
 
-from __future__ import annotations
+# no ``from __future__ import annotations``: torch.library infers the op schemas from real annotation objects
+from typing import Optional
 
 import torch
 
@@ -76,7 +77,8 @@ def _kernel_ready(t: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("varblock::attention_fwd", mutates_args=())
 def attention_forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan_id: int,
-                         softmax_scale: float | None, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                         softmax_scale: Optional[float], deterministic: bool  # noqa: UP045 (schema inference)
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` of :func:`varblock.attention` with the plan ``Plan.by_uid(plan_id)``. ``deterministic`` is
     not used by the forward: it is an input so that the backward (which sees only the forward's inputs) gets it."""
     plan = Plan.by_uid(plan_id)
@@ -92,8 +94,8 @@ def _attention_forward_fake(q, k, v, plan_id, softmax_scale, deterministic):
 
 @torch.library.custom_op("varblock::attention_bwd", mutates_args=())
 def attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                          lse: torch.Tensor, plan_id: int, softmax_scale: float | None, deterministic: bool
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          lse: torch.Tensor, plan_id: int, softmax_scale: Optional[float],  # noqa: UP045
+                          deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` of :func:`varblock.attention_backward` with the plan ``Plan.by_uid(plan_id)``."""
     plan = Plan.by_uid(plan_id)
     dout, q, k, v, out = (_kernel_ready(t) for t in (dout, q, k, v, out))
