@@ -10,7 +10,9 @@ Timed: ``varblock.attention_backward`` (default and ``deterministic=True``) and 
 per kept pair (2.5x the forward's ``Plan.flops()``; a causal diagonal block counts its allowed pairs, about half).
 CUDA-event median after warm-up. Prints one line per problem and a Markdown table; checks the issue's bars that a
 single run can (W2 non-causal: density 0.1 time <= 0.15 x density 1.0; deterministic <= 1.3 x default). The full
-default run (18 problems) takes about two minutes on an H200; select workloads / densities to shorten it.
+default run is 18 problems plus FlexAttention's compiles (one forward + backward per workload and causality); it is
+meant to stay near two minutes on an H200 but has not been timed yet: use --workloads / --densities / --causal /
+--no-flex / --rep to shorten it.
 """
 
 from __future__ import annotations
