@@ -267,8 +267,8 @@ def test_cuda_graph_capture_and_replay(torch):
         with torch.no_grad():
             for dst, src in zip(static, fresh):
                 dst.copy_(src)
-        for r in results:
-            r.fill_(float("nan"))
+            for r in results:  # poison: every element must be rewritten by the replay
+                r.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
         expect = step()
