@@ -137,6 +137,7 @@ def test_traced_calls_raise_a_clear_error(calls, transform):
     ("plan", "nope", TypeError, "plan"),
     ("q", np.zeros((3, 4, 16), np.float16), TypeError, "q: expected a jax.Array"),
     ("softmax_scale", "x", TypeError, "softmax_scale"),
+    ("softmax_scale", 0.0, ValueError, "softmax_scale: expected a finite positive"),
     ("deterministic", 1, TypeError, "deterministic"),
 ])
 def test_argument_errors(arg, value, err, match):

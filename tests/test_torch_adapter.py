@@ -139,6 +139,8 @@ def test_opcheck_of_the_registrations(calls):
     ("q_dtype", {}, TypeError, "q: expected bfloat16"),
     ("k_ndim", {}, ValueError, "k: expected"),
     (None, {"softmax_scale": "x"}, TypeError, "softmax_scale"),
+    (None, {"softmax_scale": -1.0}, ValueError, "softmax_scale: expected a finite positive"),
+    (None, {"softmax_scale": float("inf")}, ValueError, "softmax_scale"),
     (None, {"deterministic": 1}, TypeError, "deterministic"),
 ])
 def test_argument_errors(bad, kw, err, match):
@@ -154,6 +156,29 @@ def test_argument_errors(bad, kw, err, match):
         args["k"] = k[0]
     with pytest.raises(err, match=match):
         vbt.attention(args["q"], args["k"], args["v"], args["plan"], **kw)
+
+
+def test_inputs_the_kernels_cannot_take_are_copied(calls):
+    """dout of out.sum() has zero strides, a transposed view has a non-unit last stride: both reach the kernels as
+    contiguous copies; kernel-ready views are passed as they are."""
+    _, plan, q, k, v = _problem()
+    seen = []
+    orig = varblock.attention
+
+    def spy(q, k, v, plan, **kw):
+        seen.append([t.stride() for t in (q, k, v)])
+        return orig(q, k, v, plan, **kw)
+
+    varblock.attention = spy
+    try:
+        kt = k.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+        vbt.attention(q, kt, v, plan).sum().backward()
+    finally:
+        varblock.attention = orig
+    assert kt.stride(-1) != 1 and seen[0][1] == tuple(torch.empty(k.shape).stride())
+    assert seen[0][0] == q.stride() and seen[0][2] == v.stride()
+    assert calls["bwd"][0][3] == tuple(torch.empty(q.shape).stride())
+    assert kt.grad is not None and kt.grad.shape == k.shape
 
 
 def test_device_plan_refused():

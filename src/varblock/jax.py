@@ -15,6 +15,7 @@ saying so instead of failing inside JAX. Each call waits for its kernels before 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -54,6 +55,9 @@ def attention(q: Any, k: Any, v: Any, plan: Plan, *, softmax_scale: float | None
                          "cu_seqlens or a layout")
     if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))):
         raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    if softmax_scale is not None and not (math.isfinite(softmax_scale) and softmax_scale > 0):
+        raise ValueError(f"softmax_scale: expected a finite positive number (the backward needs one), got "
+                         f"{softmax_scale!r}")
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic: expected a bool, got {type(deterministic).__name__}")
     for name, x in (("q", q), ("k", k), ("v", v)):

@@ -16,6 +16,7 @@ Imported on demand (``import varblock.torch``); ``import varblock`` alone never 
 """
 
 # no ``from __future__ import annotations``: torch.library infers the op schemas from real annotation objects
+import math
 from typing import Optional
 
 import torch
@@ -59,6 +60,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, *, 
             raise ValueError(f"{name}: expected [total_tokens, num_heads, head_dim], got shape {tuple(t.shape)}")
     if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))):
         raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    if softmax_scale is not None and not (math.isfinite(softmax_scale) and softmax_scale > 0):
+        raise ValueError(f"softmax_scale: expected a finite positive number (the backward needs one), got "
+                         f"{softmax_scale!r}")
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     if not isinstance(deterministic, bool):
@@ -72,7 +76,7 @@ def _kernel_ready(t: torch.Tensor) -> torch.Tensor:
     """``t`` as the kernels accept it: last dim contiguous, other strides multiples of 8 elements, 16-byte aligned
     (a copy only when it is not)."""
     ok = (t.stride(-1) == 1 and all(s % 8 == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0)
-    return t if ok else t.contiguous()
+    return t if ok else t.clone(memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("varblock::attention_fwd", mutates_args=())
