@@ -12,7 +12,7 @@
 # Logs go to $OUT (at most 8 files): summary.txt, pytest.log, fingerprint.log, sanitize.tar.gz, hopper.log, bench.log
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH="${PYTHONPATH:-src}" PYTHONUNBUFFERED=1
+export PYTHONPATH="${PYTHONPATH:-src}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT="${OUT:-/tmp/gpu_check_out}"
 mkdir -p "$OUT"
 BUDGET="${1:-540}"
