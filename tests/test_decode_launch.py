@@ -44,8 +44,8 @@ def test_launch_values_pack(paged, page_size):
     checked = 0
     for e in ENTRIES:
         d, tm = e["key"]["head_dim"], e["key"]["tile_m"]
-        cu_q = np.concatenate([[0], np.cumsum(rng.integers(1, 3 if tm == 16 else 5, B))])
-        cu_q = cu_q if tm == 64 else np.arange(B + 1) * 2
+        # 64-row tiles need more than 16 (token, head) rows: 3..8 new tokens x group 8; 16-row tiles: 2 tokens
+        cu_q = np.concatenate([[0], np.cumsum(rng.integers(3, 9, B))]) if tm == 64 else np.arange(B + 1) * 2
         assert _tile_m(cu_q, g) == tm
         checked += 1
         wl = build_worklist(cu_q, kv, num_heads_q=hkv * g, num_heads_kv=hkv, tile_m=tm,
