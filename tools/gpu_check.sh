@@ -8,7 +8,7 @@
 #   3. compute-sanitizer memcheck, racecheck, synccheck over every family's smoke set (tools/sanitize.py --grouped)
 #   4. the sm90 forward's first check (tools/hopper_check.sh smoke: timeouts, never hangs the session)
 #   5. compute-sanitizer initcheck
-#   6. a short forward benchmark (W1, both families, FlexAttention)
+#   6. cold start, then short benchmarks (forward W1, device layouts, decode, backward W2, pooling) while budget lasts
 # Logs go to $OUT (at most 8 files): summary.txt, pytest.log, fingerprint.log, sanitize.tar.gz, hopper.log, bench.log
 set -u
 cd "$(dirname "$0")/.."
@@ -43,7 +43,12 @@ step "sanitizer memcheck/racecheck/synccheck" 240 "$OUT/sanitize.log" python3 to
 step "sm90 forward first check" 100 "$OUT/hopper.log" bash tools/hopper_check.sh
 step "sanitizer initcheck" 120 "$OUT/sanitize.log" python3 tools/sanitize.py --grouped --tools initcheck \
     --timeout 110 --log-dir /tmp/sanitize_logs
+step "cold start" 45 "$OUT/bench.log" python3 benchmarks/cold_start.py --runs 3
 step "forward benchmark W1" 90 "$OUT/bench.log" python3 benchmarks/bench_attention.py --workloads W1
+step "device layout build time" 40 "$OUT/bench.log" python3 benchmarks/bench_layout.py --device
+step "decode benchmark" 90 "$OUT/bench.log" python3 benchmarks/bench_decode.py
+step "backward benchmark W2" 90 "$OUT/bench.log" python3 benchmarks/bench_backward.py --workloads W2 --causal no
+step "pooling benchmark" 90 "$OUT/bench.log" python3 benchmarks/bench_pooling.py
 tar czf "$OUT/sanitize.tar.gz" -C /tmp sanitize_logs 2>/dev/null
 say "total $SECONDS s"
 echo "== failures =="
