@@ -24,12 +24,13 @@ from types import SimpleNamespace
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint8, Uint32
+from cutlass import Float32, Int32, Int64, Uint8, Uint32
 from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync, warp
 
 from varblock.abi import MASK_DOC, MASK_TOKEN
 
+from ._dsl import dsl_dtype
 from .common.mask import NEG_BIG
 from .common.signature import jit_host
 from .common.warp_mma import gemm_smem_smem, mn_view
@@ -78,7 +79,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
               sdp: tuple, dkv: tuple, dq_bufs: int, stages: int = 1):
     """Build the ``@cute.jit`` host function (and its kernel) of one main-kernel variant; ``params`` is the
     family's ``MAIN_PARAMS`` (the kernel's parameter list)."""
-    dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
+    dtype = dsl_dtype(dtype_name)
     nthr = 32 * num_warps
     kblk = 64 if D % 64 == 0 else 32  # smem swizzle atom width for [rows, D] tensors (elements)
     pblk = 64 if tile_n % 64 == 0 else 32  # ... and for [tile_m, tile_n] (P, dS)

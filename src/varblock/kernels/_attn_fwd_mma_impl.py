@@ -28,9 +28,10 @@ from types import SimpleNamespace
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint32
+from cutlass import Float32, Int32, Int64, Uint32
 from cutlass.cute.nvgpu import cpasync, warp
 
+from ._dsl import dsl_dtype
 from .common import gmem_io
 from .common.mask import ElementMask, MaskSmem
 from .common.scheduler import SCHED_SMEM_WORDS, TileScheduler, count_tile, tile_count
@@ -44,7 +45,7 @@ class FwdConfig:
     """Static configuration of one variant."""
 
     def __init__(self, dtype_name: str, head_dim: int, tile_m: int, tile_n: int, num_warps: int):
-        self.dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
+        self.dtype = dsl_dtype(dtype_name)
         self.D = head_dim
         self.tile_m = tile_m
         self.tile_n = tile_n

@@ -23,7 +23,7 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
-from cutlass import BFloat16, Float16, Float32, Int32, Int64, Uint32
+from cutlass import Float32, Int32, Int64, Uint32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.utils import LayoutEnum
 
@@ -38,6 +38,7 @@ from ._attn_fwd_sm90_consumer import (
     wg_sync,
 )
 from ._attn_fwd_sm90_debug import bounded_mbarrier_waits
+from ._dsl import dsl_dtype
 from .attention_fwd_sm90 import CONSUMER_REGS, PRODUCER_REGS, THREADS
 from .common import gmem_io
 from .common.mask import ElementMask, MaskSmem
@@ -53,7 +54,7 @@ class Sm90Config:
     """Static configuration of one variant."""
 
     def __init__(self, dtype_name: str, head_dim: int, tile_m: int, tile_n: int, stages: int):
-        self.dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
+        self.dtype = dsl_dtype(dtype_name)
         self.D, self.tile_m, self.tile_n, self.stages = head_dim, tile_m, tile_n, stages
         if head_dim % 32 or tile_m != 2 * 64 or tile_n % 64:
             raise ValueError(f"unsupported sm90 configuration: D={head_dim}, tile {tile_m}x{tile_n}")

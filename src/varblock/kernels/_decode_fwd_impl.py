@@ -19,11 +19,12 @@ from types import SimpleNamespace
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import BFloat16, Float16, Float32, Int32, Int64
+from cutlass import Float32, Int32, Int64
 from cutlass.cute.nvgpu import cpasync, warp
 
 from varblock.decode_plan import abi
 
+from ._dsl import dsl_dtype
 from .common.signature import jit_host
 from .common.softmax import LN2
 from .common.warp_mma import acc_to_frag_a, mn_view, quad_max, quad_sum
@@ -85,7 +86,7 @@ def load_chunk(ci: Int32, stage: Int32, chunks: cute.Pointer, chunk_begin: Int32
 def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int, tile_n: int, stages: int, warps_m: int,
               warps_n: int):
     """Build the ``@cute.jit`` host function (and its kernel) of one variant; ``params``: the family's ``PARAMS``."""
-    dtype = {"bfloat16": BFloat16, "float16": Float16}[dtype_name]
+    dtype = dsl_dtype(dtype_name)
     num_warps = warps_m * warps_n
     nthr = 32 * num_warps
     kw = tile_n // warps_n  # keys per warp per chunk

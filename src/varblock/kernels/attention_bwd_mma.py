@@ -44,8 +44,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from varblock import abi
 from varblock.abi import MASK_DOC, MASK_TOKEN
 
+from . import common
 from .registry import ARCHES, Family, Param, Variant, pointer_requires
 
 FAMILY_NAME = "attention_bwd_mma"
@@ -277,7 +279,7 @@ FAMILY = Family(
     module=__name__,
     variants=variants,
     sources=(__file__, str(Path(__file__).with_name("_attn_bwd_mma_impl.py")),
-             str(Path(__file__).with_name("_attn_bwd_aux_impl.py"))),
+             str(Path(__file__).with_name("_attn_bwd_aux_impl.py")), abi.__file__, *common.SOURCES),
 )
 
 
@@ -289,9 +291,10 @@ FAMILY = Family(
 def _fake_args(variant: Variant) -> list[Any]:
     import cutlass
 
+    from ._dsl import dsl_dtype
     from .common.signature import fake_args
 
-    dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
+    dtype = dsl_dtype(variant.key["dtype"])
     pointee = {p.name: cutlass.Float32 for p in variant.params if p.kind == "ptr"}
     pointee.update(dict.fromkeys(("q", "k", "v", "dout", "out", "dq", "dk", "dv"), dtype), tok_mask=cutlass.Uint8)
     pointee.update(dict.fromkeys(("cu_seqlens_q", "cu_seqlens_k", "tiles", "chunks", "doc_q", "doc_k", "dq_order",

@@ -253,9 +253,10 @@ def compile_args(variant: Variant):
     """``(host_jit_function, args)`` for ``cute.compile``; fake (null) pointers and unit scalars."""
     import cutlass
 
+    from ._dsl import dsl_dtype
     from .common.signature import fake_args
 
-    dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
+    dtype = dsl_dtype(variant.key["dtype"])
     pointee = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "lse": cutlass.Float32, "tok_mask": cutlass.Uint8}
     x = variant.extra
     host = _make_host(variant.name, variant.key["dtype"], variant.key["head_dim"], x["tile_m"], x["tile_n"],

@@ -38,6 +38,7 @@ from typing import Any
 from .. import abi
 from ..abi import MASK_FLAG_BITS
 from . import attention_fwd_mma as portable
+from . import common
 from .registry import Family, Param, Variant
 
 FAMILY_NAME = "attention_fwd_sm90"
@@ -154,7 +155,7 @@ FAMILY = Family(
     sources=(__file__, str(Path(__file__).with_name("_attn_fwd_sm90_impl.py")),
              str(Path(__file__).with_name("_attn_fwd_sm90_consumer.py")),
              str(Path(__file__).with_name("_attn_fwd_sm90_debug.py")), portable.__file__, abi.__file__,
-             *sorted(str(p) for p in Path(__file__).with_name("common").glob("*.py"))),  # the shared components
+             *common.SOURCES),
     arches=("sm90",),
 )
 
@@ -170,7 +171,9 @@ def compile_args(variant: Variant):
     import cutlass.cute as cute
     from cutlass.cute.runtime import nullptr
 
-    dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
+    from ._dsl import dsl_dtype
+
+    dtype = dsl_dtype(variant.key["dtype"])
     elem = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "lse": cutlass.Float32, "tok_mask": cutlass.Uint8}
     scal = {"i32": cutlass.Int32, "i64": cutlass.Int64, "f32": cutlass.Float32}
     args = []

@@ -34,6 +34,7 @@ from typing import Any
 
 from varblock.decode_plan import abi
 
+from . import common
 from .registry import ARCHES, Family, Param, Variant, pointer_requires
 
 FAMILY_NAME = "decode_fwd"
@@ -164,7 +165,7 @@ def variants(arch: str) -> list[Variant]:
 
 FAMILY = Family(name=FAMILY_NAME, module=__name__, variants=variants,
                 sources=(__file__, str(Path(__file__).with_name("_decode_fwd_impl.py")),
-                         str(Path(abi.__file__))))
+                         str(Path(abi.__file__)), *common.SOURCES))
 
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:
@@ -198,9 +199,10 @@ def compile_args(variant: Variant):
     """``(host_jit_function, args)`` for ``cute.compile``; fake (null) pointers and unit scalars."""
     import cutlass
 
+    from ._dsl import dsl_dtype
     from .common.signature import fake_args
 
-    dtype = cutlass.BFloat16 if variant.key["dtype"] == "bfloat16" else cutlass.Float16
+    dtype = dsl_dtype(variant.key["dtype"])
     elem = {"q": dtype, "k_cache": dtype, "v_cache": dtype, "o": dtype, "lse": cutlass.Float32,
             "part_o": cutlass.Float32, "part_lse": cutlass.Float32}
     args = fake_args(variant.params, elem)

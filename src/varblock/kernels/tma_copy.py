@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from varblock.kernels import common
 from varblock.kernels.registry import Family, Param, Variant
 from varblock.runtime.tensormap import DTYPES as TMA_DTYPES
 
@@ -95,7 +96,8 @@ def variants(arch: str) -> list[Variant]:
 
 
 FAMILY = Family(name="tma_copy", module=__name__, variants=variants,
-                sources=(__file__, str(Path(__file__).with_name("_tma_copy_dsl.py"))), arches=("sm90",))
+                sources=(__file__, str(Path(__file__).with_name("_tma_copy_dsl.py")), *common.SOURCES),
+                arches=("sm90",))
 
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:
