@@ -33,28 +33,10 @@ from varblock.abi import (
 )
 from varblock.kernels.attention_prepare import THREADS, WARPS
 from varblock.kernels.common.signature import fake_args, jit_host
+from varblock.kernels.common.warp_reduce import cdiv_nonneg, warp_incl_scan
 from varblock.kernels.registry import Variant
 
 _SMEM_BYTES = 3 * WARPS * 4
-
-
-@cute.jit
-def _cdiv_nonneg(a: Int32, d: Int32) -> Int32:
-    """ceil(a / d) for a >= 0, d >= 1, without overflow."""
-    q = a // d
-    r = a - q * d
-    if r > 0:
-        q = q + 1
-    return q
-
-
-@cute.jit
-def _warp_incl_scan(v: Int32, lane: Int32) -> Int32:
-    for i in cutlass.range_constexpr(5):
-        y = cute.arch.shuffle_sync_up(v, offset=1 << i, mask=-1, mask_and_clamp=0)
-        if lane >= (1 << i):
-            v = v + y
-    return v
 
 
 @cute.kernel
@@ -105,14 +87,14 @@ def _prepare_kernel(p: SimpleNamespace):
             if cq < pq or ck < pk:
                 err = Int32(1)
             if err == 0:
-                sum_m = sum_m + _cdiv_nonneg(cq - pq, tpt)
-                sum_n = sum_n + _cdiv_nonneg(ck - pk, tn)
+                sum_m = sum_m + cdiv_nonneg(cq - pq, tpt)
+                sum_n = sum_n + cdiv_nonneg(ck - pk, tn)
             pq = cq
             pk = ck
 
-    inc_m = _warp_incl_scan(sum_m, lane)
-    inc_n = _warp_incl_scan(sum_n, lane)
-    inc_e = _warp_incl_scan(err, lane)
+    inc_m = warp_incl_scan(sum_m, lane)
+    inc_n = warp_incl_scan(sum_n, lane)
+    inc_e = warp_incl_scan(err, lane)
     if lane == 31:
         s_tot[warp, 0] = inc_m
         s_tot[warp, 1] = inc_n
@@ -157,8 +139,8 @@ def _prepare_kernel(p: SimpleNamespace):
                 ck = g_ck[b + 1]
                 g_sc[b] = run_m
                 g_sc[nb + 1 + b] = run_n
-                run_m = run_m + _cdiv_nonneg(cq - pq, tpt)
-                run_n = run_n + _cdiv_nonneg(ck - pk, tn)
+                run_m = run_m + cdiv_nonneg(cq - pq, tpt)
+                run_n = run_n + cdiv_nonneg(ck - pk, tn)
                 pq = cq
                 pk = ck
         if tid == 0:

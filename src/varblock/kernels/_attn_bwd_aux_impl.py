@@ -16,6 +16,7 @@ from cutlass import Float32, Int64
 from varblock.abi import LOG2E
 from varblock.kernels._dsl import dsl_dtype
 from varblock.kernels.common.signature import jit_host
+from varblock.kernels.common.warp_reduce import warp_sum
 
 _VEC = 8  #: elements per lane and step
 
@@ -57,8 +58,7 @@ def make_preprocess(name: str, params: Sequence, dtype_name: str, warps: int):
                 dst = _vec(p.dq_accum, acc_base + Int64(d))
                 for h in cutlass.range_constexpr(2):
                     cute.copy(st32, cute.local_tile(zero, (4,), (h,)), cute.local_tile(dst, (4,), (h,)))
-            for i in cutlass.range_constexpr(5):
-                acc += cute.arch.shuffle_sync_bfly(acc, offset=1 << i)
+            acc = warp_sum(acc)
             if lane == 0:
                 lv = p.lse[head * p.lse_stride_head + tok]
                 stat = head * p.stat_stride_head + tok

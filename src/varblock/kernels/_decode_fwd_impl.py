@@ -28,21 +28,10 @@ from ._dsl import dsl_dtype
 from .common.signature import jit_host
 from .common.softmax import LN2
 from .common.warp_mma import acc_to_frag_a, mn_view, quad_max, quad_sum
+from .common.warp_reduce import warp_fmax, warp_sum
 
 W = abi.ITEM_WIDTH
 CW = abi.CHUNK_WIDTH
-
-
-def _warp_max(x):
-    for i in range(5):
-        x = cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=1 << i))
-    return x
-
-
-def _warp_sum(x):
-    for i in range(5):
-        x = x + cute.arch.shuffle_sync_bfly(x, offset=1 << i)
-    return x
 
 
 @cute.jit
@@ -399,12 +388,12 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                         m = -Float32.inf
                         for s in cutlass.range(lane, num_splits, 32, unroll=1):
                             m = cute.arch.fmax(m, p.part_lse[Int64(slot_base + s) * tile_m + r])
-                        m = _warp_max(m)
+                        m = warp_fmax(m)
                         m_safe = 0.0 if m == -Float32.inf else m
                         total = Float32(0.0)
                         for s in cutlass.range(lane, num_splits, 32, unroll=1):
                             total += cute.math.exp(p.part_lse[Int64(slot_base + s) * tile_m + r] - m_safe)
-                        total = _warp_sum(total)
+                        total = warp_sum(total)
                         inv = Float32(0.0) if total == 0.0 else Float32(1.0) / total
                         accs = cute.make_rmem_tensor(n_dcol, Float32)
                         accs.fill(0.0)

@@ -32,14 +32,9 @@ from varblock.device_layout.codes import (
     STATUS_NUM_TILES,
     STATUS_WIDTH,
 )
-from varblock.kernels._layout_device_impl import (
-    I32_MAX,
-    cdiv_nonneg,
-    rank_below,
-    seq_len,
-    warp_min,
-)
+from varblock.kernels._layout_device_impl import I32_MAX, rank_below, seq_len
 from varblock.kernels.common.signature import fake_args, jit_host
+from varblock.kernels.common.warp_reduce import cdiv_nonneg, warp_incl_scan, warp_min
 from varblock.kernels.layout_device import SCAN_THREADS, WARPS
 from varblock.kernels.registry import Variant
 
@@ -47,15 +42,6 @@ SCAN_WARPS = SCAN_THREADS // 32
 _NSUM = 6  #: scanned quantities: rows, entries, chunks, tiles (per padded row); cols, entries (per padded column)
 _NMIN = 4  #: reduced minima: bad cu_seqlens, first too-short sequence, first bad cell, first bad top-k slot
 _SMEM_BYTES = SCAN_WARPS * (_NSUM + _NMIN) * 4
-
-
-@cute.jit
-def _warp_incl_scan(v: Int32, lane: Int32) -> Int32:
-    for i in cutlass.range_constexpr(5):
-        y = cute.arch.shuffle_sync_up(v, offset=1 << i, mask=-1, mask_and_clamp=0)
-        if lane >= (1 << i):
-            v = v + y
-    return v
 
 
 @cute.jit
@@ -188,12 +174,12 @@ def _scan_kernel(p: SimpleNamespace):
     for c in cutlass.range(c0, c1):
         s_cols = s_cols + _col_exists(c, g_ck, B, NB, p.block_k)
         s_cent = s_cent + g_cc[c, 0] + g_cc[c, 1]
-    i_rows = _warp_incl_scan(s_rows, lane)
-    i_ent = _warp_incl_scan(s_ent, lane)
-    i_ch = _warp_incl_scan(s_ch, lane)
-    i_t = _warp_incl_scan(s_t, lane)
-    i_cols = _warp_incl_scan(s_cols, lane)
-    i_cent = _warp_incl_scan(s_cent, lane)
+    i_rows = warp_incl_scan(s_rows, lane)
+    i_ent = warp_incl_scan(s_ent, lane)
+    i_ch = warp_incl_scan(s_ch, lane)
+    i_t = warp_incl_scan(s_t, lane)
+    i_cols = warp_incl_scan(s_cols, lane)
+    i_cent = warp_incl_scan(s_cent, lane)
     if lane == 31:
         s[warp, 0] = i_rows
         s[warp, 1] = i_ent

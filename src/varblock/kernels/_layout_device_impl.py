@@ -1,5 +1,6 @@
-"""CuTe DSL source of the device layout builder's ``topk``, ``pack``, ``cells`` and ``cols`` kernels, and the warp
-helpers the ``scan`` / ``fill`` kernels share (see layout_device.py). Build time only.
+"""CuTe DSL source of the device layout builder's ``topk``, ``pack``, ``cells`` and ``cols`` kernels, and the
+helpers the ``scan`` / ``fill`` kernels share (see layout_device.py; warp reductions: ``common/warp_reduce``). Build
+time only.
 
 Exactness: every formula mirrors ``varblock.device_layout.model`` (``topk_cells``, ``mask_cells``); change both
 together.
@@ -14,42 +15,13 @@ from cutlass import Int32, Int64, Uint8
 
 from varblock.device_layout.codes import CELL_FULL, CELL_PARTIAL, CELL_POS_SHIFT
 from varblock.kernels.common.signature import fake_args, jit_host
+from varblock.kernels.common.warp_reduce import cdiv_nonneg, warp_max, warp_min, warp_sum
 from varblock.kernels.layout_device import WARPS
 from varblock.kernels.registry import Variant
 
 I32_MAX = 2**31 - 1
 #: token-mask cell value: some (not all) query tokens of the block select the key block (all: 1, none: 0)
 TOKEN_SOME = 3
-
-
-@cute.jit
-def cdiv_nonneg(a: Int32, d: Int32) -> Int32:
-    """ceil(a / d) for a >= 0, d >= 1."""
-    q = a // d
-    if a - q * d > 0:
-        q = q + 1
-    return q
-
-
-@cute.jit
-def warp_sum(v: Int32) -> Int32:
-    for i in cutlass.range_constexpr(5):
-        v = v + cute.arch.shuffle_sync_bfly(v, offset=1 << i)
-    return v
-
-
-@cute.jit
-def warp_min(v: Int32) -> Int32:
-    for i in cutlass.range_constexpr(5):
-        v = cutlass.min(v, cute.arch.shuffle_sync_bfly(v, offset=1 << i))
-    return v
-
-
-@cute.jit
-def warp_max(v: Int32) -> Int32:
-    for i in cutlass.range_constexpr(5):
-        v = cutlass.max(v, cute.arch.shuffle_sync_bfly(v, offset=1 << i))
-    return v
 
 
 @cute.jit

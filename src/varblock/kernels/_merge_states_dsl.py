@@ -9,6 +9,7 @@ from cutlass import Float32
 
 from varblock.kernels._dsl import dsl_dtype
 from varblock.kernels.common.signature import fake_args, jit_host
+from varblock.kernels.common.warp_reduce import warp_fmax, warp_sum
 from varblock.kernels.merge_states import THREADS, WARPS
 from varblock.kernels.registry import Variant
 
@@ -38,8 +39,7 @@ def make_host(variant: Variant):
             m = -Float32.inf
             for s in cutlass.range(lane, p.num_splits, 32):
                 m = cute.arch.fmax(m, g_lp[s, head, tok])
-            for i in cutlass.range_constexpr(5):
-                m = cute.arch.fmax(m, cute.arch.shuffle_sync_bfly(m, offset=1 << i))
+            m = warp_fmax(m)
             if m == -Float32.inf:
                 for d in cutlass.range(lane, p.head_dim, 32):
                     g_o[tok, head, d] = t_out(0.0)
@@ -49,8 +49,7 @@ def make_host(variant: Variant):
                 total = Float32(0.0)
                 for s in cutlass.range(lane, p.num_splits, 32):
                     total += cute.math.exp(g_lp[s, head, tok] - m)
-                for i in cutlass.range_constexpr(5):
-                    total += cute.arch.shuffle_sync_bfly(total, offset=1 << i)
+                total = warp_sum(total)
                 inv_total = Float32(1.0) / total
                 for d in cutlass.range(lane, p.head_dim, 32):
                     acc = Float32(0.0)

@@ -8,7 +8,8 @@
 * :mod:`.mask` - the element mask of partial chunks (causal / window / sinks / documents / token mask);
 * :mod:`.softmax` - online softmax in base 2 (row max / sum, rescale, final normalisation and LSE);
 * :mod:`.gmem_io` - predicated global -> shared loads of Q rows and K / V chunks, O and LSE stores for varlen tails;
-* :mod:`.warp_mma` - mma.sync fragment views, quad reductions, the two GEMMs of an attention tile.
+* :mod:`.warp_mma` - mma.sync fragment views, quad reductions, the two GEMMs of an attention tile;
+* :mod:`.warp_reduce` - warp-wide sums / minima / maxima and the inclusive lane scan, ``cdiv_nonneg``.
 
 The package ``__init__`` imports no DSL (only :data:`SOURCES`), so listing variants never needs ``cutlass``.
 """
