@@ -26,6 +26,13 @@ def _vec(ptr, off):
     return cute.make_tensor(ptr + cute.assume(off, divby=_VEC), cute.make_layout(_VEC))
 
 
+def _lane_and_row(warps: int):
+    """This thread's lane and the row its warp handles (one warp per row, ``warps`` rows per CTA)."""
+    tidx, _, _ = cute.arch.thread_idx()
+    bidx, _, _ = cute.arch.block_idx()
+    return tidx % 32, Int64(bidx) * warps + tidx // 32
+
+
 def make_preprocess(name: str, params: Sequence, dtype_name: str, warps: int):
     """``dpsum = rowsum(dO * O)``, ``lse_log2 = LSE * log2(e)`` (``+inf`` for ``-inf``), dQ accumulator row = 0.
     ``dtype_name`` is the dtype of ``out`` / ``dout``."""
@@ -33,10 +40,7 @@ def make_preprocess(name: str, params: Sequence, dtype_name: str, warps: int):
 
     @cute.kernel
     def kernel(p: SimpleNamespace):
-        tidx, _, _ = cute.arch.thread_idx()
-        bidx, _, _ = cute.arch.block_idx()
-        lane = tidx % 32
-        row = Int64(bidx) * warps + tidx // 32
+        lane, row = _lane_and_row(warps)
         ld16 = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=128)
         st32 = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), Float32, num_bits_per_copy=128)
         if row < Int64(p.total_q) * Int64(p.num_heads_q):
@@ -80,10 +84,7 @@ def make_postprocess(name: str, params: Sequence, dtype_name: str, warps: int):
 
     @cute.kernel
     def kernel(p: SimpleNamespace):
-        tidx, _, _ = cute.arch.thread_idx()
-        bidx, _, _ = cute.arch.block_idx()
-        lane = tidx % 32
-        row = Int64(bidx) * warps + tidx // 32
+        lane, row = _lane_and_row(warps)
         rows_q = Int64(p.total_q) * Int64(p.num_heads_q)
         ld32 = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), Float32, num_bits_per_copy=128)
         st16 = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=128)
