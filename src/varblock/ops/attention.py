@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from varblock import families
 from varblock.families.base import ATTENTION_DTYPES
-from varblock.ops.checks import byte_span, check_no_alias, check_plan_call, extent
+from varblock.ops.checks import byte_span, check_no_alias, check_plan_call, extent, softmax_scale_value
 from varblock.ops.state import PlanState, state_of
 from varblock.plan import Plan
 from varblock.plan import plan as make_plan
@@ -70,7 +69,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
     _check_against_plan(plan, qa, ka, va, ordinal)
     binding = families.binding(OP, plan.family)
     entry = variant_for(binding.name, ordinal, {"dtype": qa.dtype, "head_dim": d})
-    softmax_scale = _scale(softmax_scale, d)
+    softmax_scale = softmax_scale_value(softmax_scale, d)
     st = stream_for(stream, ordinal, like=q)
     out, oa, lse, la = _outputs(q, (qa, ka, va), out, lse, ordinal, st)
     if plan.num_tiles:
@@ -141,15 +140,6 @@ def _outputs(q: Any, ins: tuple[DeviceArray, DeviceArray, DeviceArray], out: Any
         given = [(a.name, extent(a)) for a, g in ((oa, out_given), (la, lse_given)) if g]
         check_no_alias(given, [(a.name, extent(a)) for a in ins])
     return out, oa, lse, la
-
-
-def _scale(softmax_scale: Any, head_dim: int) -> float:
-    if softmax_scale is None:
-        return 1.0 / math.sqrt(head_dim)
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(
-            softmax_scale):
-        raise ValueError(f"softmax_scale: expected a finite number, got {softmax_scale!r}")
-    return float(softmax_scale)
 
 
 def _launch(plan: Plan, state: PlanState, prepared: PreparedLaunch, st: Any, pointers: tuple[int, ...]) -> None:

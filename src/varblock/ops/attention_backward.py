@@ -8,7 +8,6 @@ it goes away with the plan).
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any
 
@@ -16,7 +15,7 @@ from varblock import abi, families
 from varblock.bwd_worklist import BwdWorkList, build_bwd_worklist
 from varblock.families.attention_bwd_mma import BINDING
 from varblock.families.base import AttentionProblem
-from varblock.ops.checks import check_no_alias, extent
+from varblock.ops.checks import check_no_alias, extent, softmax_scale_value
 from varblock.plan import Plan
 from varblock.plan.host import mask_kinds
 from varblock.runtime import arrays
@@ -111,7 +110,7 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, pl
     if total_q > 1 and la.strides[1] != 1:
         raise ValueError(f"lse: the token dimension must be contiguous, got strides {la.strides}")
     check_same_device([qa, la])
-    scale = _scale(softmax_scale, d)
+    scale = softmax_scale_value(softmax_scale, d, positive=True)
     problem = AttentionProblem(plan.arch, d, hq, ka.shape[1], qa.dtype, mask_kinds(plan.layout.mask))
     families.choose(OP, problem)  # a ValueError naming what no backward family supports
     st = stream_for(stream, ordinal, like=q)
@@ -156,15 +155,6 @@ def _check_against_plan(plan: Plan, qa: DeviceArray, ka: DeviceArray, va: Device
     check_shape(qa, (plan.total_q, plan.num_heads_q, plan.head_dim), "= [total_q, num_heads_q, head_dim] of the plan")
     check_shape(ka, (plan.total_k, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
     check_shape(va, (plan.total_k, plan.num_heads_kv, plan.head_dim), "= [total_k, num_heads_kv, head_dim] of the plan")
-
-
-def _scale(softmax_scale: Any, head_dim: int) -> float:
-    if softmax_scale is None:
-        return 1.0 / math.sqrt(head_dim)
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not (
-            math.isfinite(softmax_scale) and softmax_scale > 0):
-        raise ValueError(f"softmax_scale: expected a finite positive number, got {softmax_scale!r}")
-    return float(softmax_scale)
 
 
 def _outputs(q: Any, ins: tuple[DeviceArray, ...], given: tuple[Any, Any, Any], ordinal: int, st: Any

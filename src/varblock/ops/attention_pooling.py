@@ -4,13 +4,13 @@ is ever stored. ``varblock.reference.attention_pooling_1d/2d`` define the result
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from varblock.families.attention_fwd_mma import BINDING as FWD_MMA
 from varblock.families.base import ATTENTION_DTYPES
+from varblock.ops.checks import softmax_scale_value
 from varblock.plan import Plan
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
@@ -148,9 +148,7 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
     hkv = plan.num_heads_kv
     group = hq // hkv if pool_gqa else 1
     ho = hq // group
-    scale = 1.0 / math.sqrt(d) if softmax_scale is None else float(softmax_scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"softmax_scale: expected a finite number, got {softmax_scale!r}")
+    scale = softmax_scale_value(softmax_scale, d)
     entry = variant_for(FAMILY, ordinal, {"stage": "qk", "dtype": qa.dtype, "head_dim": d})
     if plan.tile_m > entry["extra"]["tile_m"] or plan.tile_n > entry["extra"]["tile_n"]:
         raise ValueError(f"plan: its tiles ({plan.tile_m}, {plan.tile_n}) exceed the pooling kernel's "

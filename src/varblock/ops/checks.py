@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,3 +58,16 @@ def check_plan_call(plan: Any, plan_type: type, *, cu_seqlens_q: Any, cu_seqlens
     if backend != "auto" and backend != plan.family:
         raise ValueError(f"backend: the plan runs kernel family {plan.family}, not {backend}; make the plan with "
                          f"varblock.plan(..., backend={backend!r})")
+
+
+def softmax_scale_value(softmax_scale: Any, head_dim: int, *, positive: bool = False) -> float:
+    """The softmax scale as a float: ``1/sqrt(head_dim)`` for None; ValueError unless a finite real number (and
+    ``> 0`` with ``positive``)."""
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    ok = isinstance(softmax_scale, numbers.Real) and not isinstance(softmax_scale, bool) and math.isfinite(
+        softmax_scale) and (softmax_scale > 0 or not positive)
+    if not ok:
+        what = "a finite positive number" if positive else "a finite number"
+        raise ValueError(f"softmax_scale: expected {what}, got {softmax_scale!r}")
+    return float(softmax_scale)

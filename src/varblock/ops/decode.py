@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from varblock.abi import LOG2E
 from varblock.decode_plan.plan import FAMILY, DecodePlan, plan_decode
+from varblock.ops.checks import softmax_scale_value
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
 from varblock.runtime.launch import PreparedLaunch
@@ -99,11 +99,7 @@ def decode(q: Any, k_cache: Any, v_cache: Any, plan: DecodePlan, *, softmax_scal
     if total_q > 1 and la.strides[1] != 1:
         raise ValueError(f"lse: the token dimension must be contiguous, got strides {la.strides}")
     check_same_device([qa, ka, va, oa, la])
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(d)
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) \
-            or not math.isfinite(softmax_scale):
-        raise ValueError(f"softmax_scale: expected a finite number, got {softmax_scale!r}")
+    softmax_scale = softmax_scale_value(softmax_scale, d)
     if plan.num_items == 0:
         return (out, lse) if return_lse else out
     key = (entry["name"], qa.strides, ka.strides, va.strides, oa.strides, la.strides, float(softmax_scale))
