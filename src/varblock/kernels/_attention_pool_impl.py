@@ -12,13 +12,21 @@ import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64
 
 from varblock.abi import LOG2E
-from varblock.kernels._attn_fwd_mma_impl import FwdConfig, SmemTensors, ThreadSetup, _load_kv
+from varblock.kernels._attn_fwd_mma_impl import (
+    FwdConfig,
+    SmemTensors,
+    ThreadSetup,
+    mask_scores,
+    prefetch_next_k,
+    scores,
+    tile_prologue,
+)
 from varblock.kernels.attention_pool import REDUCE_WARPS
-from varblock.kernels.common import gmem_io
 from varblock.kernels.common.mask import ElementMask
-from varblock.kernels.common.scheduler import TileScheduler, count_tile, tile_count
+from varblock.kernels.common.scheduler import TileScheduler, tile_count
 from varblock.kernels.common.signature import jit_host
-from varblock.kernels.common.warp_mma import gemm_smem_smem, mn_view, quad_max
+from varblock.kernels.common.warp_mma import quad_max
+from varblock.kernels.common.warp_reduce import warp_sum
 from varblock.kernels.common.work_tile import Sequence, TileRows, WorkTile, read_chunk
 from varblock.kernels.registry import Variant
 
@@ -51,22 +59,12 @@ def _pool_chunk(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, tile:
     partial = tile.is_partial(ci)
     cute.arch.cp_async_wait_group(0)  # K(c) (and Q) landed
     cute.arch.barrier()
-    acc_S = cute.make_rmem_tensor(ts.acc_shape_S, Float32)
-    acc_S.fill(0.0)
-    gemm_smem_smem(ts.tiled_mma, acc_S, ts.s2r_Q, ts.tSsQ, ts.tSrQ_v, ts.tSrQ, ts.s2r_K, ts.tSsK, ts.tSrK_v,
-                   ts.tSrK)
+    acc_S = scores(ts)
     if partial:
         mask.load_chunk(tidx, seq, k_start, k_len)
     cute.arch.barrier()  # every thread is done reading sK; the chunk's mask inputs are in shared memory
-    if ci + 1 < tile.n_chunks:
-        k_start_n, k_len_n = read_chunk(p.chunks, c, ahead=1)
-        _load_kv(cfg, ts, ts.tKsK, p.k, rows.kv_row(seq, k_start_n), st.k_st, st.k_sh, rows.hkv, k_len_n)
-    cute.arch.cp_async_commit_group()
-    acc_S_mn = mn_view(acc_S)
-    if partial:
-        mask.apply_partial(acc_S_mn, ts.tScS, ts.t0ScS, col0, k_start, k_len)
-    else:
-        mask.apply_tail(acc_S_mn, ts.t0ScS, col0, k_len)
+    prefetch_next_k(cfg, p, st, ts, tile, seq, rows, c, ci)
+    acc_S_mn = mask_scores(mask, ts, acc_S, partial, col0, k_start, k_len)
     kb = Int64(k_start // p.pool_block_k)
     for rr in cutlass.range_constexpr(cute.size(lse2)):
         m = quad_max(acc_S_mn[rr, None].load().reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
@@ -101,18 +99,7 @@ def make_qk_host(variant: Variant):
         sched = TileScheduler(p.persistent, p.tile_counter, sm.sched)
         tile_idx = sched.first_tile(tile_count(p.num_tiles, p.num_tiles_ptr), tidx0)
         while tile_idx >= 0:
-            tile = WorkTile.load(p.tiles, tile_idx)
-            fetched = sched.prefetch(tidx)
-            count_tile(p.debug_counts, tile_idx, tidx)
-            seq = Sequence.load(p.cu_seqlens_q, p.cu_seqlens_k, tile.batch)
-            rows = TileRows.of(tile, seq, p.pack_gqa, p.qhead_per_kvhead)
-            gmem_io.load_q_rows(ts.g2s, ts.tQsQ, ts.tQcQ, p.q, rows, st.q_st, st.q_sh, D)
-            mask.load_rows(tidx, tile, seq, rows)
-            if tile.n_chunks > 0:
-                k_start0, k_len0 = read_chunk(p.chunks, tile.chunk_begin)
-                _load_kv(cfg, ts, ts.tKsK, p.k, rows.kv_row(seq, k_start0), st.k_st, st.k_sh, rows.hkv, k_len0)
-            cute.arch.cp_async_commit_group()
-            sched.publish(fetched, tidx)
+            tile, seq, rows = tile_prologue(cfg, p, st, ts, mask, sched, tile_idx, tidx)
             lse2 = cute.make_rmem_tensor(cute.size(ts.tScS, mode=[0]), Float32)
             _row_lse2(p, ts, rows, lse2)
             col0 = ts.tScS[0, 0][1]
@@ -129,13 +116,6 @@ def make_qk_host(variant: Variant):
         kernel(p).launch(grid=[p.num_ctas, 1, 1], block=[nthr, 1, 1], smem=storage_cls.size_in_bytes())
 
     return jit_host(variant.params, launch, name=f"host_{variant.name}")
-
-
-@cute.jit
-def _warp_sum_f32(v: Float32) -> Float32:
-    for i in cutlass.range_constexpr(5):
-        v = v + cute.arch.shuffle_sync_bfly(v, offset=1 << i)
-    return v
 
 
 @cute.jit
@@ -162,7 +142,7 @@ def _reduce_2d(p, w: Int32, lane: Int32):
                 base = Int64(ho * p.group + g) * p.pool_stride_head + Int64(n)
                 for t in cutlass.range(t0, t1):
                     v = cute.arch.fmax(v, p.pool[base + Int64(cq0 + t) * p.pool_stride_tok])
-        total = total + _warp_sum_f32(v)
+        total = total + warp_sum(v)
         if n < p.nbo:
             p.out[out_row + Int64(n)] = v
     if total > Float32(0.0):

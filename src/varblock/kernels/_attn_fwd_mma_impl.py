@@ -177,6 +177,37 @@ def _load_kv(cfg: FwdConfig, ts: ThreadSetup, t_s, base, row0, stride_tok, strid
                           k_len, cfg.tile_n, cfg.D)
 
 
+def scores(ts: ThreadSetup):
+    """``S = Q K^T`` of the chunk in shared memory: a new fp32 accumulator."""
+    acc_S = cute.make_rmem_tensor(ts.acc_shape_S, Float32)
+    acc_S.fill(0.0)
+    gemm_smem_smem(ts.tiled_mma, acc_S, ts.s2r_Q, ts.tSsQ, ts.tSrQ_v, ts.tSrQ, ts.s2r_K, ts.tSsK, ts.tSrK_v,
+                   ts.tSrK)
+    return acc_S
+
+
+@cute.jit
+def prefetch_next_k(cfg: FwdConfig, p, st, ts: ThreadSetup, tile: WorkTile, seq: Sequence, rows: TileRows, c, ci):
+    """Issue the loads of K for chunk ``ci + 1`` of the tile (``c``: row of chunk ``ci`` in ``chunks``), if any, and
+    commit a group (every thread must be done reading sK)."""
+    if ci + 1 < tile.n_chunks:
+        k_start_n, k_len_n = read_chunk(p.chunks, c, ahead=1)
+        _load_kv(cfg, ts, ts.tKsK, p.k, rows.kv_row(seq, k_start_n), st.k_st, st.k_sh, rows.hkv, k_len_n)
+    cute.arch.cp_async_commit_group()
+
+
+@cute.jit
+def mask_scores(mask: ElementMask, ts: ThreadSetup, acc_S, partial, col0, k_start, k_len):
+    """The element mask (partial chunk) or the ``k_len`` tail mask applied to ``acc_S``; its ``(rows, cols)``
+    view."""
+    acc_S_mn = mn_view(acc_S)
+    if partial:
+        mask.apply_partial(acc_S_mn, ts.tScS, ts.t0ScS, col0, k_start, k_len)
+    else:
+        mask.apply_tail(acc_S_mn, ts.t0ScS, col0, k_len)
+    return acc_S_mn
+
+
 @cute.jit
 def _chunk(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, tile: WorkTile, seq: Sequence,
            rows: TileRows, ci, tidx, acc_O_mn, col0):
@@ -192,11 +223,7 @@ def _chunk(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, tile: Work
     _load_kv(cfg, ts, ts.tVsV, p.v, kv_row0, st.v_st, st.v_sh, rows.hkv, k_len)
     cute.arch.cp_async_commit_group()
 
-    # S = Q K^T
-    acc_S = cute.make_rmem_tensor(ts.acc_shape_S, Float32)
-    acc_S.fill(0.0)
-    gemm_smem_smem(ts.tiled_mma, acc_S, ts.s2r_Q, ts.tSsQ, ts.tSrQ_v, ts.tSrQ, ts.s2r_K, ts.tSsK, ts.tSrK_v,
-                   ts.tSrK)
+    acc_S = scores(ts)
 
     # partial chunk: per-chunk mask inputs -> smem (read after the barrier below; the previous chunk's readers
     # are all past the barrier at the top of this iteration)
@@ -206,16 +233,8 @@ def _chunk(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, tile: Work
     # V(c) landed; every thread is done reading sK: prefetch K(c+1)
     cute.arch.cp_async_wait_group(0)
     cute.arch.barrier()
-    if ci + 1 < tile.n_chunks:
-        k_start_n, k_len_n = read_chunk(p.chunks, c, ahead=1)
-        _load_kv(cfg, ts, ts.tKsK, p.k, rows.kv_row(seq, k_start_n), st.k_st, st.k_sh, rows.hkv, k_len_n)
-    cute.arch.cp_async_commit_group()
-
-    acc_S_mn = mn_view(acc_S)
-    if partial:
-        mask.apply_partial(acc_S_mn, ts.tScS, ts.t0ScS, col0, k_start, k_len)
-    else:
-        mask.apply_tail(acc_S_mn, ts.t0ScS, col0, k_len)
+    prefetch_next_k(cfg, p, st, ts, tile, seq, rows, c, ci)
+    acc_S_mn = mask_scores(mask, ts, acc_S, partial, col0, k_start, k_len)
     ts.softmax.update(acc_S_mn, acc_O_mn)
 
     # O += P V
@@ -240,6 +259,26 @@ def _epilogue(cfg: FwdConfig, p, st, sm: SmemTensors, ts: ThreadSetup, rows: Til
     tOrO = cute.make_fragment_like(ts.tOsO, cfg.dtype)
     cute.autovec_copy(ts.tOsO, tOrO)
     gmem_io.store_rows(ts.s2g, tOrO, ts.tOcO, p.o, rows, st.o_st, st.o_sh, cfg.D)
+
+
+@cute.jit
+def tile_prologue(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, sched: TileScheduler, tile_idx, tidx):
+    """Start of tile ``tile_idx``: its ``(tile, seq, rows)``; Q and the first chunk's K loads issued (one commit
+    group), the mask's per-row inputs stored, the scheduler's prefetched next tile published. Shared with the
+    ``attention_pool`` qk kernel."""
+    tile = WorkTile.load(p.tiles, tile_idx)
+    fetched = sched.prefetch(tidx)
+    count_tile(p.debug_counts, tile_idx, tidx)
+    seq = Sequence.load(p.cu_seqlens_q, p.cu_seqlens_k, tile.batch)
+    rows = TileRows.of(tile, seq, p.pack_gqa, p.qhead_per_kvhead)
+    gmem_io.load_q_rows(ts.g2s, ts.tQsQ, ts.tQcQ, p.q, rows, st.q_st, st.q_sh, cfg.D)
+    mask.load_rows(tidx, tile, seq, rows)
+    if tile.n_chunks > 0:
+        k_start0, k_len0 = read_chunk(p.chunks, tile.chunk_begin)
+        _load_kv(cfg, ts, ts.tKsK, p.k, rows.kv_row(seq, k_start0), st.k_st, st.k_sh, rows.hkv, k_len0)
+    cute.arch.cp_async_commit_group()
+    sched.publish(fetched, tidx)
+    return tile, seq, rows
 
 
 def _strides(p) -> SimpleNamespace:
@@ -277,19 +316,7 @@ def make_host(name: str, params, dtype_name: str, D: int, tile_m: int, tile_n: i
                 # whole tile); the mask tells LLVM the range of the index (nthr is a power of 2)
                 tidx = thread_idx_opaque() & (nthr - 1)
             ts = _thread_setup(hoisted, cfg, tidx, sm, p)
-            tile = WorkTile.load(p.tiles, tile_idx)
-            fetched = sched.prefetch(tidx)
-            count_tile(p.debug_counts, tile_idx, tidx)
-            seq = Sequence.load(p.cu_seqlens_q, p.cu_seqlens_k, tile.batch)
-            rows = TileRows.of(tile, seq, p.pack_gqa, p.qhead_per_kvhead)
-
-            gmem_io.load_q_rows(ts.g2s, ts.tQsQ, ts.tQcQ, p.q, rows, st.q_st, st.q_sh, D)
-            mask.load_rows(tidx, tile, seq, rows)
-            if tile.n_chunks > 0:
-                k_start0, k_len0 = read_chunk(p.chunks, tile.chunk_begin)
-                _load_kv(cfg, ts, ts.tKsK, p.k, rows.kv_row(seq, k_start0), st.k_st, st.k_sh, rows.hkv, k_len0)
-            cute.arch.cp_async_commit_group()
-            sched.publish(fetched, tidx)
+            tile, seq, rows = tile_prologue(cfg, p, st, ts, mask, sched, tile_idx, tidx)
 
             ts.acc_O.fill(0.0)
             ts.softmax.reset()
