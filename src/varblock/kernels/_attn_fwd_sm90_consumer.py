@@ -18,7 +18,6 @@ from cutlass.cute.nvgpu import warpgroup
 from ._attn_fwd_sm90_debug import plain
 from .common.mask import ElementMask
 from .common.softmax import OnlineSoftmax
-from .common.warp_mma import quad_max
 from .common.work_tile import WorkTile, read_chunk
 
 WG_THREADS = 128
@@ -68,19 +67,8 @@ def softmax_step(sm: OnlineSoftmax, acc_s_mn, corr):
     """Fold a chunk of scores in (base 2): new row max, ``P = exp2(S * scale - max * scale)`` over S, row sums;
     the O correction ``exp2((old max - new max) * scale)`` goes to ``corr`` (applied once the in-flight P V
     wgmma of the previous chunk is done). Fully masked rows so far use max 0, so they contribute exactly 0."""
-    scale, row_max, row_sum = sm.scale_log2, sm.row_max, sm.row_sum
     for rr in cutlass.range_constexpr(sm.n_rows):
-        srow = acc_s_mn[rr, None].load()
-        m_cur = quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
-        m_prev = row_max[rr]
-        m_new = cute.arch.fmax(m_prev, m_cur)
-        row_max[rr] = m_new
-        m_scaled = (0.0 if m_new == -Float32.inf else m_new) * scale
-        p = cute.math.exp2(srow * scale - m_scaled, fastmath=True)
-        c = cute.math.exp2(m_prev * scale - m_scaled, fastmath=True)
-        row_sum[rr] = row_sum[rr] * c + p.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
-        acc_s_mn[rr, None] = p
-        corr[rr] = c
+        corr[rr] = sm.fold_row(acc_s_mn, rr)
 
 
 @cute.jit

@@ -26,8 +26,8 @@ from varblock.decode_plan import abi
 
 from ._dsl import dsl_dtype
 from .common.signature import jit_host
-from .common.softmax import LN2
-from .common.warp_mma import acc_to_frag_a, mn_view, quad_max, quad_sum
+from .common.softmax import LN2, OnlineSoftmax
+from .common.warp_mma import acc_to_frag_a, mn_view, quad_sum
 from .common.warp_reduce import warp_fmax, warp_sum
 
 W = abi.ITEM_WIDTH
@@ -177,6 +177,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
         n_cols = cute.size(tScS, mode=[1])
         row_max = cute.make_rmem_tensor(n_rows, Float32)
         row_sum = cute.make_rmem_tensor(n_rows, Float32)
+        softmax = OnlineSoftmax(n_rows, p.softmax_scale_log2, row_max, row_sum, None)  # (no LSE tensor: see merge)
         row_lim = cute.make_rmem_tensor(n_rows, Int32)  # causal: last allowed key (sequence position)
         row_g = cute.make_rmem_tensor(n_rows, Int32)  # head in group
 
@@ -289,20 +290,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                             s = acc_S_mn[rr, cc]
                             acc_S_mn[rr, cc] = -Float32.inf if t0ScS[0, cc][1] >= hi else s
 
-                # online softmax
-                for rr in cutlass.range_constexpr(n_rows):
-                    srow = acc_S_mn[rr, None].load()
-                    m_cur = quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
-                    m_prev = row_max[rr]
-                    m_new = cute.arch.fmax(m_prev, m_cur)
-                    row_max[rr] = m_new
-                    m_safe = 0.0 if m_new == -Float32.inf else m_new
-                    m_scaled = m_safe * p.softmax_scale_log2
-                    pr = cute.math.exp2(srow * p.softmax_scale_log2 - m_scaled, fastmath=True)
-                    corr = cute.math.exp2(m_prev * p.softmax_scale_log2 - m_scaled, fastmath=True)
-                    row_sum[rr] = row_sum[rr] * corr + pr.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
-                    acc_S_mn[rr, None] = pr
-                    acc_O_mn[rr, None] = acc_O_mn[rr, None].load() * corr
+                softmax.update(acc_S_mn, acc_O_mn)
 
                 # O += P V
                 rP = cute.make_fragment_like(acc_S, dtype)

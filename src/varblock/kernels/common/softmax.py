@@ -41,22 +41,28 @@ class OnlineSoftmax:
         self.row_sum.fill(0.0)
 
     @cute.jit
-    def update(self, acc_s_mn, acc_o_mn):
-        """Fold a chunk of scores (``(rows, cols)`` view) in: new max, ``P = exp2(S * scale - max * scale)`` written
-        over S, row sums and O rescaled by ``exp2((old max - new max) * scale)``."""
+    def fold_row(self, acc_s_mn, rr: cutlass.Constexpr):
+        """Fold row ``rr`` of a chunk of scores (``(rows, cols)`` view) in: new max, ``P = exp2(S * scale - max *
+        scale)`` written over S, the row sum; returns the O correction ``exp2((old max - new max) * scale)``."""
         scale, row_max, row_sum = self.scale_log2, self.row_max, self.row_sum
+        srow = acc_s_mn[rr, None].load()
+        m_cur = quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
+        m_prev = row_max[rr]
+        m_new = cute.arch.fmax(m_prev, m_cur)
+        row_max[rr] = m_new
+        m_safe = 0.0 if m_new == -Float32.inf else m_new  # whole row masked so far
+        m_scaled = m_safe * scale
+        p = cute.math.exp2(srow * scale - m_scaled, fastmath=True)
+        corr = cute.math.exp2(m_prev * scale - m_scaled, fastmath=True)
+        row_sum[rr] = row_sum[rr] * corr + p.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
+        acc_s_mn[rr, None] = p
+        return corr
+
+    @cute.jit
+    def update(self, acc_s_mn, acc_o_mn):
+        """Fold a chunk of scores in (:meth:`fold_row`, every row) and rescale O's rows by their corrections."""
         for rr in cutlass.range_constexpr(self.n_rows):
-            srow = acc_s_mn[rr, None].load()
-            m_cur = quad_max(srow.reduce(cute.ReductionOp.MAX, -Float32.inf, 0))
-            m_prev = row_max[rr]
-            m_new = cute.arch.fmax(m_prev, m_cur)
-            row_max[rr] = m_new
-            m_safe = 0.0 if m_new == -Float32.inf else m_new  # whole row masked so far
-            m_scaled = m_safe * scale
-            p = cute.math.exp2(srow * scale - m_scaled, fastmath=True)
-            corr = cute.math.exp2(m_prev * scale - m_scaled, fastmath=True)
-            row_sum[rr] = row_sum[rr] * corr + p.reduce(cute.ReductionOp.ADD, Float32.zero, 0)
-            acc_s_mn[rr, None] = p
+            corr = self.fold_row(acc_s_mn, rr)
             acc_o_mn[rr, None] = acc_o_mn[rr, None].load() * corr
 
     @cute.jit
