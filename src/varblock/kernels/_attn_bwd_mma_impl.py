@@ -33,7 +33,7 @@ from varblock.abi import MASK_DOC, MASK_TOKEN
 from ._dsl import dsl_dtype
 from .common.mask import NEG_BIG
 from .common.signature import jit_host
-from .common.warp_mma import gemm_smem_smem, mn_view
+from .common.warp_mma import gemm_smem_smem, mn_view, swizzled_rows_atom
 
 
 def _transposed(t, rows: int, cols: int):
@@ -110,8 +110,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
         sdQ: cute.struct.Align[cute.struct.MemRange[Float32, max(dq_bufs * tile_m * D, 4)], 1024]
 
     def smem_layout(rows, cols, blk, n_stages=None):
-        sw = 3 if blk == 64 else 2
-        atom = cute.make_composed_layout(cute.make_swizzle(sw, 3, 3), 0, cute.make_layout((8, blk), stride=(blk, 1)))
+        atom = swizzled_rows_atom(blk)
         if n_stages is None:
             return cute.tile_to_shape(atom, (rows, cols), (0, 1))
         return cute.tile_to_shape(atom, (rows, cols, n_stages), (0, 1, 2))

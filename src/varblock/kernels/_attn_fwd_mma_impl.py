@@ -37,7 +37,14 @@ from .common.mask import ElementMask, MaskSmem
 from .common.scheduler import SCHED_SMEM_WORDS, TileScheduler, count_tile, tile_count
 from .common.signature import jit_host
 from .common.softmax import OnlineSoftmax
-from .common.warp_mma import acc_to_frag_a, gemm_reg_smem, gemm_smem_smem, mn_view, thread_idx_opaque
+from .common.warp_mma import (
+    acc_to_frag_a,
+    gemm_reg_smem,
+    gemm_smem_smem,
+    mn_view,
+    swizzled_rows_atom,
+    thread_idx_opaque,
+)
 from .common.work_tile import Sequence, TileRows, WorkTile, read_chunk
 
 
@@ -52,7 +59,6 @@ class FwdConfig:
         self.num_warps = num_warps
         self.nthr = 32 * num_warps
         self.kblk = 64 if head_dim % 64 == 0 else 32  # smem swizzle atom width (elements)
-        self.sw_bits = 3 if self.kblk == 64 else 2
         self.tpr = self.kblk // 8  # threads per row in global<->shared copies
         self.rows_per_pass = self.nthr // self.tpr
         if self.nthr & (self.nthr - 1) or head_dim % 32 or head_dim % self.kblk:
@@ -62,10 +68,7 @@ class FwdConfig:
 
     def smem_layout(self, rows: int):
         """Swizzled ``(rows, D)`` layout of a Q / K / V tile."""
-        atom = cute.make_composed_layout(
-            cute.make_swizzle(self.sw_bits, 3, 3), 0, cute.make_layout((8, self.kblk), stride=(self.kblk, 1))
-        )
-        return cute.tile_to_shape(atom, (rows, self.D), (0, 1))
+        return cute.tile_to_shape(swizzled_rows_atom(self.kblk), (rows, self.D), (0, 1))
 
     def shared_storage(self):
         """The kernel's shared-memory struct (``attention_fwd_mma.smem_bytes`` mirrors it)."""

@@ -27,7 +27,7 @@ from varblock.decode_plan import abi
 from ._dsl import dsl_dtype
 from .common.signature import jit_host
 from .common.softmax import LN2, OnlineSoftmax
-from .common.warp_mma import acc_to_frag_a, mn_view, quad_sum
+from .common.warp_mma import acc_to_frag_a, mn_view, quad_sum, swizzled_rows_atom
 from .common.warp_reduce import warp_fmax, warp_sum
 
 W = abi.ITEM_WIDTH
@@ -97,8 +97,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
         sFlag: cute.struct.Align[cute.struct.MemRange[Int32, 4], 16]
 
     def swizzled(rows, slices):
-        atom = cute.make_composed_layout(cute.make_swizzle(3, 3, 3), 0, cute.make_layout((8, 64), stride=(64, 1)))
-        return cute.tile_to_shape(atom, (rows, D, slices), (0, 1, 2))
+        return cute.tile_to_shape(swizzled_rows_atom(64), (rows, D, slices), (0, 1, 2))
 
     @cute.kernel
     def kernel(p: SimpleNamespace):

@@ -1,10 +1,18 @@
-"""mma.sync (m16n8k16) helpers: accumulator views, quad reductions, and the two GEMMs of an attention tile
-(S = Q K^T and O += P V, operands read from shared memory with ldmatrix one k-block ahead)."""
+"""mma.sync (m16n8k16) helpers: the swizzled shared-memory atom of its operands, accumulator views, quad
+reductions, and the two GEMMs of an attention tile (S = Q K^T and O += P V, operands read from shared memory with
+ldmatrix one k-block ahead)."""
 
 import cutlass
 import cutlass.cute as cute
 from cutlass import Int32
 from cutlass._mlir.dialects import llvm
+
+
+def swizzled_rows_atom(width: int):
+    """Shared-memory layout atom of 8 rows x ``width`` (64 or 32) 16-bit elements, XOR-swizzled so that 16-byte
+    cp.async writes and ldmatrix reads of its rows are bank-conflict free; ``cute.tile_to_shape`` it to a tile."""
+    return cute.make_composed_layout(cute.make_swizzle(3 if width == 64 else 2, 3, 3), 0,
+                                     cute.make_layout((8, width), stride=(width, 1)))
 
 
 def mn_view(t):
