@@ -53,7 +53,9 @@ def cases():
     return out
 
 
-def fingerprints() -> dict[str, str]:
+def fingerprints(backend: str) -> dict[str, str]:
+    """Fingerprints of every case with forward family ``backend`` (the portable one's baseline predates the
+    dispatcher)."""
     import torch
 
     import varblock
@@ -66,7 +68,7 @@ def fingerprints() -> dict[str, str]:
         v = torch.randn(int(ck[-1]), hkv, d, generator=g).to(torch.bfloat16).cuda()
         for sched in ("single", "persistent"):
             p = varblock.plan(cq, ck, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay, scheduler=sched,
-                              cache=False, **kw)
+                              cache=False, backend=backend, **kw)
             o, lse = varblock.attention(q, k, v, p, return_lse=True)
             torch.cuda.synchronize()
             h = hashlib.sha256(o.view(torch.int16).cpu().numpy().tobytes())
@@ -78,8 +80,9 @@ def fingerprints() -> dict[str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--compare", default=None, help="JSON written by an earlier run")
+    ap.add_argument("--backend", default="attention_fwd_mma", help="forward kernel family to fingerprint")
     args = ap.parse_args()
-    fp = fingerprints()
+    fp = fingerprints(args.backend)
     if args.compare is None:
         print(json.dumps(fp, indent=1))
         return 0

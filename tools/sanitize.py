@@ -129,6 +129,8 @@ def main() -> int:
         run_smoke(only)
         return 0
     log_dir = Path(args.log_dir) if args.log_dir else None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     for tool in tools:
         if tool not in TOOLS:

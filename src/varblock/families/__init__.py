@@ -15,7 +15,8 @@ from varblock.families.base import FEATURES, MASK_KINDS, AttentionFamily, Attent
 
 #: op -> family bindings, in order of preference (the first that supports a problem runs it)
 FAMILIES: dict[str, tuple[FamilyBinding, ...]] = {
-    "attention_fwd": (attention_fwd_mma.BINDING, attention_fwd_sm90.BINDING),  # sm90 first once GPU-verified
+    # the Hopper family first where it supports the problem (sm_90a, d64/96/128), the portable one as the fallback
+    "attention_fwd": (attention_fwd_sm90.BINDING, attention_fwd_mma.BINDING),
     "attention_bwd": (attention_bwd_mma.BINDING,),
 }
 
