@@ -219,6 +219,50 @@ def test_fixed_worklist_flags_capacity():
     assert status[1] == ERR_CAPACITY
 
 
+@pytest.mark.parametrize("clamped", [False, True])
+def test_device_plan_reads_page_table_only_within_actual_lengths(clamped):
+    """Device-plan page-table contract: with a capacity far above the actual lengths, the fixed work list reads
+    ``page_table[b, j // page_size]`` only for ``j < kv_lens[b]``, so a table exactly as wide as the longest actual
+    sequence needs suffices (also when a length past the capacity is clamped); the result is the reference's."""
+    from varblock.decode_plan.fixed import ERR_CAPACITY, ERR_OK, fixed_worklist
+    from varblock.decode_plan.worklist import WorkList
+
+    rng = np.random.default_rng(31 + clamped)
+    B, hkv, g, tn, ps = 5, 2, 4, 64, 16
+    cu_q, kv, pt, q, kc, vc = _case(rng, B, hkv, g, page_size=ps, max_kv=700, max_q=2)
+    width = int(-(-kv.max() // ps))
+    pt = pt[:, :width]  # as wide as the actual lengths need, far below the capacity's pages
+    cap = -(-3000 // tn) if not clamped else -(-int(kv.max()) // tn) - 1
+    tm = _tile_m(cu_q, g)
+    rt = -(-int(np.diff(cu_q).max()) * g // tm)
+    items, chunks, status = fixed_worklist(cu_q, kv, num_heads_kv=hkv, group_size=g, tile_m=tm, tile_n=tn,
+                                           row_tiles=rt, splits=3, chunk_cap=cap)
+    assert status[1] == (ERR_CAPACITY if clamped else ERR_OK)
+    b_of = np.repeat(np.arange(B), hkv * cap)
+    assert (chunks[:, 0] + chunks[:, 1] <= kv[b_of]).all()  # every chunk inside its sequence's keys
+
+    def rows(cache):
+        def read(b, j):
+            assert (j < kv[b]).all()
+            return cache[pt[b, j // ps], j % ps]  # IndexError past the table's width
+        return read
+    wl = WorkList(items, chunks, items.shape[0], tm, tn)
+    out, _ = run_model(wl, q, rows(kc), rows(vc), cu_q, num_heads_kv=hkv, causal=True)
+    if not clamped:
+        ref = reference_decode.decode(q, kc, vc, cu_seqlens_q=cu_q, kv_lens=kv, page_table=pt)
+        np.testing.assert_allclose(out, ref[0], rtol=1e-10, atol=1e-12)
+
+
+def test_pages_needed_strict_for_host_plans_one_column_for_device_plans():
+    from varblock.decode_plan.plan import DecodePlan, pages_needed
+
+    def plan(kv):
+        return DecodePlan(0, 8, 2, 128, 2, 2, True, 16, True, 16, 64, None, kv)
+    assert pages_needed(plan(np.array([17, 300]))) == 19  # host plan: the longest sequence's pages
+    assert pages_needed(plan(np.array([0, 0]))) == 0
+    assert pages_needed(plan(None)) == 1  # device plan: lengths unknown on the host, the caller's contract
+
+
 def test_device_plan_arguments_checked_before_any_gpu_work():
     import varblock
 

@@ -119,7 +119,7 @@ def plan_decode_device(plan_cls: Any, cu_seqlens_q: Any, *, num_heads_q: int, nu
     if cu_seqlens_k is not None:
         p.buffers["cu_seqlens_k"] = kl_arr
     else:
-        attach_page_table(p, page_table, device, need=-(-max_kv_len // int(page_size)))
+        attach_page_table(p, page_table, device)  # width checked against actual lengths by the caller
     prep = variant_for(PREPARE_FAMILY, device, {})
     values = prepare_values(cq.ptr, kl_arr.ptr, kv_lens is not None, bi, bc, p.ptr("items"), p.ptr("chunks"),
                             p.ptr("status"), num_groups=ng, num_heads_kv=hkv, group_size=g, tile_m=tm, tile_n=tn,

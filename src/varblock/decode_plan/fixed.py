@@ -8,6 +8,9 @@ scan and no host synchronisation, and the grid size is fixed (CUDA-graph captura
 tile_n)``) of the ``c // cpb``-th listed block; unused slots, ``-1`` entries and pieces past the sequence have
 ``k_len = 0`` (read nothing, masked). Row tiles past a sequence's ``n_q * G`` rows and their splits read nothing.
 Split ``s`` of ``S`` reads chunks ``[s * n // S, (s + 1) * n // S)`` of the ``n`` chunks its group uses.
+Every chunk of sequence ``b`` covers keys inside ``[0, kv_lens[b])`` (also when clamped to the capacity), so a paged
+cache's table is read at ``page_table[b, j // page_size]`` only for ``j < kv_lens[b]``: it needs
+``ceil(kv_lens[b] / page_size)`` columns, not ``ceil(max_kv_len / page_size)``.
 """
 
 from __future__ import annotations

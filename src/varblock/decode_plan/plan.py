@@ -148,7 +148,9 @@ def plan_decode(cu_seqlens_q: Any, *, num_heads_q: int, num_heads_kv: int, head_
     optional ``block_counts [B, Hkv]``), stream-ordered on ``stream`` with no host synchronisation. The capacity
     (``max_kv_len``, ``max_q_tokens``, topk) fixes the grid; ``total_q`` is q's token count. After updating those
     arrays in place, ``plan.prepare()`` rebuilds the list (capturable in a CUDA graph together with ``decode``).
-    Lengths past the capacity are clamped and flagged in ``plan.status()``; ``layout`` is host-only.
+    Lengths past the capacity are clamped and flagged in ``plan.status()``; ``layout`` is host-only. The page
+    table needs only ``ceil(kv_lens[b] / page_size)`` columns for each sequence's actual length (not the
+    capacity); the host cannot check that without a synchronisation, so the caller guarantees it.
     """
     if max_kv_len is not None:
         return _plan_on_device(cu_seqlens_q, num_heads_q, num_heads_kv, head_dim, kv_lens, cu_seqlens_k,
@@ -233,13 +235,23 @@ def _occupancy(device_id: int, entry: dict[str, Any]) -> tuple[int, int]:
     return int(device(device_id).properties.multiprocessor_count), max(1, int(per_sm))
 
 
-def _attach_page_table(p: DecodePlan, page_table: Any, device: int, need: int | None = None) -> None:
+def pages_needed(p: DecodePlan) -> int:
+    """Fewest page-table columns a plan accepts. Host plans know their lengths: the longest sequence's pages.
+    Device-built plans cannot read their lengths without a synchronisation, so they only need one column: the
+    caller guarantees ``max_pages >= ceil(kv_lens[b] / page_size)`` for every sequence (decode reads
+    ``page_table[b, j // page_size]`` only for keys ``j < kv_lens[b]``), e.g. by sizing the table for the
+    longest actual sequence or for the capacity."""
+    if p.kv_lens is None:
+        return 1
+    return int(((p.kv_lens + p.page_size - 1) // p.page_size).max(initial=0))
+
+
+def _attach_page_table(p: DecodePlan, page_table: Any, device: int) -> None:
     from varblock.runtime.frameworks import is_device_array
     from varblock.runtime.memory import DeviceBuffer
     from varblock.runtime.tensors import as_device_array, check_dtype, check_ndim
 
-    if need is None:
-        need = int(((p.kv_lens + p.page_size - 1) // p.page_size).max(initial=0))
+    need = pages_needed(p)
     if is_device_array(page_table):
         pt = as_device_array(page_table, "page_table")
         check_dtype(pt, ("int32",))
@@ -263,6 +275,8 @@ def _attach_page_table(p: DecodePlan, page_table: Any, device: int, need: int | 
         p.page_table, p.page_table_ptr, p.pt_stride = buf, buf.ptr, cols
     if rows != p.batch_size:
         raise ValueError(f"page_table: expected {p.batch_size} rows (one per sequence), got {rows}")
+    if cols < need and p.kv_lens is None:
+        raise ValueError("page_table: a device-built plan needs at least one page column per sequence, got 0")
     if cols < need:
         raise ValueError(f"page_table: {cols} pages per sequence, but the longest sequence needs {need} pages of "
                          f"{p.page_size} tokens")
