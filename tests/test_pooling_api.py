@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests._pooling_ref import group_pooling_ref
 from tests.test_device_layout_api import FakeMemory
 from tests.test_pooling_model import qk_model, reduce_model
 from varblock import layout as L
@@ -134,6 +135,29 @@ def test_op_wiring_against_reference(fake, seed):
     flat, _ = pool_mod.attention_pooling(q, k, lse.astype(np.float32), plan, pool_gqa=pool_gqa,
                                          per_sequence=False)
     np.testing.assert_allclose(flat, r1, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("hq,hkv,mode", [(8, 1, "broadcast"), (8, 2, "per_kv_head")])
+def test_group_pooling_gqa_layouts(fake, hq, hkv, mode):
+    """The GPU test's failing shapes (Hq 8 over Hkv 1 broadcast / Hkv 2 per-KV-head, group pooling, odd and empty
+    lengths) against the shared group reference (tests/_pooling_ref.py) that the GPU test uses."""
+    lens = [1, 3, 113, 0, 260, 200, 64]
+    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    lay = L.random_blocks(cu, cu, density=0.4, num_heads=1 if mode == "broadcast" else hkv, head_mode=mode,
+                          causal=True, block_q=64, block_k=64, seed=hq + hkv)
+    rng = np.random.default_rng(hq + hkv)
+    q = rng.standard_normal((int(cu[-1]), hq, 64)).astype(np.float16)
+    k = rng.standard_normal((int(cu[-1]), hkv, 64)).astype(np.float16)
+    qf, kf = q.astype(np.float64), k.astype(np.float64)
+    _, lse = reference.attention_forward(qf, kf, kf, lay)
+    plan = _host_plan(lay, hq, hkv, 64, 128, 64, hq // hkv)
+    CTX.update(plan=plan, layout=lay, q=qf, k=kf, total_q=int(cu[-1]), nb=5)
+    p1, p2 = pool_mod.attention_pooling(q, k, lse.astype(np.float32), plan, pool_gqa=True, per_sequence=False)
+    r1, r2 = group_pooling_ref(reference.attention_pooling_1d(qf, kf, lay), lay, hq // hkv, 64)
+    assert p1.shape == r1.shape == (hkv, int(cu[-1]), 5) and p2.shape == r2.shape == (len(lens), hkv, 5, 5)
+    assert r2.sum() > 0 and np.allclose(r2.sum(axis=3)[r2.sum(axis=3) > 0], 1.0)
+    np.testing.assert_allclose(p1, r1, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p2, r2, rtol=1e-5, atol=1e-7)
 
 
 def test_op_argument_errors(fake):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import varblock
+from tests._pooling_ref import group_pooling_ref
 from varblock import layout as L
 from varblock import reference
 
@@ -27,23 +28,6 @@ def _qk(torch, total, hq, hkv, d, dtype, seed):
     return tuple(torch.randn(total, h, d, device="cuda", generator=g).to(dt) for h in (hq, hkv, hkv))
 
 
-def _group_ref(p1: np.ndarray, lay, group: int, bq: int, bk: int):
-    """Reference maps pooled over GQA groups: 1D max over the group's heads; 2D from that 1D as the reference
-    builds 2D from 1D (max over the query block, rows normalised)."""
-    hq, total, nb = p1.shape
-    g1 = p1.reshape(hq // group, group, total, nb).max(axis=1)
-    B = lay.batch_size
-    lq = lay.seqlens_q
-    mb = int(-(-lq // bq).max(initial=0))
-    out = np.zeros((B, hq // group, mb, nb))
-    cu = lay.cu_seqlens_q.astype(np.int64)
-    for b in range(B):
-        for m in range(-(-int(lq[b]) // bq)):
-            out[b, :, m] = g1[:, cu[b] + m * bq: min(cu[b] + (m + 1) * bq, cu[b + 1])].max(axis=1)
-    s = out.sum(axis=3, keepdims=True)
-    return g1, np.where(s > 0, out / np.where(s > 0, s, 1.0), 0.0)
-
-
 def _run(torch, lay, hq, hkv, d, dtype, seed, *, pool_gqa=False, plan=None):
     cu = lay.cu_seqlens_q
     q, k, v = _qk(torch, int(cu[-1]), hq, hkv, d, dtype, seed)
@@ -56,7 +40,7 @@ def _run(torch, lay, hq, hkv, d, dtype, seed, *, pool_gqa=False, plan=None):
     r1 = reference.attention_pooling_1d(qf, kf, lay)
     r2 = reference.attention_pooling_2d(qf, kf, lay)
     if pool_gqa:
-        r1, r2 = _group_ref(r1, lay, hq // hkv, lay.block_q, lay.block_k)
+        r1, r2 = group_pooling_ref(r1, lay, hq // hkv, lay.block_q)
     g1, g2 = p1.cpu().numpy(), p2.cpu().numpy()
     assert g1.shape == r1.shape and g2.shape == r2.shape, (g1.shape, r1.shape, g2.shape, r2.shape)
     assert np.isfinite(g1).all() and np.isfinite(g2).all()
