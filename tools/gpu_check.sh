@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session's verification in one command (device time is scarce: everything in one call, each step under a
 # time cap, a short summary printed last). Run from the repo root with cubins built for the GPU's arch:
-#   PYTHONPATH=src bash tools/gpu_check.sh [budget_seconds]
+#   PYTHONPATH=src bash tools/gpu_check.sh [budget_seconds]      (STEPS=tests,sanitize,... selects steps)
 # Steps, in priority order (a step is skipped when the remaining budget is below its cap):
 #   1. forward fingerprints vs build/gpu/fp_base.json (bit-identical forward across a refactor), if that file exists
-#   2. the GPU test suite (every family except the unverified sm90 forward, which has its own step), 8 workers
+#   2. the GPU test suite (every family), 8 workers
 #   3. compute-sanitizer memcheck, racecheck, synccheck over every family's smoke set (tools/sanitize.py --grouped)
 #   4. the sm90 forward's first check (tools/hopper_check.sh smoke: timeouts, never hangs the session)
 #   5. compute-sanitizer initcheck
@@ -20,9 +20,11 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
 left() { echo $((BUDGET - SECONDS)); }
-step() {  # step NAME CAP LOG CMD...: run CMD with a time cap if the budget allows, record rc and time
-    local name=$1 cap=$2 log=$3
-    shift 3
+STEPS="${STEPS:-fingerprint,tests,sanitize,hopper,initcheck,bench}"
+step() {  # step KEY NAME CAP LOG CMD...: run CMD with a time cap if KEY is in $STEPS and the budget allows
+    local key=$1 name=$2 cap=$3 log=$4
+    shift 4
+    case ",$STEPS," in *",$key,"*) ;; *) return ;; esac
     if [ "$(left)" -lt $((cap / 3 + 10)) ]; then say "SKIPPED  $name (budget left $(left) s)"; return; fi
     [ "$cap" -gt "$(left)" ] && cap=$(left)
     local t0=$SECONDS
@@ -34,21 +36,23 @@ step() {  # step NAME CAP LOG CMD...: run CMD with a time cap if the budget allo
 
 say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader) | $(python3 -c 'import torch, cuda.core as c; print("torch", torch.__version__, "cuda.core", c.__version__)' 2>&1 | tail -1)"
 if [ -f build/gpu/fp_base.json ]; then
-    step "forward fingerprints vs base" 90 "$OUT/fingerprint.log" python3 tools/fwd_fingerprint.py --compare build/gpu/fp_base.json
+    step fingerprint "forward fingerprints vs base" 90 "$OUT/fingerprint.log" python3 tools/fwd_fingerprint.py --compare build/gpu/fp_base.json
 fi
-step "GPU tests" 300 "$OUT/pytest.log" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 150 tests/ \
-    --ignore=tests/test_attention_sm90_gpu.py --ignore=tests/test_backward_perf_gpu.py -k "not sm90" -rf
-step "sanitizer memcheck/racecheck/synccheck" 240 "$OUT/sanitize.log" python3 tools/sanitize.py --grouped \
+step tests "GPU tests" 300 "$OUT/pytest.log" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 150 tests/ \
+    --ignore=tests/test_backward_perf_gpu.py -rf
+step sanitize "sanitizer memcheck/racecheck/synccheck" 240 "$OUT/sanitize.log" python3 tools/sanitize.py --grouped \
     --tools memcheck,racecheck,synccheck --timeout 100 --log-dir /tmp/sanitize_logs
-step "sm90 forward first check" 100 "$OUT/hopper.log" bash tools/hopper_check.sh
-step "sanitizer initcheck" 120 "$OUT/sanitize.log" python3 tools/sanitize.py --grouped --tools initcheck \
-    --timeout 110 --log-dir /tmp/sanitize_logs
-step "cold start" 45 "$OUT/bench.log" python3 benchmarks/cold_start.py --runs 3
-step "forward benchmark W1" 90 "$OUT/bench.log" python3 benchmarks/bench_attention.py --workloads W1
-step "device layout build time" 40 "$OUT/bench.log" python3 benchmarks/bench_layout.py --device
-step "decode benchmark" 90 "$OUT/bench.log" python3 benchmarks/bench_decode.py
-step "backward benchmark W2" 90 "$OUT/bench.log" python3 benchmarks/bench_backward.py --workloads W2 --causal no
-step "pooling benchmark" 90 "$OUT/bench.log" python3 benchmarks/bench_pooling.py
+step hopper "sm90 forward first check" 100 "$OUT/hopper.log" bash tools/hopper_check.sh
+step initcheck "sanitizer initcheck (merge_states)" 45 "$OUT/sanitize.log" python3 tools/sanitize.py --tools initcheck \
+    --only merge_states --timeout 40 --log-dir /tmp/sanitize_logs
+step initcheck "sanitizer initcheck (all, grouped)" 120 "$OUT/sanitize.log" python3 tools/sanitize.py --grouped \
+    --tools initcheck --timeout 110 --log-dir /tmp/sanitize_logs
+step bench "cold start" 45 "$OUT/bench.log" python3 benchmarks/cold_start.py --runs 3
+step bench "forward benchmark W1" 90 "$OUT/bench.log" python3 benchmarks/bench_attention.py --workloads W1
+step bench "device layout build time" 40 "$OUT/bench.log" python3 benchmarks/bench_layout.py --device
+step bench "decode benchmark" 90 "$OUT/bench.log" python3 benchmarks/bench_decode.py
+step bench "backward benchmark W2" 90 "$OUT/bench.log" python3 benchmarks/bench_backward.py --workloads W2 --causal no
+step bench "pooling benchmark" 90 "$OUT/bench.log" python3 benchmarks/bench_pooling.py
 tar czf "$OUT/sanitize.tar.gz" -C /tmp sanitize_logs 2>/dev/null
 say "total $SECONDS s"
 echo "== failures =="
