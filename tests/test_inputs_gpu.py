@@ -111,7 +111,11 @@ def test_fa4_like_object_with_cuda_fields_and_autograd_bf16_scores():
     host = lay.to_fa4()
     dev = SimpleNamespace(**{k: (torch.from_numpy(v).cuda() if isinstance(v, np.ndarray) else v)
                              for k, v in host._asdict().items()})
-    assert vl.from_fa4(dev, cu_of([96, 80]), causal=True).equals(vl.from_fa4(host, cu_of([96, 80]), causal=True))
+    # varlen-packed FA4 tensors (cu_total_m_blocks set) come with both cu_seqlens, as FA4's varlen call takes them
+    cu2 = cu_of([96, 80])
+    cu2_dev = torch.from_numpy(cu2).cuda()
+    want_fa4 = vl.from_fa4(host, cu2, cu2, causal=True)
+    assert vl.from_fa4(dev, cu2_dev, cu2_dev, causal=True).equals(want_fa4)
     # scores that require grad, in bfloat16, on the GPU: the top-k of the (exactly widened) bf16 values
     M = -(-np.asarray(LENS) // 32)
     s = torch.randn(2, int(M.sum()), int(M.max()), device="cuda").to(torch.bfloat16).requires_grad_()
@@ -133,16 +137,32 @@ class DLPackOnly:
 
 
 class CAIOnly:
-    """A producer exporting only ``__cuda_array_interface__`` (Numba style)."""
+    """A producer exporting only ``__cuda_array_interface__`` v3 with its stream (Numba / CuPy style)."""
 
     def __init__(self, t):
+        import torch
+
         self.t = t
-        self.__cuda_array_interface__ = t.__cuda_array_interface__
+        handle = int(torch.cuda.current_stream(t.device).cuda_stream)
+        # v3: 0 is not allowed for the legacy default stream, 1 names it
+        self.__cuda_array_interface__ = dict(t.__cuda_array_interface__, version=3, stream=handle or 1)
 
 
-@pytest.mark.parametrize("wrapper", [DLPackOnly, CAIOnly])
+class CAIv2Only:
+    """A producer exporting only a version-2 ``__cuda_array_interface__`` (no stream: producer already synced)."""
+
+    def __init__(self, t):
+        import torch
+
+        torch.cuda.current_stream(t.device).synchronize()  # v2 has no stream: the data must be ready on export
+        self.t = t
+        self.__cuda_array_interface__ = dict(t.__cuda_array_interface__, version=2)
+        self.__cuda_array_interface__.pop("stream", None)
+
+
+@pytest.mark.parametrize("wrapper", [DLPackOnly, CAIOnly, CAIv2Only])
 @pytest.mark.parametrize("view", ["contiguous", "sliced", "transposed"])
-def test_generic_producers_go_through_the_cuda_core_copy(wrapper, view):
+def test_generic_producers_go_through_the_driver_copy(wrapper, view):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")

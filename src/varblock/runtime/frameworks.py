@@ -4,19 +4,20 @@
 * :func:`is_device_array` / :func:`device_ordinal`: does an object live in CUDA device memory, and on which device.
 * :func:`to_host`: any array (NumPy, lists, torch / CuPy / JAX tensors on the host or a GPU, other DLPack or
   CUDA-array-interface producers) as a NumPy array on the host. Device arrays are copied with the framework's own
-  transfer (``.cpu()``, ``.get()``, ``__array__``) or, for other producers, through a cuda.core
-  ``StridedMemoryView`` copy. Every step runs at most once: no recursion, no loop on objects whose ``.detach()`` or
-  ``.cpu()`` returns another object of the same kind.
+  transfer (``.cpu()``, ``.get()``, ``__array__``) or, for other producers, by one driver memcpy of the bytes their
+  elements span (:func:`device_span`, :func:`span_to_host`). Every step runs at most once: no recursion, no loop on
+  objects whose ``.detach()`` or ``.cpu()`` returns another object of the same kind.
 * :func:`current_stream_handle`: the current CUDA stream of the framework that made an array.
-* :func:`empty`: a new uninitialised device array of the caller's framework (outputs).
+* :func:`empty`: a new device array of the caller's framework (outputs).
 
 No framework is imported at module import; torch / CuPy / JAX are imported only to create outputs or read a
-current stream for arrays they made, and cuda.core only for the generic device-to-host copy.
+current stream for arrays they made, and cuda.core only to read DLPack producers and allocate generic outputs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -184,31 +185,98 @@ def _device_to_host(x: Any, errors: list[str]) -> np.ndarray | None:
     return _copy_device_view(x, errors)
 
 
+class DeviceSpan(NamedTuple):
+    """Where a generic device array's elements live: device address, dtype, shape, element strides, device
+    ordinal, the producer stream to wait for (CUDA array interface v3; None: nothing to wait for) and the object
+    keeping the memory alive during the copy."""
+
+    ptr: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    ordinal: int
+    stream: int | None = None
+    owner: Any = None
+
+
+#: ``copy(ptr, nbytes, ordinal, stream) -> uint8 host array``: a synchronous device-to-host byte copy
+HostCopy = Callable[[int, int, int, "int | None"], np.ndarray]
+
+
 def _copy_device_view(x: Any, errors: list[str]) -> np.ndarray | None:
-    """Generic DLPack / CUDA-array-interface producer: the bytes its elements span are copied contiguously through
-    cuda.core (a plain memcpy, never a JIT-compiled strided copy), then arranged on the host."""
+    """Generic DLPack / CUDA-array-interface producer: the bytes its elements span are copied with one driver
+    memcpy (:func:`varblock.runtime.memory.copy_to_host`), then arranged on the host with NumPy strides."""
     try:
-        from cuda.core import Buffer
-        from cuda.core.utils import StridedMemoryView
+        from varblock.runtime import memory
 
-        from varblock.runtime.device import device
-
-        # stream 1 (legacy default): producers order their pending work before it
-        src = StridedMemoryView.from_any_interface(x, stream_ptr=1)
-        dtype = np.dtype(src.dtype)
-        shape = tuple(int(d) for d in src.shape)
-        strides = compact_strides(shape) if src.strides is None else tuple(int(t) for t in src.strides)
-        if min(shape, default=1) == 0:
-            return np.empty(shape, dtype=dtype)
-        raw = np.empty(span_bytes(shape, strides, dtype.itemsize), dtype=np.uint8)
-        span = StridedMemoryView.from_buffer(Buffer.from_handle(int(src.ptr), raw.size, owner=src), (raw.size,),
-                                             dtype=np.dtype(np.uint8))
-        span.copy_to(StridedMemoryView.from_array_interface(raw), stream=device(int(src.device_id)).default_stream,
-                     blocking=True)
-        return from_span(raw, dtype, shape, strides)
+        return span_to_host(device_span(x), memory.copy_to_host)
     except Exception as e:
         errors.append(f"device-to-host copy: {type(e).__name__}: {e}")
         return None
+
+
+def device_span(x: Any) -> DeviceSpan:
+    """The :class:`DeviceSpan` of a device array exporting ``__dlpack__`` (read through cuda.core's
+    ``StridedMemoryView``, ordered on the legacy default stream) or else ``__cuda_array_interface__`` (the dict
+    read directly, any version >= 2)."""
+    if hasattr(x, "__dlpack__"):
+        from cuda.core.utils import StridedMemoryView
+
+        # stream 1 (legacy default): the producer orders its pending work before it, and so before the memcpy
+        view = StridedMemoryView.from_dlpack(x, stream_ptr=1)
+        shape = tuple(int(d) for d in view.shape)
+        strides = compact_strides(shape) if view.strides is None else tuple(int(t) for t in view.strides)
+        return DeviceSpan(int(view.ptr), np.dtype(view.dtype), shape, strides, int(view.device_id), None, view)
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is None:
+        raise TypeError(f"{type(x).__name__} exports neither __dlpack__ nor __cuda_array_interface__")
+    return cai_span(cai, device_ordinal(x) or 0, owner=x)
+
+
+def cai_span(cai: Any, ordinal: int, owner: Any = None) -> DeviceSpan:
+    """A :class:`DeviceSpan` from a ``__cuda_array_interface__`` dict (version 2 or later; byte strides become
+    element strides; v3's ``stream`` is kept for the copy to wait on). Raises ValueError / TypeError on a
+    malformed or unsupported interface."""
+    what = "__cuda_array_interface__"
+    if not isinstance(cai, dict):
+        raise TypeError(f"{what}: expected a dict, got {type(cai).__name__}")
+    missing = [k for k in ("version", "data", "shape", "typestr") if k not in cai]
+    if missing:
+        raise ValueError(f"{what}: missing {', '.join(missing)}")
+    version = cai["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 2:
+        raise ValueError(f"{what}: version {version!r} is not supported (need 2 or later)")
+    if cai.get("mask") is not None:
+        raise ValueError(f"{what}: masked arrays are not supported")
+    data = cai["data"]
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (int, np.integer))):
+        raise ValueError(f"{what}: data must be (pointer, read_only), got {data!r}")
+    dtype = np.dtype(cai["typestr"])
+    shape = tuple(int(d) for d in cai["shape"])
+    byte_strides = cai.get("strides")
+    if byte_strides is None:
+        strides = compact_strides(shape)
+    else:
+        byte_strides = tuple(int(t) for t in byte_strides)
+        if len(byte_strides) != len(shape) or any(t % dtype.itemsize for t in byte_strides):
+            raise ValueError(f"{what}: strides {byte_strides} do not fit shape {shape} of {dtype} elements")
+        strides = tuple(t // dtype.itemsize for t in byte_strides)
+    stream = cai.get("stream") if version >= 3 else None
+    if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int) or stream == 0):
+        raise ValueError(f"{what}: stream must be None or a non-zero stream handle, got {stream!r}")
+    return DeviceSpan(int(data[0]), dtype, shape, strides, int(ordinal), stream, owner)
+
+
+def span_to_host(span: DeviceSpan, copy: HostCopy) -> np.ndarray:
+    """A C-contiguous host array of ``span``'s elements: ``copy`` fetches the bytes from the first to the last
+    element in one piece, NumPy strides pick the elements out."""
+    if min(span.shape, default=1) == 0:
+        return np.empty(span.shape, dtype=span.dtype)
+    nbytes = span_bytes(span.shape, span.strides, span.dtype.itemsize)
+    raw = copy(span.ptr, nbytes, span.ordinal, span.stream)
+    if raw.dtype != np.uint8 or raw.shape != (nbytes,):
+        raise RuntimeError(f"host copy returned {raw.dtype} {raw.shape}, expected {nbytes} bytes")
+    return from_span(raw, span.dtype, span.shape, span.strides)
 
 
 def span_bytes(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> int:
@@ -267,9 +335,9 @@ def numpy_dtype(dtype: str) -> np.dtype:
 
 
 def empty(like: Any, shape: tuple[int, ...], dtype: str, device_id: int, stream: Any) -> tuple[Any, int]:
-    """A new uninitialised device array of the same framework as ``like`` (torch, CuPy, JAX; otherwise a cuda.core
-    view exporting DLPack); returns (array, device pointer). ``stream``: the cuda.core stream the allocation is
-    ordered on where varblock allocates itself."""
+    """A new device array of the same framework as ``like`` (torch, CuPy: uninitialised; JAX: zero-filled and
+    allocated by JAX; otherwise a cuda.core view exporting DLPack); returns (array, device pointer). ``stream``:
+    the cuda.core stream the allocation is ordered on where varblock allocates itself."""
     fw = framework_of(like)
     if fw == "torch":
         import torch
@@ -284,12 +352,32 @@ def empty(like: Any, shape: tuple[int, ...], dtype: str, device_id: int, stream:
         with cupy.cuda.Device(device_id):
             a = cupy.empty(shape, dtype=dtype)
         return a, int(a.data.ptr)
-    view = _cuda_core_empty(shape, dtype, device_id, stream)
     if fw == "jax":
-        import jax.dlpack
-
-        return jax.dlpack.from_dlpack(view), int(view.ptr)
+        return _jax_empty(like, shape, dtype, device_id)
+    view = _cuda_core_empty(shape, dtype, device_id, stream)
     return view, int(view.ptr)
+
+
+def _jax_empty(like: Any, shape: tuple[int, ...], dtype: str, device_id: int) -> tuple[Any, int]:
+    """A zero-filled JAX array on ``like``'s GPU (on device ``device_id`` when ``like`` is not a single-device
+    array) and its buffer pointer. JAX allocates it (no DLPack export, so bfloat16 works) and the fill has finished
+    on return, so a kernel on any stream may overwrite it; the caller must finish its writes before JAX reads it
+    (varblock.jax synchronises the launch stream)."""
+    import jax
+    import jax.numpy as jnp
+
+    devs = getattr(like, "devices", None)
+    devices = list(devs()) if callable(devs) else []
+    if len(devices) == 1 and devices[0].platform == "gpu":
+        dev = devices[0]
+    else:
+        gpus = [d for d in jax.devices() if d.platform == "gpu" and d.id == device_id]
+        if not gpus:
+            raise ValueError(f"out: JAX has no GPU device with id {device_id}")
+        dev = gpus[0]
+    a = jnp.zeros(shape, dtype=getattr(jnp, dtype), device=dev)
+    a.block_until_ready()  # the fill runs on JAX's stream: finish it before a kernel writes the buffer
+    return a, int(a.unsafe_buffer_pointer())
 
 
 def _cuda_core_empty(shape: tuple[int, ...], dtype: str, device_id: int, stream: Any) -> Any:
@@ -306,5 +394,6 @@ def _cuda_core_empty(shape: tuple[int, ...], dtype: str, device_id: int, stream:
 
 __all__ = [
     "FRAMEWORKS", "DL_CPU", "DL_CUDA", "DL_CUDA_HOST", "DL_CUDA_MANAGED", "framework_of", "dlpack_device",
-    "is_device_array", "device_ordinal", "to_host", "compact_strides", "current_stream_handle", "numpy_dtype", "empty",
+    "is_device_array", "device_ordinal", "to_host", "compact_strides", "DeviceSpan", "device_span", "cai_span",
+    "span_to_host", "span_bytes", "from_span", "current_stream_handle", "numpy_dtype", "empty",
 ]

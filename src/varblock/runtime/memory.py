@@ -72,3 +72,22 @@ class DeviceBuffer:
             if int(err) != 0:
                 raise RuntimeError(f"cuMemcpyDtoH failed: {err}")
         return out
+
+
+def copy_to_host(ptr: int, nbytes: int, ordinal: int, after_stream: int | None = None) -> np.ndarray:
+    """A synchronous copy of the ``nbytes`` at device address ``ptr`` (device ``ordinal``) into a new host
+    ``uint8`` array, by ``cuMemcpyDtoH`` (ordered after the legacy default stream's work). ``after_stream``: a raw
+    stream handle whose pending work is waited for first (a CUDA array interface v3 producer's stream)."""
+    from cuda.bindings import driver
+
+    device(ordinal)  # its primary context current on this thread
+    if after_stream is not None:
+        (err,) = driver.cuStreamSynchronize(int(after_stream))
+        if int(err) != 0:
+            raise RuntimeError(f"cuStreamSynchronize({after_stream:#x}) failed: {err}")
+    out = np.empty(int(nbytes), dtype=np.uint8)
+    if out.nbytes:
+        (err,) = driver.cuMemcpyDtoH(out.ctypes.data, int(ptr), out.nbytes)
+        if int(err) != 0:
+            raise RuntimeError(f"cuMemcpyDtoH failed: {err}")
+    return out
