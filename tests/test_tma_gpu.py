@@ -91,6 +91,7 @@ def test_runs_on_the_callers_stream(torch):
     src, sb = _padded(torch, 500, 64, "float16", extra=0, fill=None)
     dst, db = _padded(torch, 500, 64, "float16", extra=0, fill=_POISON["int16"])
     s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())  # the inputs were filled on the current stream: order s after it
     with torch.cuda.stream(s):
         tma_copy(src, dst)
     s.synchronize()

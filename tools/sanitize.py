@@ -75,8 +75,9 @@ def sanitize(tool: str, family: str, log_dir: Path | None, timeout: float) -> tu
     exe = os.environ.get("COMPUTE_SANITIZER") or shutil.which("compute-sanitizer") or \
         "/usr/local/cuda/bin/compute-sanitizer"
     # host API errors are not kernel bugs (cuda-bindings probes driver entry points with cuGetProcAddress)
-    cmd = [exe, "--tool", tool, "--kernel-name", "kns=vb_", "--error-exitcode", "99", "--print-limit", "50",
-           "--report-api-errors", "no"]
+    cmd = [exe, "--tool", tool, "--error-exitcode", "99", "--print-limit", "50", "--report-api-errors", "no"]
+    if tool != "initcheck":  # initcheck must see every kernel's writes (torch fills the inputs), so no filter
+        cmd[3:3] = ["--kernel-name", "kns=vb_"]
     if tool == "racecheck":
         cmd += ["--racecheck-report", "all"]
     cmd += [sys.executable, __file__, "--smoke", "--only", family]
