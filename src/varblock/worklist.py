@@ -24,7 +24,7 @@ so that every ``(query head, token)`` is written exactly once (O = 0, LSE = -inf
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -104,6 +104,29 @@ def build_worklist(
     which shortens the tail of a non-persistent launch; otherwise tiles follow the rows, query heads innermost.
     """
     hq_n, hkv_n = int(num_heads_q), int(num_heads_kv)
+    g, hl_n = _heads(hq_n, hkv_n, head_mode, tile_m, tile_n, pack_gqa, num_layout_heads)
+    cu_q = np.asarray(cu_seqlens_q).astype(np.int64)
+    cu_k = np.asarray(cu_seqlens_k).astype(np.int64)
+    if cu_q.ndim != 1 or cu_q.shape != cu_k.shape or cu_q.shape[0] < 1:
+        raise ValueError("cu_seqlens_q / cu_seqlens_k must be 1-D of the same length B + 1")
+    len_q, len_k = np.diff(cu_q), np.diff(cu_k)
+    if (len_q < 0).any() or (len_k < 0).any():
+        raise ValueError("cu_seqlens_q / cu_seqlens_k must be non-decreasing")
+    r = _checked_rows(rows, hl_n, len_q, len_k)
+    ch_start, ch_len, row_cbeg, row_nfull, row_npart = _chunks(r, tile_n)
+    r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np = _complete_rows(r, row_cbeg, row_nfull, row_npart, hl_n, len_q)
+    tiles = _tiles(r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np, hq_n, hkv_n, head_mode, tile_m, g)
+    if longest_first and tiles.shape[0]:
+        tiles = tiles[np.argsort(-(tiles[:, TILE_N_FULL] + tiles[:, TILE_N_PARTIAL]), kind="stable")]
+    chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, CHUNK_WIDTH), dtype=np.int64)
+    return WorkList(tiles=to_i32(tiles.reshape(-1, TILE_WIDTH), "tiles"),
+                    chunks=to_i32(chunks.reshape(-1, CHUNK_WIDTH), "chunks"),
+                    tile_m=int(tile_m), tile_n=int(tile_n), pack_gqa=g)
+
+
+def _heads(hq_n: int, hkv_n: int, head_mode: str, tile_m: int, tile_n: int, pack_gqa: bool | int,
+           num_layout_heads: int | None) -> tuple[int, int]:
+    """(pack-GQA group G, number of layout heads) after checking heads, head mode, tile sizes and pack_gqa."""
     if hq_n < 1 or hkv_n < 1 or hq_n % hkv_n:
         raise ValueError(f"num_heads_q={hq_n} must be a positive multiple of num_heads_kv={hkv_n}")
     group = hq_n // hkv_n
@@ -127,16 +150,24 @@ def build_worklist(
     hl_n = hl_expected if num_layout_heads is None else int(num_layout_heads)
     if hl_n != hl_expected:
         raise ValueError(f"head_mode {head_mode!r} needs {hl_expected} layout heads, the layout has {hl_n}")
+    return g, hl_n
 
-    cu_q = np.asarray(cu_seqlens_q).astype(np.int64)
-    cu_k = np.asarray(cu_seqlens_k).astype(np.int64)
-    if cu_q.ndim != 1 or cu_q.shape != cu_k.shape or cu_q.shape[0] < 1:
-        raise ValueError("cu_seqlens_q / cu_seqlens_k must be 1-D of the same length B + 1")
-    len_q, len_k = np.diff(cu_q), np.diff(cu_k)
-    if (len_q < 0).any() or (len_k < 0).any():
-        raise ValueError("cu_seqlens_q / cu_seqlens_k must be non-decreasing")
-    nb = cu_q.shape[0] - 1
 
+class _Rows(NamedTuple):
+    head: np.ndarray
+    batch: np.ndarray
+    q_start: np.ndarray
+    q_len: np.ndarray
+    ent_ptr: np.ndarray
+    n_full: np.ndarray
+    k_start: np.ndarray
+    k_len: np.ndarray
+    nb: int
+
+
+def _checked_rows(rows: Any, hl_n: int, len_q: np.ndarray, len_k: np.ndarray) -> _Rows:
+    """The row arrays as int64, checked: CSR offsets, spans inside their sequences, heads and batches in range."""
+    nb = len_q.shape[0]
     head, batch = _i64(rows.head, "head"), _i64(rows.batch, "batch")
     q_start, q_len = _i64(rows.q_start, "q_start"), _i64(rows.q_len, "q_len")
     ent_ptr, n_full = _i64(rows.ent_ptr, "ent_ptr"), _i64(rows.n_full, "n_full")
@@ -160,19 +191,30 @@ def build_worklist(
         ent_row = np.repeat(np.arange(nr, dtype=np.int64), n_ent)
         if (k_len < 1).any() or (k_start < 0).any() or (k_start + k_len > len_k[batch[ent_row]]).any():
             raise ValueError("rows: key spans must satisfy k_len >= 1 and lie inside their sequence")
+    return _Rows(head, batch, q_start, q_len, ent_ptr, n_full, k_start, k_len, nb)
 
-    # ---- chunks: split every entry into ceil(k_len / tile_n) pieces (entry order kept: full entries first)
-    n_ch_e = (k_len + tile_n - 1) // tile_n
+
+def _chunks(r: _Rows, tile_n: int) -> tuple[np.ndarray, ...]:
+    """Split every entry into ceil(k_len / tile_n) chunks (entry order kept: full entries first); returns the chunk
+    starts and lengths and, per row, its first chunk and its full / partial chunk counts."""
+    n_ch_e = (r.k_len + tile_n - 1) // tile_n
     e_id, e_pos = segment_ids(n_ch_e)
-    ch_start = k_start[e_id] + e_pos * tile_n
-    ch_len = np.minimum(k_len[e_id] - e_pos * tile_n, tile_n)
+    ch_start = r.k_start[e_id] + e_pos * tile_n
+    ch_len = np.minimum(r.k_len[e_id] - e_pos * tile_n, tile_n)
     csum = np.concatenate([[0], np.cumsum(n_ch_e)])
-    row_cbeg = csum[ent_ptr[:-1]]
-    row_nfull = csum[ent_ptr[:-1] + n_full] - row_cbeg
-    row_npart = csum[ent_ptr[1:]] - row_cbeg - row_nfull
+    row_cbeg = csum[r.ent_ptr[:-1]]
+    row_nfull = csum[r.ent_ptr[:-1] + r.n_full] - row_cbeg
+    row_npart = csum[r.ent_ptr[1:]] - row_cbeg - row_nfull
+    return ch_start, ch_len, row_cbeg, row_nfull, row_npart
 
-    # ---- complete the rows: every query token of every (layout head, sequence) must be in exactly one row
-    key = head * nb + batch
+
+def _complete_rows(r: _Rows, row_cbeg, row_nfull, row_npart, hl_n: int, len_q: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every query token of every (layout head, sequence) in exactly one row: the gaps between and after the given
+    rows become empty rows. Returns (head, batch, q_start, q_len, chunk_begin, n_full, n_partial) sorted by
+    (head, batch, q_start)."""
+    nb, nr = r.nb, r.head.shape[0]
+    q_start, q_len = r.q_start, r.q_len
+    key = r.head * nb + r.batch
     if nr > 1:
         prev_end = q_start[:-1] + q_len[:-1]
         same = key[1:] == key[:-1]
@@ -199,16 +241,18 @@ def build_worklist(
     gk, gs, gl = (np.concatenate(x) for x in (g_key, g_start, g_len))
     zeros = np.zeros(gk.shape[0], dtype=np.int64)
     r_key = np.concatenate([key, gk])
-    r_qs = np.concatenate([q_start, gs])
-    r_ql = np.concatenate([q_len, gl])
-    r_cb = np.concatenate([row_cbeg, zeros])
-    r_nf = np.concatenate([row_nfull, zeros])
-    r_np = np.concatenate([row_npart, zeros])
-    order = np.lexsort((r_qs, r_key))
-    r_key, r_qs, r_ql, r_cb, r_nf, r_np = (a[order] for a in (r_key, r_qs, r_ql, r_cb, r_nf, r_np))
-    r_head, r_batch = r_key // nb if nb else r_key, r_key % nb if nb else r_key
+    cols = [np.concatenate([q_start, gs]), np.concatenate([q_len, gl]), np.concatenate([row_cbeg, zeros]),
+            np.concatenate([row_nfull, zeros]), np.concatenate([row_npart, zeros])]
+    order = np.lexsort((cols[0], r_key))
+    r_key = r_key[order]
+    r_head, r_batch = (r_key // nb, r_key % nb) if nb else (r_key, r_key)
+    return (r_head, r_batch, *(c[order] for c in cols))
 
-    # ---- tiles: per row, (query split) x (tile head); tile heads innermost
+
+def _tiles(r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np, hq_n: int, hkv_n: int, head_mode: str, tile_m: int,
+           g: int) -> np.ndarray:
+    """Per row, (query split) x (tile head) tiles, tile heads innermost; int64 [T, TILE_WIDTH] with n_left = 0."""
+    group = hq_n // hkv_n
     if g > 1:  # tile head = KV head; rows of a tile are (token, head in group) pairs
         n_th = hkv_n if head_mode == "broadcast" else 1
         tpt = tile_m // g  # tokens per tile
@@ -225,14 +269,8 @@ def build_worklist(
         t_head = {"per_q_head": r_head[t_row], "per_kv_head": r_head[t_row] * group + th, "broadcast": th}[head_mode]
     t_qs = r_qs[t_row] + seg * tpt
     t_ql = np.minimum(r_ql[t_row] - seg * tpt, tpt)
-    tiles = np.stack([r_batch[t_row], t_head, t_qs, t_ql, r_cb[t_row], r_nf[t_row], r_np[t_row],
-                      np.zeros_like(t_qs)], axis=1)  # n_left = 0: full chunks first
-    if longest_first and tiles.shape[0]:
-        tiles = tiles[np.argsort(-(tiles[:, TILE_N_FULL] + tiles[:, TILE_N_PARTIAL]), kind="stable")]
-    chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, CHUNK_WIDTH), dtype=np.int64)
-    return WorkList(tiles=to_i32(tiles.reshape(-1, TILE_WIDTH), "tiles"),
-                    chunks=to_i32(chunks.reshape(-1, CHUNK_WIDTH), "chunks"),
-                    tile_m=int(tile_m), tile_n=int(tile_n), pack_gqa=g)
+    return np.stack([r_batch[t_row], t_head, t_qs, t_ql, r_cb[t_row], r_nf[t_row], r_np[t_row],
+                     np.zeros_like(t_qs)], axis=1)  # n_left = 0: full chunks first
 
 
 def tile_pairs(wl: WorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_q: int, num_heads_kv: int):
