@@ -176,5 +176,28 @@ def test_op_argument_errors(fake):
     with pytest.raises(ValueError, match="softmax_scale"):
         pool_mod.attention_pooling(q, q, lse, plan, softmax_scale=float("inf"))
     big = _host_plan(lay, 2, 2, 64, 256, 64, 1)
+    big.on_device = True  # a device plan of a larger-tile family cannot be re-planned on the host
     with pytest.raises(ValueError, match="exceed the pooling kernel's"):
         pool_mod.attention_pooling(q, q, lse, big)
+
+
+def test_larger_tile_plan_is_replanned_for_the_portable_tiles(fake, monkeypatch):
+    """A host plan of another forward family (e.g. the sm90 kernel's 128x128 tiles) is planned again, once, for
+    the portable family's tiles from the same layout; the maps then come from that plan."""
+    cu = np.array([0, 100], np.int32)
+    lay = L.causal(cu, cu, block_q=64, block_k=64)
+    big = _host_plan(lay, 2, 2, 64, 256, 64, 1)
+    small = _host_plan(lay, 2, 2, 64, 128, 64, 1)
+    calls = []
+
+    def fake_plan(cu_q, cu_k, **kw):
+        calls.append(kw)
+        return small
+
+    monkeypatch.setattr(pool_mod, "make_plan", fake_plan)
+    q = np.zeros((100, 2, 64), np.float16)
+    lse = np.zeros((2, 100), np.float32)
+    CTX.update(plan=small, layout=lay, q=q, k=q, total_q=100, nb=2)
+    pool_mod.attention_pooling(q, q, lse, big)
+    pool_mod.attention_pooling(q, q, lse, big)
+    assert len(calls) == 1 and calls[0]["backend"] == "attention_fwd_mma" and calls[0]["layout"] is lay

@@ -4,6 +4,7 @@ is ever stored. ``varblock.reference.attention_pooling_1d/2d`` define the result
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from varblock.families.attention_fwd_mma import BINDING as FWD_MMA
 from varblock.families.base import ATTENTION_DTYPES
 from varblock.ops.checks import softmax_scale_value
 from varblock.plan import Plan
+from varblock.plan import plan as make_plan
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
 from varblock.runtime.launch import launch_variant
@@ -28,6 +30,27 @@ from varblock.runtime.tensors import (
 )
 
 FAMILY = "attention_pool"
+#: plans of another forward family (e.g. attention_fwd_sm90, 128x128 tiles) -> the same layout planned for the
+#: portable family, whose tiles the pooling kernel shares (made once per plan)
+_portable_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _pooling_plan(plan: Plan, tile_m: int, tile_n: int) -> Plan:
+    """``plan`` itself when its tiles fit the pooling kernel, else the same layout planned for the portable family
+    (the LSE does not depend on the tiles, so the maps are the same). Device plans without a layout must be made
+    with ``backend="attention_fwd_mma"``."""
+    if plan.tile_m <= tile_m and plan.tile_n <= tile_n:
+        return plan
+    if plan.layout is None or plan.on_device:
+        raise ValueError(f"plan: its tiles ({plan.tile_m}, {plan.tile_n}) exceed the pooling kernel's ({tile_m}, "
+                         f"{tile_n}) and it has no host layout to re-plan from; plan with backend='attention_fwd_mma'")
+    p = _portable_plans.get(plan)
+    if p is None:
+        p = make_plan(plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
+                      num_heads_kv=plan.num_heads_kv, head_dim=plan.head_dim, layout=plan.layout,
+                      device=plan.device_id, backend=FWD_MMA.name, cache=False)
+        _portable_plans[plan] = p
+    return p
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -124,8 +147,9 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
     Args:
         q, k: ``[total_q, Hq, D]``, ``[total_k, Hkv, D]`` fp16/bf16, as given to :func:`varblock.attention`.
         lse: the forward's LSE ``[Hq, total_q]`` float32 (``varblock.attention(..., return_lse=True)``).
-        plan: the forward's plan (``varblock.plan`` or ``varblock.plan_device``; portable tile sizes: plan with
-            ``backend="attention_fwd_mma"`` if another family was chosen).
+        plan: the forward's plan (``varblock.plan`` or ``varblock.plan_device``). A host plan of another family
+            (larger tiles) is re-planned once for the portable family's tiles; a device plan of another family
+            must be made with ``backend="attention_fwd_mma"``.
         block_q, block_k: pooling block sizes (default the layout's; ``block_k`` a multiple of it).
         pool_gqa: pool over the query heads of each GQA group (max), giving one map per KV head.
         per_sequence: return the 1D map as a list of per-sequence views ``[H, t_b, ceil(lk_b / block_k)]``
@@ -150,10 +174,7 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
     ho = hq // group
     scale = softmax_scale_value(softmax_scale, d)
     entry = variant_for(FAMILY, ordinal, {"stage": "qk", "dtype": qa.dtype, "head_dim": d})
-    if plan.tile_m > entry["extra"]["tile_m"] or plan.tile_n > entry["extra"]["tile_n"]:
-        raise ValueError(f"plan: its tiles ({plan.tile_m}, {plan.tile_n}) exceed the pooling kernel's "
-                         f"({entry['extra']['tile_m']}, {entry['extra']['tile_n']}); plan with "
-                         "backend='attention_fwd_mma'")
+    plan = _pooling_plan(plan, int(entry["extra"]["tile_m"]), int(entry["extra"]["tile_n"]))
     st = stream_for(stream, ordinal, like=q)
     pool, pa = arrays.empty_array(q, "pool_1d", (hq, total_q, nb), "float32", ordinal, st)
     _zero(pa, st)
