@@ -23,31 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_attention import WORKLOADS, D, bench  # noqa: E402
+
 import varblock  # noqa: E402
 
-WORKLOADS = {
-    "W1": ([512, 1024, 2048, 4096, 8192, 1536, 3072, 6144], 32, 8),
-    "W2": ([32768], 16, 16),
-    "W3": ([512] * 64, 16, 16),
-}
-D = 128
 POOL_BAR, SEER_BAR = 0.6, 1.5
-
-
-def bench(fn, warmup=3, rep=15) -> float:
-    """Median milliseconds of ``fn`` (CUDA events)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rep):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return float(np.median(times))
 
 
 def load_seer(path: str | None):
