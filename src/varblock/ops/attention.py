@@ -12,7 +12,7 @@ from varblock.plan import Plan
 from varblock.plan import plan as make_plan
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
-from varblock.runtime.frameworks import is_device_array
+from varblock.runtime.frameworks import framework_of, is_device_array
 from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
@@ -52,7 +52,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
     """
     check_plan_call(plan, Plan, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, layout=layout,
                     causal=causal, window=window, backend=backend)
-    if plan is not None and stream is None and type(q).__module__ == "torch":
+    if plan is not None and stream is None and framework_of(q) == "torch":
         fast = _torch_fast_path(q, k, v, plan, softmax_scale, out, lse, return_lse)
         if fast is not None:
             return fast
@@ -85,7 +85,7 @@ def attention(q: Any, k: Any, v: Any, plan: Plan | None = None, *, cu_seqlens_q:
             prepared = PreparedLaunch(entry, ordinal, values, pointers=binding.pointers, what="attention")
             state.launches[key] = prepared
         _launch(plan, state, prepared, st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr))
-        if stream is None and type(q).__module__ == "torch":
+        if stream is None and framework_of(q) == "torch":
             spans = tuple(byte_span(a.shape, a.strides, a.itemsize) for a in (qa, ka, va, oa, la))
             state.fast_paths[_torch_signature(q, k, v, scale_given, out_given, lse_given)] = (
                 prepared, (total_q, hq, d), (hq, total_q), spans)
