@@ -12,7 +12,7 @@ from typing import Any
 
 from varblock.runtime import device as _device
 from varblock.runtime.manifest import load_manifest
-from varblock.runtime.params import check_requires, grid_of, launch_args
+from varblock.runtime.params import check_requires, grid_of, launch_args, pointer_alignments
 from varblock.runtime.struct_launch import StructLaunch, has_struct_params
 
 
@@ -45,9 +45,7 @@ class PreparedLaunch:
         self.keep = [i for i, n in enumerate(pointers) if n in names]
         pointers = [pointers[i] for i in self.keep]
         self.slots = [names.index(n) for n in pointers]
-        aligns = {r["value"]: int(r["divisible_by"]) for r in entry["requires"]
-                  if "divisible_by" in r and isinstance(r["value"], str)}
-        self.align = [aligns.get(n, 1) for n in pointers]
+        self.align = pointer_alignments(entry["requires"], pointers)
         self.pointer_names = list(pointers)
         self.what = what or entry["family"]
 

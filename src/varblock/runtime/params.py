@@ -97,3 +97,10 @@ def grid_of(grid: Sequence[Any], values: Mapping[str, Any]) -> tuple[int, int, i
     if len(g) != 3:
         raise ValueError(f"grid must have 3 dimensions, got {grid!r}")
     return g  # type: ignore[return-value]
+
+
+def pointer_alignments(requires: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[int]:
+    """Per pointer name, the byte alignment a variant's ``divisible_by`` requirements ask of it (1 when none)."""
+    aligns = {r["value"]: int(r["divisible_by"]) for r in requires
+              if "divisible_by" in r and isinstance(r["value"], str)}
+    return [aligns.get(n, 1) for n in names]

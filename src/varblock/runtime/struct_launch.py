@@ -21,7 +21,7 @@ from typing import Any
 from varblock.runtime import device as _device
 from varblock.runtime import tensormap
 from varblock.runtime.manifest import load_manifest
-from varblock.runtime.params import check_requires, grid_of, is_struct, pack_param
+from varblock.runtime.params import check_requires, grid_of, is_struct, pack_param, pointer_alignments
 
 _DESC_CACHE_LIMIT = 64
 
@@ -54,9 +54,7 @@ class StructLaunch:
         self.params = list(entry["params"])
         self.values = dict(values)
         self.pointer_names = list(pointers)
-        aligns = {r["value"]: int(r["divisible_by"]) for r in entry["requires"]
-                  if "divisible_by" in r and isinstance(r["value"], str)}
-        self.align = [aligns.get(n, 1) for n in self.pointer_names]
+        self.align = pointer_alignments(entry["requires"], self.pointer_names)
         kernel, _ = _device.kernel(ordinal, entry, load_manifest()["_dir"])
         err, self.func = driver.cuKernelGetFunction(kernel.handle)  # bound to this device's primary context
         _check(err, "cuKernelGetFunction")
