@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import varblock  # noqa: E402
+from anchors import bench  # noqa: E402,F401  (re-exported: bench_backward / bench_pooling import it from here)
 from varblock import layout as L  # noqa: E402
 
 WORKLOADS = {
@@ -33,21 +34,6 @@ WORKLOADS = {
 }
 D = 128
 BS = 128
-
-
-def bench(fn, warmup=3, rep=15) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rep):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return float(np.median(times))
 
 
 def flex_block_mask(lay, hq: int, hkv: int, total: int, causal: bool, bs: int = BS):

@@ -1,0 +1,259 @@
+"""Anchor loaders and shared helpers of the benchmarks: FA4, SeerAttention's Triton kernels, the CUDA-event timer
+and the JSON row schema.
+
+Host-side conversions (``fa4_fields``, ``seer_block_mask_2d``, ``seer_decode_mask``) need only NumPy and varblock's
+layouts, so ``--dry-run`` benchmarks and the CPU tests exercise them; ``torch`` is imported only by the functions
+that put tensors on a device or time them.
+
+* FA4 (flash-attn-4): ``load_fa4()``, ``fa4_block_sparse(layout, device, num_heads_q)`` (the layout's kept blocks
+  through ``varblock.layout.to_fa4``; FA4 indexes query heads).
+* SeerAttention (microsoft/SeerAttention ``seer_attn/kernels/varlen``): ``load_seer(module, seer_path)``,
+  ``seer_block_mask_2d`` (the ``[B, Hq, nb, nb]`` mask of ``block_sparse_attn_varlen_2d``),
+  ``seer_decode_mask`` (the ``[B, Hkv, num_blocks]`` mask of ``block_sparse_flash_decode_varlen_mask``).
+  ``attn_pooling_qkv_varlen_1d.attn_pooling_qkv_varlen`` takes no mask (dense causal pooling), so it needs none.
+* ``bench(fn)``: CUDA-event median in ms after warm-up.
+* ``make_row`` / ``write_json`` / ``read_json``: one row per measured cell (:data:`ROW_KEYS`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+import types
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+from varblock.layout import BlockSparseLayout, FA4BlockSparse  # noqa: E402
+from varblock.layout.decode import DecodeLayout  # noqa: E402
+
+DEFAULT_SEER_PATH = ROOT / ".seer"
+SEER_PACKAGE = "seer_attn.kernels.varlen"
+
+# ------------------------------------------------------------------------------------------------------ timing
+
+
+def bench(fn: Callable[[], Any], warmup: int = 3, rep: int = 10) -> float:
+    """Median time of ``fn()`` in ms over ``rep`` CUDA-event-timed calls, after ``warmup`` untimed calls."""
+    import torch
+
+    if warmup < 0 or rep < 1:
+        raise ValueError(f"warmup / rep: expected warmup >= 0 and rep >= 1, got {warmup} / {rep}")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rep):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return float(np.median(times))
+
+
+# ------------------------------------------------------------------------------------------------------ FA4
+
+
+def load_fa4() -> tuple[Callable[..., Any], type]:
+    """``(flash_attn_varlen_func, BlockSparseTensorsTorch)`` of FA4 (flash-attn-4), or ImportError saying why."""
+    try:
+        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+        from flash_attn.cute.interface import flash_attn_varlen_func
+    except Exception as ex:  # ImportError, or a broken install failing at import time
+        raise ImportError(f"FA4 (flash-attn-4, flash_attn.cute) is not importable: {type(ex).__name__}: {ex}. "
+                          "See shared/anchors/fa4_on_device.md for installing it on the GPU machine.") from ex
+    return flash_attn_varlen_func, BlockSparseTensorsTorch
+
+
+def fa4_fields(layout: BlockSparseLayout, num_heads_q: int) -> FA4BlockSparse:
+    """FA4 varlen block-sparse fields (NumPy int32) holding exactly the layout's kept blocks, one list per query
+    head (a ``per_kv_head`` layout is repeated over its GQA groups, a ``broadcast`` one over all heads)."""
+    if not isinstance(layout, BlockSparseLayout):
+        raise TypeError(f"layout: expected a BlockSparseLayout, got {type(layout).__name__}")
+    if not layout.is_fixed:
+        raise ValueError("layout: FA4 block sparsity needs fixed block sizes; this layout has variable spans")
+    f = layout.to_fa4(varlen=True, uniform_k=False, include_full=True, num_heads_q=num_heads_q)
+    if f.mask_block_cnt.shape[0] == 1 and num_heads_q > 1:  # broadcast layout: FA4 wants H lists
+        f = f._replace(**{n: np.repeat(getattr(f, n), num_heads_q, axis=0) for n in
+                          ("mask_block_cnt", "mask_block_idx", "full_block_cnt", "full_block_idx")})
+    return f
+
+
+def fa4_block_sparse(layout: BlockSparseLayout, device: Any, num_heads_q: int) -> Any:
+    """FA4 ``BlockSparseTensorsTorch`` on ``device`` with exactly the layout's kept blocks (``fa4_fields``).
+    Partial (``mask_*``) blocks need FA4's ``mask_mod``; non-causal random layouts have none."""
+    import torch
+
+    _, bst_type = load_fa4()
+    f = fa4_fields(layout, num_heads_q)
+    t = {n: torch.from_numpy(np.ascontiguousarray(getattr(f, n), dtype=np.int32)).to(device) for n in
+         ("mask_block_cnt", "mask_block_idx", "full_block_cnt", "full_block_idx", "cu_total_m_blocks",
+          "cu_block_idx_offsets")}
+    return bst_type(**t, block_size=tuple(int(x) for x in f.block_size))
+
+
+# ------------------------------------------------------------------------------------------------------ Seer
+
+
+def _flash_attn_stand_in() -> types.ModuleType:
+    """A ``flash_attn`` module whose ``flash_attn_varlen_func`` raises: Seer's modules import it at top level and
+    call it only in their ``__main__`` self-tests."""
+
+    def flash_attn_varlen_func(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("flash_attn stand-in: the benchmarks never call flash_attn_varlen_func through Seer")
+
+    mod = types.ModuleType("flash_attn")
+    mod.flash_attn_varlen_func = flash_attn_varlen_func  # type: ignore[attr-defined]
+    return mod
+
+
+def load_seer(module: str, seer_path: str | Path | None = None) -> types.ModuleType:
+    """Import ``<seer_path>/seer_attn/kernels/varlen/<module>.py`` as ``seer_attn.kernels.varlen.<module>`` (so
+    its relative imports work). A stand-in ``flash_attn`` module is in ``sys.modules`` during the import only;
+    whatever was there before (FA4's package, or nothing) is restored afterwards."""
+    if not isinstance(module, str) or not module.isidentifier():
+        raise ValueError(f"module: expected a module name such as 'block_sparse_attn_varlen_2d', got {module!r}")
+    root = Path(seer_path) if seer_path is not None else DEFAULT_SEER_PATH
+    src = root / "seer_attn" / "kernels" / "varlen" / f"{module}.py"
+    if not src.is_file():
+        raise ImportError(f"seer_path: {src} does not exist (give the folder holding seer_attn/, e.g. .seer)")
+    root_s = str(root.resolve())
+    if root_s not in sys.path:
+        sys.path.insert(0, root_s)
+    prev = sys.modules.get("flash_attn")
+    sys.modules["flash_attn"] = _flash_attn_stand_in()
+    try:
+        return importlib.import_module(f"{SEER_PACKAGE}.{module}")
+    finally:
+        if prev is None:
+            sys.modules.pop("flash_attn", None)
+        else:
+            sys.modules["flash_attn"] = prev
+
+
+def seer_block_mask_2d(layout: BlockSparseLayout, num_heads_q: int, num_heads_kv: int) -> np.ndarray:
+    """bool ``[B, Hq, nb, nb]`` (``nb = ceil(max_seqlen / block)``, padded with False) for
+    ``block_sparse_attn_varlen_2d``: True where the layout keeps the (query block, key block) of a query head.
+
+    Seer's forward is causal with square blocks and ``seqlen_q == seqlen_k``: it visits key blocks up to the
+    diagonal and masks the diagonal one. So the layout must be causal, with ``block_q == block_k`` and equal query
+    and key lengths; then both compute the same pairs."""
+    if not isinstance(layout, BlockSparseLayout):
+        raise TypeError(f"layout: expected a BlockSparseLayout, got {type(layout).__name__}")
+    if not layout.is_fixed or layout.block_q != layout.block_k:
+        raise ValueError("layout: SeerAttention's 2D mask needs square fixed blocks (block_q == block_k)")
+    if not layout.mask.causal:
+        raise ValueError("layout: SeerAttention's 2D kernel is causal only; build the layout with causal=True")
+    if not np.array_equal(layout.seqlens_q, layout.seqlens_k):
+        raise ValueError("layout: SeerAttention's 2D kernel needs seqlen_q == seqlen_k for every sequence")
+    head_map = layout.head_map(num_heads_q, num_heads_kv)
+    bs = layout.block_q
+    B = layout.batch_size
+    nb = int(-(-int(layout.seqlens_q.max()) // bs)) if B else 0
+    per_layout_head = np.zeros((B, layout.num_heads, nb, nb), dtype=np.bool_)
+    for b in range(B):
+        for hl in range(layout.num_heads):
+            codes = layout.block_codes(b, hl)
+            per_layout_head[b, hl, :codes.shape[0], :codes.shape[1]] = codes > 0
+    return np.ascontiguousarray(per_layout_head[:, head_map])
+
+
+def seer_decode_mask(layout: DecodeLayout) -> np.ndarray:
+    """bool ``[B, Hkv, num_blocks]`` for ``block_sparse_flash_decode_gqa_mask`` (``num_blocks`` from the longest
+    KV length): True where the decode layout reads the block. Seer's decode mask is per KV head, so the layout
+    must be ``per_kv_head``."""
+    if not isinstance(layout, DecodeLayout):
+        raise TypeError(f"layout: expected a DecodeLayout, got {type(layout).__name__}")
+    if layout.head_mode != "per_kv_head":
+        raise ValueError(f"layout: SeerAttention's decode mask is per KV head; got head_mode {layout.head_mode!r}")
+    B, H, bs = layout.batch_size, layout.num_heads, layout.block_size
+    nblk = int(-(-int(layout.kv_lens.max()) // bs)) if B else 0
+    out = np.zeros((B * H, nblk), dtype=np.bool_)
+    rows = np.repeat(np.arange(B * H, dtype=np.int64), np.diff(layout.indptr))
+    out[rows, layout.blocks.astype(np.int64)] = True
+    return out.reshape(B, H, nblk)
+
+
+# ------------------------------------------------------------------------------------------------------ rows
+
+ROW_KEYS = ("bench", "workload", "system", "causal", "density", "block", "head_dim", "ms", "tflops", "tbps",
+            "note")
+"""Keys of one result row: ``tflops`` (compute-bound kinds) or ``tbps`` (bandwidth-bound, e.g. decode) is set,
+the other is None; ``ms``/``tflops``/``tbps`` are None for an n/a cell, whose ``note`` says why."""
+
+
+def _num_or_none(x: Any, name: str) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number or None, got {type(x).__name__}")
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def make_row(bench: str, workload: str, system: str, *, causal: bool, density: float | None, block: Any,
+             head_dim: int, ms: float | None, tflops: float | None = None, tbps: float | None = None,
+             note: str = "") -> dict[str, Any]:
+    """One result row (NaN becomes None); TypeError / ValueError naming a bad field."""
+    for nm, v in (("bench", bench), ("workload", workload), ("system", system), ("note", note)):
+        if not isinstance(v, str):
+            raise TypeError(f"{nm}: expected a str, got {type(v).__name__}")
+    if not bench or not system:
+        raise ValueError("bench / system: must not be empty")
+    if isinstance(block, (tuple, list)):
+        block = "x".join(str(int(b)) for b in block)
+    if not isinstance(block, (int, str)) or isinstance(block, bool):
+        raise TypeError(f"block: expected an int, a 'RxC' str or a pair, got {block!r}")
+    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 1:
+        raise ValueError(f"head_dim: expected a positive int, got {head_dim!r}")
+    row = {"bench": bench, "workload": workload, "system": system, "causal": bool(causal),
+           "density": _num_or_none(density, "density"), "block": block, "head_dim": int(head_dim),
+           "ms": _num_or_none(ms, "ms"), "tflops": _num_or_none(tflops, "tflops"),
+           "tbps": _num_or_none(tbps, "tbps"), "note": note}
+    if row["tflops"] is not None and row["tbps"] is not None:
+        raise ValueError("tflops / tbps: give one of them, not both")
+    return row
+
+
+def check_row(row: Any) -> dict[str, Any]:
+    """Validate a row read back from JSON (same keys as :func:`make_row` writes)."""
+    if not isinstance(row, dict):
+        raise TypeError(f"row: expected a dict, got {type(row).__name__}")
+    missing = [k for k in ROW_KEYS if k not in row]
+    if missing:
+        raise ValueError(f"row: missing keys {missing} (schema: {list(ROW_KEYS)})")
+    return make_row(row["bench"], row["workload"], row["system"], causal=row["causal"], density=row["density"],
+                    block=row["block"], head_dim=row["head_dim"], ms=row["ms"], tflops=row["tflops"],
+                    tbps=row["tbps"], note=row["note"])
+
+
+def write_json(path: str | Path, rows: Iterable[dict[str, Any]], meta: dict[str, Any] | None = None) -> Path:
+    """Write ``{"meta": ..., "rows": [...]}`` (rows validated) to ``path``; return the path."""
+    checked = [check_row(r) for r in rows]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"meta": meta or {}, "rows": checked}, indent=1) + "\n")
+    return p
+
+
+def read_json(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results file written by :func:`write_json` (or a bare list of rows), validated."""
+    data = json.loads(Path(path).read_text())
+    rows: Sequence[Any] = data["rows"] if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise ValueError(f"path: {path} holds no list of rows")
+    return [check_row(r) for r in rows]
+
+
+__all__ = ["bench", "load_fa4", "fa4_fields", "fa4_block_sparse", "load_seer", "seer_block_mask_2d",
+           "seer_decode_mask", "ROW_KEYS", "make_row", "check_row", "write_json", "read_json"]
