@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-import varblock  # noqa: E402
 from anchors import bench  # noqa: E402,F401  (re-exported: bench_backward / bench_pooling import it from here)
+
+import varblock  # noqa: E402
 from varblock import layout as L  # noqa: E402
 
 WORKLOADS = {
