@@ -161,6 +161,7 @@ FAMILY_MODULES = (
     "varblock.kernels.tma_copy",
     "varblock.kernels.layout_device",
     "varblock.kernels.attention_pool",
+    "varblock.kernels.attention_pool_sm90",
 )
 
 
