@@ -37,6 +37,12 @@ from varblock.layout.decode import DecodeLayout  # noqa: E402
 
 DEFAULT_SEER_PATH = ROOT / ".seer"
 SEER_PACKAGE = "seer_attn.kernels.varlen"
+WORKLOADS: dict[str, tuple[list[int], int, int]] = {
+    "W1": ([512, 1024, 2048, 4096, 8192, 1536, 3072, 6144], 32, 8),
+    "W2": ([32768], 16, 16),
+    "W3": ([512] * 64, 16, 16),
+}
+"""The issues' workloads W1-W3: (sequence lengths, query heads, KV heads); importable without torch."""
 
 # ------------------------------------------------------------------------------------------------------ timing
 
@@ -184,6 +190,92 @@ def seer_decode_mask(layout: DecodeLayout) -> np.ndarray:
     return out.reshape(B, H, nblk)
 
 
+# ------------------------------------------------------------------------------------------------------ Flex
+
+
+def _ragged_arange(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(segment, position) of every element of segments with ``counts`` elements."""
+    counts = counts.astype(np.int64)
+    seg = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+    starts = np.cumsum(counts) - counts
+    return seg, np.arange(seg.shape[0], dtype=np.int64) - starts[seg]
+
+
+def packed_cell_codes(layout: BlockSparseLayout, block: int) -> np.ndarray:
+    """int8 ``[layout heads, nb, nb]`` over the packed tokens at ``block`` x ``block`` cells (``nb = total / block``):
+    0 = not kept, 1 = partial (the element mask applies), 2 = full. Each entry (fixed or variable span) becomes the
+    cells it covers, so spans, sequence starts and the packed length must be multiples of ``block``."""
+    if not isinstance(layout, BlockSparseLayout):
+        raise TypeError(f"layout: expected a BlockSparseLayout, got {type(layout).__name__}")
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block: expected a positive int, got {block!r}")
+    total = int(layout.cu_seqlens_q[-1])
+    if total != int(layout.cu_seqlens_k[-1]) or total % block:
+        raise ValueError(f"layout: packed cells need total_q == total_k, a multiple of block = {block}; got "
+                         f"{total} / {int(layout.cu_seqlens_k[-1])}")
+    rs = layout.rows()
+    e_row = np.repeat(np.arange(rs.num_rows, dtype=np.int64), np.diff(rs.ent_ptr))
+    b = rs.batch[e_row]
+    q0 = layout.cu_seqlens_q[b].astype(np.int64) + rs.q_start[e_row]
+    k0 = layout.cu_seqlens_k[b].astype(np.int64) + rs.k_start
+    ql, kl = rs.q_len[e_row].astype(np.int64), rs.k_len.astype(np.int64)
+    if any(((x % block) != 0).any() for x in (q0, k0, ql, kl)):
+        raise ValueError(f"layout: every span and sequence start must be a multiple of block = {block}")
+    nq, nk = ql // block, kl // block
+    e, pos = _ragged_arange(nq * nk)
+    nb = total // block
+    code = np.zeros((layout.num_heads, nb, nb), dtype=np.int8)
+    code[rs.head[e_row[e]], q0[e] // block + pos // nk[e], k0[e] // block + pos % nk[e]] = \
+        np.where(layout.entry_is_full()[e], 2, 1)
+    return code
+
+
+def same_cells(a: BlockSparseLayout, b: BlockSparseLayout, num_heads_q: int, num_heads_kv: int, block: int) -> bool:
+    """Whether two layouts keep the same packed cells, full or partial alike, for every query head (each through its
+    own head map: e.g. a ``per_kv_head`` layout against its per-query-head export read back)."""
+    ca, cb = packed_cell_codes(a, block), packed_cell_codes(b, block)
+    return bool(np.array_equal(ca[a.head_map(num_heads_q, num_heads_kv)], cb[b.head_map(num_heads_q, num_heads_kv)]))
+
+
+def flex_block_lists(layout: BlockSparseLayout, num_heads_q: int, num_heads_kv: int, block: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """FlexAttention ``BlockMask.from_kv_blocks`` lists over the packed tokens, at ``block`` x ``block`` cells
+    (:func:`packed_cell_codes`): ``(partial_cnt [Hq, nb], partial_idx [Hq, nb, nb], full_cnt, full_idx)`` int32.
+    Partial cells (e.g. a causal diagonal block) are those the ``mask_mod`` applies to. Indices follow Flex's own
+    convention: kept cells ascending, then the other cells ascending."""
+    head_map = layout.head_map(num_heads_q, num_heads_kv)
+    code = packed_cell_codes(layout, block)
+    out = []
+    for want in (1, 2):
+        kept = code == want
+        cnt = kept.sum(axis=-1, dtype=np.int32)
+        idx = np.argsort(~kept, axis=-1, kind="stable").astype(np.int32)
+        out += [np.ascontiguousarray(cnt[head_map]), np.ascontiguousarray(idx[head_map])]
+    return out[0], out[1], out[2], out[3]
+
+
+def _causal_mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+    """Flex ``mask_mod``: causal over packed positions (one function object, so compiled kernels are reused)."""
+    return q_idx >= kv_idx
+
+
+def flex_block_mask(layout: BlockSparseLayout, num_heads_q: int, num_heads_kv: int, block: int, device: Any,
+                    causal: bool) -> Any:
+    """FlexAttention ``BlockMask`` on ``device`` with the layout's kept cells (:func:`flex_block_lists`); partial
+    cells get ``mask_mod`` = causal over the packed positions when ``causal`` (sequences start on block
+    boundaries, so it equals per-sequence bottom-right causal on a diagonal cell of equal-length sequences)."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
+
+    total = int(layout.cu_seqlens_q[-1])
+    pc, pi, fc, fi = (torch.from_numpy(a)[None].to(device) for a in
+                      flex_block_lists(layout, num_heads_q, num_heads_kv, block))
+    kw: dict[str, Any] = {"BLOCK_SIZE": block, "seq_lengths": (total, total)}
+    if causal:
+        kw["mask_mod"] = _causal_mask_mod
+    return BlockMask.from_kv_blocks(pc, pi, fc, fi, **kw)
+
+
 # ------------------------------------------------------------------------------------------------------ rows
 
 ROW_KEYS = ("bench", "workload", "system", "causal", "density", "block", "head_dim", "ms", "tflops", "tbps",
@@ -256,4 +348,5 @@ def read_json(path: str | Path) -> list[dict[str, Any]]:
 
 
 __all__ = ["bench", "load_fa4", "fa4_fields", "fa4_block_sparse", "load_seer", "seer_block_mask_2d",
-           "seer_decode_mask", "ROW_KEYS", "make_row", "check_row", "write_json", "read_json"]
+           "seer_decode_mask", "packed_cell_codes", "same_cells", "flex_block_lists", "flex_block_mask",
+           "ROW_KEYS", "make_row", "check_row", "write_json", "read_json"]

@@ -1,28 +1,40 @@
-"""Forward attention, varblock vs FlexAttention, side by side in one run (workloads W1-W3 of shared/anchors.md).
+"""Forward attention side by side in one run: both varblock families, FlexAttention, FA4 and SeerAttention.
 
-    python benchmarks/bench_attention.py [--workloads W1,W2,W3] [--densities 1.0,0.5,0.1] [--no-flex]
-                                         [--backends attention_fwd_mma,attention_fwd_sm90] [--head-dim 128]
-                                         [--block 128]
+    python benchmarks/bench_attention.py --suite full [--seer-path .seer] [--json out.json]   # issue 10's cells
+    python benchmarks/bench_attention.py [--workloads W1,W2,W3] [--densities 1.0,0.5,0.1] [--causal both]
+        [--head-dim 128] [--block 128] [--backends ...] [--no-flex] [--no-fa4] [--no-seer] [--reps 10]
+    python benchmarks/bench_attention.py --suite full --dry-run      # CPU: every layout / mask / export, no launch
 
-Random ``block`` x ``block`` blocks at the given density (diagonal always kept), shared by the query heads of a GQA
-group, bf16. One column per varblock kernel family (``--backends``, default every ``attention_fwd`` family; a family
-that declines a problem shows its reason once and n/a). TFLOP/s count computed pairs only (4 * D per pair; a causal
-diagonal block counts its allowed pairs, about half). CUDA-event median after warm-up. Prints one table; the last
-column is FlexAttention time / the fastest varblock family's time (> 1: varblock is faster). Also checks that on W2
-the time at density 0.1 is at most 0.15 x the time at 1.0 (for each family).
+Workloads (shared/anchors.md): W1 8 mixed sequences Hq32/Hkv8, W2 1x32k H16, W3 64x512 H16, and VB (16k tokens,
+one sequence, Hq32/Hkv8, per-KV-head row and column spans drawn from {64, 128, 192}, FlashInfer-style, built with
+``varblock.layout.from_flashinfer``). Random kept blocks at the given density (the diagonal always kept), one
+pattern per KV head shared by its GQA group, bf16. Every system gets exactly the same kept blocks: FA4 through
+``layout.to_fa4`` (dense causal FA4 for causal rows at density 1.0, where it is the same work), FlexAttention a
+BlockMask of the layout's cells, SeerAttention's ``block_sparse_attn_varlen_2d`` the dense per-sequence mask (causal
+rows only: that kernel is causal). TFLOP/s = 4 * D * kept pairs (causal diagonal blocks count their allowed pairs)
+/ time, CUDA-event median after warm-up; each anchor's first output is compared with varblock's (``note``).
+A column that cannot run prints one line with the reason and shows n/a; it never stops the run. FlashInfer is not
+on the GPU machine: its variable-block numbers are issue 10's measurement, not this run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+import anchors as A  # noqa: E402
 from anchors import bench  # noqa: E402,F401  (re-exported: bench_backward / bench_pooling import it from here)
 
 import varblock  # noqa: E402
@@ -32,130 +44,481 @@ WORKLOADS = {
     "W1": ([512, 1024, 2048, 4096, 8192, 1536, 3072, 6144], 32, 8),
     "W2": ([32768], 16, 16),
     "W3": ([512] * 64, 16, 16),
+    "VB": ([16384], 32, 8),
 }
 D = 128
 BS = 128
+VB_SIZES = (64, 128, 192)
+FA4_BLOCK = 128  # FA4's sm90 varlen block sparsity: block_size == (tile_m, tile_n) = (128, 128) at d64 / d128
+SEER_MODULE = "block_sparse_attn_varlen_2d"
+SEER_HEAD_DIMS = (64, 128, 256)
+FLASHINFER_CITED = {0.5: 342.0, 0.1: 278.0}  # issue 10: FlashInfer 0.5.3 variable blocks, VB, d128 (not this run)
+SUITE_NOTE = "issue 10's FlashInfer measurement (VariableBlockSparseAttentionWrapper), not this run"
 
 
-def flex_block_mask(lay, hq: int, hkv: int, total: int, causal: bool, bs: int = BS):
-    """FlexAttention BlockMask over the packed sequence, from the layout's rows (``bs``-aligned sequences)."""
-    from torch.nn.attention.flex_attention import BlockMask
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark configuration; ``block`` None = variable spans (VB)."""
 
-    rs = lay.rows()
-    nb = total // bs
-    cu_q = lay.cu_seqlens_q.astype(np.int64) // bs
-    cu_k = lay.cu_seqlens_k.astype(np.int64) // bs
-    counts = np.diff(rs.ent_ptr)
-    e_row = np.repeat(np.arange(rs.num_rows), counts)
-    gq = cu_q[rs.batch[e_row]] + rs.q_start[e_row] // bs
-    gk = cu_k[rs.batch[e_row]] + rs.k_start // bs
-    full = lay.entry_is_full()
-    group = hq // hkv
-    heads = np.arange(hq)
-    hl_of = {"per_q_head": heads, "per_kv_head": heads // group, "broadcast": np.zeros_like(heads)}[lay.head_mode]
-
-    def lists(sel):
-        cnt = np.zeros((lay.num_heads, nb), np.int32)
-        idx = np.zeros((lay.num_heads, nb, nb), np.int32)
-        hl, r, c = rs.head[e_row[sel]], gq[sel], gk[sel]
-        order = np.lexsort((c, r, hl))
-        hl, r, c = hl[order], r[order], c[order]
-        np.add.at(cnt, (hl, r), 1)
-        flat = hl * nb + r
-        first = np.r_[0, np.flatnonzero(np.diff(flat)) + 1]
-        pos = np.arange(flat.size) - np.repeat(first, np.diff(np.r_[first, flat.size]))
-        idx[hl, r, pos] = c
-        t = lambda a: torch.from_numpy(a[hl_of][None]).cuda()  # noqa: E731
-        return t(cnt), t(idx)
-
-    full_cnt, full_idx = lists(full)
-    part_cnt, part_idx = lists(~full)
-    mask_mod = (lambda b, h, qi, ki: qi >= ki) if causal else None
-    if mask_mod is None:
-        return BlockMask.from_kv_blocks(part_cnt, part_idx, full_cnt, full_idx, BLOCK_SIZE=bs,
-                                        seq_lengths=(total, total))
-    return BlockMask.from_kv_blocks(part_cnt, part_idx, full_cnt, full_idx, BLOCK_SIZE=bs, mask_mod=mask_mod,
-                                    seq_lengths=(total, total))
+    workload: str
+    causal: bool
+    densities: tuple[float, ...]
+    head_dim: int
+    block: int | None
 
 
-def _time_family(backend, cu, hq, hkv, d, lay, q, k, v, declined):
-    """(ms, plan) of one varblock family on one problem, or (nan, None) when it declines (reason kept once)."""
+SUITES: dict[str, tuple[Cell, ...]] = {
+    "full": (
+        Cell("W1", False, (1.0, 0.5, 0.1), 128, 128),
+        Cell("W2", False, (1.0, 0.5, 0.1), 128, 128),
+        Cell("W3", False, (1.0, 0.5, 0.1), 128, 128),
+        Cell("W1", True, (1.0, 0.5, 0.1), 128, 128),
+        Cell("W1", False, (1.0, 0.5), 64, 128),
+        Cell("W1", True, (1.0, 0.5, 0.1), 128, 64),
+        Cell("VB", False, (0.5, 0.1), 128, None),
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------------ layouts
+
+
+def cu_seqlens(workload: str) -> np.ndarray:
+    """int32 cumulative lengths of a workload."""
+    lens = WORKLOADS[workload][0]
+    return np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+
+
+def variable_spans(total: int, rng: np.random.Generator) -> np.ndarray:
+    """Sizes from :data:`VB_SIZES` in random order summing to ``total`` (a multiple of 64): equal counts of each
+    size, the remainder made of one 64 and one 192 per 256 tokens (so every head has the same number of spans)."""
+    unit = sum(VB_SIZES)
+    n, rest = divmod(total, unit)
+    if rest % 256 or total % 64:
+        raise ValueError(f"total: {total} tokens cannot be tiled by equal counts of {VB_SIZES} plus (64, 192) pairs")
+    sizes = np.array(list(VB_SIZES) * n + [64, 192] * (rest // 256), dtype=np.int64)
+    return rng.permutation(sizes)
+
+
+def variable_layout(total: int, num_heads_kv: int, density: float, seed: int = 1) -> L.BlockSparseLayout:
+    """VB: one sequence of ``total`` tokens, per-KV-head row / column spans from :data:`VB_SIZES`, each block kept
+    with probability ``density`` plus every block the diagonal crosses (no empty row), via ``from_flashinfer``."""
+    rng = np.random.default_rng(seed)
+    rows = np.stack([variable_spans(total, rng) for _ in range(num_heads_kv)])
+    cols = np.stack([variable_spans(total, rng) for _ in range(num_heads_kv)])
+    r0, c0 = np.cumsum(rows, 1) - rows, np.cumsum(cols, 1) - cols
+    diag = (r0[:, :, None] < (c0 + cols)[:, None, :]) & (c0[:, None, :] < (r0 + rows)[:, :, None])
+    keep = (rng.random(diag.shape) < density) | diag
+    return L.from_flashinfer(keep, rows, cols)
+
+
+def make_layout(cell: Cell, density: float) -> L.BlockSparseLayout:
+    """The kept blocks of one (cell, density) point, per KV head."""
+    cu = cu_seqlens(cell.workload)
+    hkv = WORKLOADS[cell.workload][2]
+    if cell.block is None:
+        if cell.causal:
+            raise ValueError("causal: the variable-block workload is non-causal (FlashInfer's measurement)")
+        return variable_layout(int(cu[-1]), hkv, density)
+    return L.random_blocks(cu, cu, density=density, num_heads=hkv, head_mode="per_kv_head", causal=cell.causal,
+                           seed=1, block_q=cell.block, block_k=cell.block)
+
+
+def flex_block_mask(lay: L.BlockSparseLayout, hq: int, hkv: int, total: int, causal: bool, bs: int = BS) -> Any:
+    """FlexAttention BlockMask of the layout on the current CUDA device (kept for bench_backward's call)."""
+    if total != int(lay.cu_seqlens_q[-1]):
+        raise ValueError(f"total: expected the layout's {int(lay.cu_seqlens_q[-1])} packed tokens, got {total}")
+    return A.flex_block_mask(lay, hq, hkv, bs, "cuda", causal)
+
+
+# ------------------------------------------------------------------------------------------------------ columns
+
+
+@dataclass
+class Point:
+    """One (cell, density) point: its layout, problem and (on a GPU) tensors and varblock's reference output."""
+
+    cell: Cell
+    density: float
+    layout: L.BlockSparseLayout
+    hq: int
+    hkv: int
+    flops: float
+    tensors: Any = None  # (q, k, v, cu_device, max_seqlen) on a GPU run
+    ref: Any = None  # the fastest varblock family's output
+
+
+class NotApplicable(Exception):
+    """A column that cannot run this point (the message says why)."""
+
+
+def fa4_host_input(pt: Point) -> tuple[str, Any]:
+    """('dense_causal' | 'sparse', FA4 fields or None), or NotApplicable with the reason."""
+    lay, cell = pt.layout, pt.cell
+    if not lay.is_fixed:
+        raise NotApplicable("FA4 block sparsity takes fixed block sizes; variable spans are not expressible")
+    if cell.causal:
+        if pt.density < 1.0:
+            raise NotApplicable("causal diagonal blocks are partial: FA4 would need a CuTe mask_mod; only dense "
+                                "causal FA4 (density 1.0) is the same work")
+        return "dense_causal", None
+    if cell.block != FA4_BLOCK:
+        raise NotApplicable(f"FA4's sm90 varlen block sparsity needs {FA4_BLOCK}x{FA4_BLOCK} blocks "
+                            f"(block_size == (tile_m, tile_n)); got {cell.block}x{cell.block}")
+    return "sparse", A.fa4_fields(lay, pt.hq)
+
+
+def seer_host_input(pt: Point) -> np.ndarray:
+    """SeerAttention's 2D mask for this point, or NotApplicable with the reason."""
+    if not pt.cell.causal:
+        raise NotApplicable("SeerAttention's block_sparse_attn_varlen_2d is causal only")
+    if pt.cell.block is None:
+        raise NotApplicable("SeerAttention takes square fixed blocks")
+    if pt.cell.head_dim not in SEER_HEAD_DIMS:
+        raise NotApplicable(f"SeerAttention's kernel takes head dims {SEER_HEAD_DIMS}")
+    return A.seer_block_mask_2d(pt.layout, pt.hq, pt.hkv)
+
+
+def flex_host_input(pt: Point) -> tuple:
+    """Flex lists at the layout's block (64 for variable spans: VB's sizes are multiples of 64)."""
+    return A.flex_block_lists(pt.layout, pt.hq, pt.hkv, pt.cell.block or 64)
+
+
+def run_fa4(pt: Point, fa4_fn: Callable[..., Any]) -> Callable[[], Any]:
+    """FA4 call on this point's tensors."""
+    import torch
+
+    kind, fields = fa4_host_input(pt)
+    q, k, v, cu, mx = pt.tensors
+    common = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=mx, max_seqlen_k=mx)
+    if kind == "dense_causal":
+        return lambda: fa4_fn(q, k, v, causal=True, **common)
+    _, bst_type = A.load_fa4()
+    t = {n: torch.from_numpy(np.ascontiguousarray(getattr(fields, n))).to(q.device) for n in
+         ("mask_block_cnt", "mask_block_idx", "full_block_cnt", "full_block_idx", "cu_total_m_blocks",
+          "cu_block_idx_offsets")}
+    bst = bst_type(**t, block_size=tuple(fields.block_size))
+    return lambda: fa4_fn(q, k, v, block_sparse_tensors=bst, **common)
+
+
+def run_seer(pt: Point, seer: Any) -> Callable[[], Any]:
+    """SeerAttention forward (``blocksparse_flash_attn_varlen_fwd``; its wrapper copies cu_seqlens to the host)."""
+    import torch
+
+    mask = torch.from_numpy(seer_host_input(pt)).to(pt.tensors[0].device)
+    q, k, v, cu, mx = pt.tensors
+    scale = 1.0 / math.sqrt(pt.cell.head_dim)
+    return lambda: seer.blocksparse_flash_attn_varlen_fwd(q, k, v, cu, cu, mx, scale, mask,
+                                                          block_size=pt.cell.block)
+
+
+def run_flex(pt: Point, flex: Any) -> Callable[[], Any]:
+    """FlexAttention (torch.compile'd) with the layout's BlockMask; output back to [total, H, D]."""
+    q, k, v, _, _ = pt.tensors
+    bm = A.flex_block_mask(pt.layout, pt.hq, pt.hkv, pt.cell.block or 64, q.device, pt.cell.causal)
+    qf, kf, vf = (x.transpose(0, 1)[None] for x in (q, k, v))
+    gqa = pt.hq != pt.hkv
+    return lambda: flex(qf, kf, vf, block_mask=bm, enable_gqa=gqa)[0].transpose(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------------ running
+
+
+@dataclass
+class Context:
+    """What stays loaded across points: args, anchors (None: off or failed to load, reason printed)."""
+
+    args: argparse.Namespace
+    backends: list[str]
+    rows: list[dict[str, Any]]
+    flex: Any = None
+    fa4: Any = None
+    seer: Any = None
+    off: dict[str, str] | None = None  # system -> why the whole column is off
+
+
+def _row(pt: Point, system: str, ms: float | None, note: str) -> dict[str, Any]:
+    c = pt.cell
+    tf = pt.flops / ms / 1e9 if ms is not None and ms > 0 else None
+    return A.make_row("forward", c.workload, system, causal=c.causal, density=pt.density,
+                      block=c.block if c.block is not None else "var" + "/".join(map(str, VB_SIZES)),
+                      head_dim=c.head_dim, ms=ms, tflops=tf, note=note)
+
+
+def _emit(ctx: Context, pt: Point, system: str, ms: float | None, note: str) -> None:
+    r = _row(pt, system, ms, note)
+    ctx.rows.append(r)
+    tf = f"{r['tflops']:7.1f} TFLOP/s" if r["tflops"] is not None else "    n/a"
+    t = f"{ms:8.3f} ms" if ms is not None else "      n/a"
+    print(f"  {system:28s} {t} {tf}  {note}", flush=True)
+
+
+def _rel_diff(out: Any, ref: Any) -> str:
+    if ref is None:
+        return ""
+    o = out[0] if isinstance(out, tuple) else out
+    d = float((o.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+    return f"rel. diff vs varblock {d:.1e}"
+
+
+def time_column(ctx: Context, pt: Point, system: str, make: Callable[[], Callable[[], Any]]) -> Any:
+    """Build and time one column; any failure becomes an n/a row with the reason. Returns the first output."""
+    if ctx.off and system in ctx.off:
+        _emit(ctx, pt, system, None, ctx.off[system])
+        return None
     try:
-        p = varblock.plan(cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay, backend=backend)
-    except ValueError as ex:
-        if backend not in declined:
-            declined[backend] = str(ex)
-            print(f"{backend} declined: {ex}", flush=True)
-        return float("nan"), None
-    out = torch.empty_like(q)
-    return bench(lambda: varblock.attention(q, k, v, p, out=out)), p
+        fn = make()
+        out = fn()  # first call (JIT / autotune), checked against varblock
+        ms = bench(fn, warmup=ctx.args.warmup, rep=ctx.args.reps)
+        _emit(ctx, pt, system, ms, _rel_diff(out, pt.ref) if not system.startswith("varblock") else "")
+        return out
+    except NotApplicable as ex:
+        _emit(ctx, pt, system, None, f"n/a: {ex}")
+    except Exception as ex:  # one broken anchor never stops the run
+        first = str(ex).splitlines()[0][:200] if str(ex) else ""
+        _emit(ctx, pt, system, None, f"failed: {type(ex).__name__}: {first}")
+    return None
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workloads", default="W1,W2,W3")
-    ap.add_argument("--densities", default="1.0,0.5,0.1")
-    ap.add_argument("--no-flex", action="store_true")
-    ap.add_argument("--backends", default=",".join(varblock.families.family_names("attention_fwd")))
-    ap.add_argument("--head-dim", type=int, default=D)
-    ap.add_argument("--block", type=int, default=BS, help="block size of the random layouts (and of FlexAttention)")
-    args = ap.parse_args()
-    backends = args.backends.split(",")
-    d, bs = args.head_dim, args.block
-    torch.manual_seed(0)
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, varblock {varblock.__version__}, d{d}, "
-          f"blocks {bs}x{bs}", flush=True)
-    flex = None
-    if not args.no_flex:
-        from torch.nn.attention.flex_attention import flex_attention
+def run_point(ctx: Context, pt: Point) -> None:
+    """Every column of one point on the GPU: varblock families first (the fastest is the reference output)."""
+    import torch
 
-        flex = torch.compile(flex_attention, dynamic=False)
-    rows, w2, declined = [], {}, {}
-    for wname in args.workloads.split(","):
-        lens, hq, hkv = WORKLOADS[wname]
-        cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-        total = int(cu[-1])
+    q, k, v, cu, _ = pt.tensors
+    best, cu_np = math.inf, cu_seqlens(pt.cell.workload)
+    for b in ctx.backends:
+        def make(b: str = b) -> Callable[[], Any]:
+            try:
+                p = varblock.plan(cu_np, cu_np, num_heads_q=pt.hq, num_heads_kv=pt.hkv,
+                                  head_dim=pt.cell.head_dim, layout=pt.layout, backend=b)
+            except ValueError as ex:  # the family declines this problem
+                raise NotApplicable(f"declined: {ex}") from ex
+            out = torch.empty_like(q)
+            return lambda: varblock.attention(q, k, v, p, out=out)
+
+        out = time_column(ctx, pt, f"varblock:{b}", make)
+        ms = ctx.rows[-1]["ms"]
+        if out is not None and ms is not None and ms < best:
+            best, pt.ref = ms, out.clone()
+    if not ctx.args.no_flex:
+        time_column(ctx, pt, "flex", lambda: run_flex(pt, ctx.flex))
+    if not ctx.args.no_fa4:
+        time_column(ctx, pt, "fa4", lambda: run_fa4(pt, ctx.fa4))
+    if not ctx.args.no_seer:
+        time_column(ctx, pt, "seer", lambda: run_seer(pt, ctx.seer))
+    if pt.cell.workload == "VB" and pt.density in FLASHINFER_CITED:
+        tf = FLASHINFER_CITED[pt.density]
+        ctx.rows.append(A.make_row("forward", "VB", "flashinfer (issue 10)", causal=False, density=pt.density,
+                                   block=_row(pt, "x", None, "")["block"], head_dim=pt.cell.head_dim,
+                                   ms=None, tflops=tf, note=SUITE_NOTE))
+        print(f"  {'flashinfer (issue 10)':28s}       n/a {tf:7.1f} TFLOP/s  {SUITE_NOTE}", flush=True)
+
+
+def roundtrip(pt: Point, system: str) -> str:
+    """CPU check of one column's host input: read it back with varblock's importer for that format and compare
+    the kept cells with the point's layout. Returns a note; NotApplicable when the column does not run."""
+    cu, c, lay = cu_seqlens(pt.cell.workload), pt.cell, pt.layout
+    g = c.block or 64
+    if system == "flex":
+        pc, pi, fc, fi = flex_host_input(pt)
+        back = L.from_flex(kv_num_blocks=pc[None], kv_indices=pi[None], full_kv_num_blocks=fc[None],
+                           full_kv_indices=fi[None], BLOCK_SIZE=g, packed=True, cu_seqlens_q=cu,
+                           cu_seqlens_k=cu, causal=c.causal, head_mode="per_q_head")
+        what = f"Flex lists {pi.shape} at {g}x{g}"
+    elif system == "fa4":
+        kind, fields = fa4_host_input(pt)
+        if kind == "dense_causal":
+            back, what = L.causal(cu, cu, block_q=g, block_k=g), "dense causal FA4"
+        else:
+            back = L.from_fa4(fields, cu, cu)
+            what = f"FA4 fields cnt {fields.full_block_cnt.shape} idx {fields.full_block_idx.shape}"
+    else:
+        mask = seer_host_input(pt)
+        back = L.from_seer_2d(mask, cu, cu, block_size=g, head_mode="per_q_head")
+        what = f"Seer mask {mask.shape}"
+    same = A.same_cells(lay, back, pt.hq, pt.hkv, g)
+    return f"dry-run: {what}, same kept cells as varblock's layout: {'yes' if same else 'MISMATCH'}"
+
+
+def dry_run_point(ctx: Context, pt: Point) -> None:
+    """CPU: build every anchor column's host input and check it against the layout (n/a reasons as on a GPU)."""
+    for system in ("flex", "fa4", "seer"):
+        try:
+            _emit(ctx, pt, system, None, roundtrip(pt, system))
+        except NotApplicable as ex:
+            _emit(ctx, pt, system, None, f"n/a: {ex}")
+
+
+def load_anchors(ctx: Context) -> None:
+    """Load Flex / FA4 / Seer once; a failure turns that column off with the reason (printed once)."""
+    ctx.off = {}
+    if not ctx.args.no_flex:
+        try:
+            import torch
+            from torch.nn.attention.flex_attention import flex_attention
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            torch._dynamo.config.accumulated_cache_size_limit = max(
+                torch._dynamo.config.accumulated_cache_size_limit, 512)
+            ctx.flex = torch.compile(flex_attention, dynamic=False)
+        except Exception as ex:
+            ctx.off["flex"] = f"failed to load: {type(ex).__name__}: {ex}"
+    if not ctx.args.no_fa4:
+        try:
+            ctx.fa4 = A.load_fa4()[0]
+        except ImportError as ex:
+            ctx.off["fa4"] = f"failed to load: {ex}"
+    if not ctx.args.no_seer:
+        try:
+            ctx.seer = A.load_seer(SEER_MODULE, ctx.args.seer_path)
+        except Exception as ex:
+            ctx.off["seer"] = f"failed to load: {type(ex).__name__}: {ex}"
+    for s, why in ctx.off.items():
+        print(f"{s}: {why}", flush=True)
+
+
+def make_point(cell: Cell, density: float, on_gpu: bool) -> Point:
+    """A point's layout, kept-pair FLOPs and, on a GPU, fresh bf16 tensors."""
+    lens, hq, hkv = WORKLOADS[cell.workload]
+    lay = make_layout(cell, density)
+    pt = Point(cell, density, lay, hq, hkv, 4.0 * cell.head_dim * lay.num_pairs(hq, hkv))
+    if on_gpu:
+        import torch
+
+        total, d = sum(lens), cell.head_dim
         q = torch.randn(total, hq, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16)
-        for causal in (False, True):
-            for density in (float(x) for x in args.densities.split(",")):
-                lay = L.random_blocks(cu, cu, density=density, num_heads=hkv, head_mode="per_kv_head",
-                                      causal=causal, seed=1, block_q=bs, block_k=bs)
-                flops, cells = float("nan"), []
-                for b in backends:
-                    t, p = _time_family(b, cu, hq, hkv, d, lay, q, k, v, declined)
-                    if p is not None:
-                        flops = p.flops()
-                    cells.append(t)
-                t_fx = float("nan")
-                if flex is not None:
-                    try:
-                        bm = flex_block_mask(lay, hq, hkv, total, causal, bs)
-                        qf, kf, vf = (x.transpose(0, 1)[None] for x in (q, k, v))
-                        t_fx = bench(lambda bm=bm: flex(qf, kf, vf, block_mask=bm, enable_gqa=hq != hkv))
-                    except Exception as ex:  # report, keep going
-                        print(f"flex failed on {wname} causal={causal} density={density}: {ex}", flush=True)
-                best = min((t for t in cells if t == t), default=float("nan"))
-                rows.append((wname, causal, density, [(t, flops / t / 1e9) for t in cells], t_fx,
-                             flops / t_fx / 1e9, t_fx / best))
-                fams = "   ".join(f"{b} {t:8.3f} ms {tf:6.1f} TFLOP/s" for b, (t, tf) in zip(backends, rows[-1][3]))
-                print(f"{wname:3s} causal={causal!s:5s} density={density:.1f}  {fams}   flex {t_fx:8.3f} ms "
-                      f"{rows[-1][5]:6.1f} TFLOP/s   flex/varblock {rows[-1][6]:.2f}", flush=True)
-                if wname == "W2" and not causal:
-                    w2[density] = cells
-    heads = " | ".join(f"{b} ms | {b} TFLOP/s" for b in backends)
-    print(f"\n| workload | causal | density | {heads} | flex ms | flex TFLOP/s | flex/best varblock |")
-    print("|---|---|---:|" + "---:|" * (2 * len(backends) + 3))
-    for wname, causal, density, cells, t_fx, tf_fx, ratio in rows:
-        fams = " | ".join(f"{t:.3f} | {tf:.1f}" for t, tf in cells)
-        print(f"| {wname} | {causal} | {density:.1f} | {fams} | {t_fx:.3f} | {tf_fx:.1f} | {ratio:.2f} |")
-    if 1.0 in w2 and 0.1 in w2:
-        for b, t1, t01 in zip(backends, w2[1.0], w2[0.1]):
-            ratio = t01 / t1
-            print(f"\nW2 non-causal {b}: time(density 0.1) / time(density 1.0) = {ratio:.3f} (bar: <= 0.15) -> "
-                  f"{'OK' if ratio <= 0.15 else 'NOT MET'}")
-    return 0
+        pt.tensors = (q, k, v, torch.from_numpy(cu_seqlens(cell.workload)).cuda(), max(lens))
+    return pt
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return (r["workload"], r["causal"], r["head_dim"], str(r["block"]), r["density"])
+
+
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table: one line per point, TFLOP/s per system, best varblock / FA4, / Seer and / Flex."""
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    points: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        points.setdefault(_key(r), {})[r["system"]] = r
+    head = "| workload | causal | d | block | density | " + " | ".join(systems)
+    head += " | varblock/FA4 | varblock/Seer | varblock/Flex |"
+    lines = [head, "|---|---|---:|---|---:|" + "---:|" * (len(systems) + 3)]
+    for (w, c, d, b, dens), by in points.items():
+        tf = {s: by[s]["tflops"] for s in by}
+        vb = max((t for s, t in tf.items() if s.startswith("varblock") and t is not None), default=None)
+
+        def ratio(s: str) -> str:
+            t = tf.get(s)
+            return f"{vb / t:.2f}" if vb is not None and t else "n/a"
+
+        cells = " | ".join(f"{tf[s]:.0f}" if tf.get(s) is not None else "n/a" for s in systems)
+        lines.append(f"| {w} | {c} | {d} | {b} | {dens} | {cells} | {ratio('fa4')} | {ratio('seer')} | "
+                     f"{ratio('flex')} |")
+    return "\n".join(lines)
+
+
+def w2_scaling(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per varblock family: W2 non-causal time(0.1) / time(1.0) against the bar <= 0.15."""
+    out = []
+    for s in dict.fromkeys(r["system"] for r in rows if r["system"].startswith("varblock")):
+        t = {r["density"]: r["ms"] for r in rows if r["system"] == s and r["workload"] == "W2"
+             and not r["causal"] and r["head_dim"] == 128 and r["ms"] is not None}
+        if 1.0 in t and 0.1 in t:
+            ratio = t[0.1] / t[1.0]
+            out.append(f"W2 non-causal {s}: time(0.1) / time(1.0) = {ratio:.3f} (bar <= 0.15) -> "
+                       f"{'OK' if ratio <= 0.15 else 'NOT MET'}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments (``--suite full`` replaces the workload / density / causal / d / block options)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", choices=sorted(SUITES), help="run a predefined set of cells (issue 10's bar)")
+    ap.add_argument("--workloads", default="W1,W2,W3")
+    ap.add_argument("--densities", default="1.0,0.5,0.1")
+    ap.add_argument("--causal", choices=("no", "yes", "both"), default="both")
+    ap.add_argument("--head-dim", type=int, default=D)
+    ap.add_argument("--block", type=int, default=BS, help="block size of the random layouts (VB ignores it)")
+    ap.add_argument("--backends", default=None, help="varblock families (default: every attention_fwd family)")
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-fa4", action="store_true")
+    ap.add_argument("--no-seer", action="store_true")
+    ap.add_argument("--seer-path", default=str(A.DEFAULT_SEER_PATH), help="folder holding seer_attn/")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", default=None, help="write every row here (benchmarks/anchors.py schema)")
+    ap.add_argument("--dry-run", action="store_true", help="CPU only: build every input, launch nothing")
+    args = ap.parse_args(argv)
+    if args.reps < 1 or args.warmup < 0:
+        ap.error("--reps must be >= 1 and --warmup >= 0")
+    for w in args.workloads.split(","):
+        if w not in WORKLOADS:
+            ap.error(f"--workloads: unknown workload {w!r} (known: {', '.join(WORKLOADS)})")
+    try:
+        dens = [float(x) for x in args.densities.split(",")]
+    except ValueError:
+        ap.error(f"--densities: expected comma-separated floats, got {args.densities!r}")
+    if any(not 0.0 < x <= 1.0 for x in dens):
+        ap.error("--densities: each density must be in (0, 1]")
+    if args.head_dim < 1 or args.block < 16 or args.block % 16:
+        ap.error("--head-dim must be positive and --block a positive multiple of 16")
+    return args
+
+
+def cells_from_args(args: argparse.Namespace) -> list[Cell]:
+    """The cells to run: the suite's, or the cross product of the individual options."""
+    if args.suite:
+        return list(SUITES[args.suite])
+    dens = tuple(float(x) for x in args.densities.split(","))
+    causal = {"no": (False,), "yes": (True,), "both": (False, True)}[args.causal]
+    return [Cell(w, c, dens, args.head_dim, None if w == "VB" else args.block)
+            for w in args.workloads.split(",") for c in causal if not (w == "VB" and c)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cells = cells_from_args(args)
+    backends = (args.backends.split(",") if args.backends
+                else list(varblock.families.family_names("attention_fwd")))
+    ctx = Context(args, backends, [])
+    meta: dict[str, Any] = {"argv": list(sys.argv[1:] if argv is None else argv), "varblock": varblock.__version__,
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "dry_run": args.dry_run}
+    if not args.dry_run:
+        import torch
+
+        torch.manual_seed(0)
+        meta.update(device=torch.cuda.get_device_name(), torch=torch.__version__)
+        load_anchors(ctx)
+    print(json.dumps(meta), flush=True)
+    t0 = time.time()
+    for cell in cells:
+        for density in cell.densities:
+            pt = make_point(cell, density, on_gpu=not args.dry_run)
+            blk = f"{cell.block}x{cell.block}" if cell.block else "variable"
+            print(f"{cell.workload} causal={cell.causal} d{cell.head_dim} block {blk} density {density} "
+                  f"(kept {pt.layout.density():.3f}, {pt.flops / 1e12:.2f} TFLOP)  [{time.time() - t0:.0f} s]",
+                  flush=True)
+            (dry_run_point if args.dry_run else run_point)(ctx, pt)
+            pt.tensors = pt.ref = None
+    print("\n" + summary_table(ctx.rows))
+    for line in w2_scaling(ctx.rows):
+        print(line)
+    print(f"\nFlashInfer (issue 10, not this run): W1 packed at 128x128 blocks 477 / 400 / 207 TFLOP/s at density "
+          f"1.0 / 0.5 / 0.1; variable blocks {FLASHINFER_CITED[0.5]:.0f} / {FLASHINFER_CITED[0.1]:.0f} at 0.5 / 0.1. "
+          f"Total {time.time() - t0:.0f} s.", flush=True)
+    if args.json:
+        print(f"wrote {A.write_json(args.json, ctx.rows, meta)}")
+    bad = [r for r in ctx.rows if "MISMATCH" in r["note"]]
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
