@@ -39,7 +39,7 @@ if [ -f build/gpu/fp_base.json ]; then
     step fingerprint "forward fingerprints vs base" 90 "$OUT/fingerprint.log" python3 tools/fwd_fingerprint.py --compare build/gpu/fp_base.json
 fi
 step tests "GPU tests" 300 "$OUT/pytest.log" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 150 tests/ \
-    --ignore=tests/test_backward_perf_gpu.py -rf
+    --ignore=tests/test_backward_perf_gpu.py -rfs
 step sanitize "sanitizer memcheck/racecheck/synccheck" 240 "$OUT/sanitize.log" python3 tools/sanitize.py --grouped \
     --tools memcheck,racecheck,synccheck --timeout 100 --log-dir /tmp/sanitize_logs
 step hopper "sm90 forward first check" 100 "$OUT/hopper.log" bash tools/hopper_check.sh
