@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from varblock.abi import TILE_FIELDS
+from varblock.tile_pairing import BandMask
 from varblock.worklist import WorkList, build_worklist, tile_pairs
 
 
@@ -58,6 +59,10 @@ class Mask:
         if self.tok is not None:
             ok &= self.tok[hq // self.tok_head_div, tq, j // self.tok_bk]
         return ok
+
+    def band(self) -> BandMask:
+        """What ``build_worklist(merge=...)`` is told about this mask."""
+        return BandMask(self.wl, self.wr, 0, opaque=self.doc_q is not None or self.tok is not None)
 
 
 def random_case(rng: np.random.Generator, hq: int, hkv: int, head_mode: str, nb: int, drop_rows: bool):
@@ -175,7 +180,7 @@ def with_left_partials(wl: WorkList, rng: np.random.Generator) -> WorkList:
                     tile_n=wl.tile_n, pack_gqa=wl.pack_gqa)
 
 
-def check_structure(wl, cu_q, hq, rows, tile_m, tile_n):
+def check_structure(wl, cu_q, hq, rows, tile_m, tile_n, merged=False):
     t, c = wl.tiles, wl.chunks
     g = wl.pack_gqa
     assert t.dtype == np.int32 and c.dtype == np.int32 and t.shape[1] == 8 and c.shape[1] == 2
@@ -183,8 +188,9 @@ def check_structure(wl, cu_q, hq, rows, tile_m, tile_n):
     assert ((c[:, 1] >= 1) & (c[:, 1] <= tile_n)).all()
     assert (t[:, 4] + t[:, 5] + t[:, 6] <= c.shape[0]).all()
     assert TILE_FIELDS[7] == "n_left" and (t[:, 7] == 0).all()  # the builder puts full chunks first
-    # chunk lists are shared, not copied: exactly one chunk per tile_n piece of every entry
-    assert c.shape[0] == int(((rows.k_len.astype(np.int64) + tile_n - 1) // tile_n).sum())
+    # chunk lists are shared, not copied: exactly one chunk per tile_n piece of every entry (merged: at most that)
+    pieces = int(((rows.k_len.astype(np.int64) + tile_n - 1) // tile_n).sum())
+    assert c.shape[0] <= pieces if merged else c.shape[0] == pieces
     # every (query head, token) is in exactly one tile
     n_rows = t[:, 3].astype(np.int64) * g
     cover = np.zeros((hq, int(cu_q[-1])), dtype=np.int64)
@@ -207,8 +213,9 @@ def check_structure(wl, cu_q, hq, rows, tile_m, tile_n):
     pack=st.booleans(),
     drop_rows=st.booleans(),
     longest_first=st.booleans(),
+    merge=st.booleans(),
 )
-def test_pairs_equal_layout(seed, heads, head_mode, nb, tiles, pack, drop_rows, longest_first):
+def test_pairs_equal_layout(seed, heads, head_mode, nb, tiles, pack, drop_rows, longest_first, merge):
     rng = np.random.default_rng(seed)
     hq, hkv = heads
     tile_m, tile_n = tiles
@@ -216,8 +223,9 @@ def test_pairs_equal_layout(seed, heads, head_mode, nb, tiles, pack, drop_rows, 
     rows, cu_q, cu_k = random_case(rng, hq, hkv, head_mode, nb, drop_rows)
     mask = random_mask(rng, cu_q, cu_k, hq, hkv, head_mode)
     wl = build_worklist(rows, cu_q, cu_k, num_heads_q=hq, num_heads_kv=hkv, head_mode=head_mode, tile_m=tile_m,
-                        tile_n=tile_n, pack_gqa=pack, longest_first=longest_first)
-    check_structure(wl, cu_q, hq, rows, tile_m, tile_n)
+                        tile_n=tile_n, pack_gqa=pack, longest_first=longest_first,
+                        merge=mask.band() if merge else None)
+    check_structure(wl, cu_q, hq, rows, tile_m, tile_n, merge)
     expected = layout_pairs(rows, cu_q, cu_k, hq, hkv, head_mode, mask)
     for w in (wl, with_left_partials(wl, rng)):  # n_left = 0 (the builder), random n_left (general order)
         got, h, tq, tk = worklist_pairs(w, cu_q, cu_k, hq, hkv, mask)
@@ -296,8 +304,9 @@ def dense_reference(pairs, q, k, v, hq, hkv, scale):
     head_mode=st.sampled_from(["per_q_head", "per_kv_head", "broadcast"]),
     tiles=st.sampled_from([(16, 16), (32, 8), (128, 64)]),
     pack=st.booleans(),
+    merge=st.booleans(),
 )
-def test_kernel_model_matches_dense(seed, heads, head_mode, tiles, pack):
+def test_kernel_model_matches_dense(seed, heads, head_mode, tiles, pack, merge):
     rng = np.random.default_rng(seed)
     hq, hkv = heads
     tile_m, tile_n = tiles
@@ -305,7 +314,7 @@ def test_kernel_model_matches_dense(seed, heads, head_mode, tiles, pack):
     rows, cu_q, cu_k = random_case(rng, hq, hkv, head_mode, int(rng.integers(1, 3)), drop_rows=True)
     mask = random_mask(rng, cu_q, cu_k, hq, hkv, head_mode)
     wl = build_worklist(rows, cu_q, cu_k, num_heads_q=hq, num_heads_kv=hkv, head_mode=head_mode, tile_m=tile_m,
-                        tile_n=tile_n, pack_gqa=pack)
+                        tile_n=tile_n, pack_gqa=pack, merge=mask.band() if merge else None)
     d = 8
     q = rng.standard_normal((int(cu_q[-1]), hq, d))
     k = rng.standard_normal((int(cu_k[-1]), hkv, d))

@@ -43,6 +43,7 @@ from .abi import (
     TILE_Q_START,
     TILE_WIDTH,
 )
+from .tile_pairing import BandMask, RowArrays, merge_rows
 
 _I32_MAX = 2**31 - 1
 
@@ -54,6 +55,8 @@ class WorkList:
     tile_m: int
     tile_n: int
     pack_gqa: int  #: G (1 = off)
+    #: built with ``merge``: a tile may hold several layout rows and a chunk several key spans (``tile_pairing``)
+    merged: bool = False
 
     @property
     def num_tiles(self) -> int:
@@ -96,12 +99,15 @@ def build_worklist(
     pack_gqa: bool | int = False,
     num_layout_heads: int | None = None,
     longest_first: bool = False,
+    merge: BandMask | None = None,
 ) -> WorkList:
     """Tiles and chunks for ``rows`` (a ``RowSpans``: head, batch, q_start, q_len, ent_ptr, n_full, k_start, k_len).
 
     ``pack_gqa``: False/1 (off), True (G = Hq // Hkv) or G itself (must equal Hq // Hkv); needs a layout shared by
     the group (``per_kv_head`` or ``broadcast``). ``longest_first`` orders tiles by decreasing chunk count (stable),
     which shortens the tail of a non-persistent launch; otherwise tiles follow the rows, query heads innermost.
+    ``merge``: the element mask the kernel applies to partial chunks; given, small rows share tiles and adjacent
+    key spans share chunks wherever that is exact (``varblock.tile_pairing``).
     """
     hq_n, hkv_n = int(num_heads_q), int(num_heads_kv)
     g, hl_n = _heads(hq_n, hkv_n, head_mode, tile_m, tile_n, pack_gqa, num_layout_heads)
@@ -113,7 +119,14 @@ def build_worklist(
     if (len_q < 0).any() or (len_k < 0).any():
         raise ValueError("cu_seqlens_q / cu_seqlens_k must be non-decreasing")
     r = _checked_rows(rows, hl_n, len_q, len_k)
-    ch_start, ch_len, row_cbeg, row_nfull, row_npart = _chunks(r, tile_n)
+    if merge is None:
+        ch_start, ch_len, row_cbeg, row_nfull, row_npart = _chunks(r, tile_n)
+    else:
+        _check_order(r.head * r.nb + r.batch, r.q_start, r.q_len)
+        m = merge_rows(RowArrays(*r[:8]), len_q, len_k, rows_per_tile=tile_m // g if g > 1 else tile_m,
+                       tile_n=tile_n, mask=merge)
+        r = r._replace(head=m.head, batch=m.batch, q_start=m.q_start, q_len=m.q_len)
+        ch_start, ch_len, row_cbeg, row_nfull, row_npart = m.ch_start, m.ch_len, m.cbeg, m.nfull, m.npart
     r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np = _complete_rows(r, row_cbeg, row_nfull, row_npart, hl_n, len_q)
     tiles = _tiles(r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np, hq_n, hkv_n, head_mode, tile_m, g)
     if longest_first and tiles.shape[0]:
@@ -121,7 +134,7 @@ def build_worklist(
     chunks = np.stack([ch_start, ch_len], axis=1) if ch_start.size else np.zeros((0, CHUNK_WIDTH), dtype=np.int64)
     return WorkList(tiles=to_i32(tiles.reshape(-1, TILE_WIDTH), "tiles"),
                     chunks=to_i32(chunks.reshape(-1, CHUNK_WIDTH), "chunks"),
-                    tile_m=int(tile_m), tile_n=int(tile_n), pack_gqa=g)
+                    tile_m=int(tile_m), tile_n=int(tile_n), pack_gqa=g, merged=merge is not None)
 
 
 def _heads(hq_n: int, hkv_n: int, head_mode: str, tile_m: int, tile_n: int, pack_gqa: bool | int,
@@ -215,11 +228,7 @@ def _complete_rows(r: _Rows, row_cbeg, row_nfull, row_npart, hl_n: int, len_q: n
     nb, nr = r.nb, r.head.shape[0]
     q_start, q_len = r.q_start, r.q_len
     key = r.head * nb + r.batch
-    if nr > 1:
-        prev_end = q_start[:-1] + q_len[:-1]
-        same = key[1:] == key[:-1]
-        if (key[1:] < key[:-1]).any() or (same & (q_start[1:] < prev_end)).any():
-            raise ValueError("rows must be sorted by (head, batch, q_start) and must not overlap")
+    _check_order(key, q_start, q_len)
     # gaps before each row (within its (head, batch)), and after the last row of every (head, batch)
     start_of = np.zeros(nr, dtype=np.int64)
     if nr > 1:
@@ -247,6 +256,14 @@ def _complete_rows(r: _Rows, row_cbeg, row_nfull, row_npart, hl_n: int, len_q: n
     r_key = r_key[order]
     r_head, r_batch = (r_key // nb, r_key % nb) if nb else (r_key, r_key)
     return (r_head, r_batch, *(c[order] for c in cols))
+
+
+def _check_order(key: np.ndarray, q_start: np.ndarray, q_len: np.ndarray) -> None:
+    """ValueError unless rows are sorted by (head, batch) key and q_start and do not overlap."""
+    if key.shape[0] > 1:
+        same = key[1:] == key[:-1]
+        if (key[1:] < key[:-1]).any() or (same & (q_start[1:] < q_start[:-1] + q_len[:-1])).any():
+            raise ValueError("rows must be sorted by (head, batch, q_start) and must not overlap")
 
 
 def _tiles(r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np, hq_n: int, hkv_n: int, head_mode: str, tile_m: int,

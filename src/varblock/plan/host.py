@@ -24,6 +24,7 @@ from varblock.layout import BlockSparseLayout, generators
 from varblock.layout.mask import ElementMask
 from varblock.plan.core import Plan
 from varblock.runtime.memory import DeviceBuffer
+from varblock.tile_pairing import BandMask
 from varblock.worklist import WorkList, build_worklist
 
 
@@ -92,7 +93,7 @@ def choose_pack(lay: BlockSparseLayout, hq: int, hkv: int, tile_m: int, pack_gqa
 
 
 def _worklist(lay: BlockSparseLayout, cu_q: np.ndarray, cu_k: np.ndarray, hq: int, hkv: int, tile_m: int,
-              tile_n: int, g: int, band_: tuple[int, int], dense: bool) -> WorkList:
+              tile_n: int, g: int, band_: tuple[int, int], dense: bool, merge: bool = True) -> WorkList:
     m = lay.mask
     if dense and m.doc_ids_q is None and m.token_mask is None and not sink_tokens(m):
         # the prepare kernel's format (per-sequence chunk lists: memory linear in the keys), longest tiles first
@@ -104,7 +105,13 @@ def _worklist(lay: BlockSparseLayout, cu_q: np.ndarray, cu_k: np.ndarray, hq: in
                         pack_gqa=g)
     return build_worklist(lay.rows(), cu_q, cu_k, num_heads_q=hq, num_heads_kv=hkv, head_mode=lay.head_mode,
                           tile_m=tile_m, tile_n=tile_n, pack_gqa=g, num_layout_heads=lay.num_heads,
-                          longest_first=True)
+                          longest_first=True, merge=band_mask(m) if merge else None)
+
+
+def band_mask(m: ElementMask) -> BandMask:
+    """What tile pairing needs to know of the element mask the kernels apply to partial chunks."""
+    wl, wr = band(m.causal, (m.window_left, m.window_right))
+    return BandMask(wl, wr, sink_tokens(m), opaque=m.doc_ids_q is not None or m.token_mask is not None)
 
 
 def _mask_tables(m: ElementMask, ordinal: int, hq: int, hkv: int, head_mode: str) -> dict[str, Any]:
@@ -133,13 +140,14 @@ def _mask_tables(m: ElementMask, ordinal: int, hq: int, hkv: int, head_mode: str
 def build_host_plan(lay: BlockSparseLayout, cu_q: np.ndarray, cu_k: np.ndarray, *, num_heads_q: int,
                     num_heads_kv: int, head_dim: int, ordinal: int, arch: str, family: str,
                     declined: dict[str, str], tile_m: int, tile_n: int, pack_gqa: bool | None,
-                    dense: bool) -> Plan:
-    """A plan whose work list is built on the host and copied to device ``ordinal`` (schedule not chosen yet)."""
+                    dense: bool, merge: bool = True) -> Plan:
+    """A plan whose work list is built on the host and copied to device ``ordinal`` (schedule not chosen yet).
+    ``merge``: layouts of blocks smaller than the tiles share tiles and chunks where exact (``tile_pairing``)."""
     hq, hkv = num_heads_q, num_heads_kv
     g = choose_pack(lay, hq, hkv, tile_m, pack_gqa)
     m = lay.mask
     wl, wr = band(m.causal, (m.window_left, m.window_right))
-    worklist = _worklist(lay, cu_q, cu_k, hq, hkv, tile_m, tile_n, g, (wl, wr), dense)
+    worklist = _worklist(lay, cu_q, cu_k, hq, hkv, tile_m, tile_n, g, (wl, wr), dense, merge)
     tables = _mask_tables(m, ordinal, hq, hkv, lay.head_mode)
     bufs = {
         "cu_seqlens_q": DeviceBuffer.from_host(ordinal, cu_q),
@@ -154,3 +162,19 @@ def build_host_plan(lay: BlockSparseLayout, cu_q: np.ndarray, cu_k: np.ndarray, 
                 tile_n=tile_n, worklist=worklist, window_left=int(wl), window_right=int(wr),
                 num_sink_tokens=sink_tokens(m), mask_flags=tables["flags"], tok_block_k=tables["tok_block_k"],
                 tok_head_div=tables["tok_head_div"], buffers=bufs, tok_strides=tables["tok_strides"])
+
+
+def unmerged_plan(plan: Plan, binding: Any, tile_m: int, tile_n: int) -> Plan:
+    """``plan``'s host layout planned again for ``binding``'s family at ``(tile_m, tile_n)`` with no tile pairing:
+    one layout row per tile, one key span per chunk (attention pooling needs chunks that never straddle two key
+    blocks). Schedule: the family's default."""
+    from varblock.plan.schedule import choose_schedule  # (schedule imports the runtime's kernel loader)
+
+    if plan.layout is None or plan.on_device:
+        raise ValueError("plan: a device plan has no host layout to re-plan from")
+    p = build_host_plan(plan.layout, plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
+                        num_heads_kv=plan.num_heads_kv, head_dim=plan.head_dim, ordinal=plan.device_id,
+                        arch=plan.arch, family=binding.name, declined={}, tile_m=tile_m, tile_n=tile_n,
+                        pack_gqa=None, dense=False, merge=False)
+    choose_schedule(p, binding, "auto")
+    return p

@@ -1,0 +1,240 @@
+"""Tile pairing: small layout rows share one query tile, adjacent key spans share one chunk (exactly).
+
+A layout of 64-token blocks fed to kernels with 128-row tiles and 128-key chunks would otherwise compute a quarter
+of every MMA for nothing. ``merge_rows`` turns the rows of a layout (``RowSpans``, docs/contracts.md section 1) into
+*groups* and per-group chunk lists for ``worklist.build_worklist``:
+
+* **Rows.** Consecutive rows of one (layout head, sequence) that tile one aligned window of ``rows_per_tile`` query
+  tokens (``[w * rows_per_tile, (w + 1) * rows_per_tile)``) with no gap form a group: one tile walks the *union* of
+  their key spans. That is exact only when every element the union adds for a member row is masked anyway by the
+  element mask the kernel applies to partial chunks (and every element of a member's full span inside a partial
+  chunk is allowed by it): checked on the band (causal / window / sinks, ``layout.mask.band_classify``, exact on
+  rectangles). A group that is not exact falls back to its single rows. Document ids and token masks only ever mask
+  more, so they never break a "not kept -> masked" argument, but they make "full -> allowed" unprovable
+  (``BandMask.opaque``).
+* **Keys.** The group's key spans (*units*) are walked in order; contiguous units form *runs* that are cut into
+  ``tile_n``-wide chunks from the run start, so two adjacent 64-wide kept blocks make one 128-wide chunk and a lone
+  64-wide block one 64-wide chunk. A chunk is full when every member keeps every unit it touches as full, partial
+  otherwise. A full unit whose elements the mask does not provably all allow (opaque masks, or a layout that calls
+  masked blocks full) is kept in runs of its own, so it is never masked.
+
+Rows whose entries overlap each other (legal in ``RowSpans``) are left as they are: one run per entry (*plain*).
+Pure NumPy and vectorised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .layout._host import ragged_arange
+from .layout.mask import band_classify
+
+#: most rows one group may hold (bounds the member x key-unit status table)
+MAX_GROUP_ROWS = 8
+#: unit status of a member row: not kept / kept partial / kept full
+_NOT_KEPT, _PARTIAL, _FULL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class BandMask:
+    """The element mask the kernels apply to partial chunks, as far as pairing needs it: the band as the kernels
+    take it (``window_left`` / ``window_right``, causal folded into the right bound, -1 = unbounded), the sink
+    count, and ``opaque`` (document ids or a token mask present: they may mask more than the band)."""
+
+    window_left: int = -1
+    window_right: int = -1
+    num_sink_tokens: int = 0
+    opaque: bool = False
+
+    def classify(self, qs, ql, ks, kl, off) -> tuple[np.ndarray, np.ndarray]:
+        """(every pair allowed, no pair allowed) for query x key rectangles, vectorised."""
+        lo = -self.window_left if self.window_left >= 0 else None
+        hi = self.window_right if self.window_right >= 0 else None
+        all_, none = band_classify(qs, ql, ks, kl, off, lo, hi, self.num_sink_tokens)
+        return (np.zeros_like(all_) if self.opaque else all_), none
+
+
+class RowArrays(NamedTuple):
+    """Checked rows as int64 arrays (``RowSpans`` fields)."""
+
+    head: np.ndarray
+    batch: np.ndarray
+    q_start: np.ndarray
+    q_len: np.ndarray
+    ent_ptr: np.ndarray
+    n_full: np.ndarray
+    k_start: np.ndarray
+    k_len: np.ndarray
+
+
+class MergedRows(NamedTuple):
+    """Groups (one output row each, sorted like the input rows) and their chunk lists: chunks
+    ``[cbeg[g], cbeg[g] + nfull[g] + npart[g])``, the full ones first."""
+
+    head: np.ndarray
+    batch: np.ndarray
+    q_start: np.ndarray
+    q_len: np.ndarray
+    ch_start: np.ndarray
+    ch_len: np.ndarray
+    cbeg: np.ndarray
+    nfull: np.ndarray
+    npart: np.ndarray
+
+
+def merge_rows(r: RowArrays, len_q: np.ndarray, len_k: np.ndarray, *, rows_per_tile: int, tile_n: int,
+               mask: BandMask) -> MergedRows:
+    """Group the rows ``r`` (sorted by (head, batch, q_start), non-overlapping, spans inside their sequences) for
+    tiles of ``rows_per_tile`` query tokens and chunks of ``tile_n`` keys; see the module docstring."""
+    nr = r.head.shape[0]
+    nb = len_q.shape[0]
+    grp = _candidate_groups(r.head * nb + r.batch, r.q_start, r.q_len, int(rows_per_tile))
+    plain = np.zeros(nr, dtype=bool)  # per row (rows of a plain group are alone)
+    for _ in range(3):
+        out, bad = _build(r, grp, plain, len_q, len_k, int(tile_n), mask)
+        if not bad.any():
+            return out
+        # rows of a bad group of several rows become single groups; a bad single row becomes plain
+        first = _group_first(grp)
+        size = np.diff(np.append(first, nr))
+        bad_row = bad[grp]
+        plain |= bad_row & (size[grp] == 1)
+        split = bad_row & (size[grp] > 1)
+        new = np.ones(nr, dtype=bool)
+        new[1:] = (grp[1:] != grp[:-1]) | split[1:]
+        grp = np.cumsum(new) - 1
+    raise AssertionError("internal: tile pairing did not settle")  # pragma: no cover
+
+
+def _candidate_groups(key: np.ndarray, q_start: np.ndarray, q_len: np.ndarray, tpt: int) -> np.ndarray:
+    """Group id per row: runs of contiguous rows of one (head, batch) inside one aligned window of ``tpt`` tokens,
+    at most ``MAX_GROUP_ROWS`` rows each."""
+    nr = key.shape[0]
+    if nr == 0:
+        return np.zeros(0, dtype=np.int64)
+    w0 = q_start // tpt
+    fits = w0 == (q_start + q_len - 1) // tpt
+    new = np.ones(nr, dtype=bool)
+    new[1:] = ((key[1:] != key[:-1]) | (w0[1:] != w0[:-1]) | ~fits[1:] | ~fits[:-1]
+               | (q_start[1:] != q_start[:-1] + q_len[:-1]))
+    grp = np.cumsum(new) - 1
+    pos = np.arange(nr) - _group_first(grp)[grp]
+    new |= pos % MAX_GROUP_ROWS == 0
+    return np.cumsum(new) - 1
+
+
+def _group_first(grp: np.ndarray) -> np.ndarray:
+    """First row of every group (``grp`` non-decreasing, ids 0..G-1)."""
+    new = np.ones(grp.shape[0], dtype=bool)
+    new[1:] = grp[1:] != grp[:-1]
+    return np.flatnonzero(new)
+
+
+class _Units(NamedTuple):
+    """Distinct key spans of each group (sorted by (group, k_start)) and their status per member row."""
+
+    g: np.ndarray  #: group of each unit
+    ks: np.ndarray
+    kl: np.ndarray
+    plain: np.ndarray
+    all_full: np.ndarray  #: every member keeps it full
+    maskable: np.ndarray  #: the element mask gives every member exactly its kept pairs (may join a partial chunk)
+
+
+def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, len_k: np.ndarray, tile_n: int,
+           mask: BandMask) -> tuple[MergedRows, np.ndarray]:
+    """Chunks for the grouping ``grp``; also bool [groups]: groups that cannot be merged exactly."""
+    nr = grp.shape[0]
+    first = _group_first(grp)
+    n_groups = first.shape[0]
+    member = np.arange(nr) - first[grp]
+    size = np.diff(np.append(first, nr))
+    u, bad = _units(r, grp, member, plain[first], size, first, len_q, len_k, mask, n_groups)
+    ch_start, ch_len, ch_g, ch_part = _run_chunks(u, tile_n)
+    order = np.lexsort((ch_start, ch_part, ch_g))
+    ch_start, ch_len, ch_g, ch_part = ch_start[order], ch_len[order], ch_g[order], ch_part[order]
+    n_ch = np.bincount(ch_g, minlength=n_groups)
+    npart = np.bincount(ch_g[ch_part], minlength=n_groups)
+    cbeg = np.concatenate([[0], np.cumsum(n_ch)[:-1]]) if n_groups else np.zeros(0, dtype=np.int64)
+    q_len = np.add.reduceat(r.q_len, first) if n_groups else np.zeros(0, dtype=np.int64)
+    out = MergedRows(r.head[first], r.batch[first], r.q_start[first], q_len, ch_start, ch_len, cbeg,
+                     n_ch - npart, npart)
+    return out, bad
+
+
+def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: BandMask,
+           n_groups: int) -> tuple[_Units, np.ndarray]:
+    """The key units of every group with their classes, and the groups that cannot be merged exactly."""
+    n_ent = np.diff(r.ent_ptr)
+    e_row, e_pos = ragged_arange(n_ent)
+    e_full = e_pos < r.n_full[e_row]
+    e_g, e_mem = grp[e_row], member[e_row]
+    e_plain = g_plain[e_g]
+    ne = e_row.shape[0]
+    # plain groups never share a unit between entries: their entry index joins the unit key
+    e_tag = np.where(e_plain, np.arange(ne), -1)
+    order = np.lexsort((e_mem, e_tag, r.k_len, r.k_start, e_g))
+    e_g, e_mem, e_full, e_plain, e_tag = e_g[order], e_mem[order], e_full[order], e_plain[order], e_tag[order]
+    ks, kl = r.k_start[order], r.k_len[order]
+    same_g = np.zeros(ne, dtype=bool)
+    same_g[1:] = e_g[1:] == e_g[:-1]
+    same_span = np.zeros(ne, dtype=bool)
+    same_span[1:] = same_g[1:] & (ks[1:] == ks[:-1]) & (kl[1:] == kl[:-1]) & (e_tag[1:] == e_tag[:-1])
+    # overlapping distinct spans, or one member keeping the same span twice: not mergeable
+    overlap = np.zeros(ne, dtype=bool)
+    overlap[1:] = same_g[1:] & ~same_span[1:] & (ks[1:] < ks[:-1] + kl[:-1])
+    twice = np.zeros(ne, dtype=bool)
+    twice[1:] = same_span[1:] & (e_mem[1:] == e_mem[:-1])
+    bad = np.zeros(n_groups, dtype=bool)
+    bad[e_g[(overlap | twice) & ~e_plain]] = True
+    unit_of = np.cumsum(~same_span) - 1
+    uf = np.flatnonzero(~same_span)
+    ug, uks, ukl, uplain = e_g[uf], ks[uf], kl[uf], e_plain[uf]
+    # status of every (unit, member) pair
+    c_unit, c_mem = ragged_arange(size[ug])
+    c_ptr = np.concatenate([[0], np.cumsum(size[ug])])
+    status = np.zeros(c_unit.shape[0], dtype=np.int8)
+    status[c_ptr[unit_of] + e_mem] = np.where(e_full, _FULL, _PARTIAL)
+    row = first[ug[c_unit]] + c_mem
+    b = r.batch[row]
+    allowed, none = mask.classify(r.q_start[row], r.q_len[row], uks[c_unit], ukl[c_unit], len_k[b] - len_q[b])
+    ok = (status == _PARTIAL) | ((status == _FULL) & allowed) | ((status == _NOT_KEPT) & none)
+    n_u = uf.shape[0]
+    all_full = np.bincount(c_unit, weights=status != _FULL, minlength=n_u) == 0
+    maskable = (np.bincount(c_unit, weights=~ok, minlength=n_u) == 0) & ~(uplain & all_full)
+    bad[ug[~all_full & ~maskable]] = True
+    return _Units(ug, uks, ukl, uplain, all_full, maskable), bad
+
+
+def _run_chunks(u: _Units, tile_n: int) -> tuple[np.ndarray, ...]:
+    """Cut the units into runs (contiguous, one group, not plain, same 'full only' class) and the runs into chunks
+    of ``tile_n`` keys; returns (start, length, group, partial) per chunk."""
+    n_u = u.g.shape[0]
+    if n_u == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z, np.zeros(0, dtype=bool)
+    full_only = u.all_full & ~u.maskable
+    new = np.ones(n_u, dtype=bool)
+    new[1:] = ((u.g[1:] != u.g[:-1]) | (u.ks[1:] != u.ks[:-1] + u.kl[:-1]) | u.plain[1:] | u.plain[:-1]
+               | (full_only[1:] != full_only[:-1]))
+    run = np.cumsum(new) - 1
+    rf = np.flatnonzero(new)
+    r_start = u.ks[rf]
+    r_len = np.add.reduceat(u.kl, rf)
+    n_c = (r_len + tile_n - 1) // tile_n
+    c_run, c_pos = ragged_arange(n_c)
+    c_start = r_start[c_run] + c_pos * tile_n
+    c_len = np.minimum(r_len[c_run] - c_pos * tile_n, tile_n)
+    # a chunk is partial iff a unit it touches is not full for every member: units of a run are contiguous and
+    # sorted, so the touched ones are a range found by searching (run, key) codes
+    code = run << 32
+    u_lo, u_hi = code + u.ks, code + u.ks + u.kl
+    c_code = c_run << 32
+    first_u = np.searchsorted(u_hi, c_code + c_start, side="right")
+    last_u = np.searchsorted(u_lo, c_code + c_start + c_len, side="left")
+    not_full = np.concatenate([[0], np.cumsum(~u.all_full)])
+    partial = (not_full[last_u] - not_full[first_u]) > 0
+    return c_start, c_len, u.g[rf][c_run], partial
