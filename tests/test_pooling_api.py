@@ -18,6 +18,7 @@ from tests.test_device_layout_api import FakeMemory
 from tests.test_pooling_model import qk_model, reduce_model
 from varblock import layout as L
 from varblock import reference
+from varblock.families.attention_pool import BINDING_MMA
 from varblock.kernels import attention_pool
 from varblock.ops import attention_pooling as pool_mod
 from varblock.plan.core import Plan
@@ -84,6 +85,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(pool_mod, "launch_variant", _launch)
     monkeypatch.setattr(pool_mod, "variant_for", lambda fam, o, key: entries[tuple(sorted(key.items()))])
     monkeypatch.setattr(pool_mod, "stream_for", lambda s, o, like=None: SimpleNamespace(handle=0))
+    monkeypatch.setattr(pool_mod, "choose_family", lambda problem, backend: (BINDING_MMA, {}))  # the portable qk
     CTX.clear()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from varblock.families import attention_bwd_mma, attention_fwd_mma, attention_fwd_sm90
+from varblock.families import attention_bwd_mma, attention_fwd_mma, attention_fwd_sm90, attention_pool
 from varblock.families.base import FEATURES, MASK_KINDS, AttentionFamily, AttentionProblem, FamilyBinding
 
 #: op -> family bindings, in order of preference (the first that supports a problem runs it)
@@ -18,6 +18,8 @@ FAMILIES: dict[str, tuple[FamilyBinding, ...]] = {
     # the Hopper family first where it supports the problem (sm_90a, d64/96/128), the portable one as the fallback
     "attention_fwd": (attention_fwd_sm90.BINDING, attention_fwd_mma.BINDING),
     "attention_bwd": (attention_bwd_mma.BINDING,),
+    # attention pooling's QK^T kernel: the Hopper one first (sm_90a, chunks aligned to 64 keys), the portable one
+    "attention_pool": (attention_pool.BINDING_SM90, attention_pool.BINDING_MMA),
 }
 
 __all__ = ["FAMILIES", "FEATURES", "MASK_KINDS", "AttentionFamily", "AttentionProblem", "FamilyBinding", "binding",

@@ -34,8 +34,8 @@ from varblock.kernels._attn_fwd_sm90_consumer import (
     wgmma,
 )
 from varblock.kernels._attn_fwd_sm90_impl import (
-    TILE_RING,
     Q_THREADS,
+    TILE_RING,
     Sm90Config,
     TileRing,
     _load_kv,

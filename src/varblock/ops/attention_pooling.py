@@ -1,4 +1,5 @@
-"""``attention_pooling``: SeerAttention's max-pooled attention probabilities, fused (``kernels/attention_pool.py``):
+"""``attention_pooling``: SeerAttention's max-pooled attention probabilities, fused (``kernels/attention_pool.py``;
+on sm90 the QK^T kernel of ``kernels/attention_pool_sm90.py``, chosen through ``families.FAMILIES["attention_pool"]``):
 Q K^T is recomputed per kept chunk of the plan's work list and normalised with the forward's LSE; no t x t matrix
 is ever stored. ``varblock.reference.attention_pooling_1d/2d`` define the results."""
 
@@ -9,13 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from varblock import families
 from varblock.families.attention_fwd_mma import BINDING as FWD_MMA
-from varblock.families.base import ATTENTION_DTYPES
+from varblock.families.attention_fwd_sm90 import BINDING as FWD_SM90
+from varblock.families.attention_pool import PoolingProblem
+from varblock.families.base import ATTENTION_DTYPES, FamilyBinding
 from varblock.ops.checks import softmax_scale_value
+from varblock.ops.state import state_of
 from varblock.plan import Plan
 from varblock.plan import plan as make_plan
 from varblock.runtime import arrays
-from varblock.runtime.device import stream_for
+from varblock.runtime.device import device, stream_for
 from varblock.runtime.launch import launch_variant
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
@@ -29,28 +34,59 @@ from varblock.runtime.tensors import (
     check_shape,
 )
 
-FAMILY = "attention_pool"
-#: plans of another forward family (e.g. attention_fwd_sm90, 128x128 tiles) -> the same layout planned for the
-#: portable family, whose tiles the pooling kernel shares (made once per plan)
-_portable_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+FAMILY = "attention_pool"  #: the portable family: its reduce kernels serve every qk family
+OP = "attention_pool"
+#: plans re-made for the tiles of a pooling family: original plan -> {forward family: plan over the same layout}
+_replanned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _pooling_plan(plan: Plan, tile_m: int, tile_n: int) -> Plan:
-    """``plan`` itself when its tiles fit the pooling kernel, else the same layout planned for the portable family
-    (the LSE does not depend on the tiles, so the maps are the same). Device plans without a layout must be made
-    with ``backend="attention_fwd_mma"``."""
-    if plan.tile_m <= tile_m and plan.tile_n <= tile_n:
+def _pooling_plan(plan: Plan, tile_m: int, tile_n: int, fwd_family: str, fill: bool = False) -> Plan:
+    """The plan the pooling kernel walks: ``plan`` itself when its tiles fit the kernel's (``tile_m x tile_n``; with
+    ``fill``, also when its chunks are as long as the kernel's), else the same layout planned once for
+    ``fwd_family`` (whose tiles are the kernel's; the LSE does not depend on the tiles, so the maps are the same).
+    A plan that fits but has shorter chunks (a portable plan under the sm90 kernel) is used as it is when it cannot
+    be re-planned on the host. Device plans without a layout whose tiles do not fit must be made with
+    ``backend="attention_fwd_mma"``."""
+    fits = plan.tile_m <= tile_m and plan.tile_n <= tile_n
+    replannable = plan.layout is not None and not plan.on_device
+    if fits and (not fill or plan.tile_n >= tile_n or not replannable):
         return plan
-    if plan.layout is None or plan.on_device:
+    if not replannable:
         raise ValueError(f"plan: its tiles ({plan.tile_m}, {plan.tile_n}) exceed the pooling kernel's ({tile_m}, "
                          f"{tile_n}) and it has no host layout to re-plan from; plan with backend='attention_fwd_mma'")
-    p = _portable_plans.get(plan)
+    made = _replanned.setdefault(plan, {})
+    p = made.get(fwd_family)
     if p is None:
-        p = make_plan(plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
-                      num_heads_kv=plan.num_heads_kv, head_dim=plan.head_dim, layout=plan.layout,
-                      device=plan.device_id, backend=FWD_MMA.name, cache=False)
-        _portable_plans[plan] = p
+        try:
+            p = make_plan(plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
+                          num_heads_kv=plan.num_heads_kv, head_dim=plan.head_dim, layout=plan.layout,
+                          device=plan.device_id, backend=fwd_family, cache=False)
+        except ValueError:
+            if not fits:
+                raise
+            p = plan  # e.g. the forward family is not built: the plan's own (shorter) chunks also fit
+        made[fwd_family] = p
     return p
+
+
+def choose_family(problem: PoolingProblem, backend: str = "auto") -> tuple[FamilyBinding, dict[str, str]]:
+    """The pooling qk family that runs ``problem`` (``FAMILIES["attention_pool"]``, Hopper first) and the reasons
+    of those preferred to it that declined."""
+    return families.choose(OP, problem, backend)
+
+
+def _key_align(plan: Plan) -> int:
+    """Chunk starts of the plan's work list are multiples of this: the layout's key block (dense plans: of the
+    tile's chunk length)."""
+    lay = plan.layout
+    if lay is not None:
+        return int(lay.block_k)
+    geo = _device_geometry(plan)
+    return int(geo.block_k if geo is not None else plan.tile_n)
+
+
+def _num_sms(ordinal: int) -> int:
+    return int(device(ordinal).properties.multiprocessor_count)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -61,10 +97,10 @@ def _blocks(plan: Plan, block_q: int | None, block_k: int | None) -> tuple[int, 
     """Pooling block sizes (default: the layout's) checked against the work list: a chunk must never straddle two
     pooling key blocks."""
     lay = plan.layout
-    geo = _device_geometry(plan)
     if lay is not None and not lay.is_fixed:
         raise ValueError("plan: attention pooling needs a layout with fixed block sizes (not variable spans)")
-    align = lay.block_k if lay is not None else (geo.block_k if geo is not None else plan.tile_n)
+    geo = _device_geometry(plan)
+    align = _key_align(plan)
     dq = lay.block_q if lay is not None else (geo.block_q if geo is not None else plan.tile_m)
     bq = dq if block_q is None else block_q
     bk = align if block_k is None else block_k
@@ -138,23 +174,39 @@ def _zero(a: DeviceArray, st: Any) -> None:
             raise RuntimeError(f"cuMemsetD32Async failed: {err}")
 
 
+def _launch_qk(binding: FamilyBinding, entry: dict[str, Any], plan: Plan, arrays_: dict[str, DeviceArray],
+               scale: float, bk: int, ordinal: int, st: Any) -> None:
+    """The qk kernel of ``binding`` over ``plan``'s work list (after a device plan's prepare kernel)."""
+    if plan.on_device and plan.prepare_event is not None and int(st.handle) != int(plan.prepare_stream.handle):
+        st.wait(plan.prepare_event)
+    scalars = {"softmax_scale": scale, "block_k": bk}
+    if binding.name != FAMILY:
+        scalars["num_sms"] = _num_sms(ordinal)
+    values = binding.bind(plan, arrays_, scalars)
+    if values["persistent"]:
+        values["tile_counter"] = state_of(plan).counter_ptr(plan, int(st.handle))
+    launch_variant(entry, ordinal, st, values)
+
+
 def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | None = None,
                       block_k: int | None = None, pool_gqa: bool = False, softmax_scale: float | None = None,
                       per_sequence: bool | None = None, max_seqlen_q: int | None = None,
-                      max_seqlen_k: int | None = None, stream: Any = None) -> tuple[Any, Any]:
+                      max_seqlen_k: int | None = None, stream: Any = None, backend: str = "auto") -> tuple[Any, Any]:
     """SeerAttention's pooled attention maps of the attention ``plan`` describes (same masks, GQA, layout).
 
     Args:
         q, k: ``[total_q, Hq, D]``, ``[total_k, Hkv, D]`` fp16/bf16, as given to :func:`varblock.attention`.
         lse: the forward's LSE ``[Hq, total_q]`` float32 (``varblock.attention(..., return_lse=True)``).
-        plan: the forward's plan (``varblock.plan`` or ``varblock.plan_device``). A host plan of another family
-            (larger tiles) is re-planned once for the portable family's tiles; a device plan of another family
-            must be made with ``backend="attention_fwd_mma"``.
+        plan: the forward's plan (``varblock.plan`` or ``varblock.plan_device``). A host plan whose tiles do not
+            suit the chosen pooling kernel is re-planned once (same layout) for that kernel's tiles; a device plan
+            whose tiles exceed them must be made with ``backend="attention_fwd_mma"``.
         block_q, block_k: pooling block sizes (default the layout's; ``block_k`` a multiple of it).
         pool_gqa: pool over the query heads of each GQA group (max), giving one map per KV head.
         per_sequence: return the 1D map as a list of per-sequence views ``[H, t_b, ceil(lk_b / block_k)]``
             (default when the plan knows the lengths on the host) instead of the packed ``[H, total_q, max_nb]``.
         max_seqlen_q, max_seqlen_k: bounds that size the outputs of a device plan without a device layout.
+        backend: "auto" (the Hopper kernel ``attention_pool_sm90`` where it applies, else the portable
+            ``attention_pool``) or one of those names.
 
     Returns:
         ``(pool_1d, pool_2d)`` float32 in q's framework: 1D = per query token and key block the largest attention
@@ -173,18 +225,16 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
     group = hq // hkv if pool_gqa else 1
     ho = hq // group
     scale = softmax_scale_value(softmax_scale, d)
-    entry = variant_for(FAMILY, ordinal, {"stage": "qk", "dtype": qa.dtype, "head_dim": d})
-    plan = _pooling_plan(plan, int(entry["extra"]["tile_m"]), int(entry["extra"]["tile_n"]))
+    binding, _ = choose_family(PoolingProblem(plan.arch, d, qa.dtype, _key_align(plan), bk), backend)
+    entry = variant_for(binding.name, ordinal, {"stage": "qk", "dtype": qa.dtype, "head_dim": d})
+    portable = binding.name == FAMILY
+    plan = _pooling_plan(plan, int(entry["extra"]["tile_m"]), int(entry["extra"]["tile_n"]),
+                         FWD_MMA.name if portable else FWD_SM90.name, fill=not portable)
     st = stream_for(stream, ordinal, like=q)
     pool, pa = arrays.empty_array(q, "pool_1d", (hq, total_q, nb), "float32", ordinal, st)
     _zero(pa, st)
     if plan.num_tiles:
-        if plan.on_device and plan.prepare_event is not None and int(st.handle) != int(plan.prepare_stream.handle):
-            st.wait(plan.prepare_event)
-        values = FWD_MMA.bind(plan, {"q": qa, "k": ka, "v": ka, "o": qa, "lse": la}, {"softmax_scale": scale})
-        values.update(pool=pa.ptr, pool_stride_head=pa.strides[0], pool_stride_tok=pa.strides[1], pool_block_k=bk,
-                      persistent=0, num_ctas=plan.num_tiles, tile_counter=0, debug_counts=0)
-        launch_variant(entry, ordinal, st, values)
+        _launch_qk(binding, entry, plan, {"q": qa, "k": ka, "lse": la, "pool": pa}, scale, bk, ordinal, st)
     red = dict(pool=pa.ptr, cu_seqlens_q=plan.ptr("cu_seqlens_q"), cu_seqlens_k=plan.ptr("cu_seqlens_k"),
                pool_stride_head=pa.strides[0], pool_stride_tok=pa.strides[1], batch=plan.batch_size,
                num_heads_out=ho, group=group, block_q=bq, block_k=bk)
