@@ -91,13 +91,16 @@ def cu_seqlens(workload: str) -> np.ndarray:
 
 def variable_spans(total: int, rng: np.random.Generator) -> np.ndarray:
     """Sizes from :data:`VB_SIZES` in random order summing to ``total`` (a multiple of 64): equal counts of each
-    size, the remainder made of one 64 and one 192 per 256 tokens (so every head has the same number of spans)."""
-    unit = sum(VB_SIZES)
-    n, rest = divmod(total, unit)
-    if rest % 256 or total % 64:
-        raise ValueError(f"total: {total} tokens cannot be tiled by equal counts of {VB_SIZES} plus (64, 192) pairs")
-    sizes = np.array(list(VB_SIZES) * n + [64, 192] * (rest // 256), dtype=np.int64)
-    return rng.permutation(sizes)
+    size, the remainder filled largest size first (so every head gets the same number of spans)."""
+    if total < 0 or total % 64:
+        raise ValueError(f"total: expected a non-negative multiple of 64 tokens, got {total}")
+    n, rest = divmod(total, sum(VB_SIZES))
+    sizes = list(VB_SIZES) * n
+    for s in sorted(VB_SIZES, reverse=True):
+        while rest >= s:
+            sizes.append(s)
+            rest -= s
+    return rng.permutation(np.array(sizes, dtype=np.int64))
 
 
 def variable_layout(total: int, num_heads_kv: int, density: float, seed: int = 1) -> L.BlockSparseLayout:
