@@ -1,81 +1,217 @@
-"""Attention pooling (SeerAttention gate distillation) time next to the forward's, on workloads W1-W3 of
-shared/anchors.md, and against SeerAttention's own Triton kernel when its sources are given.
+"""Attention pooling (SeerAttention gate distillation): varblock's forward + fused pooling next to SeerAttention's own
+Triton pipeline, on workloads W1-W3 (benchmarks/anchors.py), same inputs.
 
-    PYTHONPATH=src python benchmarks/bench_pooling.py [--workloads W1,W2,W3] [--seer-path DIR] [--block 64]
+    PYTHONPATH=src python benchmarks/bench_pooling.py [--workloads W1,W2,W3] [--seer-path .seer] [--block 64]
+                                                      [--backend auto] [--rep 10] [--json PATH] [--dry-run]
 
-Dense causal attention (what SeerAttention distils from), bf16, head dim 128, pooling blocks of ``--block`` tokens.
-Columns: the varblock forward (with LSE, portable family), ``varblock.attention_pooling`` (1D and 2D maps, from the
-forward's LSE), their ratio (bar: pooling <= 0.6 x forward), and with ``--seer-path`` (a checkout of
-microsoft/SeerAttention: ``seer_attn/kernels/varlen/attn_pooling_qkv_varlen_1d.py``) SeerAttention's fused
-forward + 1D pooling kernel and the speed-up of varblock's forward + pooling over it (bar: >= 1.5x).
-CUDA-event median after warm-up.
+Dense causal attention (what SeerAttention distils from), bf16, d128, pooling blocks of ``--block`` tokens.
+
+* varblock: the forward with LSE (``--backend``, default the family ``varblock.plan`` picks), then
+  ``varblock.attention_pooling`` (1D and 2D maps from that LSE; 1D packed ``[Hq, total_q, max_nb]``).
+* SeerAttention, the pipeline of its gate training (``seer_attn/kernels/varlen``): ``attn_pooling_qkv_varlen``
+  (``attn_pooling_qkv_varlen_1d.py``: its forward fused with the 1D map ``[B, Hq, max_t, nb]``, bf16) and for
+  the 2D map ``maxpool_varlen`` (``pooling_varlen.py``) over the query tokens of that 1D map (gathered from its
+  padded rows into the packed ``[total_q, Hq, nb]`` the kernel takes), each block row divided by its sum.
+
+Ratios: pooling / forward (bar: <= 0.6) and SeerAttention (forward + 1D + 2D) / varblock (forward + pooling)
+(bar: >= 1.5). The notes hold the largest difference of SeerAttention's maps from varblock's (same inputs, so both
+compute the same maps up to bf16 rounding). CUDA-event median after warm-up; each Seer step in try/except (n/a
+cell, one-line reason). ``--dry-run`` checks the host-side inputs (workloads, Seer's power-of-two key-block
+count, the pack index) without a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attention import WORKLOADS, D, bench  # noqa: E402
+from anchors import DEFAULT_SEER_PATH, WORKLOADS, bench, load_seer, make_row, write_json  # noqa: E402
 
-import varblock  # noqa: E402
-
+D = 128
 POOL_BAR, SEER_BAR = 0.6, 1.5
 
 
-def load_seer(path: str | None):
-    """SeerAttention's ``attn_pooling_qkv_varlen`` from a local checkout (None when not given)."""
-    if not path:
-        return None
-    f = Path(path) / "seer_attn" / "kernels" / "varlen" / "attn_pooling_qkv_varlen_1d.py"
-    spec = importlib.util.spec_from_file_location("seer_pool_1d", f)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.attn_pooling_qkv_varlen
+def cu_of(workload: str) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(WORKLOADS[workload][0])]).astype(np.int32)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workloads", default="W1,W2,W3")
-    ap.add_argument("--seer-path", default=None)
-    ap.add_argument("--block", type=int, default=64)
-    args = ap.parse_args()
-    seer = load_seer(args.seer_path)
-    bs = args.block
-    print(f"{'workload':8} {'fwd ms':>8} {'pool ms':>8} {'pool/fwd':>9} {'seer ms':>8} {'seer/(fwd+pool)':>16}")
-    ok = True
+def pack_index(cu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence, position) of every packed token: the rows of Seer's padded ``[B, H, max_t, nb]`` map that hold
+    the packed tokens, in packed order."""
+    lens = np.diff(cu.astype(np.int64))
+    seq = np.repeat(np.arange(lens.size), lens)
+    return seq, np.arange(seq.size) - np.repeat(cu[:-1].astype(np.int64), lens)
+
+
+def seer_key_blocks(cu: np.ndarray, block: int) -> int:
+    """Key blocks of Seer's maps (``ceil(max_t / block)``); its ``maxpool_varlen`` loads them with ``tl.arange``,
+    so the count must be a power of two (ValueError otherwise)."""
+    nb = -(-int(np.diff(cu).max()) // block)
+    if nb & (nb - 1):
+        raise ValueError(f"block: SeerAttention's maxpool_varlen needs a power-of-two key-block count, got {nb}")
+    return nb
+
+
+def dry_run(args: argparse.Namespace) -> int:
     for name in args.workloads.split(","):
-        lens, hq, hkv = WORKLOADS[name]
-        cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-        total = int(cu[-1])
-        q, k, v = (torch.randn(total, h, D, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
-        plan = varblock.plan(cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_dim=D, causal=True,
-                             backend="attention_fwd_mma")
-        out, lse = varblock.attention(q, k, v, plan, return_lse=True)
-        t_fwd = bench(lambda: varblock.attention(q, k, v, plan, out=out, lse=lse, return_lse=True))
-        t_pool = bench(lambda: varblock.attention_pooling(q, k, lse, plan, block_q=bs, block_k=bs,
-                                                          per_sequence=False))
-        ratio = t_pool / t_fwd
-        ok &= ratio <= POOL_BAR
-        seer_txt = speed_txt = "n/a"
-        if seer is not None:
-            cu_t = torch.from_numpy(cu).cuda()
-            t_seer = bench(lambda: seer(q, k, v, cu_t, max(lens), D ** -0.5, bs))
-            speed = t_seer / (t_fwd + t_pool)
-            ok &= speed >= SEER_BAR
-            seer_txt, speed_txt = f"{t_seer:.3f}", f"{speed:.2f}x"
-        print(f"{name:8} {t_fwd:8.3f} {t_pool:8.3f} {ratio:9.2f} {seer_txt:>8} {speed_txt:>16}")
-    print(f"bars: pooling <= {POOL_BAR} x forward; varblock forward + pooling >= {SEER_BAR}x SeerAttention -> "
-          f"{'met' if ok else 'NOT met'}")
-    return 0 if ok else 1
+        cu = cu_of(name)
+        seq, pos = pack_index(cu)
+        if not (np.array_equal(cu[seq] + pos, np.arange(cu[-1])) and (pos < np.diff(cu)[seq]).all()):
+            raise ValueError(f"{name}: pack index does not cover the packed tokens")
+        _, hq, hkv = WORKLOADS[name]
+        mx = int(np.diff(cu).max())
+        nb = seer_key_blocks(cu, args.block)
+        print(f"{name}: {cu.size - 1} sequences, {int(cu[-1])} tokens, Hq {hq} / Hkv {hkv}; Seer 1D map "
+              f"[{cu.size - 1}, {hq}, {mx}, {nb}] bf16 = {(cu.size - 1) * hq * mx * nb * 2 / 2**20:.0f} MiB, 2D "
+              f"[{cu.size - 1}, {hq}, {nb}, {nb}]; pack index OK")
+    for mod in ("attn_pooling_qkv_varlen_1d", "pooling_varlen"):
+        f = Path(args.seer_path) / "seer_attn" / "kernels" / "varlen" / f"{mod}.py"
+        print(f"seer source: {f} ({'present' if f.is_file() else 'MISSING'})")
+    return 0
+
+
+class SeerPipeline:
+    """SeerAttention's forward + 1D map and the 2D map from it, on one workload's inputs."""
+
+    def __init__(self, torch: Any, seer_path: str, q: Any, k: Any, v: Any, cu: np.ndarray, block: int) -> None:
+        self.torch = torch
+        self.f1d = load_seer("attn_pooling_qkv_varlen_1d", seer_path).attn_pooling_qkv_varlen
+        self.maxpool = load_seer("pooling_varlen", seer_path).maxpool_varlen
+        self.q, self.k, self.v, self.block = q, k, v, block
+        self.cu = torch.from_numpy(cu).cuda()
+        self.max_t = int(np.diff(cu).max())
+        seer_key_blocks(cu, block)
+        seq, pos = pack_index(cu)
+        self.seq, self.pos = (torch.from_numpy(x).cuda() for x in (seq, pos))
+
+    def one_d(self) -> tuple[Any, Any]:
+        """(out, 1D map [B, Hq, max_t, nb] bf16): Seer's fused forward + 1D pooling."""
+        return self.f1d(self.q, self.k, self.v, self.cu, self.max_t, D ** -0.5, self.block)
+
+    def two_d(self, pool1d: Any) -> Any:
+        """Row-normalised 2D map [B, Hq, ceil(max_t / block), nb] from the 1D map, by Seer's maxpool_varlen."""
+        packed = pool1d.permute(0, 2, 1, 3)[self.seq, self.pos]  # [total_q, Hq, nb]
+        m = self.maxpool(packed, self.cu, self.max_t, self.block).float()
+        return m / m.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def _diff_notes(seer: SeerPipeline, p1: Any, ours1: Any, ours2: Any, cu: np.ndarray) -> str:
+    """Largest |Seer - varblock| of the 1D map (packed tokens) and of the 2D map (each sequence's blocks)."""
+    s1 = p1.permute(0, 2, 1, 3)[seer.seq, seer.pos].float().transpose(0, 1)  # [Hq, total_q, nb]
+    nb = min(s1.shape[-1], ours1.shape[-1])
+    d1 = float((s1[..., :nb] - ours1[..., :nb]).abs().max())
+    s2 = seer.two_d(p1)
+    d2 = 0.0
+    for b, n in enumerate(np.diff(cu)):
+        m = -(-int(n) // seer.block)
+        d2 = max(d2, float((s2[b, :, :m, :m] - ours2[b, :, :m, :m]).abs().max()))
+    return f"max|seer - varblock| 1D {d1:.1e}, 2D {d2:.1e}"
+
+
+def run_workload(torch: Any, args: argparse.Namespace, name: str) -> list[dict[str, Any]]:
+    import varblock
+
+    lens, hq, hkv = WORKLOADS[name]
+    cu = cu_of(name)
+    total, bs = int(cu[-1]), args.block
+    q, k, v = (torch.randn(total, h, D, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
+    backend = None if args.backend == "auto" else args.backend
+    plan = varblock.plan(cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_dim=D, causal=True, backend=backend)
+    out, lse = varblock.attention(q, k, v, plan, return_lse=True)
+    t_fwd = bench(lambda: varblock.attention(q, k, v, plan, out=out, lse=lse, return_lse=True), rep=args.rep)
+
+    def pool() -> tuple[Any, Any]:
+        return varblock.attention_pooling(q, k, lse, plan, block_q=bs, block_k=bs, per_sequence=False)
+
+    t_pool = bench(pool, rep=args.rep)
+    row = dict(causal=True, density=1.0, block=bs, head_dim=D)
+    rows = [make_row("pooling", name, "varblock-fwd", ms=t_fwd, tflops=plan.flops() / t_fwd / 1e9,
+                     note=f"forward family {plan.family}", **row),
+            make_row("pooling", name, "varblock-pool", ms=t_pool, note=f"pool/fwd {t_pool / t_fwd:.2f}", **row),
+            make_row("pooling", name, "varblock-fwd+pool", ms=t_fwd + t_pool, **row)]
+    seer_ms: dict[str, float | None] = {"seer-1d": None, "seer-2d": None}
+    notes = {"seer-1d": "fused forward + 1D map", "seer-2d": "gather + maxpool_varlen + row normalise"}
+    try:
+        seer = SeerPipeline(torch, args.seer_path, q, k, v, cu, bs)
+        seer_ms["seer-1d"] = bench(seer.one_d, rep=args.rep)
+        _, p1 = seer.one_d()
+        seer_ms["seer-2d"] = bench(lambda: seer.two_d(p1), rep=args.rep)
+        ours1, ours2 = pool()
+        notes["seer-2d"] += "; " + _diff_notes(seer, p1, ours1, ours2, cu)
+    except Exception as ex:  # Seer missing or failing: n/a cells with the reason
+        why = f"n/a: {type(ex).__name__}: {(str(ex).strip().splitlines() or [''])[0][:200]}"
+        print(f"    seer on {name}: {why}", flush=True)
+        notes = {k_: (why if seer_ms[k_] is None else f"{notes[k_]}; {why}") for k_ in notes}
+    total_seer = seer_ms["seer-1d"] + seer_ms["seer-2d"] if None not in seer_ms.values() else None
+    for s, ms in seer_ms.items():
+        rows.append(make_row("pooling", name, s, ms=ms, note=notes[s], **row))
+    speed = f"seer/varblock {total_seer / (t_fwd + t_pool):.2f}x" if total_seer else "seer n/a"
+    rows.append(make_row("pooling", name, "seer-total", ms=total_seer, note=speed, **row))
+    print(f"{name:8} {t_fwd:8.3f} {t_pool:8.3f} {t_pool / t_fwd:9.2f} {_f(seer_ms['seer-1d'])} "
+          f"{_f(seer_ms['seer-2d'])} {_f(total_seer)} "
+          f"{(total_seer / (t_fwd + t_pool)) if total_seer else float('nan'):>14.2f}", flush=True)
+    return rows
+
+
+def _f(x: float | None) -> str:
+    return f"{'n/a':>8}" if x is None else f"{x:8.3f}"
+
+
+def check_bars(rows: list[dict[str, Any]]) -> bool:
+    by = {(r["workload"], r["system"]): r["ms"] for r in rows}
+    ok = True
+    for w in dict.fromkeys(r["workload"] for r in rows):
+        fwd, pool, seer = by[(w, "varblock-fwd")], by[(w, "varblock-pool")], by.get((w, "seer-total"))
+        good = pool / fwd <= POOL_BAR
+        line = f"{w}: pooling / forward {pool / fwd:.2f} (bar <= {POOL_BAR}) -> {'OK' if good else 'NOT MET'}"
+        ok &= good
+        if seer:
+            sp = seer / (fwd + pool)
+            ok &= sp >= SEER_BAR
+            verdict = "OK" if sp >= SEER_BAR else "NOT MET"
+            line += f"; SeerAttention / varblock {sp:.2f}x (bar >= {SEER_BAR}) -> {verdict}"
+        print(line)
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workloads", default="W1,W2,W3")
+    ap.add_argument("--seer-path", default=str(DEFAULT_SEER_PATH))
+    ap.add_argument("--block", type=int, default=64)
+    ap.add_argument("--backend", default="auto", help="forward family for the plan ('auto': varblock.plan's pick)")
+    ap.add_argument("--rep", type=int, default=10)
+    ap.add_argument("--json", default=None, help="write the rows (benchmarks/anchors.py schema) here")
+    ap.add_argument("--dry-run", action="store_true", help="check the host-side inputs; no GPU")
+    args = ap.parse_args(argv)
+    unknown = set(args.workloads.split(",")) - set(WORKLOADS)
+    if unknown:
+        ap.error(f"--workloads: unknown {sorted(unknown)}; choose from {sorted(WORKLOADS)}")
+    if args.block < 16 or args.block % 16 or args.rep < 1:
+        ap.error("--block must be a positive multiple of 16 and --rep >= 1")
+    if args.dry_run:
+        return dry_run(args)
+    import torch
+
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: dense causal, bf16, d{D}, pooling blocks "
+          f"{args.block}", flush=True)
+    print(f"{'workload':8} {'fwd ms':>8} {'pool ms':>8} {'pool/fwd':>9} {'seer 1D':>8} {'seer 2D':>8} "
+          f"{'seer ms':>8} {'seer/varblock':>14}")
+    rows: list[dict[str, Any]] = []
+    for name in args.workloads.split(","):
+        rows += run_workload(torch, args, name)
+        torch.cuda.empty_cache()
+    ok = check_bars(rows)
+    if args.json:
+        write_json(args.json, rows, {"bench": "pooling", "device": torch.cuda.get_device_name(),
+                                     "torch": torch.__version__})
+    print(f"bars (issue 13): {'met' if ok else 'NOT met'}")
+    return 0
 
 
 if __name__ == "__main__":
