@@ -10,8 +10,9 @@ import pytest
 from tests._decode_model import run_model
 from varblock import reference_decode
 from varblock.decode_plan import abi
+from varblock.decode_plan.cost import MIN_CHUNKS_PER_SPLIT
 from varblock.decode_plan.plan import _check_lengths, _tile_m
-from varblock.decode_plan.worklist import MIN_CHUNKS_PER_SPLIT, build_worklist, chunks_per_split
+from varblock.decode_plan.worklist import build_worklist
 from varblock.layout import decode as LD
 
 
@@ -129,7 +130,8 @@ def test_worklist_invariants():
 
 
 def test_split_heuristic_fills_the_gpu():
-    """batch 1 x 128k and batch 256 x 2k (Hkv 8, 64-key chunks) both give at least a wave on 132 SMs x 2."""
+    """batch 1 x 128k, 256 x 2k and 64 x 32k (Hkv 8, 64-key chunks) all give at least a wave on 132 SMs x 2, with
+    balanced items; 1 x 128k is cut into exactly one wave (33 splits of 62-63 chunks)."""
     for B, L in ((1, 131072), (256, 2048), (64, 32768)):
         cu_q = np.arange(B + 1)
         kv = np.full(B, L)
@@ -137,9 +139,27 @@ def test_split_heuristic_fills_the_gpu():
                             num_sms=132, ctas_per_sm=2)
         assert wl.num_items >= 264, (B, L, wl.num_items)
         n = wl.items[:, abi.ITEM_N_CHUNKS]
-        assert n.min() >= min(MIN_CHUNKS_PER_SPLIT, L // 64) and n.max() <= 2 * n.min() + 1
-    assert chunks_per_split(10, 132, 2) == MIN_CHUNKS_PER_SPLIT
-    assert chunks_per_split(10**6, 100, 1) == 5000
+        assert n.min() >= min(MIN_CHUNKS_PER_SPLIT, L // 64) and n.max() <= n.min() + 1
+        if B == 1:
+            assert wl.num_items == 264 and (wl.items[:, abi.ITEM_NUM_SPLITS] == 33).all()
+        else:
+            assert (wl.items[:, abi.ITEM_NUM_SPLITS] == 1).all()
+
+
+def test_split_heuristic_sparse_long_sequence_uses_kept_chunks():
+    """1 x 128k at density 0.25 (random kept 64-key blocks): splits follow the 512 kept chunks per KV head, not
+    the 2048 chunks of the length, so the GPU still gets about one wave of CTAs."""
+    rng = np.random.default_rng(3)
+    L, bs = 131072, 64
+    nb = L // bs
+    rows = np.repeat(np.arange(8), nb // 4)
+    blocks = np.concatenate([rng.permutation(nb)[:nb // 4] for _ in range(8)])
+    lay = LD.from_block_lists(rows, blocks, kv_lens=np.array([L]), block_size=bs, num_heads=8)
+    wl = build_worklist(np.arange(2), np.array([L]), num_heads_q=64, num_heads_kv=8, tile_m=16, tile_n=64,
+                        layout=lay, num_sms=132, ctas_per_sm=2)
+    assert int(wl.items[:, abi.ITEM_N_CHUNKS].sum()) == 8 * (nb // 4)
+    assert 240 <= wl.num_items <= 264
+    assert wl.items[:, abi.ITEM_N_CHUNKS].max() <= 17
 
 
 def test_per_q_head_masks_union():
@@ -282,6 +302,8 @@ def test_device_plan_arguments_checked_before_any_gpu_work():
 def test_choose_splits():
     from varblock.decode_plan.device import choose_splits
 
-    assert choose_splits(8, 1, 2048, 132, 2) == 66  # batch 1 x 128k: two waves
+    assert choose_splits(8, 1, 2048, 132, 2) == 33  # batch 1 x 128k: one wave of 264 CTAs
     assert choose_splits(2048, 1, 32, 132, 2) == 1  # batch 256 x 2k: no split
-    assert choose_splits(8, 1, 16, 132, 2) == 2  # short capacity: at least 8 chunks per split
+    assert choose_splits(512, 1, 512, 132, 2) == 1  # batch 64 x 32k: two waves without splits
+    assert choose_splits(8, 1, 16, 132, 2) == 16 // MIN_CHUNKS_PER_SPLIT  # short capacity: fewest chunks a split
+    assert choose_splits(0, 1, 16, 132, 2) == 1

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from varblock.decode_plan import abi
-from varblock.decode_plan.worklist import MIN_CHUNKS_PER_SPLIT, TARGET_WAVES
+from varblock.decode_plan.cost import choose_chunks_per_split
 
 PREPARE_FAMILY = "decode_prepare"
 
 
 def _device_int32(x: Any, name: str, ndim: int, device: int, shape: tuple | None = None):
     """A device int32 array (used in place) or a host one (uploaded once): ``(DeviceArray-like, keep-alive)``."""
-    import numpy as np
-
     from varblock.runtime.frameworks import is_device_array, to_host
     from varblock.runtime.memory import DeviceBuffer
     from varblock.runtime.tensors import DeviceArray, as_device_array, check_dtype, check_ndim, compact_strides
@@ -43,11 +43,13 @@ def _device_int32(x: Any, name: str, ndim: int, device: int, shape: tuple | None
 
 
 def choose_splits(num_groups: int, row_tiles: int, chunk_cap: int, num_sms: int, ctas_per_sm: int) -> int:
-    """Splits per row tile so that about ``TARGET_WAVES`` waves of CTAs run when every sequence is at capacity,
-    with at least ``MIN_CHUNKS_PER_SPLIT`` chunks per split."""
-    tiles = max(1, num_groups * row_tiles)
-    want = -(-TARGET_WAVES * num_sms * ctas_per_sm // tiles)
-    return max(1, min(want, chunk_cap // MIN_CHUNKS_PER_SPLIT))
+    """Splits per row tile with the least estimated time when every sequence is at capacity
+    (:func:`varblock.decode_plan.cost.choose_chunks_per_split`)."""
+    if num_groups < 1 or row_tiles < 1 or chunk_cap < 1:
+        return 1
+    cps = choose_chunks_per_split(np.full(num_groups, chunk_cap, np.int64), np.full(num_groups, row_tiles, np.int64),
+                                  max(1, num_sms * ctas_per_sm))
+    return max(1, -(-chunk_cap // cps))
 
 
 def plan_decode_device(plan_cls: Any, cu_seqlens_q: Any, *, num_heads_q: int, num_heads_kv: int, head_dim: int,

@@ -10,12 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from varblock.decode_plan import abi
+from varblock.decode_plan.cost import choose_chunks_per_split
 from varblock.layout.decode import DecodeLayout
-
-#: fewest chunks a split reads (its partial write + merge read stay small next to its K/V reads)
-MIN_CHUNKS_PER_SPLIT = 8
-#: CTA waves the split heuristic aims for (more waves even out the last one)
-TARGET_WAVES = 2
 
 
 @dataclass(frozen=True)
@@ -91,21 +87,12 @@ def cut_chunks(grp, start, end, mask, tile_n: int, num_groups: int):
     return chunks, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
-def chunks_per_split(work_chunks: int, num_sms: int, ctas_per_sm: int, max_splits: int | None = None,
-                     longest: int = 0) -> int:
-    """Chunks per split so that the grid covers about ``TARGET_WAVES`` waves of ``num_sms * ctas_per_sm`` CTAs."""
-    target = max(1, TARGET_WAVES * num_sms * ctas_per_sm)
-    cps = max(MIN_CHUNKS_PER_SPLIT, -(-work_chunks // target))
-    if max_splits is not None and longest:
-        cps = max(cps, -(-longest // max_splits))
-    return cps
-
-
 def build_worklist(cu_seqlens_q: np.ndarray, kv_lens: np.ndarray, *, num_heads_q: int, num_heads_kv: int,
                    tile_m: int, tile_n: int, layout: DecodeLayout | None, num_sms: int, ctas_per_sm: int = 1,
                    num_splits: int | None = None, max_splits: int | None = None) -> WorkList:
     """Items (one CTA each) and chunks of one decode step. ``num_splits`` forces the split count of every row tile
-    (clipped to its chunk count); by default it follows :func:`chunks_per_split`."""
+    (clipped to its chunk count); by default the count with the least estimated time
+    (:func:`varblock.decode_plan.cost.choose_chunks_per_split` over ``num_sms * ctas_per_sm`` CTA slots)."""
     B = kv_lens.shape[0]
     G = num_heads_q // num_heads_kv
     n_q = np.diff(cu_seqlens_q).astype(np.int64)
@@ -116,8 +103,8 @@ def build_worklist(cu_seqlens_q: np.ndarray, kv_lens: np.ndarray, *, num_heads_q
     # row tiles per group: ceil(n_q * G / tile_m) (0 when the sequence has no new token)
     g_tiles = np.repeat(-(-(n_q * G) // tile_m), num_heads_kv)
     if num_splits is None:
-        cps = chunks_per_split(int((g_chunks * g_tiles).sum()), num_sms, ctas_per_sm, max_splits,
-                               int(g_chunks.max(initial=0)))
+        cps = choose_chunks_per_split(np.where(g_tiles > 0, g_chunks, 0), g_tiles, num_sms * ctas_per_sm,
+                                      max_splits)
         g_splits = np.maximum(1, -(-g_chunks // cps))
     else:
         g_splits = np.clip(np.minimum(num_splits, g_chunks), 1, None)

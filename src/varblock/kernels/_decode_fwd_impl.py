@@ -28,7 +28,6 @@ from ._dsl import dsl_dtype
 from .common.signature import jit_host
 from .common.softmax import LN2, OnlineSoftmax
 from .common.warp_mma import acc_to_frag_a, mn_view, quad_sum, swizzled_rows_atom
-from .common.warp_reduce import warp_fmax, warp_sum
 
 W = abi.ITEM_WIDTH
 CW = abi.CHUNK_WIDTH
@@ -70,6 +69,95 @@ def load_chunk(ci: Int32, stage: Int32, chunks: cute.Pointer, chunk_begin: Int32
             else:
                 tKsK[None, n, None, sl].fill(0)
                 tVsV[None, n, None, sl].fill(0)
+
+
+@cute.jit
+def merge_splits(p: SimpleNamespace, sRow: cute.Tensor, tidx: Int32, warp_id: Int32, lane: Int32, slot_base: Int32,
+                 num_splits: Int32, rows_valid: Int32, row_start: Int32, seq_q: Int32, hq0: Int32, G: Int32,
+                 tile_m: cutlass.Constexpr, D: cutlass.Constexpr, nthr: cutlass.Constexpr):
+    """The last split of a row tile: ``o``/``lse`` from the ``num_splits`` partials at slots ``slot_base ..``.
+
+    Pass 1: ``nthr / tile_m`` adjacent lanes per row fold the split LSEs into (max, sum) online, 4 loads in flight
+    each, combined by butterfly shuffles; row max and 1/sum go to ``sRow[tile_m:]``, the LSE to ``lse``.
+    Pass 2: each warp merges ``RW`` rows at once, ``UB`` splits per step (padded, clamped, branch-free: every load
+    of a step is independent), so about 64 fp32 loads per lane are in flight (the merge is L2-latency bound)."""
+    dtype = p.o.dtype
+    tpr = nthr // tile_m
+    n_dcol = D // 32
+    num_warps = nthr // 32
+    UA = 4
+    RW = 2 if n_dcol <= 4 else 1
+    UB = 64 // (RW * n_dcol)
+    ra = tidx // tpr
+    sub = tidx - ra * tpr
+    m_run = -Float32.inf
+    l_run = Float32(0.0)
+    if ra < rows_valid:
+        for s0 in cutlass.range(0, num_splits, tpr * UA, unroll=1):
+            xs = []
+            for j in cutlass.range_constexpr(UA):
+                s = s0 + sub + j * tpr
+                x = p.part_lse[Int64(slot_base + cutlass.min(s, num_splits - 1)) * tile_m + ra]
+                xs.append(-Float32.inf if s >= num_splits else x)
+            m_new = m_run
+            for j in cutlass.range_constexpr(UA):
+                m_new = cute.arch.fmax(m_new, xs[j])
+            m_ns = 0.0 if m_new == -Float32.inf else m_new
+            acc = l_run * cute.math.exp(m_run - m_ns)
+            for j in cutlass.range_constexpr(UA):
+                acc = acc + cute.math.exp(xs[j] - m_ns)
+            l_run = acc
+            m_run = m_new
+    for k in cutlass.range_constexpr(tpr.bit_length() - 1):
+        off = tpr >> (k + 1)
+        m2 = cute.arch.shuffle_sync_bfly(m_run, offset=off)
+        l2 = cute.arch.shuffle_sync_bfly(l_run, offset=off)
+        m_new = cute.arch.fmax(m_run, m2)
+        m_ns = 0.0 if m_new == -Float32.inf else m_new
+        l_run = l_run * cute.math.exp(m_run - m_ns) + l2 * cute.math.exp(m2 - m_ns)
+        m_run = m_new
+    if ra < rows_valid:
+        if sub == 0:
+            m_safe = 0.0 if m_run == -Float32.inf else m_run
+            sRow[tile_m + ra] = m_safe
+            sRow[2 * tile_m + ra] = Float32(0.0) if l_run == 0.0 else Float32(1.0) / l_run
+            packed = row_start + ra
+            tq = packed // G
+            hq = hq0 + (packed - tq * G)
+            p.lse[Int64(hq) * p.lse_stride_head + Int64(seq_q + tq)] = (
+                -Float32.inf if l_run == 0.0 else m_safe + cute.math.log(l_run))
+    cute.arch.barrier()
+    accs = cute.make_rmem_tensor(RW * n_dcol, Float32)
+    for r0 in cutlass.range(warp_id, rows_valid, num_warps * RW, unroll=1):
+        rcs = []
+        ms = []
+        invs = []
+        for k in cutlass.range_constexpr(RW):
+            r = r0 + k * num_warps
+            rc = r0 if r >= rows_valid else r
+            rcs.append(rc)
+            ms.append(sRow[tile_m + rc])
+            invs.append(sRow[2 * tile_m + rc])
+        accs.fill(0.0)
+        for s0 in cutlass.range(0, num_splits, UB, unroll=1):
+            for j in cutlass.range_constexpr(UB):
+                s = s0 + j
+                base = Int64(slot_base + cutlass.min(s, num_splits - 1)) * tile_m
+                for k in cutlass.range_constexpr(RW):
+                    wgt = cute.math.exp(p.part_lse[base + rcs[k]] - ms[k]) * invs[k]
+                    wgt = Float32(0.0) if s >= num_splits else wgt
+                    prow = p.part_o + (base + rcs[k]) * D
+                    for i in cutlass.range_constexpr(n_dcol):
+                        accs[k * n_dcol + i] = accs[k * n_dcol + i] + wgt * prow[lane + 32 * i]
+        for k in cutlass.range_constexpr(RW):
+            r = r0 + k * num_warps
+            if r < rows_valid:
+                packed = row_start + r
+                tq = packed // G
+                hq = hq0 + (packed - tq * G)
+                orow = p.o + (Int64(seq_q + tq) * p.o_stride_tok + Int64(hq) * p.o_stride_head)
+                for i in cutlass.range_constexpr(n_dcol):
+                    orow[lane + 32 * i] = accs[k * n_dcol + i].to(dtype)
 
 
 def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int, tile_n: int, stages: int, warps_m: int,
@@ -368,35 +456,8 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                 cute.arch.barrier()
                 if sFlag[0] != 0:
                     cute.arch.fence_acq_rel_gpu()
-                    for r in cutlass.range(warp_id, rows_valid, num_warps, unroll=1):
-                        packed = row_start + r
-                        tq = packed // G
-                        hq = hq0 + (packed - tq * G)
-                        m = -Float32.inf
-                        for s in cutlass.range(lane, num_splits, 32, unroll=1):
-                            m = cute.arch.fmax(m, p.part_lse[Int64(slot_base + s) * tile_m + r])
-                        m = warp_fmax(m)
-                        m_safe = 0.0 if m == -Float32.inf else m
-                        total = Float32(0.0)
-                        for s in cutlass.range(lane, num_splits, 32, unroll=1):
-                            total += cute.math.exp(p.part_lse[Int64(slot_base + s) * tile_m + r] - m_safe)
-                        total = warp_sum(total)
-                        inv = Float32(0.0) if total == 0.0 else Float32(1.0) / total
-                        accs = cute.make_rmem_tensor(n_dcol, Float32)
-                        accs.fill(0.0)
-                        # no branch on empty partials (LSE -inf: weight 0, and their O is exactly 0), so the
-                        # unrolled iterations keep the loads of several splits in flight at once
-                        for s in cutlass.range(num_splits, unroll=8):
-                            wgt = cute.math.exp(p.part_lse[Int64(slot_base + s) * tile_m + r] - m_safe) * inv
-                            prow = p.part_o + (Int64(slot_base + s) * tile_m + r) * D
-                            for i in cutlass.range_constexpr(n_dcol):
-                                accs[i] = accs[i] + wgt * prow[lane + 32 * i]
-                        orow = p.o + (Int64(seq_q + tq) * p.o_stride_tok + Int64(hq) * p.o_stride_head)
-                        for i in cutlass.range_constexpr(n_dcol):
-                            orow[lane + 32 * i] = accs[i].to(dtype)
-                        if lane == 0:
-                            p.lse[Int64(hq) * p.lse_stride_head + Int64(seq_q + tq)] = (
-                                -Float32.inf if total == 0.0 else m_safe + cute.math.log(total))
+                    merge_splits(p, sRow, tidx, warp_id, lane, slot_base, num_splits, rows_valid, row_start, seq_q,
+                                 hq0, G, tile_m, D, nthr)
                     if tidx == 0:
                         p.counters[slot_base] = Int32(0)
 

@@ -1,0 +1,93 @@
+"""Estimated run time of a decode work list, used to choose the split-KV count (NumPy only, CPU-tested).
+
+Time is counted in **chunk units**: the time one CTA slot takes to stream one ``tile_n``-key K/V chunk while every
+slot of the GPU streams (about 2 us for 64 keys x d128 bf16 on an H200 with 264 slots; the constants below are
+estimates fitted to the H200 measurements in ``docs/decode.md``, not measured one by one). An item costs its
+chunks plus a fixed ramp (the dependent metadata loads before its first K/V bytes arrive, and its epilogue); the
+last split of a row tile also pays the merge of the row tile's partials. CTAs are handed to free slots in index
+order, longest first, so the estimate of a list is the sum over waves of the longest item of the wave.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: per item: items -> chunks -> page table -> K/V dependent loads, plus the epilogue (~4.4 us on the H200)
+RAMP_CHUNKS = 2.0
+#: per split row tile: partial write, fence + atomic, the LSE pass of the merge
+MERGE_BASE_CHUNKS = 1.0
+#: per split read by the merge (L2-latency bound: ~64 loads in flight per lane)
+MERGE_CHUNKS_PER_SPLIT = 0.05
+#: fewest chunks a split reads (bounds the partial workspace and the merge)
+MIN_CHUNKS_PER_SPLIT = 4
+#: most waves of CTAs a split choice may create (splits past it only add ramps and merge work)
+MAX_WAVES = 4
+
+
+def item_costs(n_chunks: np.ndarray, num_splits: np.ndarray) -> np.ndarray:
+    """Estimated cost (chunk units) of items with ``n_chunks`` chunks whose row tiles have ``num_splits`` splits:
+    the chunks, the ramp, and for split row tiles the merge (charged to every split: any of them may be last)."""
+    n = np.asarray(n_chunks, dtype=np.float64)
+    s = np.asarray(num_splits, dtype=np.float64)
+    merge = np.where(s > 1, MERGE_BASE_CHUNKS + MERGE_CHUNKS_PER_SPLIT * s, 0.0)
+    return n + RAMP_CHUNKS + merge
+
+
+def makespan(costs: np.ndarray, slots: int) -> float:
+    """Estimated time of items with ``costs`` on ``slots`` CTA slots, dispatched longest first: the sum over waves
+    of ``slots`` items of each wave's longest item (exact for equal items, close for sorted varied ones)."""
+    if slots < 1:
+        raise ValueError(f"slots: expected a positive integer, got {slots!r}")
+    c = np.sort(np.asarray(costs, dtype=np.float64))[::-1]
+    return float(c[::slots].sum())
+
+
+def split_items(g_chunks: np.ndarray, g_tiles: np.ndarray, g_splits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_chunks, num_splits)`` of every item when group ``g`` (``g_chunks[g]`` chunks, ``g_tiles[g]`` row tiles)
+    is cut into ``g_splits[g]`` balanced splits (split ``s`` of ``S`` reads ``[s*n//S, (s+1)*n//S)``)."""
+    per_tile = np.repeat(np.arange(g_chunks.shape[0]), g_tiles)
+    ns = g_splits[per_tile]
+    tile = np.repeat(np.arange(per_tile.shape[0]), ns)
+    s = np.arange(tile.shape[0]) - np.repeat(np.cumsum(ns) - ns, ns)
+    n, S = g_chunks[per_tile][tile], ns[tile]
+    return (s + 1) * n // S - s * n // S, S
+
+
+def estimate(g_chunks: np.ndarray, g_tiles: np.ndarray, g_splits: np.ndarray, slots: int) -> float:
+    """Estimated time (chunk units) of the work list of these groups and split counts."""
+    n, s = split_items(g_chunks, g_tiles, g_splits)
+    return makespan(item_costs(n, s), slots)
+
+
+def splits_for(g_chunks: np.ndarray, cps: int) -> np.ndarray:
+    """Splits per group for ``cps`` chunks per split (at least 1)."""
+    return np.maximum(1, -(-g_chunks // cps))
+
+
+def choose_chunks_per_split(g_chunks: np.ndarray, g_tiles: np.ndarray, slots: int,
+                            max_splits: int | None = None) -> int:
+    """Chunks per split with the least estimated time. Candidates: the chunk counts that cut the longest group
+    into ``k = 1, 2, ...`` splits, at least ``MIN_CHUNKS_PER_SPLIT`` chunks each, at most ``max_splits`` splits,
+    while the list stays within ``MAX_WAVES`` waves (or one item per row tile); ties go to fewer splits."""
+    g_chunks = np.asarray(g_chunks, dtype=np.int64)
+    g_tiles = np.asarray(g_tiles, dtype=np.int64)
+    longest = int(g_chunks.max(initial=0))
+    if longest == 0:
+        return MIN_CHUNKS_PER_SPLIT
+    cap = max(MAX_WAVES * slots, int(g_tiles.sum()))
+    best_cps, best_t, prev = longest, np.inf, 0
+    for k in range(1, longest + 1):
+        cps = max(MIN_CHUNKS_PER_SPLIT, -(-longest // k))
+        if cps == prev:
+            continue
+        prev = cps
+        g_splits = splits_for(g_chunks, cps)
+        if k > 1 and ((max_splits is not None and int(g_splits.max()) > max_splits)
+                      or int((g_splits * g_tiles).sum()) > cap):
+            break
+        t = estimate(g_chunks, g_tiles, g_splits, slots)
+        if t < best_t - 1e-9:
+            best_cps, best_t = cps, t
+        if cps == MIN_CHUNKS_PER_SPLIT:
+            break
+    return best_cps
