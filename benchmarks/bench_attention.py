@@ -352,6 +352,19 @@ def dry_run_point(ctx: Context, pt: Point) -> None:
             _emit(ctx, pt, system, None, f"n/a: {ex}")
 
 
+def _raise_recompile_limits(torch: Any) -> None:
+    """One compiled Flex serves every shape of the suite: lift dynamo's per-function recompile limits (past them
+    it would fall back to eager Flex, which materialises the scores)."""
+    cfg = torch._dynamo.config
+    for name, at_least in (("recompile_limit", 64), ("cache_size_limit", 64), ("accumulated_recompile_limit", 512),
+                           ("accumulated_cache_size_limit", 512)):
+        try:
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(int(getattr(cfg, name)), at_least))
+        except Exception as ex:  # a renamed / read-only knob: keep going
+            print(f"flex: could not raise torch._dynamo.config.{name}: {ex}", flush=True)
+
+
 def load_anchors(ctx: Context) -> None:
     """Load Flex / FA4 / Seer once; a failure turns that column off with the reason (printed once)."""
     ctx.off = {}
@@ -360,9 +373,7 @@ def load_anchors(ctx: Context) -> None:
             import torch
             from torch.nn.attention.flex_attention import flex_attention
 
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            torch._dynamo.config.accumulated_cache_size_limit = max(
-                torch._dynamo.config.accumulated_cache_size_limit, 512)
+            _raise_recompile_limits(torch)
             ctx.flex = torch.compile(flex_attention, dynamic=False)
         except Exception as ex:
             ctx.off["flex"] = f"failed to load: {type(ex).__name__}: {ex}"
@@ -459,6 +470,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", default=None, help="write every row here (benchmarks/anchors.py schema)")
+    ap.add_argument("--plot", default=None, help="also write <dir>/forward.png (benchmarks/plots.py; matplotlib)")
     ap.add_argument("--dry-run", action="store_true", help="CPU only: build every input, launch nothing")
     args = ap.parse_args(argv)
     if args.reps < 1 or args.warmup < 0:
@@ -520,6 +532,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"Total {time.time() - t0:.0f} s.", flush=True)
     if args.json:
         print(f"wrote {A.write_json(args.json, ctx.rows, meta)}")
+    if args.plot:
+        try:
+            import plots
+
+            for p in plots.plot_all(ctx.rows, args.plot):
+                print(f"wrote {p}")
+        except Exception as ex:  # the table and JSON are written already
+            print(f"plot failed: {type(ex).__name__}: {ex}", flush=True)
     bad = [r for r in ctx.rows if "MISMATCH" in r["note"]]
     return 1 if bad else 0
 

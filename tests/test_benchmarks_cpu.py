@@ -324,3 +324,88 @@ def test_plots_from_small_json(tmp_path):
     s = plots.series(rows[:6], "tflops")
     assert list(s) == ["varblock:a", "fa4"] and [d for d, _ in s["fa4"]] == [0.1, 0.5, 1.0]
     assert math.isclose(s["fa4"][2][1], 650.0)
+
+
+# ------------------------------------------------------------------------------------------------------ GPU flow
+
+
+class _FakeTensor:
+    """Just enough of a torch tensor (NumPy inside) for run_point's control flow and the output comparison."""
+
+    def __init__(self, a):
+        self.a = np.asarray(a, dtype=np.float64)
+        self.device = "fake"
+
+    def float(self):
+        return self
+
+    def clone(self):
+        return _FakeTensor(self.a.copy())
+
+    def norm(self):
+        return _FakeTensor(np.linalg.norm(self.a))
+
+    def clamp_min(self, x):
+        return _FakeTensor(np.maximum(self.a, x))
+
+    def to(self, device):
+        return self
+
+    def __sub__(self, o):
+        return _FakeTensor(self.a - o.a)
+
+    def __truediv__(self, o):
+        return _FakeTensor(self.a / o.a)
+
+    def __float__(self):
+        return float(self.a)
+
+
+def test_run_point_flow_with_fakes(monkeypatch, capsys):
+    import types
+
+    fake_torch = types.ModuleType("torch")
+    fake_torch.empty_like = lambda x: _FakeTensor(np.zeros_like(x.a))
+    fake_torch.from_numpy = _FakeTensor
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setattr(BA, "bench", lambda fn, warmup, rep: (fn(), 2.0)[1])
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def plan(*a, backend, **kw):
+        if backend == "famB":
+            raise ValueError("head_dim 128 not built")
+        return "plan"
+
+    monkeypatch.setattr(BA.varblock, "plan", plan)
+    monkeypatch.setattr(BA.varblock, "attention", lambda q, k, v, p, out: q)
+    fa4 = lambda q, k, v, **kw: (calls.append(sorted(kw)), (_FakeTensor(q.a * 1.001), None))[1]  # noqa: E731
+    monkeypatch.setattr(A, "load_fa4", lambda: (fa4, lambda **kw: kw))
+
+    def broken_flex(pt, flex):
+        raise RuntimeError("flex exploded\nsecond line")
+
+    monkeypatch.setattr(BA, "run_flex", broken_flex)
+    ctx = BA.Context(BA.parse_args([]), ["famA", "famB"], [], off={})
+    ctx.fa4, ctx.seer = fa4, types.SimpleNamespace(blocksparse_flash_attn_varlen_fwd=lambda q, *a, **k: (q, None))
+    for cell, dens in ((BA.Cell("W3", True, (1.0,), 128, 128), 1.0), (BA.Cell("W3", False, (0.5,), 128, 128), 0.5),
+                       (BA.Cell("VB", False, (0.5,), 128, None), 0.5)):
+        pt = BA.make_point(cell, dens, on_gpu=False)
+        lens, hq, hkv = BA.WORKLOADS[cell.workload]
+        pt.tensors = (_FakeTensor(rng.standard_normal((sum(lens), 2))), None, None, None, max(lens))
+        BA.run_point(ctx, pt)
+    rows = {(r["workload"], r["causal"], r["system"]): r for r in ctx.rows}
+    assert rows[("W3", True, "varblock:famA")]["ms"] == 2.0
+    assert rows[("W3", True, "varblock:famB")]["note"].startswith("n/a: declined: head_dim 128")
+    assert rows[("W3", True, "flex")]["note"] == "failed: RuntimeError: flex exploded"
+    assert rows[("W3", True, "seer")]["note"] == "rel. diff vs varblock 0.0e+00"
+    assert rows[("W3", True, "fa4")]["note"] == "rel. diff vs varblock 1.0e-03"
+    assert calls[0] == ["causal", "cu_seqlens_k", "cu_seqlens_q", "max_seqlen_k", "max_seqlen_q"]
+    assert calls[-1] == ["block_sparse_tensors", "cu_seqlens_k", "cu_seqlens_q", "max_seqlen_k", "max_seqlen_q"]
+    assert rows[("W3", False, "seer")]["note"].startswith("n/a: SeerAttention's block_sparse_attn_varlen_2d")
+    assert rows[("VB", False, "fa4")]["note"].startswith("n/a: FA4 block sparsity takes fixed block sizes")
+    cited = rows[("VB", False, "flashinfer (issue 10)")]
+    assert cited["tflops"] == BA.FLASHINFER_CITED[0.5] and "not this run" in cited["note"]
+    vb = rows[("VB", False, "varblock:famA")]
+    assert math.isclose(vb["tflops"], BA.make_point(BA.Cell("VB", False, (0.5,), 128, None), 0.5, False).flops
+                        / 2.0 / 1e9)
