@@ -39,13 +39,12 @@ from varblock.kernels._attn_fwd_sm90_impl import (
     Sm90Config,
     TileRing,
     _load_kv,
-    _load_q_tma,
     _mask_of,
     _next_tile,
     _row_copy,
     _tile_count,
 )
-from varblock.kernels.attention_pool_sm90 import CONSUMER_REGS, HALF, PRODUCER_REGS, THREADS
+from varblock.kernels.attention_pool_sm90 import CONSUMER_REGS, HALF, PRODUCER_REGS, Q_STAGES, THREADS
 from varblock.kernels.common import gmem_io
 from varblock.kernels.common.scheduler import TileScheduler, count_tile
 from varblock.kernels.common.signature import jit_host
@@ -60,10 +59,10 @@ def shared_storage(cfg: Sm90Config):
 
     @cute.struct
     class SharedStorage:
-        mbar_q: mr[Int64, 2]
+        mbar_q: mr[Int64, 2 * Q_STAGES]
         mbar_k: mr[Int64, 2 * st]
         mbar_t: mr[Int64, 2 * TILE_RING]
-        sQ: al[mr[dtype, tm * D], 1024]
+        sQ: al[mr[dtype, Q_STAGES * tm * D], 1024]
         sK: al[mr[dtype, st * tn * D], 1024]
         # element-mask inputs, one copy per consumer warpgroup (common/mask.py; _attn_fwd_sm90_impl._mask_of)
         sRowPos: al[mr[Int32, 2 * tm], 16]
@@ -81,7 +80,7 @@ def _pipelines(cfg: Sm90Config, storage):
     released by each of the 8 consumer warps): the forward's Q and K pipelines, without V's."""
     thr = pipeline.Agent.Thread
     q = pipeline.PipelineAsync.create(
-        barrier_storage=storage.mbar_q.data_ptr(), num_stages=1,
+        barrier_storage=storage.mbar_q.data_ptr(), num_stages=Q_STAGES,
         producer_group=pipeline.CooperativeGroup(thr, Q_THREADS),
         consumer_group=pipeline.CooperativeGroup(thr, 2 * WG_THREADS), defer_sync=True)
     k = pipeline.PipelineTmaAsync.create(
@@ -93,17 +92,30 @@ def _pipelines(cfg: Sm90Config, storage):
 
 
 @cute.jit
+def _load_q_tma(cfg: Sm90Config, tma_q, m_q, s_q, bar, rows, stage):
+    """Warp 2: expect the Q tile's bytes on the Q full barrier (before this thread's arrive), then TMA the
+    ``tile_m`` rows from token ``tok0`` of query head ``hq0`` into Q stage ``stage`` (the forward's
+    ``_load_q_tma`` with a staged buffer)."""
+    with cute.arch.elect_one():
+        cute.arch.mbarrier_expect_tx(bar, cfg.tile_m * cfg.D * cfg.dtype.width // 8)
+    g = cute.local_tile(cute.domain_offset((rows.tok0, 0), m_q[None, None, rows.hq0]), (cfg.tile_m, cfg.D), (0, 0))
+    t_s, t_g = cpasync.tma_partition(tma_q, 0, cute.make_layout(1), cute.group_modes(s_q, 0, 2),
+                                     cute.group_modes(g, 0, 2))
+    cute.copy(tma_q, t_g, t_s[None, stage], tma_bar_ptr=bar)
+
+
+@cute.jit
 def _load_q_async(cfg: Sm90Config, p, sm, pipe_q, q_state, rows, tmas, g2s, t_qs, t_qc, warp_idx):
-    """Producer warps 2-3: the tile's Q rows (TMA when rows are consecutive tokens of one head, else cp.async with
-    rows past the tile zero-filled), then their 64 arrivals on the Q full barrier."""
+    """Producer warps 2-3: the tile's Q rows into Q stage ``q_state.index`` (TMA when rows are consecutive tokens
+    of one head, else cp.async with rows past the tile zero-filled), then their 64 arrivals on its full barrier."""
     tma_q, m_q = tmas
     pipe_q.producer_acquire(q_state)
     if p.pack_gqa == 1:
         if warp_idx == 2:
-            _load_q_tma(cfg, tma_q, m_q, sm.sQ, pipe_q.producer_get_barrier(q_state), rows)
+            _load_q_tma(cfg, tma_q, m_q, sm.sQ, pipe_q.producer_get_barrier(q_state), rows, q_state.index)
     else:
         q_st, q_sh = cute.assume(p.q_stride_tok, divby=8), cute.assume(p.q_stride_head, divby=8)
-        gmem_io.load_q_rows(g2s, t_qs, t_qc, p.q, rows, q_st, q_sh, cfg.D)
+        gmem_io.load_q_rows(g2s, t_qs[None, None, None, q_state.index], t_qc, p.q, rows, q_st, q_sh, cfg.D)
         cute.arch.cp_async_commit_group()
         cute.arch.cp_async_wait_group(0)
         cute.arch.fence_view_async_shared()  # cp.async writes -> wgmma (async proxy) reads
@@ -124,7 +136,7 @@ def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tmas, warp_idx, tid
     nt = _tile_count(p)
     ring_p = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, TILE_RING)
     ring_c = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, TILE_RING)
-    q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+    q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, Q_STAGES)
     k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, cfg.stages)
     tile_idx = Int32(-1)
     if warp_idx == 0:
@@ -255,7 +267,8 @@ def _tile_chunks(cfg: Sm90Config, p, cs: PoolSetup, mask, pipes, q_state, k_stat
         k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
         pipe_k.consumer_wait(k_state)
         acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
-        wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, k_state.index], True, 0)
+        wgmma(cs.mma_qk, acc_S, cs.rQ[None, None, None, q_state.index], cs.rK[None, None, None, k_state.index],
+              True, 0)
         pipe_k.consumer_release(k_state)
         k_state.advance()
         acc_S_mn = mn_view(acc_S)
@@ -275,7 +288,7 @@ def _consumer(cfg: Sm90Config, p, sm, storage, pipes, ring: TileRing, warp_group
     cs = PoolSetup.create(cfg, sm, ctid, wg)
     mask = _mask_of(cfg, p, storage, wg)
     ring_c = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, TILE_RING)
-    q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+    q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, Q_STAGES)
     k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, cfg.stages)
     lse2 = cute.make_rmem_tensor(cute.size(cs.tScS, mode=[0]), Float32)
     tile_idx, ring_c = ring.pop(ring_c)
@@ -311,7 +324,7 @@ def make_host(name: str, host_params, dtype_name: str, D: int, tile_m: int, tile
         ring = TileRing.create(storage)
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
-        q_layout, k_layout = cfg.smem_layout(tile_m), cfg.smem_layout(tile_n, stages)
+        q_layout, k_layout = cfg.smem_layout(tile_m, Q_STAGES), cfg.smem_layout(tile_n, stages)
         sm = SimpleNamespace(sQ=storage.sQ.get_tensor(q_layout.outer, swizzle=q_layout.inner),
                              sK=storage.sK.get_tensor(k_layout.outer, swizzle=k_layout.inner))
         if warp_group_idx == 0:
@@ -324,10 +337,11 @@ def make_host(name: str, host_params, dtype_name: str, D: int, tile_m: int, tile
     kernel.set_name_prefix(f"vb_{name}", remove_cutlass_symbol=True, keep_mangled_name=False)
 
     def launch(p: SimpleNamespace):
+        q_one = cute.slice_(cfg.smem_layout(tile_m, Q_STAGES), (None, None, 0))
         k_one = cute.slice_(cfg.smem_layout(tile_n, stages), (None, None, 0))
         atoms = []
         for ptr, rows, heads, s_tok, s_head, s_layout, tile_rows in (
-                (p.q, p.total_q, p.num_heads_q, p.q_stride_tok, p.q_stride_head, cfg.smem_layout(tile_m), tile_m),
+                (p.q, p.total_q, p.num_heads_q, p.q_stride_tok, p.q_stride_head, q_one, tile_m),
                 (p.k, p.total_k, p.num_heads_kv, p.k_stride_tok, p.k_stride_head, k_one, tile_n)):
             m = cute.make_tensor(ptr, cute.make_layout(
                 (rows, D, heads), stride=(cute.assume(s_tok, divby=8), 1, cute.assume(s_head, divby=8))))

@@ -43,6 +43,7 @@ TILE_M = fwd90.TILE_M
 TILE_N = fwd90.TILE_N
 HALF = 64  #: keys per pooling segment of a chunk: chunk starts and pooling blocks are multiples of it
 STAGES = {64: 6, 128: 4}  #: K ring depth per head dim (no V: the forward's V stages go to K)
+Q_STAGES = 2  #: Q ring depth: the next tile's Q loads while this tile's chunks run (short tiles: W3)
 THREADS = fwd90.THREADS
 PRODUCER_REGS = fwd90.PRODUCER_REGS
 CONSUMER_REGS = fwd90.CONSUMER_REGS
@@ -68,15 +69,15 @@ def kernel_params(head_dim: int, dtype: str) -> tuple[Param, ...]:
 
 
 def smem_bytes(head_dim: int) -> int:
-    """Dynamic shared memory (mirrors ``_attention_pool_sm90_impl.shared_storage``): mbarriers, Q, the K stages
+    """Dynamic shared memory (mirrors ``_attention_pool_sm90_impl.shared_storage``): mbarriers, the Q and K stages
     (1024-byte aligned), two per-warpgroup copies of the mask inputs, the tile-index ring."""
 
     def up(x: int, a: int) -> int:
         return (x + a - 1) // a * a
 
     st = STAGES[head_dim]
-    off = 8 * (2 + 2 * st + 4)  # mbarriers: Q full/empty, K full/empty per stage, tile ring full/empty x 2
-    for size in (TILE_M * head_dim * _ELEM, st * TILE_N * head_dim * _ELEM):
+    off = 8 * (2 * Q_STAGES + 2 * st + 4)  # mbarriers: Q and K full/empty per stage, tile ring full/empty x 2
+    for size in (Q_STAGES * TILE_M * head_dim * _ELEM, st * TILE_N * head_dim * _ELEM):
         off = up(off, 1024) + size
     for _ in range(2):  # per consumer warpgroup: row pos, row doc, row token-mask offset, key docs, token bits
         for size in (4 * TILE_M, 4 * TILE_M, 8 * TILE_M, 4 * TILE_N, TILE_M * TILE_N // 8):
@@ -115,7 +116,8 @@ def variants(arch: str) -> list[Variant]:
                 key={"stage": "qk", "dtype": dtype_name, "head_dim": d},
                 params=kernel_params(d, dtype_name), host_params=HOST_PARAMS, block=(THREADS, 1, 1),
                 grid=("num_ctas", 1, 1), requires=_requires(),
-                extra={"tile_m": TILE_M, "tile_n": TILE_N, "stages": STAGES[d], "smem_bytes": smem,
+                extra={"tile_m": TILE_M, "tile_n": TILE_N, "stages": STAGES[d], "q_stages": Q_STAGES,
+                       "smem_bytes": smem,
                        "chunk_align": HALF, "producer_regs": PRODUCER_REGS, "consumer_regs": CONSUMER_REGS,
                        "entry": f"vb_{variant_name(dtype, d)}_0"},
             ))
