@@ -40,12 +40,7 @@ from anchors import bench  # noqa: E402,F401  (re-exported: bench_backward / ben
 import varblock  # noqa: E402
 from varblock import layout as L  # noqa: E402
 
-WORKLOADS = {
-    "W1": ([512, 1024, 2048, 4096, 8192, 1536, 3072, 6144], 32, 8),
-    "W2": ([32768], 16, 16),
-    "W3": ([512] * 64, 16, 16),
-    "VB": ([16384], 32, 8),
-}
+WORKLOADS = {**A.WORKLOADS, "VB": ([16384], 32, 8)}  # VB: variable blocks, one sequence of 16k tokens
 D = 128
 BS = 128
 VB_SIZES = (64, 128, 192)
