@@ -210,13 +210,20 @@ def run_seer(pt: Point, seer: Any) -> Callable[[], Any]:
                                                           block_size=pt.cell.block)
 
 
+def flex_kernel_options(block: int) -> dict[str, Any]:
+    """Flex's tiles must divide the mask's blocks; its default forward tile is 128 rows, so smaller blocks get
+    64 x 64 tiles (past that torch raises "Q and KV block size must be divisible by BLOCK_M and BLOCK_N")."""
+    return {} if block >= 128 else {"kernel_options": {"BLOCK_M": 64, "BLOCK_N": 64}}
+
+
 def run_flex(pt: Point, flex: Any) -> Callable[[], Any]:
     """FlexAttention (torch.compile'd) with the layout's BlockMask; output back to [total, H, D]."""
     q, k, v, _, _ = pt.tensors
-    bm = A.flex_block_mask(pt.layout, pt.hq, pt.hkv, pt.cell.block or 64, q.device, pt.cell.causal)
+    g = pt.cell.block or 64
+    bm = A.flex_block_mask(pt.layout, pt.hq, pt.hkv, g, q.device, pt.cell.causal)
     qf, kf, vf = (x.transpose(0, 1)[None] for x in (q, k, v))
-    gqa = pt.hq != pt.hkv
-    return lambda: flex(qf, kf, vf, block_mask=bm, enable_gqa=gqa)[0].transpose(0, 1)
+    kw = dict(flex_kernel_options(g), enable_gqa=pt.hq != pt.hkv)
+    return lambda: flex(qf, kf, vf, block_mask=bm, **kw)[0].transpose(0, 1)
 
 
 # ------------------------------------------------------------------------------------------------------ running
