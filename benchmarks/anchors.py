@@ -95,17 +95,21 @@ def fa4_fields(layout: BlockSparseLayout, num_heads_q: int) -> FA4BlockSparse:
     return f
 
 
-def fa4_block_sparse(layout: BlockSparseLayout, device: Any, num_heads_q: int) -> Any:
-    """FA4 ``BlockSparseTensorsTorch`` on ``device`` with exactly the layout's kept blocks (``fa4_fields``).
-    Partial (``mask_*``) blocks need FA4's ``mask_mod``; non-causal random layouts have none."""
+def fa4_to_torch(fields: FA4BlockSparse, device: Any) -> Any:
+    """FA4 ``BlockSparseTensorsTorch`` on ``device`` from host fields (int32, contiguous)."""
     import torch
 
     _, bst_type = load_fa4()
-    f = fa4_fields(layout, num_heads_q)
-    t = {n: torch.from_numpy(np.ascontiguousarray(getattr(f, n), dtype=np.int32)).to(device) for n in
+    t = {n: torch.from_numpy(np.ascontiguousarray(getattr(fields, n), dtype=np.int32)).to(device) for n in
          ("mask_block_cnt", "mask_block_idx", "full_block_cnt", "full_block_idx", "cu_total_m_blocks",
           "cu_block_idx_offsets")}
-    return bst_type(**t, block_size=tuple(int(x) for x in f.block_size))
+    return bst_type(**t, block_size=tuple(int(x) for x in fields.block_size))
+
+
+def fa4_block_sparse(layout: BlockSparseLayout, device: Any, num_heads_q: int) -> Any:
+    """FA4 ``BlockSparseTensorsTorch`` on ``device`` with exactly the layout's kept blocks (``fa4_fields``).
+    Partial (``mask_*``) blocks need FA4's ``mask_mod``; non-causal random layouts have none."""
+    return fa4_to_torch(fa4_fields(layout, num_heads_q), device)
 
 
 # ------------------------------------------------------------------------------------------------------ Seer
@@ -347,6 +351,6 @@ def read_json(path: str | Path) -> list[dict[str, Any]]:
     return [check_row(r) for r in rows]
 
 
-__all__ = ["bench", "load_fa4", "fa4_fields", "fa4_block_sparse", "load_seer", "seer_block_mask_2d",
+__all__ = ["bench", "load_fa4", "fa4_fields", "fa4_to_torch", "fa4_block_sparse", "load_seer", "seer_block_mask_2d",
            "seer_decode_mask", "packed_cell_codes", "same_cells", "flex_block_lists", "flex_block_mask",
            "ROW_KEYS", "make_row", "check_row", "write_json", "read_json"]

@@ -184,18 +184,12 @@ def flex_host_input(pt: Point) -> tuple:
 
 def run_fa4(pt: Point, fa4_fn: Callable[..., Any]) -> Callable[[], Any]:
     """FA4 call on this point's tensors."""
-    import torch
-
     kind, fields = fa4_host_input(pt)
     q, k, v, cu, mx = pt.tensors
     common = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=mx, max_seqlen_k=mx)
     if kind == "dense_causal":
         return lambda: fa4_fn(q, k, v, causal=True, **common)
-    _, bst_type = A.load_fa4()
-    t = {n: torch.from_numpy(np.ascontiguousarray(getattr(fields, n))).to(q.device) for n in
-         ("mask_block_cnt", "mask_block_idx", "full_block_cnt", "full_block_idx", "cu_total_m_blocks",
-          "cu_block_idx_offsets")}
-    bst = bst_type(**t, block_size=tuple(fields.block_size))
+    bst = A.fa4_to_torch(fields, q.device)
     return lambda: fa4_fn(q, k, v, block_sparse_tensors=bst, **common)
 
 
