@@ -49,6 +49,8 @@ SEER_MODULE = "block_sparse_attn_varlen_2d"
 SEER_HEAD_DIMS = (64, 128, 256)
 FLASHINFER_CITED = {0.5: 342.0, 0.1: 278.0}  # issue 10: FlashInfer 0.5.3 variable blocks, VB, d128 (not this run)
 SUITE_NOTE = "issue 10's FlashInfer measurement (VariableBlockSparseAttentionWrapper), not this run"
+FLASHINFER = "flashinfer (issue 10)"  # the system name of the cited rows
+VB_BLOCK = "var" + "/".join(map(str, VB_SIZES))  # the block field of VB rows
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ def _row(pt: Point, system: str, ms: float | None, note: str) -> dict[str, Any]:
     c = pt.cell
     tf = pt.flops / ms / 1e9 if ms is not None and ms > 0 else None
     return A.make_row("forward", c.workload, system, causal=c.causal, density=pt.density,
-                      block=c.block if c.block is not None else "var" + "/".join(map(str, VB_SIZES)),
+                      block=c.block if c.block is not None else VB_BLOCK,
                       head_dim=c.head_dim, ms=ms, tflops=tf, note=note)
 
 
@@ -307,10 +309,9 @@ def run_point(ctx: Context, pt: Point) -> None:
         time_column(ctx, pt, "seer", lambda: run_seer(pt, ctx.seer))
     if pt.cell.workload == "VB" and pt.density in FLASHINFER_CITED:
         tf = FLASHINFER_CITED[pt.density]
-        ctx.rows.append(A.make_row("forward", "VB", "flashinfer (issue 10)", causal=False, density=pt.density,
-                                   block=_row(pt, "x", None, "")["block"], head_dim=pt.cell.head_dim,
-                                   ms=None, tflops=tf, note=SUITE_NOTE))
-        print(f"  {'flashinfer (issue 10)':28s}       n/a {tf:7.1f} TFLOP/s  {SUITE_NOTE}", flush=True)
+        ctx.rows.append(A.make_row("forward", "VB", FLASHINFER, causal=False, density=pt.density, block=VB_BLOCK,
+                                   head_dim=pt.cell.head_dim, ms=None, tflops=tf, note=SUITE_NOTE))
+        print(f"  {FLASHINFER:28s}       n/a {tf:7.1f} TFLOP/s  {SUITE_NOTE}", flush=True)
 
 
 def roundtrip(pt: Point, system: str) -> str:
@@ -410,27 +411,77 @@ def _key(r: dict[str, Any]) -> tuple:
     return (r["workload"], r["causal"], r["head_dim"], str(r["block"]), r["density"])
 
 
-def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: one line per point, TFLOP/s per system, best varblock / FA4, / Seer and / Flex."""
-    systems = list(dict.fromkeys(r["system"] for r in rows))
+RATIO_SYSTEMS = (("fa4", "FA4"), ("seer", "Seer"), ("flex", "Flex"), (FLASHINFER, "FlashInfer (issue)"))
+
+
+def _best_varblock(by: dict[str, dict[str, Any]]) -> float | None:
+    return max((r["tflops"] for s, r in by.items() if s.startswith("varblock") and r["tflops"] is not None),
+               default=None)
+
+
+def _points(rows: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
     points: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         points.setdefault(_key(r), {})[r["system"]] = r
+    return points
+
+
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table: one line per point, TFLOP/s per system, then the best varblock family's speed over each
+    anchor's (> 1: varblock is faster; the FlashInfer ratio is against issue 10's figure, not this run)."""
+    systems = list(dict.fromkeys(r["system"] for r in rows))
     head = "| workload | causal | d | block | density | " + " | ".join(systems)
-    head += " | varblock/FA4 | varblock/Seer | varblock/Flex |"
-    lines = [head, "|---|---|---:|---|---:|" + "---:|" * (len(systems) + 3)]
-    for (w, c, d, b, dens), by in points.items():
+    head += "".join(f" | varblock/{label}" for _, label in RATIO_SYSTEMS) + " |"
+    lines = [head, "|---|---|---:|---|---:|" + "---:|" * (len(systems) + len(RATIO_SYSTEMS))]
+    for (w, c, d, b, dens), by in _points(rows).items():
         tf = {s: by[s]["tflops"] for s in by}
-        vb = max((t for s, t in tf.items() if s.startswith("varblock") and t is not None), default=None)
-
-        def ratio(s: str) -> str:
-            t = tf.get(s)
-            return f"{vb / t:.2f}" if vb is not None and t else "n/a"
-
+        vb = _best_varblock(by)
+        ratios = " | ".join(f"{vb / tf[s]:.2f}" if vb is not None and tf.get(s) else "n/a" for s, _ in RATIO_SYSTEMS)
         cells = " | ".join(f"{tf[s]:.0f}" if tf.get(s) is not None else "n/a" for s in systems)
-        lines.append(f"| {w} | {c} | {d} | {b} | {dens} | {cells} | {ratio('fa4')} | {ratio('seer')} | "
-                     f"{ratio('flex')} |")
+        lines.append(f"| {w} | {c} | {d} | {b} | {dens} | {cells} | {ratios} |")
     return "\n".join(lines)
+
+
+# (what, workload, causal, head_dim, block, densities, against (None: absolute TFLOP/s), at least)
+BARS: tuple[tuple[str, str, bool, int, Any, tuple[float, ...], str | None, float], ...] = (
+    ("W1 at 1.0 / 0.5 >= 650 TFLOP/s", "W1", False, 128, 128, (1.0, 0.5), None, 650.0),
+    ("W1 at 1.0 / 0.5 >= 1.0x FA4", "W1", False, 128, 128, (1.0, 0.5), "fa4", 1.0),
+    ("W2 at 1.0 / 0.5 >= 650 TFLOP/s", "W2", False, 128, 128, (1.0, 0.5), None, 650.0),
+    ("W2 at 1.0 / 0.5 >= 1.0x FA4", "W2", False, 128, 128, (1.0, 0.5), "fa4", 1.0),
+    ("W2 at 0.1 >= 600 TFLOP/s", "W2", False, 128, 128, (0.1,), None, 600.0),
+    ("W1 at 0.1 >= 1.0x FA4", "W1", False, 128, 128, (0.1,), "fa4", 1.0),
+    ("W1 causal >= 600 TFLOP/s", "W1", True, 128, 128, (1.0,), None, 600.0),
+    ("W3 at 1.0 >= 350 TFLOP/s", "W3", False, 128, 128, (1.0,), None, 350.0),
+    ("64x64 W1 causal at 1.0 >= 500 TFLOP/s", "W1", True, 128, 64, (1.0,), None, 500.0),
+    ("64x64 W1 causal >= 2x SeerAttention", "W1", True, 128, 64, (1.0, 0.5, 0.1), "seer", 2.0),
+    ("variable blocks at 0.5 >= 500 TFLOP/s", "VB", False, 128, None, (0.5,), None, 500.0),
+    ("variable blocks at 0.5 >= 1.4x FlashInfer (issue's figure)", "VB", False, 128, None, (0.5,), FLASHINFER, 1.4),
+    ("d64 W1 at 0.5 >= 450 TFLOP/s", "W1", False, 64, 128, (0.5,), None, 450.0),
+)
+
+
+def bar_checks(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Issue 10's performance bar, one line per measured (bar, density): the best varblock family's TFLOP/s or its
+    ratio to an anchor, OK / NOT MET; plus the portable family at 64x64 against 128x128 (W1 causal)."""
+    points, out = _points(rows), []
+    for what, w, causal, d, block, dens, against, need in BARS:
+        blk = str(block) if block is not None else VB_BLOCK
+        for x in dens:
+            by = points.get((w, causal, d, blk, x))
+            vb = _best_varblock(by) if by else None
+            ref = by.get(against, {}).get("tflops") if by and against else None
+            if vb is None or (against is not None and not ref):
+                continue
+            got = vb if against is None else vb / ref
+            out.append(f"{what} [density {x}]: {got:.2f} -> {'OK' if got >= need else 'NOT MET'}")
+    portable = "varblock:attention_fwd_mma"
+    for x in (1.0, 0.5, 0.1):
+        t64 = points.get(("W1", True, 128, "64", x), {}).get(portable, {}).get("tflops")
+        t128 = points.get(("W1", True, 128, "128", x), {}).get(portable, {}).get("tflops")
+        if t64 and t128:
+            out.append(f"portable family W1 causal 64x64 / 128x128 [density {x}]: {t64:.0f} / {t128:.0f} TFLOP/s -> "
+                       f"{'OK' if t64 >= t128 else 'NOT MET'}")
+    return out
 
 
 def w2_scaling(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -521,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (dry_run_point if args.dry_run else run_point)(ctx, pt)
             pt.tensors = pt.ref = None
     print("\n" + summary_table(ctx.rows))
-    for line in w2_scaling(ctx.rows):
+    for line in w2_scaling(ctx.rows) + bar_checks(ctx.rows):
         print(line)
     print(f"\nFlashInfer (issue 10, not this run): W1 packed at 128x128 blocks 477 / 400 / 207 TFLOP/s at density "
           f"1.0 / 0.5 / 0.1; variable blocks {FLASHINFER_CITED[0.5]:.0f} / {FLASHINFER_CITED[0.1]:.0f} at 0.5 / 0.1. "

@@ -295,10 +295,34 @@ def test_summary_table_and_w2_scaling():
     rows = [mk("varblock:a", 1.0, 10.0, 600.0), mk("fa4", 1.0, 12.0, 500.0), mk("varblock:a", 0.1, 1.2, 500.0),
             mk("fa4", 0.1, None, None)]
     t = BA.summary_table(rows)
-    assert "| W2 | False | 128 | 128 | 1.0 | 600 | 500 | 1.20 | n/a | n/a |" in t
-    assert "| W2 | False | 128 | 128 | 0.1 | 500 | n/a | n/a | n/a | n/a |" in t
+    assert "| W2 | False | 128 | 128 | 1.0 | 600 | 500 | 1.20 | n/a | n/a | n/a |" in t
+    assert "| W2 | False | 128 | 128 | 0.1 | 500 | n/a | n/a | n/a | n/a | n/a |" in t
     (line,) = BA.w2_scaling(rows)
     assert "0.120" in line and line.endswith("OK")
+    checks = BA.bar_checks(rows)
+    assert checks == ["W2 at 1.0 / 0.5 >= 650 TFLOP/s [density 1.0]: 600.00 -> NOT MET",
+                      "W2 at 1.0 / 0.5 >= 1.0x FA4 [density 1.0]: 1.20 -> OK",
+                      "W2 at 0.1 >= 600 TFLOP/s [density 0.1]: 500.00 -> NOT MET"]
+
+
+def test_bar_checks_ratios_and_portable_block_sizes():
+    def mk(w, causal, block, system, d, tf):
+        return A.make_row("forward", w, system, causal=causal, density=d, block=block, head_dim=128, ms=1.0,
+                          tflops=tf)
+
+    rows = [mk("W1", True, 64, "varblock:attention_fwd_mma", 1.0, 300.0),
+            mk("W1", True, 64, "varblock:attention_fwd_sm90", 1.0, 520.0), mk("W1", True, 64, "seer", 1.0, 200.0),
+            mk("W1", True, 128, "varblock:attention_fwd_mma", 1.0, 320.0),
+            mk("VB", False, BA.VB_BLOCK, "varblock:attention_fwd_sm90", 0.5, 480.0),
+            mk("VB", False, BA.VB_BLOCK, BA.FLASHINFER, 0.5, 342.0)]
+    checks = BA.bar_checks(rows)
+    assert "64x64 W1 causal at 1.0 >= 500 TFLOP/s [density 1.0]: 520.00 -> OK" in checks
+    assert "64x64 W1 causal >= 2x SeerAttention [density 1.0]: 2.60 -> OK" in checks
+    assert "W1 causal >= 600 TFLOP/s [density 1.0]: 320.00 -> NOT MET" in checks
+    assert "variable blocks at 0.5 >= 500 TFLOP/s [density 0.5]: 480.00 -> NOT MET" in checks
+    assert "variable blocks at 0.5 >= 1.4x FlashInfer (issue's figure) [density 0.5]: 1.40 -> OK" in checks
+    assert checks[-1] == "portable family W1 causal 64x64 / 128x128 [density 1.0]: 300 / 320 TFLOP/s -> NOT MET"
+    assert "| varblock/FlashInfer (issue) |" in BA.summary_table(rows)
 
 
 # ------------------------------------------------------------------------------------------------------ plots
