@@ -137,53 +137,74 @@ def _launch(entry: dict, ordinal: int, stream: Any, values: dict) -> None:
         MEM.write(v["packed"], model_seer.pack_token_mask(tm, cq, ck, g))
     elif stage == "cells" and entry["key"]["mask_dtype"] == "token":
         bm, T = v["mask_batch"], v["q_tokens"]
-        assert v["num_items"] == H * B * MB  # rows only: the cols kernel counts the columns
+        assert v["num_groups"] == model.num_groups(H * B * MB)  # rows only: the cols kernel counts the columns
         tm = MEM.read(v["mask"], np.uint8, bm * H * T * NB).reshape(bm, H, T, NB)
         geo = dataclasses.replace(g, window_left=v["window_left"], window_right=v["window_right"])
+        _check_tiling(v, g)
         c = model_seer.token_cells(tm, cq, ck, geo)
-        for name in ("info", "row_counts", "row_err"):
+        for name in ("info", "row_counts", "row_part"):
             MEM.write(v[name], getattr(c, name))
     elif stage == "cols":
-        assert v["num_items"] == H * B * NB
-        cls = MEM.read(v["info"], np.int32, H * B * MB * NB).reshape(H, B, MB, NB) & 3
-        MEM.write(v["col_counts"], np.stack([(cls == 2).sum(2), (cls == 1).sum(2)], axis=-1).astype(np.int32))
+        assert v["num_groups"] == model.num_groups(H * B * NB)
+        info = MEM.read(v["info"], np.int32, H * B * MB * NB)
+        col_counts, col_part = model.count_columns(info, ck, g)
+        MEM.write(v["col_counts"], col_counts)
+        MEM.write(v["col_part"], col_part)
     elif stage == "cells":
         bm = v["mask_batch"]
         dt = {"uint8": np.uint8, "int32": np.int32}[entry["key"]["mask_dtype"]]
         raw = MEM.read(v["mask"], dt, bm * H * MB * NB).reshape(bm, H, MB, NB)
         mask = raw.astype(bool) if v["codes"] == 0 else raw
         geo = dataclasses.replace(g, window_left=v["window_left"], window_right=v["window_right"])
-        assert v["num_items"] == H * B * (MB + NB) and v["tile_n"] == g.tile_n
+        assert v["num_groups"] == model.num_groups(H * B * MB) + model.num_groups(H * B * NB)
+        _check_tiling(v, g)
         c = model.mask_cells(mask, cq, ck, geo)
-        for name in ("info", "row_counts", "row_err", "col_counts"):
+        for name in ("info", "row_counts", "col_counts", "row_part", "col_part"):
             MEM.write(v[name], getattr(c, name))
+    elif stage == "scan":
+        rg, cg = model.num_groups(H * B * MB), model.num_groups(H * B * NB)
+        cells = model.Cells(info=np.zeros(0, np.int32), row_counts=np.zeros((0, 4), np.int32),
+                            col_counts=np.zeros((0, 2), np.int32),
+                            row_part=MEM.read(v["row_part"], np.int32, 5 * rg).reshape(5, rg),
+                            col_part=MEM.read(v["col_part"], np.int32, 2 * cg).reshape(2, cg))
+        geo = dataclasses.replace(g, max_entries=v["max_entries"])
+        assert (v["max_tiles"], v["max_chunks"], v["max_q_tokens"]) == (g.max_tiles, g.max_chunks, g.max_q_tokens)
+        te = MEM.read(v["topk_err"], np.int32, v["topk_rows"]) if v["topk_rows"] else np.zeros(0, np.int32)
+        first = int(te[te >= 0].min()) if (te >= 0).any() else -1
+        sc = model.scan(cells, cq, ck, geo, first)
+        MEM.write(v["row_gp"], sc.row_gp.astype(np.int32))
+        MEM.write(v["col_gp"], sc.col_gp.astype(np.int32))
+        MEM.write(v["status"], sc.status)
+        MEM.write(v["cu_copy_q"], cq.astype(np.int32))
+        MEM.write(v["cu_copy_k"], ck.astype(np.int32))
     else:
         rows, cols = H * B * MB, H * B * NB
-        info = MEM.read(v["info"], np.int32, rows * NB) if "info" in v else np.zeros(rows * NB, np.int32)
-        row_err = MEM.read(v["row_err"], np.int32, rows) if "row_err" in v else np.full(rows, -1, np.int32)
-        cells = model.Cells(info=info,
+        rg, cg = model.num_groups(rows), model.num_groups(cols)
+        assert v["num_groups"] == rg + cg
+        cells = model.Cells(info=MEM.read(v["info"], np.int32, rows * NB),
                             row_counts=MEM.read(v["row_counts"], np.int32, 4 * rows).reshape(rows, 4),
-                            row_err=row_err,
-                            col_counts=MEM.read(v["col_counts"], np.int32, 2 * cols).reshape(cols, 2))
+                            col_counts=MEM.read(v["col_counts"], np.int32, 2 * cols).reshape(cols, 2),
+                            row_part=np.zeros((5, rg), np.int32), col_part=np.zeros((2, cg), np.int32))
         geo = dataclasses.replace(g, max_entries=v["max_entries"])
-        assert (v["tokens_per_tile"], v["tile_heads"], v["max_tiles"], v["max_chunks"]) == (
-            g.tokens_per_tile, g.tile_heads, g.max_tiles, g.max_chunks)
-        assert "max_q_tokens" not in v or v["max_q_tokens"] == g.max_q_tokens
-        if stage == "scan":
-            te = MEM.read(v["topk_err"], np.int32, v["topk_rows"]) if v["topk_rows"] else np.zeros(0, np.int32)
-            first = int(te[te >= 0].min()) if (te >= 0).any() else -1
-            sc = model.scan(cells, cq, ck, geo, first)
-            MEM.write(v["row_prefix"], sc.row_prefix.astype(np.int32))
-            MEM.write(v["col_prefix"], sc.col_prefix.astype(np.int32))
-            MEM.write(v["status"], sc.status)
-        else:
-            status = MEM.read(v["status"], np.int32, STATUS_WIDTH)
-            sc = model.Scan(MEM.read(v["row_prefix"], np.int32, 4 * (rows + 1)).reshape(-1, 4).astype(np.int64),
-                            MEM.read(v["col_prefix"], np.int32, 2 * (cols + 1)).reshape(-1, 2).astype(np.int64),
-                            status)
-            out = model.fill(cells, sc, cq, ck, geo)
-            for name in ("rows", "entries", "tiles", "chunks", "cols", "col_entries"):
-                MEM.write(v[name], getattr(out, name))
+        _check_tiling(v, g)
+        assert (v["max_tiles"], v["max_chunks"], v["head_mul"]) == (g.max_tiles, g.max_chunks, _head_mul(g))
+        sc = model.Scan(MEM.read(v["row_gp"], np.int32, 4 * rg).reshape(4, rg).astype(np.int64),
+                        MEM.read(v["col_gp"], np.int32, 2 * cg).reshape(2, cg).astype(np.int64),
+                        MEM.read(v["status"], np.int32, STATUS_WIDTH))
+        out = model.fill(cells, sc, cq, ck, geo)
+        for name in ("rows", "entries", "tiles", "chunks", "cols", "col_entries"):
+            MEM.write(v[name], getattr(out, name))
+
+
+def _check_tiling(v: dict, g: model.Geometry) -> None:
+    assert (v["tile_n"], v["tokens_per_tile"], v["tile_heads"]) == (g.tile_n, g.tokens_per_tile, g.tile_heads)
+
+
+def _head_mul(g: model.Geometry) -> int:
+    """Tile head = layout head * head_mul + tile-head index (as the fill kernel takes it)."""
+    if g.pack_gqa > 1:
+        return 0 if g.head_mode == "broadcast" else 1
+    return {"per_q_head": 1, "per_kv_head": g.num_heads_q // g.num_heads_kv, "broadcast": 0}[g.head_mode]
 
 
 LAUNCHES: list[str] = []
@@ -195,7 +216,6 @@ def fake_device(monkeypatch):
     entries = {tuple(sorted(var.key.items())): var.manifest_entry() for var in layout_device.variants("sm90")}
     binding = FakeBinding(128, 64)
     monkeypatch.setattr(builder_mod, "DeviceBuffer", FakeBuffer)
-    monkeypatch.setattr(plan_mod, "DeviceBuffer", FakeBuffer)
     monkeypatch.setattr(plan_core, "DeviceBuffer", FakeBuffer)
     monkeypatch.setattr(builder_mod, "launch_variant", _launch)
     monkeypatch.setattr(builder_mod, "variant_for", lambda fam, ordinal, key: entries[tuple(sorted(key.items()))])
@@ -205,7 +225,6 @@ def fake_device(monkeypatch):
     monkeypatch.setattr(plan_mod, "arch_for_device", lambda ordinal: "sm90")
     monkeypatch.setattr(plan_mod.families, "choose", lambda op, problem, backend: (binding, {}))
     monkeypatch.setattr(plan_mod, "choose_schedule", lambda p, b, s: setattr(p, "scheduler", "persistent"))
-    monkeypatch.setattr(plan_mod, "copy_d2d", lambda dst, src, n, st: MEM.write(dst, MEM.read(src, np.uint8, n)))
     LAUNCHES.clear()
     LAUNCH_GEO.clear()
     return binding
@@ -239,6 +258,9 @@ def test_plan_device_tables_equal_host_builders(fake_device, seed):
             if h.size:
                 np.testing.assert_array_equal(getattr(got, name), h, err_msg=name)
     assert p.on_device and p.ptr("status") == p.buffers["status"].ptr and p.max_tiles == max(geo.max_tiles, 1)
+    n_cu = geo.batch + 1  # the scan kernel copied cu_seqlens into the plan (the attention kernels read the copies)
+    assert np.array_equal(MEM.read(p.ptr("cu_seqlens_q"), np.int32, n_cu), cu_q)
+    assert np.array_equal(MEM.read(p.ptr("cu_seqlens_k"), np.int32, n_cu), cu_k)
     assert p.pack_gqa == geo.pack_gqa and (p.window_left, p.window_right) == (geo.window_left, geo.window_right)
 
 

@@ -18,9 +18,11 @@ import numpy as np
 from varblock.abi import CHUNK_WIDTH, STATUS_ERROR, TILE_WIDTH
 from varblock.device_layout.codes import (
     COL_ENTRY_WIDTH,
+    COL_PART_WIDTH,
     COL_WIDTH,
     ENTRY_WIDTH,
     ERROR_NAMES,
+    ROW_PART_WIDTH,
     ROW_WIDTH,
     STATUS_DETAIL,
     STATUS_NUM_CHUNKS,
@@ -30,7 +32,7 @@ from varblock.device_layout.codes import (
     STATUS_NUM_TILES,
     STATUS_WIDTH,
 )
-from varblock.device_layout.model import DeviceLayoutArrays, Geometry, check_geometry
+from varblock.device_layout.model import DeviceLayoutArrays, Geometry, check_geometry, num_groups
 from varblock.runtime.launch import launch_variant
 from varblock.runtime.memory import DeviceBuffer
 from varblock.runtime.select import variant_for
@@ -65,7 +67,8 @@ def check_contiguous(a: DeviceArray, ndim: int, what: str) -> None:
 
 @dataclass
 class BuildInputs:
-    """Device pointers of one build: the source and the plan's cu_seqlens copies."""
+    """Device pointers of one build: the source and the caller's ``cu_seqlens`` (the scan kernel copies them into
+    the builder's ``cu_seqlens_q/k`` buffers, which the attention kernels read)."""
 
     cu_q: int
     cu_k: int
@@ -100,15 +103,19 @@ class DeviceLayoutBuilder:
                 geo.max_entries * COL_ENTRY_WIDTH > _I32_LIMIT:
             raise ValueError(f"max_kept_blocks: {geo.max_entries} makes the tables exceed int32 indexing")
         rows_pad, cols_pad = H * B * MB, H * B * NB
+        rg, cg = max(num_groups(rows_pad), 1), max(num_groups(cols_pad), 1)
         st = stream
         self.buffers: dict[str, DeviceBuffer] = {
             "info": DeviceBuffer(ordinal, 4 * cells, st),
             "row_counts": DeviceBuffer(ordinal, 16 * rows_pad, st),
-            "row_err": DeviceBuffer(ordinal, 4 * rows_pad, st),
             "col_counts": DeviceBuffer(ordinal, 8 * cols_pad, st),
-            "row_prefix": DeviceBuffer(ordinal, 16 * (rows_pad + 1), st),
-            "col_prefix": DeviceBuffer(ordinal, 8 * (cols_pad + 1), st),
+            "row_part": DeviceBuffer(ordinal, 4 * ROW_PART_WIDTH * rg, st),
+            "col_part": DeviceBuffer(ordinal, 4 * COL_PART_WIDTH * cg, st),
+            "row_gp": DeviceBuffer(ordinal, 4 * 4 * rg, st),
+            "col_gp": DeviceBuffer(ordinal, 4 * COL_PART_WIDTH * cg, st),
             "status": DeviceBuffer.zeros(ordinal, 4 * STATUS_WIDTH, st),
+            "cu_seqlens_q": DeviceBuffer(ordinal, 4 * (B + 1), st),
+            "cu_seqlens_k": DeviceBuffer(ordinal, 4 * (B + 1), st),
             "rows": DeviceBuffer(ordinal, 4 * ROW_WIDTH * rows_pad, st),
             "entries": DeviceBuffer(ordinal, 4 * ENTRY_WIDTH * geo.max_entries, st),
             "tiles": DeviceBuffer(ordinal, 4 * TILE_WIDTH * geo.max_tiles, st),
@@ -143,7 +150,7 @@ class DeviceLayoutBuilder:
         """Launch the kernels on ``stream`` (no host synchronisation, no allocation)."""
         g = self.geo
         H, B, MB, NB = g.num_layout_heads, g.batch, g.mb, g.nb
-        rows_pad, cols_pad = H * B * MB, H * B * NB
+        rg, cg = num_groups(H * B * MB), num_groups(H * B * NB)
         common = dict(cu_seqlens_q=src.cu_q, cu_seqlens_k=src.cu_k, mask_batch=g.mask_batch, batch=B,
                       num_layout_heads=H, mb=MB, nb=NB, block_q=g.block_q, block_k=g.block_k, tile_n=g.tile_n)
         mask_ptr, variant, codes, topk_rows = src.mask, src.mask_variant, src.codes, 0
@@ -171,21 +178,22 @@ class DeviceLayoutBuilder:
                 **common, "mask": mask_ptr, "packed": self.ptr("tok_mask"), "q_tokens": g.q_tokens,
                 "num_items": H * B * g.q_tokens})
             variant, codes = "token", 0
-        tables = {n: self.ptr(n) for n in self.buffers}
-        launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cells", "mask_dtype": variant}), self.ordinal,
-                       stream, {**common, **tables, "mask": mask_ptr, "window_left": g.window_left,
-                                "window_right": g.window_right, "codes": codes,
-                                "num_items": rows_pad if self.token else rows_pad + cols_pad,
-                                "q_tokens": g.max_q_tokens})
-        if self.token:  # columns counted from the classified cells (a token mask is costly to read by column)
-            launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cols"}), self.ordinal, stream, {
-                **common, **tables, "num_items": cols_pad})
+        # every buffer by name but the plan's cu_seqlens copies (the kernels read the caller's; scan writes these)
+        tables = {n: self.ptr(n) for n in self.buffers if not n.startswith("cu_seqlens")}
         sizes = dict(tokens_per_tile=g.tokens_per_tile, tile_heads=g.tile_heads, max_entries=g.max_entries,
                      max_tiles=g.max_tiles, max_chunks=g.max_chunks, max_q_tokens=g.max_q_tokens)
+        launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cells", "mask_dtype": variant}), self.ordinal,
+                       stream, {**common, **tables, **sizes, "mask": mask_ptr, "window_left": g.window_left,
+                                "window_right": g.window_right, "codes": codes,
+                                "num_groups": rg if self.token else rg + cg, "q_tokens": g.max_q_tokens})
+        if self.token:  # columns counted from the classified cells (a token mask is costly to read by column)
+            launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "cols"}), self.ordinal, stream, {
+                **common, **tables, "num_groups": cg})
         launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "scan"}), self.ordinal, stream, {
-            **common, **tables, **sizes, "topk_err": self.ptr("topk_err"), "topk_rows": topk_rows})
+            **common, **tables, **sizes, "topk_err": self.ptr("topk_err"), "topk_rows": topk_rows,
+            "cu_copy_q": self.ptr("cu_seqlens_q"), "cu_copy_k": self.ptr("cu_seqlens_k")})
         launch_variant(variant_for(FAMILY, self.ordinal, {"stage": "fill"}), self.ordinal, stream, {
-            **common, **tables, **sizes, "head_mul": self.head_mul, "num_items": rows_pad + cols_pad})
+            **common, **tables, **sizes, "head_mul": self.head_mul, "num_groups": rg + cg})
 
     # ------------------------------------------------------------------------------------------ host reads (sync)
     def read_status(self) -> np.ndarray:

@@ -52,4 +52,12 @@ CELL_PARTIAL: Final = 1
 CELL_FULL: Final = 2
 CELL_POS_SHIFT: Final = 2
 
+#: padded rows (or columns) per partial-sum group: one CTA of the ``cells`` / ``fill`` kernels (a warp each). The
+#: ``scan`` kernel scans the groups' sums; ``fill`` adds the sums of the rows before a row inside its group.
+GROUP: Final = 8
+#: per row group (SoA ``[ROW_PART_WIDTH, groups]``): existing rows, entries, chunks, tiles, first bad cell (-1 none)
+ROW_PART_WIDTH: Final = 5
+#: per column group (SoA ``[COL_PART_WIDTH, groups]``): existing columns, entries
+COL_PART_WIDTH: Final = 2
+
 __all__ = [name for name in dir() if name.isupper()]

@@ -11,11 +11,13 @@ Stages (one kernel each):
    row ``p = (hl * B + b) * MB + m`` (``m < MB``): bool kept cells against the causal / window band (full where it
    allows every pair, skipped where none, partial otherwise; exact on rectangles), integer codes 0/1/2 taken as
    given; cells outside the sequence's ``M_b x N_b`` blocks are skipped. Per padded row: full / partial entry and
-   chunk counts and the first bad code; per padded column ``q = (hl * B + b) * NB + n``: full / partial counts; per
-   cell: its class and its position inside its row's class group (``cell_info``).
-2. ``scan``: validation of ``cu_seqlens`` and of the mask shape, exclusive prefix sums over padded rows and columns,
-   capacity checks, the status word.
-3. ``fill``: the layout rows and entries, the forward tiles and chunks, the key-major columns and their entries.
+   chunk counts; per padded column ``q = (hl * B + b) * NB + n``: full / partial counts; per cell: its class and
+   its position inside its row's class group (``cell_info``); per group of ``GROUP`` consecutive padded rows
+   (columns), one CTA: the sums of the scanned quantities and the first bad code (``row_part`` / ``col_part``).
+2. ``scan``: validation of ``cu_seqlens`` and of the mask shape, exclusive prefix sums over the groups (one CTA,
+   coalesced), capacity checks, the status word, the plan's copies of ``cu_seqlens``.
+3. ``fill``: the layout rows and entries, the forward tiles and chunks, the key-major columns and their entries; a
+   row's (column's) offsets are its group's prefix plus the rows (columns) before it inside the group.
 
 Top-k indices (``topk_cells``) are first scattered into a kept mask (one warp per padded row on the device).
 """
@@ -48,6 +50,7 @@ from varblock.device_layout.codes import (
     ERR_INDEX,
     ERR_MASK_SHAPE,
     ERR_MASK_VALUE,
+    GROUP,
     ROW_WIDTH,
     STATUS_DETAIL,
     STATUS_ERROR,
@@ -151,12 +154,13 @@ def _band(g: Geometry) -> tuple[int | None, int | None]:
 
 @dataclass
 class Cells:
-    """Stage 1 output (per padded row / column / cell)."""
+    """Stage 1 output (per padded row / column / cell, and per group of ``GROUP`` rows / columns)."""
 
     info: np.ndarray  #: int32 [B*H*MB*NB] class | position << CELL_POS_SHIFT, cells ordered (hl, b, m, n)
     row_counts: np.ndarray  #: int32 [B*H*MB, 4] (n_full, n_partial, full chunks, partial chunks)
-    row_err: np.ndarray  #: int32 [B*H*MB] first bad flat mask index of the row, -1 = none
     col_counts: np.ndarray  #: int32 [B*H*NB, 2] (n_full, n_partial)
+    row_part: np.ndarray  #: int32 [ROW_PART_WIDTH, RG] per row group: rows, entries, chunks, tiles, first bad cell
+    col_part: np.ndarray  #: int32 [COL_PART_WIDTH, CG] per column group: columns, entries
 
 
 def _seq_lengths(cu_q: np.ndarray, cu_k: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -164,6 +168,68 @@ def _seq_lengths(cu_q: np.ndarray, cu_k: np.ndarray) -> tuple[np.ndarray, np.nda
     lq, lk = np.diff(cu_q), np.diff(cu_k)
     ok = not ((cu_q < 0).any() or (cu_k < 0).any() or (lq < 0).any() or (lk < 0).any())
     return np.maximum(lq, 0), np.maximum(lk, 0), ok
+
+
+def num_groups(n: int) -> int:
+    """Groups of ``GROUP`` consecutive padded rows (columns): the CTAs of the cells / fill kernels for them."""
+    return -(-int(n) // GROUP)
+
+
+def row_values(row_counts: np.ndarray, cu_q: np.ndarray, g: Geometry) -> np.ndarray:
+    """The scanned quantities of every padded row, int64 ``[H*B*MB, 4]``: (exists, entries, chunks, tiles)."""
+    H, B, MB = g.num_layout_heads, g.batch, g.mb
+    lq, _, _ = _seq_lengths(cu_q.astype(np.int64), cu_q.astype(np.int64))
+    exists = np.arange(MB)[None, :] < _cdiv(lq, g.block_q)[:, None]  # [B, MB]
+    ql = np.minimum(g.block_q, lq[:, None] - np.arange(MB)[None, :] * g.block_q)
+    tiles = np.where(exists, _cdiv(np.maximum(ql, 1), g.tokens_per_tile) * g.tile_heads, 0)
+    rc = row_counts.astype(np.int64).reshape(H, B, MB, 4)
+    return np.stack([np.broadcast_to(exists, (H, B, MB)), rc[..., 0] + rc[..., 1], rc[..., 2] + rc[..., 3],
+                     np.broadcast_to(tiles, (H, B, MB))], axis=-1).reshape(-1, 4).astype(np.int64)
+
+
+def col_values(col_counts: np.ndarray, cu_k: np.ndarray, g: Geometry) -> np.ndarray:
+    """The scanned quantities of every padded column, int64 ``[H*B*NB, 2]``: (exists, entries)."""
+    H, B, NB = g.num_layout_heads, g.batch, g.nb
+    _, lk, _ = _seq_lengths(cu_k.astype(np.int64), cu_k.astype(np.int64))
+    exists = np.arange(NB)[None, :] < _cdiv(lk, g.block_k)[:, None]
+    cc = col_counts.astype(np.int64).reshape(H, B, NB, 2)
+    return np.stack([np.broadcast_to(exists, (H, B, NB)), cc[..., 0] + cc[..., 1]], axis=-1).reshape(-1, 2)
+
+
+def _grouped(vals: np.ndarray, fill_value: int = 0) -> np.ndarray:
+    """``vals [n, k]`` padded to whole groups, ``[groups, GROUP, k]``."""
+    n, k = vals.shape
+    pad = np.full((num_groups(n) * GROUP, k), fill_value, np.int64)
+    pad[:n] = vals
+    return pad.reshape(-1, GROUP, k)
+
+
+def group_sums(vals: np.ndarray) -> np.ndarray:
+    """Per group of ``GROUP`` consecutive items of ``vals [n, k]``: the sums, SoA ``[k, groups]``."""
+    return _grouped(vals).sum(axis=1).T
+
+
+def in_group_prefix(vals: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sums of ``vals [n, k]``, restarted at every group of ``GROUP`` items."""
+    g3 = _grouped(vals)
+    return (np.cumsum(g3, axis=1) - g3).reshape(-1, vals.shape[1])[: vals.shape[0]]
+
+
+def _group_first_error(row_err: np.ndarray) -> np.ndarray:
+    """Per row group: the smallest non-negative ``row_err`` (-1 = none)."""
+    big = np.iinfo(np.int64).max
+    e = np.where(row_err >= 0, row_err.astype(np.int64), big)[:, None]
+    first = _grouped(e, big).min(axis=(1, 2), initial=big)
+    return np.where(first == big, -1, first)
+
+
+def count_columns(info: np.ndarray, cu_k: np.ndarray, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Per padded column its (n_full, n_partial) counted from the classified cells, and the column groups' sums
+    (what the ``cols`` kernel writes for token masks; the block-mask ``cells`` kernel writes the same)."""
+    cls = info.astype(np.int64).reshape(g.num_layout_heads, g.batch, g.mb, g.nb) & 3
+    col_counts = np.stack([(cls == CELL_FULL).sum(2), (cls == CELL_PARTIAL).sum(2)], axis=-1).reshape(-1, 2)
+    col_counts = col_counts.astype(np.int32)
+    return col_counts, group_sums(col_values(col_counts, cu_k, g)).astype(np.int32)
 
 
 def band_classes(kept: np.ndarray, all_extra: np.ndarray | None, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry
@@ -196,21 +262,25 @@ def band_classes(kept: np.ndarray, all_extra: np.ndarray | None, cu_q: np.ndarra
     return np.where(kept & inside & ~none, np.where(all_, CELL_FULL, CELL_PARTIAL), 0).astype(np.int64)
 
 
-def cells_from_classes(cls: np.ndarray, row_err: np.ndarray, cu_k: np.ndarray, g: Geometry) -> Cells:
-    """Positions, per-row and per-column counts of classified cells ``cls [H, B, MB, NB]``."""
+def cells_from_classes(cls: np.ndarray, row_err: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry
+                       ) -> Cells:
+    """Positions, per-row / per-column counts and group sums of classified cells ``cls [H, B, MB, NB]``
+    (``row_err [H*B*MB]``: each row's first bad flat mask index, -1 = none)."""
     _, lk, _ = _seq_lengths(cu_k.astype(np.int64), cu_k.astype(np.int64))
     n = np.arange(g.nb, dtype=np.int64)[None, None, None, :]
     lk4 = lk[np.arange(g.batch, dtype=np.int64)[None, :, None, None]]
     full, part = cls == CELL_FULL, cls == CELL_PARTIAL
     pos = np.where(full, np.cumsum(full, axis=3) - 1, np.where(part, np.cumsum(part, axis=3) - 1, 0))
-    info = (cls | (pos << CELL_POS_SHIFT)).astype(np.int32)
+    info = (cls | (pos << CELL_POS_SHIFT)).astype(np.int32).reshape(-1)
     kl_all = np.minimum(g.block_k, lk4 - n * g.block_k)
     nch = np.where(cls > 0, _cdiv(np.maximum(kl_all, 1), g.tile_n), 0)
     row_counts = np.stack([full.sum(3), part.sum(3), (nch * full).sum(3), (nch * part).sum(3)], axis=-1)
-    col_counts = np.stack([full.sum(2), part.sum(2)], axis=-1)
-    return Cells(info=info.reshape(-1), row_counts=row_counts.reshape(-1, 4).astype(np.int32),
-                 row_err=row_err.reshape(-1).astype(np.int32),
-                 col_counts=col_counts.reshape(-1, 2).astype(np.int32))
+    row_counts = row_counts.reshape(-1, 4).astype(np.int32)
+    row_part = np.concatenate([group_sums(row_values(row_counts, cu_q, g)),
+                               _group_first_error(np.asarray(row_err).reshape(-1))[None, :]])
+    col_counts, col_part = count_columns(info, cu_k, g)
+    return Cells(info=info, row_counts=row_counts, col_counts=col_counts, row_part=row_part.astype(np.int32),
+                 col_part=col_part)
 
 
 def mask_cells(mask: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry) -> Cells:
@@ -235,7 +305,7 @@ def mask_cells(mask: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry
     flat = ((bm * H + hl) * MB + np.arange(MB)[None, None, :, None]) * NB + np.arange(NB)[None, None, None, :]
     big = np.iinfo(np.int64).max
     row_err = np.where(bad, flat, big).min(axis=3, initial=big)
-    return cells_from_classes(cls, np.where(row_err == big, -1, row_err), cu_k, g)
+    return cells_from_classes(cls, np.where(row_err == big, -1, row_err), cu_q, cu_k, g)
 
 
 @dataclass(frozen=True)
@@ -296,37 +366,29 @@ def topk_cells(indices: np.ndarray, counts: np.ndarray | None, cu_q: np.ndarray,
 
 @dataclass
 class Scan:
-    """Stage 2 output: exclusive prefixes (int32, with the total appended) and the status word."""
+    """Stage 2 output: exclusive prefixes of the row / column groups (SoA, int64) and the status word."""
 
-    row_prefix: np.ndarray  #: int64 [B*H*MB + 1, 4] (rows, entries, chunks, tiles)
-    col_prefix: np.ndarray  #: int64 [B*H*NB + 1, 2] (cols, entries)
+    row_gp: np.ndarray  #: int64 [4, RG] (rows, entries, chunks, tiles) before each row group
+    col_gp: np.ndarray  #: int64 [2, CG] (cols, entries) before each column group
     status: np.ndarray = field(default_factory=lambda: np.zeros(STATUS_WIDTH, np.int32))
 
 
 def scan(cells: Cells, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry, index_error: int = -1) -> Scan:
-    """Stage 2 (kernel ``layout_device_scan``): prefixes, validation and capacity checks, the status word.
+    """Stage 2 (kernel ``layout_device_scan``): group prefixes, validation and capacity checks, the status word.
     Precedence: cu_seqlens, mask shape (detail = sequence), index / value (detail = first flat cell), capacity
     (detail = kept blocks needed)."""
     cq, ck = cu_q.astype(np.int64), cu_k.astype(np.int64)
     lq, lk, ok = _seq_lengths(cq, ck)
-    H, B, MB, NB = g.num_layout_heads, g.batch, g.mb, g.nb
+    MB, NB = g.mb, g.nb
     mblk, nblk = _cdiv(lq, g.block_q), _cdiv(lk, g.block_k)
-    exists_r = (np.arange(MB)[None, :] < mblk[:, None])  # [B, MB]
-    exists_c = (np.arange(NB)[None, :] < nblk[:, None])
-    ql = np.minimum(g.block_q, lq[:, None] - np.arange(MB)[None, :] * g.block_q)
-    tiles_r = np.where(exists_r, _cdiv(np.maximum(ql, 1), g.tokens_per_tile) * g.tile_heads, 0)
-    rc = cells.row_counts.astype(np.int64).reshape(H, B, MB, 4)
-    per_row = np.stack([np.broadcast_to(exists_r, (H, B, MB)), rc[..., 0] + rc[..., 1], rc[..., 2] + rc[..., 3],
-                        np.broadcast_to(tiles_r, (H, B, MB))], axis=-1).reshape(-1, 4).astype(np.int64)
-    cc = cells.col_counts.astype(np.int64).reshape(H, B, NB, 2)
-    per_col = np.stack([np.broadcast_to(exists_c, (H, B, NB)), cc[..., 0] + cc[..., 1]], axis=-1).reshape(-1, 2)
-    row_prefix = np.concatenate([np.zeros((1, 4), np.int64), np.cumsum(per_row, axis=0)])
-    col_prefix = np.concatenate([np.zeros((1, 2), np.int64), np.cumsum(per_col.astype(np.int64), axis=0)])
+    rp = cells.row_part.astype(np.int64)
+    cp = cells.col_part.astype(np.int64)
+    row_gp, col_gp = np.cumsum(rp[:4], axis=1) - rp[:4], np.cumsum(cp, axis=1) - cp
+    t_rows, n_ent, t_ch, t_tiles = (int(x) for x in rp[:4].sum(axis=1))
     status = np.zeros(STATUS_WIDTH, np.int32)
     status[STATUS_DETAIL] = -1
-    bad_rows = cells.row_err[cells.row_err >= 0]
-    cell_err = int(bad_rows.min()) if bad_rows.size else -1
-    n_ent = int(row_prefix[-1, 1])
+    bad = rp[4][rp[4] >= 0]
+    cell_err = int(bad.min()) if bad.size else -1
     if not ok:
         code = ERR_CU_SEQLENS
     elif ((mblk > MB) | (nblk > NB) | (lq > g.max_q_tokens)).any():
@@ -338,18 +400,18 @@ def scan(cells: Cells, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry, index_er
     elif cell_err >= 0:
         code = ERR_MASK_VALUE
         status[STATUS_DETAIL] = cell_err
-    elif n_ent > g.max_entries or row_prefix[-1, 2] > g.max_chunks or row_prefix[-1, 3] > g.max_tiles:
+    elif n_ent > g.max_entries or t_ch > g.max_chunks or t_tiles > g.max_tiles:
         code = ERR_CAPACITY
         status[STATUS_DETAIL] = n_ent
     else:
         code = ERR_OK
-        status[STATUS_NUM_TILES] = row_prefix[-1, 3]
-        status[STATUS_NUM_ROWS] = row_prefix[-1, 0]
+        status[STATUS_NUM_TILES] = t_tiles
+        status[STATUS_NUM_ROWS] = t_rows
         status[STATUS_NUM_ENTRIES] = n_ent
-        status[STATUS_NUM_CHUNKS] = row_prefix[-1, 2]
-        status[STATUS_NUM_COLS] = col_prefix[-1, 0]
+        status[STATUS_NUM_CHUNKS] = t_ch
+        status[STATUS_NUM_COLS] = int(cp[0].sum())
     status[STATUS_ERROR] = code
-    return Scan(row_prefix=row_prefix, col_prefix=col_prefix, status=status)
+    return Scan(row_gp=row_gp, col_gp=col_gp, status=status)
 
 
 @dataclass
@@ -384,8 +446,11 @@ def fill(cells: Cells, sc: Scan, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry
     H, B, MB, NB = g.num_layout_heads, g.batch, g.mb, g.nb
     bq, bk = g.block_q, g.block_k
     mblk, nblk = _cdiv(lq, bq), _cdiv(lk, bk)
-    rp, cp = sc.row_prefix, sc.col_prefix
     rc = cells.row_counts.astype(np.int64)
+    # each row's (column's) exclusive prefixes: its group's, plus the rows (columns) before it in the group
+    rv = row_values(cells.row_counts, cu_q, g)
+    rp = sc.row_gp[:, np.arange(rv.shape[0]) // GROUP].T + in_group_prefix(rv)
+    cp = sc.col_gp[:, np.arange(H * B * NB) // GROUP].T + in_group_prefix(col_values(cells.col_counts, cu_k, g))
     # ---- rows (padded row p exists iff m < M_b)
     p = np.arange(H * B * MB, dtype=np.int64)
     p_hl, p_b, p_m = p // (B * MB), (p // MB) % B, p % MB
@@ -417,7 +482,7 @@ def fill(cells: Cells, sc: Scan, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry
         chunks[:] = np.stack([ks, np.minimum(g.tile_n, entries[e_rep, 0] + entries[e_rep, 1] - ks)], axis=1)
     # ---- tiles: per row, query splits x tile heads (tile heads innermost)
     tpt, nth = g.tokens_per_tile, g.tile_heads
-    n_t = rp[pl + 1, 3] - rp[pl, 3]
+    n_t = rv[pl, 3]
     t_row = np.repeat(np.arange(pl.shape[0]), n_t)
     t_pos = np.arange(t_row.shape[0]) - np.repeat(rp[pl, 3], n_t)
     seg, th = t_pos // nth, t_pos % nth

@@ -60,7 +60,7 @@ def token_cells(tm: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, g: Geometry)
                 any_[:, b, m] = src[:, t0:t1].any(axis=1)
                 all_[:, b, m] = src[:, t0:t1].all(axis=1)
     cls = band_classes(any_, all_, cu_q, cu_k, g)
-    return cells_from_classes(cls, np.full(H * B * MB, -1, np.int64), cu_k, g)
+    return cells_from_classes(cls, np.full(H * B * MB, -1, np.int64), cu_q, cu_k, g)
 
 
 def build_from_token_mask(tm: Any, cu_q: Any, cu_k: Any, g: Geometry) -> tuple[DeviceLayoutArrays, np.ndarray]:

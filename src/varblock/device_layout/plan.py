@@ -34,7 +34,6 @@ from varblock.plan.host import band
 from varblock.plan.schedule import choose_schedule
 from varblock.plan.seqlens import device_seqlens
 from varblock.runtime.device import stream_for
-from varblock.runtime.memory import DeviceBuffer
 from varblock.runtime.select import arch_for_device
 from varblock.worklist import WorkList
 
@@ -126,9 +125,7 @@ def plan_device(*, cu_seqlens_q: Any, cu_seqlens_k: Any = None, num_heads_q: int
                    window_left=wl, window_right=wr, max_entries=cap, q_tokens=q_tokens)
     st = stream_for(stream, ordinal, like=cu_seqlens_q)
     builder = DeviceLayoutBuilder(geo, ordinal, st, topk_k=src.k, full_k=src.k2, token=src.token)
-    cu_bufs = {"cu_seqlens_q": DeviceBuffer(ordinal, 4 * (batch + 1), st),
-               "cu_seqlens_k": DeviceBuffer(ordinal, 4 * (batch + 1), st)}
-    bufs = {**builder.buffers, **cu_bufs, "tile_counters": Plan.new_tile_counters(ordinal, st)}
+    bufs = {**builder.buffers, "tile_counters": Plan.new_tile_counters(ordinal, st)}  # incl. cu_seqlens copies
     empty = WorkList(tiles=_zeros(TILE_WIDTH), chunks=_zeros(CHUNK_WIDTH), tile_m=tile_m, tile_n=tile_n, pack_gqa=g)
     p = Plan(cu_seqlens_q=None, cu_seqlens_k=None, num_heads_q=hq, num_heads_kv=hkv, head_dim=int(head_dim),
              layout=None, device_id=ordinal, arch=arch, family=binding.name, declined=dict(declined), tile_m=tile_m,
@@ -150,23 +147,12 @@ def _zeros(width: int) -> np.ndarray:
 
 
 def _launch(p: Plan, builder: DeviceLayoutBuilder, src: BuildInputs, cu_q: int, cu_k: int, st: Any) -> None:
-    """Copy cu_seqlens into the plan and run the layout kernels on ``st`` (stream-ordered; no sync)."""
-    n = p.buffers["cu_seqlens_q"].nbytes
-    copy_d2d(p.buffers["cu_seqlens_q"].ptr, cu_q, n, st)
-    copy_d2d(p.buffers["cu_seqlens_k"].ptr, cu_k, n, st)
-    src.cu_q, src.cu_k = p.buffers["cu_seqlens_q"].ptr, p.buffers["cu_seqlens_k"].ptr
+    """Run the layout kernels on ``st`` (stream-ordered; no sync) from the caller's ``cu_seqlens``; the scan kernel
+    copies them into the plan's buffers (no memcpy nodes in a captured graph)."""
+    src.cu_q, src.cu_k = cu_q, cu_k
     builder.build(src, st)
     p.prepare_stream = st
     p.prepare_event = st.record()
-
-
-def copy_d2d(dst: int, src: int, nbytes: int, st: Any) -> None:
-    """Stream-ordered device-to-device copy (a memcpy node when captured in a graph)."""
-    from cuda.bindings import driver
-
-    (err,) = driver.cuMemcpyDtoDAsync(dst, src, nbytes, int(st.handle))
-    if int(err) != 0:
-        raise RuntimeError(f"cuMemcpyDtoDAsync failed: {err}")
 
 
 def _builder(plan: Any) -> DeviceLayoutBuilder:
