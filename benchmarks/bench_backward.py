@@ -450,6 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--block", type=int, default=128, help="block size of the workload grid (Seer's cell is 64)")
     ap.add_argument("--rep", type=int, default=10, help="timed repetitions per measurement (median)")
     ap.add_argument("--json", default=None, help="write the rows (benchmarks/anchors.py schema) here")
+    ap.add_argument("--plot", default=None, metavar="DIR", help="also write DIR/backward.png (benchmarks/plots.py)")
     ap.add_argument("--dry-run", action="store_true", help="build and check every host-side input; no GPU")
     args = ap.parse_args(argv)
     w, d, c = SUITES[args.suite]
@@ -468,6 +469,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rep < 1 or args.block < 16 or args.block % 16:
         ap.error("--rep must be >= 1 and --block a positive multiple of 16")
     return args
+
+
+def _plot(rows: list[dict[str, Any]], out_dir: str) -> None:
+    """benchmarks/plots.py's figure of the rows; a failure (e.g. no matplotlib) is one printed line."""
+    try:
+        import plots
+
+        for p in plots.plot_all(rows, out_dir):
+            print(f"wrote {p}")
+    except Exception as ex:  # the numbers are printed and in --json already
+        print(f"plot: not written ({type(ex).__name__}: {ex})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, rows, {"bench": "backward", "device": torch.cuda.get_device_name(),
                                      "torch": torch.__version__, "suite": args.suite})
+    if args.plot:
+        _plot(rows, args.plot)
     print(f"\nbars: {'met' if ok else 'NOT met'} (where measured)")
     return 0
 

@@ -380,6 +380,17 @@ def _load_anchors(args: argparse.Namespace, torch: Any) -> tuple[Any, Any]:
     return seer, flex
 
 
+def _plot(rows: list[dict[str, Any]], out_dir: str) -> None:
+    """benchmarks/plots.py's figure of the rows; a failure (e.g. no matplotlib) is one printed line."""
+    try:
+        import plots
+
+        for p in plots.plot_all(rows, out_dir):
+            print(f"wrote {p}")
+    except Exception as ex:  # the numbers are printed and in --json already
+        print(f"plot: not written ({type(ex).__name__}: {ex})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=30)
@@ -387,6 +398,7 @@ def main() -> int:
     ap.add_argument("--seer-path", default=str(DEFAULT_SEER_PATH))
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--json", default=None, help="write the rows (benchmarks/anchors.py schema) here")
+    ap.add_argument("--plot", default=None, metavar="DIR", help="also write DIR/decode.png (benchmarks/plots.py)")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--dry-run", action="store_true", help="build and cross-check the masks on the CPU only")
     args = ap.parse_args()
@@ -413,6 +425,8 @@ def main() -> int:
     if args.json:
         write_json(args.json, rows, {"bench": "decode", "device": torch.cuda.get_device_name(),
                                      "torch": torch.__version__, "q_tokens": args.q_tokens})
+    if args.plot:
+        _plot(rows, args.plot)
     if args.csv:
         with open(args.csv, "w") as f:
             f.write("workload,density,system,ms,tbps,note\n")
