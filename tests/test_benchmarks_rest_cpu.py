@@ -164,7 +164,7 @@ def test_backward_problems_of_the_quick_suite():
         ("W1 Hq=Hkv=32", True, 1.0, 64)]
     seer = probs[-1]
     assert (seer.hq, seer.hkv, seer.seer_cell) == (32, 32, True)
-    assert seer.flops() == 10 * BB.D * seer.layout.num_pairs(32, 32)
+    assert seer.flops == 10 * BB.D * seer.layout.num_pairs(32, 32)
     full = BB.problems(BB.parse_args([]))
     assert len(full) == 3 * 2 * 3 + 2
     assert len(BB.problems(BB.parse_args(["--no-seer", "--workloads", "W3", "--causal", "yes"]))) == 3
