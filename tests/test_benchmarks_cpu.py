@@ -433,3 +433,18 @@ def test_run_point_flow_with_fakes(monkeypatch, capsys):
     vb = rows[("VB", False, "varblock:famA")]
     assert math.isclose(vb["tflops"], BA.make_point(BA.Cell("VB", False, (0.5,), 128, None), 0.5, False).flops
                         / 2.0 / 1e9)
+
+
+def test_forward_report_reprints_from_json(tmp_path, capsys):
+    import forward_report
+
+    rows = [A.make_row("forward", "W1", s, causal=True, density=1.0, block=128, head_dim=128, ms=1.0, tflops=tf)
+            for s, tf in (("varblock:attention_fwd_sm90", 610.0), ("fa4", 580.0))]
+    rows.append(A.make_row("decode", "B1", "varblock", causal=False, density=None, block=64, head_dim=128, ms=1.0,
+                           tbps=3.0))
+    src = A.write_json(tmp_path / "fwd.json", rows)
+    assert forward_report.main([str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "| W1 | True | 128 | 128 | 1.0 | 610 | 580 | 1.05 |" in out and "B1" not in out
+    assert "W1 causal >= 600 TFLOP/s [density 1.0]: 610.00 -> OK" in out
+    assert forward_report.main([]) == 2
