@@ -233,7 +233,9 @@ def flex_block_mask(torch: Any, lay: LD.DecodeLayout, q_tokens: int) -> Any:
     def causal(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - FlexAttention's mask_mod signature
         return kv_idx <= q_idx + shift
 
-    return BlockMask.from_kv_blocks(kn, ki, fn, fi, BLOCK_SIZE=(128, BLOCK), mask_mod=causal,
+    # one new token sees every key: all blocks are full and Flex's own no-op mask_mod (one compiled kernel per
+    # shape) is enough; with more tokens the partial blocks need the bottom-right causal mask
+    return BlockMask.from_kv_blocks(kn, ki, fn, fi, BLOCK_SIZE=(128, BLOCK), mask_mod=causal if q_tokens > 1 else None,
                                     seq_lengths=(q_tokens, L))
 
 
