@@ -47,8 +47,10 @@ def _partial_mask(lay, b, hq, hpt_head_div, q_start, k_start, k_len, tile_m, til
     return keep
 
 
-def model_backward(lay, q, k, v, dout, out, lse, *, tile_m, tile_n, heads_per_tile, num_sink_tokens=0):
-    """dq, dk, dv computed the way the kernels do (float64)."""
+def model_backward(lay, q, k, v, dout, out, lse, *, tile_m, tile_n, heads_per_tile, num_sink_tokens=0,
+                   chunk_order="ascending"):
+    """dq, dk, dv computed the way the kernels do (float64); ``chunk_order``: the work list's walk (the default
+    mode's "ascending", the deterministic mode's "descending")."""
     total_q, hq_n, d = q.shape
     hkv_n = k.shape[1]
     group = hq_n // hkv_n
@@ -56,7 +58,7 @@ def model_backward(lay, q, k, v, dout, out, lse, *, tile_m, tile_n, heads_per_ti
     wl_ = build_bwd_worklist(lay.transposed(), lay.cu_seqlens_q, lay.cu_seqlens_k, num_heads_q=hq_n,
                              num_heads_kv=hkv_n, head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
                              tile_m=tile_m, tile_n=tile_n, heads_per_tile=heads_per_tile, band=lay.mask.band,
-                             num_sink_tokens=num_sink_tokens)
+                             num_sink_tokens=num_sink_tokens, chunk_order=chunk_order)
     tok_div = {"per_q_head": 1, "per_kv_head": group, "broadcast": hq_n}[lay.head_mode]
     cu_q, cu_k = lay.cu_seqlens_q.astype(np.int64), lay.cu_seqlens_k.astype(np.int64)
     lse_log = np.where(np.isinf(lse), np.inf, lse)  # preprocess: -inf rows -> +inf (P = 0)
@@ -100,7 +102,7 @@ def model_backward(lay, q, k, v, dout, out, lse, *, tile_m, tile_n, heads_per_ti
     return dq, dk, dv
 
 
-def _check(lay, hq, hkv, d, *, tile_m, tile_n, hpt, seed, num_sink_tokens=0):
+def _check(lay, hq, hkv, d, *, tile_m, tile_n, hpt, seed, num_sink_tokens=0, chunk_order="ascending"):
     rng = np.random.default_rng(seed)
     tq, tk = int(lay.cu_seqlens_q[-1]), int(lay.cu_seqlens_k[-1])
     q, dout = rng.standard_normal((tq, hq, d)), rng.standard_normal((tq, hq, d))
@@ -108,17 +110,18 @@ def _check(lay, hq, hkv, d, *, tile_m, tile_n, hpt, seed, num_sink_tokens=0):
     out, lse = reference.attention_forward(q, k, v, lay)
     ref = reference.attention_backward(dout, q, k, v, out, lse, lay)
     got = model_backward(lay, q, k, v, dout, out, lse, tile_m=tile_m, tile_n=tile_n, heads_per_tile=hpt,
-                         num_sink_tokens=num_sink_tokens)
+                         num_sink_tokens=num_sink_tokens, chunk_order=chunk_order)
     for name, g, r in zip(("dq", "dk", "dv"), got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
-def test_window_with_sinks():
+@pytest.mark.parametrize("chunk_order", ["ascending", "descending"])
+def test_window_with_sinks(chunk_order):
     cu = _cu([300, 1, 130])
     lay = L.sliding_window(cu, cu, window_left=50, window_right=0, num_sink_tokens=5, block_q=16, block_k=16,
                            num_heads=1)
-    _check(lay, 4, 1, 8, tile_m=16, tile_n=32, hpt=1, seed=0, num_sink_tokens=5)
-    _check(lay, 4, 1, 8, tile_m=16, tile_n=32, hpt=4, seed=1, num_sink_tokens=5)
+    _check(lay, 4, 1, 8, tile_m=16, tile_n=32, hpt=1, seed=0, num_sink_tokens=5, chunk_order=chunk_order)
+    _check(lay, 4, 1, 8, tile_m=16, tile_n=32, hpt=4, seed=1, num_sink_tokens=5, chunk_order=chunk_order)
 
 
 def test_two_sided_window_seqlen_q_ne_k():
@@ -127,17 +130,18 @@ def test_two_sided_window_seqlen_q_ne_k():
     _check(lay, 2, 2, 8, tile_m=16, tile_n=16, hpt=1, seed=2)
 
 
+@pytest.mark.parametrize("chunk_order", ["ascending", "descending"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_document_and_random(causal):
+def test_document_and_random(causal, chunk_order):
     lens = [70, 33]
     cu = _cu(lens)
     rng = np.random.default_rng(4)
     doc = np.concatenate([np.repeat(np.arange(3), rng.multinomial(n, [0.3, 0.3, 0.4])) for n in lens]).astype(np.int32)
     lay = L.document(cu, cu, doc_ids_q=doc, causal=causal, num_heads=1, block_q=16, block_k=16)
-    _check(lay, 2, 1, 8, tile_m=16, tile_n=32, hpt=2, seed=3)
+    _check(lay, 2, 1, 8, tile_m=16, tile_n=32, hpt=2, seed=3, chunk_order=chunk_order)
     lay = L.random_blocks(cu, cu, density=0.5, num_heads=2, head_mode="per_q_head", causal=causal, seed=5,
                           block_q=16, block_k=16)
-    _check(lay, 2, 1, 8, tile_m=8, tile_n=32, hpt=1, seed=6)
+    _check(lay, 2, 1, 8, tile_m=8, tile_n=32, hpt=1, seed=6, chunk_order=chunk_order)
 
 
 def test_token_mask():

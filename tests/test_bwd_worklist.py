@@ -48,11 +48,12 @@ def _band_allows(lay, hq, tq, tk, num_sink_tokens):
     return (hi is None or d <= hi) and (lo is None or d >= lo or j < num_sink_tokens)
 
 
-def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0, tile_order="longest_first"):
+def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0, tile_order="longest_first",
+           chunk_order="ascending"):
     wl = build_bwd_worklist(lay.transposed(), lay.cu_seqlens_q, lay.cu_seqlens_k, num_heads_q=hq_n,
                             num_heads_kv=hkv_n, head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
                             tile_m=tile_m, tile_n=tile_n, heads_per_tile=hpt, band=lay.mask.band,
-                            num_sink_tokens=num_sink_tokens, tile_order=tile_order)
+                            num_sink_tokens=num_sink_tokens, tile_order=tile_order, chunk_order=chunk_order)
     assert len(BWD_TILE_FIELDS) == wl.tiles.shape[1] == 8
     assert wl.tiles.dtype == np.int32 and wl.chunks.dtype == np.int32
     assert wl.num_tile_heads == hq_n // hpt
@@ -92,6 +93,11 @@ def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0, tile_order=
         assert ref[key], f"full pair {key} dropped"
         assert not _band_allows(lay, *key, num_sink_tokens), f"band-allowed pair {key} dropped"
     _check_dq_order(wl)
+    if chunk_order == "descending":
+        for row in t.astype(np.int64):  # full chunks by decreasing q_start, then partial ones by decreasing q_start
+            cb, nf, npart = row[4:7]
+            for part_ in (wl.chunks[cb:cb + nf, 0], wl.chunks[cb + nf:cb + nf + npart, 0]):
+                assert (np.diff(part_.astype(np.int64)) < 0).all(), "descending chunk order"
     return wl
 
 
@@ -153,6 +159,24 @@ def test_tile_orders(tile_order):
     _check(lay, 4, 2, 32, 16, 1, tile_order=tile_order)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_descending_chunk_order(causal):
+    """The deterministic mode's walk: same pairs, flags and dQ turns, chunks by decreasing position; on a causal
+    layout every tile of a column group reaches a shared full query span at the same step (counted from its end)."""
+    cu = _cu(LENS)
+    lay = L.random_blocks(cu, cu, density=0.6, num_heads=2, head_mode="per_kv_head", causal=causal, seed=9,
+                          block_q=32, block_k=32)
+    _check(lay, 4, 2, 16, 32, 2, chunk_order="descending")
+    _check(lay, 4, 2, 32, 16, 1, chunk_order="descending")
+    dense = L.dense(cu, cu, causal=True, block_q=32, block_k=32)
+    wl = _check(dense, 2, 1, 32, 32, 1, chunk_order="descending")
+    for row in wl.tiles.astype(np.int64):
+        b, _, _, _, cb, nf, _, _ = row
+        n_q = (int(cu[b + 1] - cu[b]) + 31) // 32
+        steps = {int(q) // 32: i for i, q in enumerate(wl.chunks[cb:cb + nf, 0])}
+        assert all(steps[c] == n_q - 1 - c for c in steps), "full span c at step n - 1 - c in every tile"
+
+
 def test_window_with_sinks():
     cu = _cu([300, 17, 0, 129])
     lay = L.sliding_window(cu, cu, window_left=40, window_right=0, sink_blocks=1, block_q=32, block_k=32,
@@ -191,5 +215,7 @@ def test_bad_arguments():
         build_bwd_worklist(lay.transposed(), cu, cu, **{**kw, "num_layout_heads": 1})
     with pytest.raises(ValueError, match="tile_order"):
         build_bwd_worklist(lay.transposed(), cu, cu, tile_order="random", **kw)
+    with pytest.raises(ValueError, match="chunk_order"):
+        build_bwd_worklist(lay.transposed(), cu, cu, chunk_order="random", **kw)
     with pytest.raises(ValueError, match="head_mode"):
         build_bwd_worklist(lay.transposed(), cu, cu, **{**kw, "head_mode": "nope"})

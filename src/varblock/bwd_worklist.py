@@ -93,7 +93,7 @@ def tile_heads_for(head_mode: str, num_heads_q: int, num_heads_kv: int, heads_pe
 def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_q: int, num_heads_kv: int,
                        head_mode: str, num_layout_heads: int, tile_m: int, tile_n: int, heads_per_tile: int = 1,
                        band: tuple[int | None, int | None] = (None, None), num_sink_tokens: int = 0,
-                       tile_order: str = "longest_first") -> BwdWorkList:
+                       tile_order: str = "longest_first", chunk_order: str = "ascending") -> BwdWorkList:
     """Tiles and chunks for ``cols`` (a ``ColSpans``: head, batch, k_start, k_len, ent_ptr, n_full, q_start,
     q_len), see the module docstring.
 
@@ -103,6 +103,8 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
     measured for the deterministic mode), ``"shortest_first"`` (increasing) or ``"layout"`` (columns in layout order,
     tile heads innermost).
     """
+    if chunk_order not in ("ascending", "descending"):
+        raise ValueError(f"chunk_order: expected 'ascending' or 'descending', got {chunk_order!r}")
     if tile_order not in ("longest_first", "shortest_first", "layout"):
         raise ValueError(f"tile_order: expected 'longest_first', 'shortest_first' or 'layout', got {tile_order!r}")
     hq_n, hkv_n = int(num_heads_q), int(num_heads_kv)
@@ -158,6 +160,9 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
     keep = sc_full | _band_keeps(sc_qs, sc_ql, s_ks[sc_sub], s_kl[sc_sub], off_b[c_batch[s_col[sc_sub]]], band,
                                  int(num_sink_tokens))
     sc_sub, sc_qs, sc_ql, sc_full = sc_sub[keep], sc_qs[keep], sc_ql[keep], sc_full[keep]
+    if chunk_order == "descending":  # per sub-tile: full chunks by decreasing q_start, then partial ones
+        by = np.lexsort((-sc_qs, ~sc_full, sc_sub))
+        sc_sub, sc_qs, sc_ql, sc_full = sc_sub[by], sc_qs[by], sc_ql[by], sc_full[by]
     n_sub_total = s_col.shape[0]
     st_full = np.bincount(sc_sub[sc_full], minlength=n_sub_total).astype(np.int64)
     st_all = np.bincount(sc_sub, minlength=n_sub_total).astype(np.int64)

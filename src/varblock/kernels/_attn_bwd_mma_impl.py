@@ -75,6 +75,27 @@ def _spin_until(sem_ptr, value):
         pass
 
 
+@cute.jit
+def _acquire_turn(sem_ptr, seen, turn):
+    """Own the dQ semaphore's turn: if ``seen`` (a relaxed read of it issued earlier) is already ``turn``, a fence
+    completes the acquire pattern; otherwise spin with acquire reads until it is."""
+    if seen == turn:
+        cute.arch.fence_acq_rel_gpu()
+    else:
+        _spin_until(sem_ptr, turn)
+
+
+@cute.jit
+def _release_turn(sem_ptr, value, bulk: cutlass.Constexpr):
+    """Hand the dQ semaphore to the next contributor: wait for this tile's bulk reduce-adds to complete (``bulk``;
+    the atomics path fenced before the barrier), then a release store of ``value``."""
+    if cutlass.const_expr(bulk):
+        cute.arch.cp_async_bulk_wait_group(0)
+        cute.arch.fence_proxy("async.global")
+    cute.arch.fence_acq_rel_gpu()
+    cute.arch.atomic_exch(sem_ptr, value, sem="release", scope="gpu")
+
+
 def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
               sdp: tuple, dkv: tuple, dq_bufs: int, stages: int = 1):
     """Build the ``@cute.jit`` host function (and its kernel) of one main-kernel variant; ``params`` is the
@@ -305,6 +326,11 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                         sDps[tidx, 0] = dps0
                         sDocQ[tidx, 0] = doc0
             cute.arch.cp_async_commit_group()  # K, V (and with two stages step 0)
+            # deterministic mode: 1 while this tile holds the dQ semaphore at dq_sem + pend_off (released with
+            # pend_val); same value in every thread
+            pend = Int32(0)
+            pend_off = Int64(0)
+            pend_val = Int32(0)
             for it in cutlass.range(n_steps + 1, unroll=1):
                 # the loaded step's per-row LSE / dPsum / doc id, loaded into registers with its Q / dO and stored
                 # to shared memory later (their latency hides behind other work); rows >= q_len: P = 0
@@ -344,23 +370,30 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                     pc = chunk_begin + pci
                     ptok0 = seq_q + p.chunks[pc * 2]
                     pq_len = p.chunks[pc * 2 + 1]
-                    acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
-                    acc_dQ.fill(0.0)
-                    gemm_smem_smem(mma_sdp, acc_dQ, cp_sdp_A, tQsdS, tQvdS, tQrdS, cp_sdp_Bt, tQsKt, tQvKt, tQrKt)
                     sem_ptr = p.dq_sem
+                    sem_off = Int64(0)
                     turn = Int32(0)
                     next_turn = Int32(0)
+                    seen = Int32(-1)
                     if deterministic:
-                        sem_ptr = p.dq_sem + (Int64(phq) * Int64(p.num_sems) + Int64(p.dq_order[pc * 3]))
+                        sem_off = Int64(phq) * Int64(p.num_sems) + Int64(p.dq_order[pc * 3])
+                        sem_ptr = p.dq_sem + sem_off
                         turn = p.dq_order[pc * 3 + 1]
                         next_turn = turn + 1
                         if next_turn == p.dq_order[pc * 3 + 2]:
                             next_turn = Int32(0)  # the last contributor leaves the semaphore at 0
+                        if tidx == 0:
+                            # poll the turn now (relaxed, not waited for): its latency hides behind the dQ GEMM
+                            seen = cute.arch.atomic_add(sem_ptr, Int32(0), sem="relaxed", scope="gpu")
+                    acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
+                    acc_dQ.fill(0.0)
+                    gemm_smem_smem(mma_sdp, acc_dQ, cp_sdp_A, tQsdS, tQvdS, tQrdS, cp_sdp_Bt, tQsKt, tQvKt, tQrKt)
                     if cutlass.const_expr(dq_bufs == 0):
-                        # fp32 atomics (deterministic: all of them between acquiring and releasing the semaphore)
+                        # fp32 atomics (deterministic: all of them after acquiring the semaphore; released after
+                        # the P / dS barrier of this iteration, or in the epilogue)
                         if deterministic:
                             if tidx == 0:
-                                _spin_until(sem_ptr, turn)
+                                _acquire_turn(sem_ptr, seen, turn)
                             cute.arch.barrier()
                         acc_dQ_mn = mn_view(acc_dQ)
                         for rr in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[0])):
@@ -370,12 +403,6 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                                 for cc in cutlass.range_constexpr(cute.size(acc_dQ_mn, mode=[1])):
                                     cute.arch.atomic_add(p.dq_accum + (base + Int64(tdQcdQ[rr, cc][1])),
                                                          acc_dQ_mn[rr, cc])
-                        if deterministic:
-                            cute.arch.fence_acq_rel_gpu()
-                            cute.arch.barrier()
-                            if tidx == 0:
-                                cute.arch.fence_acq_rel_gpu()
-                                cute.arch.atomic_exch(sem_ptr, next_turn, sem="release", scope="gpu")
                     else:
                         # dQ tile -> shared memory -> one bulk fp32 reduce-add into the accumulator's q_len rows
                         # (dq_accum [Hq, total_q, D]: the chunk's rows are contiguous)
@@ -389,19 +416,18 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                         cute.arch.barrier()
                         if tidx == 0:
                             if deterministic:
-                                _spin_until(sem_ptr, turn)
+                                _acquire_turn(sem_ptr, seen, turn)
                                 cute.arch.fence_proxy("async.global")
                             dst = p.dq_accum + (Int64(phq) * Int64(p.total_q) + Int64(ptok0)) * D
                             _bulk_reduce_add_f32(dst, sdQ_b.iterator, pq_len * (D * 4))
                             cute.arch.cp_async_bulk_commit_group()
-                            if deterministic:
-                                cute.arch.cp_async_bulk_wait_group(0)  # the adds are done
-                                cute.arch.fence_proxy("async.global")
-                                cute.arch.fence_acq_rel_gpu()
-                                cute.arch.atomic_exch(sem_ptr, next_turn, sem="release", scope="gpu")
-                            else:
-                                # the reduce issued dq_bufs steps ago has read its buffer (rewritten next step)
-                                cute.arch.cp_async_bulk_wait_group(dq_bufs - 1, read=True)
+                            # the reduce issued dq_bufs steps ago has read its buffer (rewritten next step)
+                            cute.arch.cp_async_bulk_wait_group(dq_bufs - 1, read=True)
+                    if deterministic:
+                        # the semaphore is held until this add is complete: released after the P / dS barrier
+                        pend = Int32(1)
+                        pend_off = sem_off
+                        pend_val = next_turn
 
                 if cutlass.const_expr(stages == 1):
                     if tidx < tile_m:
@@ -513,7 +539,15 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                     rdS.store(acc_dP.load().to(dtype))
                     cute.copy(r2s_atom, r2s.retile(rP), tPsP)
                     cute.copy(r2s_atom, r2s.retile(rdS), tSsdS)
+                    if cutlass.const_expr(dq_bufs == 0):
+                        if pend != 0:
+                            cute.arch.fence_acq_rel_gpu()  # this thread's dQ atomics, before the barrier
                     cute.arch.barrier()
+                    if pend != 0:
+                        # release the dQ semaphore taken in this iteration's dQ phase (its add is complete)
+                        if tidx == 0:
+                            _release_turn(p.dq_sem + pend_off, pend_val, dq_bufs > 0)
+                        pend = Int32(0)
 
                     # -------------------------------------------------------- dV += P^T dO, dK += dS^T Q
                     gemm_smem_smem(mma_dkv, acc_dV, cp_dkv_At, tVsPt, tVvPt, tVrPt,
@@ -530,6 +564,12 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
 
             # ------------------------------------------------------------ epilogue: fp32 dK, dV of this tile
             cute.arch.cp_async_wait_group(0)
+            if pend != 0:  # the last step's dQ semaphore (the loop's last iteration has no P / dS barrier)
+                if cutlass.const_expr(dq_bufs == 0):
+                    cute.arch.fence_acq_rel_gpu()
+                    cute.arch.barrier()
+                if tidx == 0:
+                    _release_turn(p.dq_sem + pend_off, pend_val, dq_bufs > 0)
             if cutlass.const_expr(dq_bufs > 0):
                 if tidx == 0:
                     cute.arch.cp_async_bulk_wait_group(0)

@@ -41,10 +41,13 @@ _DTYPES = ("bfloat16", "float16")
 #: tiles per SM below which a GQA layout shared by the group is split per query head (more CTAs, fp32 dK/dV sums)
 _MIN_TILES_PER_SM = 2
 _MAX_STREAMS = 16
-#: tile order of the work list per mode (default, deterministic): longest first for both. Measured on an H200 (W1,
-#: d128, bf16) the deterministic mode took 1.28-1.41x the default's time dense and causal with longest first, and
-#: 8.6-9.7x on causal with shortest first (the long tiles then start last and every query span waits for them)
-TILE_ORDER = {False: "longest_first", True: "longest_first"}
+#: (tile order, chunk order) of the work list per mode (default, deterministic). Longest tiles first in both: on an
+#: H200 (W1, d128, bf16) the deterministic mode took 8.6-9.7x the default's time on causal with shortest first. The
+#: deterministic mode walks each tile's query chunks by decreasing position (full ones, then partial ones), so the
+#: tiles adding dQ to one query span reach it at about the same step of their walks (exactly so for dense and
+#: causal layouts): the schedule model (tests/_bwd_schedule_model.py) puts it at 1.05-1.2x the default on W1-W3,
+#: against 1.3-3.6x for increasing order with the semaphore held through each add (measured 1.33-3.5x)
+TILE_ORDER = {False: ("longest_first", "ascending"), True: ("longest_first", "descending")}
 
 
 class _BwdState:
@@ -54,8 +57,8 @@ class _BwdState:
     def __init__(self, revision: int, hpt: int) -> None:
         self.revision = revision
         self.heads_per_tile = hpt
-        #: tile order -> (work list, its device buffers)
-        self.lists: dict[str, tuple[BwdWorkList, dict[str, Any]]] = {}
+        #: (tile order, chunk order) -> (work list, its device buffers)
+        self.lists: dict[tuple[str, str], tuple[BwdWorkList, dict[str, Any]]] = {}
         self.launches: dict[tuple, tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]] = {}
         #: stream handle -> fp32 scratch buffers (see ``_workspace``)
         self.workspace: dict[int, dict[str, Any]] = {}
@@ -217,8 +220,9 @@ def _state(plan: Plan) -> _BwdState:
     return s
 
 
-def _worklist(state: _BwdState, plan: Plan, order: str) -> tuple[BwdWorkList, dict[str, Any]]:
-    """The work list of ``plan`` in tile order ``order`` and its device copy (built on first use)."""
+def _worklist(state: _BwdState, plan: Plan, order: tuple[str, str]) -> tuple[BwdWorkList, dict[str, Any]]:
+    """The work list of ``plan`` in ``order`` = (tile order, chunk order) and its device copy (built on first
+    use)."""
     hit = state.lists.get(order)
     if hit is None:
         from varblock.runtime.memory import DeviceBuffer
@@ -230,7 +234,8 @@ def _worklist(state: _BwdState, plan: Plan, order: str) -> tuple[BwdWorkList, di
                                 head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
                                 tile_m=int(e["extra"]["tile_m"]), tile_n=int(e["extra"]["tile_n"]),
                                 heads_per_tile=state.heads_per_tile, band=lay.mask.band,
-                                num_sink_tokens=int(plan.num_sink_tokens), tile_order=order)
+                                num_sink_tokens=int(plan.num_sink_tokens), tile_order=order[0],
+                                chunk_order=order[1])
         bufs = {"tiles": DeviceBuffer.from_host(plan.device_id, wl.tiles),
                 "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks),
                 "dq_order": DeviceBuffer.from_host(plan.device_id, wl.dq_order)}
