@@ -131,6 +131,32 @@ def test_w1_shape_dense_and_causal():
         _assert_equal_to_host(build_from_mask(mask, cu, cu, geo), mask, cu, cu, geo)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_w1_padded_mask_equals_host(causal):
+    """The W1 benchmark's padded mask [8, 32, 64, 64] (8 sequences of 512..8192 tokens): 16 384 padded rows and
+    columns, 2048 groups of each (two scan steps), most rows padding."""
+    from tests.test_device_layout_large_gpu import W1_LENS, _w1_mask
+
+    cu = _cu(W1_LENS)
+    mask = _w1_mask(np.random.default_rng(13 + causal), 0.1)
+    geo = _geometry(8, 8, 32, 8, "per_q_head", 64, 64, 128, 128, 128, 64, wr=0 if causal else -1, cap=8 * 32 * 64 * 64)
+    _assert_equal_to_host(build_from_mask(mask, cu, cu, geo), mask, cu, cu, geo)
+
+
+def test_group_sums_and_prefixes():
+    """The two-level scan's pieces: group sums, prefixes restarted per group, empty inputs."""
+    from varblock.device_layout.codes import GROUP
+    from varblock.device_layout.model import group_sums, in_group_prefix, num_groups
+
+    v = np.arange(2 * (3 * GROUP + 5)).reshape(-1, 2)
+    sums = group_sums(v)
+    assert sums.shape == (2, num_groups(v.shape[0])) == (2, 4)
+    assert np.array_equal(sums[:, 3], v[3 * GROUP:].sum(axis=0))
+    group_start = (np.cumsum(sums, axis=1) - sums)[:, np.arange(v.shape[0]) // GROUP].T
+    assert np.array_equal(group_start + in_group_prefix(v), np.cumsum(v, axis=0) - v)  # = the one-level scan
+    assert group_sums(np.zeros((0, 3))).shape == (3, 0) and in_group_prefix(np.zeros((0, 3))).shape == (0, 3)
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_topk_equals_selected_mask(seed):
     rng = np.random.default_rng(100 + seed)
