@@ -120,8 +120,7 @@ def run_workload(torch: Any, args: argparse.Namespace, name: str) -> list[dict[s
     cu = cu_of(name)
     total, bs = int(cu[-1]), args.block
     q, k, v = (torch.randn(total, h, D, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
-    backend = None if args.backend == "auto" else args.backend
-    plan = varblock.plan(cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_dim=D, causal=True, backend=backend)
+    plan = varblock.plan(cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_dim=D, causal=True, backend=args.backend)
     out, lse = varblock.attention(q, k, v, plan, return_lse=True)
     t_fwd = bench(lambda: varblock.attention(q, k, v, plan, out=out, lse=lse, return_lse=True), rep=args.rep)
 
