@@ -303,10 +303,25 @@ def test_argument_errors(torch):
         varblock.attention_backward(dout, q, k, v, out, lse, dev)
 
 
-@pytest.mark.parametrize("case", ["random_gqa", "per_q_head", "flashinfer", "dense_d64", "causal_d256"])
+@pytest.mark.parametrize("case", ["random_gqa", "per_q_head", "flashinfer", "dense_d64", "causal_d256", "window_sinks",
+                                  "two_sided_window", "long_sparse_gqa"])
 def test_deterministic_bit_identical(torch, case):
-    """deterministic=True: correct, and bit-identical over 10 runs (dQ added tile by tile in tile order)."""
-    if case == "random_gqa":
+    """deterministic=True: correct, and bit-identical over 10 runs (dQ added tile by tile in tile order; each tile
+    walks its query chunks by decreasing position, full ones then partial ones)."""
+    if case == "window_sinks":
+        cu = _cu([1023, 1, 300])
+        lay = L.sliding_window(cu, cu, window_left=200, window_right=0, num_sink_tokens=5, block_q=64, block_k=64,
+                               num_heads=1)
+        args = (4, 1, 128, "bfloat16")
+    elif case == "two_sided_window":
+        cu = _cu([700, 129])
+        lay = L.sliding_window(cu, cu, window_left=100, window_right=37, block_q=128, block_k=128, num_heads=1)
+        args = (4, 4, 64, "float16")
+    elif case == "long_sparse_gqa":  # many tiles per query span, reaching it at different steps of their walks
+        cu = _cu([4096, 2048, 77])
+        lay = L.random_blocks(cu, cu, density=0.1, num_heads=2, head_mode="per_kv_head", causal=True, seed=5)
+        args = (8, 2, 128, "bfloat16")
+    elif case == "random_gqa":
         cu = _cu([113, 1023, 3, 0, 517])
         lay = L.random_blocks(cu, cu, density=0.5, num_heads=2, head_mode="per_kv_head", causal=True, seed=7)
         args = (8, 2, 128, "bfloat16")
