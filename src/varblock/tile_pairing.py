@@ -94,18 +94,15 @@ def merge_rows(r: RowArrays, len_q: np.ndarray, len_k: np.ndarray, *, rows_per_t
     grp = _candidate_groups(r.head * nb + r.batch, r.q_start, r.q_len, int(rows_per_tile))
     plain = np.zeros(nr, dtype=bool)  # per row (rows of a plain group are alone)
     for _ in range(3):
-        out, bad = _build(r, grp, plain, len_q, len_k, int(tile_n), mask)
-        if not bad.any():
+        out, broken = _build(r, grp, plain, len_q, len_k, int(tile_n), mask)
+        if not broken.any():
             return out
-        # rows of a bad group of several rows become single groups; a bad single row becomes plain
+        # overlapping key spans: the rows of such a group become single groups; such a single row becomes plain
         first = _group_first(grp)
         size = np.diff(np.append(first, nr))
-        bad_row = bad[grp]
+        bad_row = broken[grp]
         plain |= bad_row & (size[grp] == 1)
-        split = bad_row & (size[grp] > 1)
-        new = np.ones(nr, dtype=bool)
-        new[1:] = (grp[1:] != grp[:-1]) | split[1:]
-        grp = np.cumsum(new) - 1
+        grp = _split(grp, bad_row & (size[grp] > 1))
     raise AssertionError("internal: tile pairing did not settle")  # pragma: no cover
 
 
@@ -133,8 +130,15 @@ def _group_first(grp: np.ndarray) -> np.ndarray:
     return np.flatnonzero(new)
 
 
+def _split(grp: np.ndarray, alone: np.ndarray) -> np.ndarray:
+    """Group ids after putting every row flagged ``alone`` in a group of its own."""
+    new = np.ones(grp.shape[0], dtype=bool)
+    new[1:] = (grp[1:] != grp[:-1]) | alone[1:] | alone[:-1]
+    return np.cumsum(new) - 1
+
+
 class _Units(NamedTuple):
-    """Distinct key spans of each group (sorted by (group, k_start)) and their status per member row."""
+    """Key units of the groups (one distinct key span of a group each) and their classes."""
 
     g: np.ndarray  #: group of each unit
     ks: np.ndarray
@@ -143,31 +147,57 @@ class _Units(NamedTuple):
     all_full: np.ndarray  #: every member keeps it full
     maskable: np.ndarray  #: the element mask gives every member exactly its kept pairs (may join a partial chunk)
 
+    def take(self, sel: np.ndarray, g: np.ndarray) -> _Units:
+        return _Units(g, self.ks[sel], self.kl[sel], self.plain[sel], self.all_full[sel], self.maskable[sel])
+
 
 def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, len_k: np.ndarray, tile_n: int,
            mask: BandMask) -> tuple[MergedRows, np.ndarray]:
-    """Chunks for the grouping ``grp``; also bool [groups]: groups that cannot be merged exactly."""
+    """Chunks for the grouping ``grp``, where groups that are not exact fall back to single rows; also bool
+    [groups of ``grp``]: groups whose key spans overlap (the output is then not valid)."""
     nr = grp.shape[0]
     first = _group_first(grp)
-    n_groups = first.shape[0]
     member = np.arange(nr) - first[grp]
     size = np.diff(np.append(first, nr))
-    u, bad = _units(r, grp, member, plain[first], size, first, len_q, len_k, mask, n_groups)
+    u, inexact, broken = _units(r, grp, member, plain[first], size, first, len_q, len_k, mask)
+    if broken.any():
+        return None, broken  # type: ignore[return-value]
+    # the rows of inexact groups become single groups, with their own units (already classified per member)
+    ngrp = _split(grp, inexact[grp])
+    u = _Units(*_regroup(u, inexact, first, ngrp))
+    nfirst = _group_first(ngrp)
+    n_groups = nfirst.shape[0]
     ch_start, ch_len, ch_g, ch_part = _run_chunks(u, tile_n)
     order = np.lexsort((ch_start, ch_part, ch_g))
     ch_start, ch_len, ch_g, ch_part = ch_start[order], ch_len[order], ch_g[order], ch_part[order]
     n_ch = np.bincount(ch_g, minlength=n_groups)
     npart = np.bincount(ch_g[ch_part], minlength=n_groups)
     cbeg = np.concatenate([[0], np.cumsum(n_ch)[:-1]]) if n_groups else np.zeros(0, dtype=np.int64)
-    q_len = np.add.reduceat(r.q_len, first) if n_groups else np.zeros(0, dtype=np.int64)
-    out = MergedRows(r.head[first], r.batch[first], r.q_start[first], q_len, ch_start, ch_len, cbeg,
+    q_len = np.add.reduceat(r.q_len, nfirst) if n_groups else np.zeros(0, dtype=np.int64)
+    out = MergedRows(r.head[nfirst], r.batch[nfirst], r.q_start[nfirst], q_len, ch_start, ch_len, cbeg,
                      n_ch - npart, npart)
-    return out, bad
+    return out, broken
 
 
-def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: BandMask,
-           n_groups: int) -> tuple[_Units, np.ndarray]:
-    """The key units of every group with their classes, and the groups that cannot be merged exactly."""
+def _regroup(u: tuple, inexact: np.ndarray, first: np.ndarray, ngrp: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Units of the new grouping ``ngrp``, sorted by (group, k_start): exact groups keep theirs; every member of an
+    inexact group gets the units it keeps itself, classed by its own status."""
+    units, (c_unit, c_mem, status, allowed) = u
+    keep = ~inexact[units.g]
+    kept = units.take(keep, ngrp[first[units.g[keep]]])
+    own = inexact[units.g[c_unit]] & (status != _NOT_KEPT)
+    cu, full = c_unit[own], status[own] == _FULL
+    singles = _Units(ngrp[first[units.g[cu]] + c_mem[own]], units.ks[cu], units.kl[cu], units.plain[cu], full,
+                     ~full | allowed[own])
+    both = [np.concatenate([a, b]) for a, b in zip(kept, singles)]
+    order = np.lexsort((both[1], both[0]))
+    return tuple(x[order] for x in both)
+
+
+def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: BandMask) -> tuple:
+    """The key units of every group with their classes and per-member statuses; bool [groups] of the groups that
+    are not exact, and of those whose key spans overlap (or that keep one span twice)."""
+    n_groups = first.shape[0]
     n_ent = np.diff(r.ent_ptr)
     e_row, e_pos = ragged_arange(n_ent)
     e_full = e_pos < r.n_full[e_row]
@@ -176,7 +206,8 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: 
     ne = e_row.shape[0]
     # plain groups never share a unit between entries: their entry index joins the unit key
     e_tag = np.where(e_plain, np.arange(ne), -1)
-    order = np.lexsort((e_mem, e_tag, r.k_len, r.k_start, e_g))
+    # by (group, k_start); the stable sort keeps each group's entries in row (= member) order within a tie
+    order = np.argsort(e_g * (int(r.k_start.max(initial=0)) + 1) + r.k_start, kind="stable")
     e_g, e_mem, e_full, e_plain, e_tag = e_g[order], e_mem[order], e_full[order], e_plain[order], e_tag[order]
     ks, kl = r.k_start[order], r.k_len[order]
     same_g = np.zeros(ne, dtype=bool)
@@ -188,8 +219,8 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: 
     overlap[1:] = same_g[1:] & ~same_span[1:] & (ks[1:] < ks[:-1] + kl[:-1])
     twice = np.zeros(ne, dtype=bool)
     twice[1:] = same_span[1:] & (e_mem[1:] == e_mem[:-1])
-    bad = np.zeros(n_groups, dtype=bool)
-    bad[e_g[(overlap | twice) & ~e_plain]] = True
+    broken = np.zeros(n_groups, dtype=bool)
+    broken[e_g[(overlap | twice) & ~e_plain]] = True
     unit_of = np.cumsum(~same_span) - 1
     uf = np.flatnonzero(~same_span)
     ug, uks, ukl, uplain = e_g[uf], ks[uf], kl[uf], e_plain[uf]
@@ -205,8 +236,10 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: 
     n_u = uf.shape[0]
     all_full = np.bincount(c_unit, weights=status != _FULL, minlength=n_u) == 0
     maskable = (np.bincount(c_unit, weights=~ok, minlength=n_u) == 0) & ~(uplain & all_full)
-    bad[ug[~all_full & ~maskable]] = True
-    return _Units(ug, uks, ukl, uplain, all_full, maskable), bad
+    inexact = np.zeros(n_groups, dtype=bool)
+    inexact[ug[~all_full & ~maskable]] = True
+    units = _Units(ug, uks, ukl, uplain, all_full, maskable)
+    return (units, (c_unit, c_mem, status, allowed)), inexact, broken
 
 
 def _run_chunks(u: _Units, tile_n: int) -> tuple[np.ndarray, ...]:
