@@ -318,9 +318,10 @@ def smoke_decode_prepare(torch: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ pooling
-def smoke_pool(torch: Any) -> None:
-    """attention_pooling (qk kernel, 2D reduce, GQA 1D reduce) after the portable forward: per-query-head and
-    group-shared layouts, GQA pooling, pooled blocks larger than the layout's, pack-GQA, a device plan."""
+def smoke_pool(torch: Any, backend: str = "attention_pool") -> None:
+    """attention_pooling (qk kernel of ``backend``, 2D reduce, GQA 1D reduce) after the portable forward:
+    per-query-head and group-shared layouts, GQA pooling, pooled blocks larger than the layout's, pack-GQA, a
+    device plan."""
     import varblock
     from varblock import layout as L
 
@@ -341,18 +342,45 @@ def smoke_pool(torch: Any) -> None:
         p = varblock.plan(cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay,
                           backend="attention_fwd_mma")
         _, lse = varblock.attention(q, k, v, p, return_lse=True)
-        _check_finite(torch, f"pooling {name}", *varblock.attention_pooling(q, k, lse, p, per_sequence=False, **kw))
+        _check_finite(torch, f"pooling {name}", *varblock.attention_pooling(q, k, lse, p, per_sequence=False,
+                                                                             backend=backend, **kw))
     q, k, v = _qkv(torch, tq, tq, 8, 2, 128)
     p = varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=128, causal=True, pack_gqa=True,
                       backend="attention_fwd_mma")
     _, lse = varblock.attention(q, k, v, p, return_lse=True)
     _check_finite(torch, "pooling pack-GQA dense causal, GQA pooling",
-                  *varblock.attention_pooling(q, k, lse, p, per_sequence=False, pool_gqa=True))
+                  *varblock.attention_pooling(q, k, lse, p, per_sequence=False, pool_gqa=True, backend=backend))
     mask = np.random.default_rng(5).random((len(LENS), 2, 4, 4)) < 0.5
     p = varblock.plan_device(mask=_dev(torch, mask), cu_seqlens_q=_dev(torch, cu), num_heads_q=8, num_heads_kv=2,
                              head_dim=128, block_q=64, block_k=64, causal=True, backend="attention_fwd_mma")
     _, lse = varblock.attention(q, k, v, p, return_lse=True)
-    _check_finite(torch, "pooling over a device plan", *varblock.attention_pooling(q, k, lse, p, per_sequence=False))
+    _check_finite(torch, "pooling over a device plan", *varblock.attention_pooling(q, k, lse, p, per_sequence=False,
+                                                                                   backend=backend))
+
+
+def smoke_pool_sm90(torch: Any) -> None:
+    """The Hopper pooling kernel (sm90 only) on the same cases, then over plans of the sm90 forward (a host plan
+    with its 128 x 128 tiles, bf16 d128 causal, pooled at 64 and 128; a device plan)."""
+    if not _on_sm90(torch, "attention_pool_sm90"):
+        return
+    import varblock
+
+    smoke_pool(torch, backend="attention_pool_sm90")
+    cu = _cu(LENS)
+    tq = int(cu[-1])
+    q, k, v = _qkv(torch, tq, tq, 8, 2, 128)
+    p = varblock.plan(cu, num_heads_q=8, num_heads_kv=2, head_dim=128, causal=True, backend="attention_fwd_sm90")
+    _, lse = varblock.attention(q, k, v, p, return_lse=True)
+    for bk in (64, 128):
+        _check_finite(torch, f"pooling sm90 over an sm90 plan, block {bk}",
+                      *varblock.attention_pooling(q, k, lse, p, block_k=bk, per_sequence=False,
+                                                  backend="attention_pool_sm90"))
+    mask = np.random.default_rng(7).random((len(LENS), 2, 4, 4)) < 0.5
+    p = varblock.plan_device(mask=_dev(torch, mask), cu_seqlens_q=_dev(torch, cu), num_heads_q=8, num_heads_kv=2,
+                             head_dim=128, block_q=64, block_k=64, causal=True, backend="attention_fwd_sm90")
+    _, lse = varblock.attention(q, k, v, p, return_lse=True)
+    _check_finite(torch, "pooling sm90 over an sm90 device plan",
+                  *varblock.attention_pooling(q, k, lse, p, per_sequence=False, backend="attention_pool_sm90"))
 
 
 # ------------------------------------------------------------------------------------------------ device layouts
@@ -457,6 +485,7 @@ SMOKE: dict[str, Callable[[Any], None]] = {
     "decode_fwd": smoke_decode,
     "decode_prepare": smoke_decode_prepare,
     "attention_pool": smoke_pool,
+    "attention_pool_sm90": smoke_pool_sm90,
     "layout_device": smoke_layout_device,
     "tma_copy": smoke_tma_copy,
 }
