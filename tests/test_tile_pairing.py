@@ -10,6 +10,8 @@ a chunk, a lone one must not be padded.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -282,3 +284,41 @@ def test_band_mask_of_layouts():
     assert band_mask(ElementMask(window_left=5, window_right=9, num_sink_tokens=3)) == BandMask(5, 9, 3, False)
     doc = np.zeros(4, np.int32)
     assert band_mask(ElementMask(doc_ids_q=doc, doc_ids_k=doc)).opaque
+
+
+class _FakeBuffer:
+    """Stands in for runtime.memory.DeviceBuffer on the CPU: keeps the host array."""
+
+    def __init__(self, array: np.ndarray | None = None):
+        self.array, self.ptr = array, 0x1000
+
+    @classmethod
+    def from_host(cls, ordinal: int, array: np.ndarray) -> _FakeBuffer:
+        return cls(np.array(array))
+
+    @classmethod
+    def zeros(cls, ordinal: int, nbytes: int, stream=None) -> _FakeBuffer:
+        return cls(np.zeros(nbytes, np.uint8))
+
+
+def test_host_plans_merge_and_pooling_gets_an_unmerged_twin(monkeypatch):
+    schedule = importlib.import_module("varblock.plan.schedule")  # (varblock.plan is also the function's name)
+    host = importlib.import_module("varblock.plan.host")
+
+    monkeypatch.setattr(host, "DeviceBuffer", _FakeBuffer)
+    monkeypatch.setattr(importlib.import_module("varblock.plan.core"), "DeviceBuffer", _FakeBuffer)
+    monkeypatch.setattr(schedule, "choose_schedule", lambda p, b, s: setattr(p, "scheduler", s))
+    cu = _cu([300, 64, 129])
+    lay = G.causal(cu, cu, block_q=64, block_k=64, num_heads=2, head_mode="per_kv_head")
+    kw = dict(num_heads_q=8, num_heads_kv=2, head_dim=128, ordinal=0, arch="sm90", family="attention_fwd_sm90",
+              declined={}, tile_m=128, tile_n=128, pack_gqa=False, dense=False)
+    merged = host.build_host_plan(lay, cu, cu, **kw)
+    assert merged.worklist.merged and merged.num_tiles == 8 * (3 + 1 + 2)
+    np.testing.assert_array_equal(merged.buffers["tiles"].array, merged.worklist.tiles)
+    twin = host.unmerged_plan(merged)
+    assert twin is host.unmerged_plan(merged) and host.unmerged_plan(twin) is twin
+    assert not twin.worklist.merged and (twin.family, twin.tile_m, twin.tile_n) == (merged.family, 128, 128)
+    plain = worklist_for(lay, 8, 2, 128, 128, False, merge=False)
+    np.testing.assert_array_equal(twin.worklist.tiles, plain.tiles)
+    np.testing.assert_array_equal(twin.worklist.chunks, plain.chunks)
+    assert not host.build_host_plan(lay, cu, cu, **kw, merge=False).worklist.merged

@@ -6,6 +6,7 @@ Block-sparse layouts go through ``worklist.build_worklist``; dense / causal / wi
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -164,17 +165,26 @@ def build_host_plan(lay: BlockSparseLayout, cu_q: np.ndarray, cu_k: np.ndarray, 
                 tok_head_div=tables["tok_head_div"], buffers=bufs, tok_strides=tables["tok_strides"])
 
 
-def unmerged_plan(plan: Plan, binding: Any, tile_m: int, tile_n: int) -> Plan:
-    """``plan``'s host layout planned again for ``binding``'s family at ``(tile_m, tile_n)`` with no tile pairing:
-    one layout row per tile, one key span per chunk (attention pooling needs chunks that never straddle two key
-    blocks). Schedule: the family's default."""
-    from varblock.plan.schedule import choose_schedule  # (schedule imports the runtime's kernel loader)
 
-    if plan.layout is None or plan.on_device:
-        raise ValueError("plan: a device plan has no host layout to re-plan from")
-    p = build_host_plan(plan.layout, plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
-                        num_heads_kv=plan.num_heads_kv, head_dim=plan.head_dim, ordinal=plan.device_id,
-                        arch=plan.arch, family=binding.name, declined={}, tile_m=tile_m, tile_n=tile_n,
-                        pack_gqa=None, dense=False, merge=False)
-    choose_schedule(p, binding, "auto")
-    return p
+#: merged plan -> its unmerged twin (see unmerged_plan)
+_unmerged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def unmerged_plan(plan: Plan) -> Plan:
+    """``plan`` itself unless its work list was built with tile pairing; then the same layout planned once more
+    for the same family, tiles and schedule with one layout row per tile and one key span per chunk (the pooling
+    kernels map every chunk to the pooling blocks of its start). Cached per plan."""
+    if not plan.worklist.merged:
+        return plan
+    twin = _unmerged.get(plan)
+    if twin is None:
+        from varblock import families  # (imports the runtime's kernel loader)
+        from varblock.plan.schedule import choose_schedule
+
+        twin = build_host_plan(plan.layout, plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
+                               num_heads_kv=plan.num_heads_kv, head_dim=plan.head_dim, ordinal=plan.device_id,
+                               arch=plan.arch, family=plan.family, declined=plan.declined, tile_m=plan.tile_m,
+                               tile_n=plan.tile_n, pack_gqa=plan.pack_gqa > 1, dense=False, merge=False)
+        choose_schedule(twin, families.binding("attention_fwd", plan.family), plan.scheduler)
+        _unmerged[plan] = twin
+    return twin
