@@ -19,6 +19,8 @@ pytestmark = pytest.mark.gpu
 
 LENS = [1, 3, 113, 0, 1023, 200, 64]
 RTOL, ATOL = 2e-3, 2e-5  # S, LSE and exp2 in fp32 (the LSE from the forward kernel)
+#: sm90 vs portable kernel on the same inputs and LSE: only S's fp32 accumulation order differs (wgmma vs mma.sync)
+X_RTOL, X_ATOL = 1e-4, 1e-6
 SM90 = "attention_pool_sm90"
 
 
@@ -58,8 +60,8 @@ def _check(torch, q, k, lse, plan, lay, *, block_q=None, block_k=None, pool_gqa=
     np.testing.assert_allclose(g2, r2, rtol=RTOL, atol=ATOL, err_msg="2D pooling (sm90)")
     if portable:
         p1, p2 = varblock.attention_pooling(q, k, lse, plan, backend="attention_pool", **kw)
-        np.testing.assert_allclose(g1, p1.cpu().numpy(), rtol=1e-5, atol=1e-7, err_msg="sm90 vs portable 1D")
-        np.testing.assert_allclose(g2, p2.cpu().numpy(), rtol=1e-5, atol=1e-7, err_msg="sm90 vs portable 2D")
+        np.testing.assert_allclose(g1, p1.cpu().numpy(), rtol=X_RTOL, atol=X_ATOL, err_msg="sm90 vs portable 1D")
+        np.testing.assert_allclose(g2, p2.cpu().numpy(), rtol=X_RTOL, atol=X_ATOL, err_msg="sm90 vs portable 2D")
     return g1, g2
 
 
