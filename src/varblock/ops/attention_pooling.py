@@ -19,6 +19,7 @@ from varblock.ops.checks import softmax_scale_value
 from varblock.ops.state import state_of
 from varblock.plan import Plan
 from varblock.plan import plan as make_plan
+from varblock.plan.host import unmerged_plan
 from varblock.runtime import arrays
 from varblock.runtime.device import device, stream_for
 from varblock.runtime.launch import launch_variant
@@ -47,6 +48,7 @@ def _pooling_plan(plan: Plan, tile_m: int, tile_n: int, fwd_family: str, fill: b
     A plan that fits but has shorter chunks (a portable plan under the sm90 kernel) is used as it is when it cannot
     be re-planned on the host. Device plans without a layout whose tiles do not fit must be made with
     ``backend="attention_fwd_mma"``."""
+    plan = unmerged_plan(plan)  # tile pairing off: the pooling kernels map a chunk to the blocks of its start
     fits = plan.tile_m <= tile_m and plan.tile_n <= tile_n
     replannable = plan.layout is not None and not plan.on_device
     if fits and (not fill or plan.tile_n >= tile_n or not replannable):
@@ -58,9 +60,9 @@ def _pooling_plan(plan: Plan, tile_m: int, tile_n: int, fwd_family: str, fill: b
     p = made.get(fwd_family)
     if p is None:
         try:
-            p = make_plan(plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
-                          num_heads_kv=plan.num_heads_kv, head_dim=plan.head_dim, layout=plan.layout,
-                          device=plan.device_id, backend=fwd_family, cache=False)
+            p = unmerged_plan(make_plan(plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
+                                        num_heads_kv=plan.num_heads_kv, head_dim=plan.head_dim, layout=plan.layout,
+                                        device=plan.device_id, backend=fwd_family, cache=False))
         except ValueError:
             if not fits:
                 raise
