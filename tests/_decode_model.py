@@ -25,7 +25,8 @@ def run_model(wl: WorkList, q, k_rows, v_rows, cu_q, *, num_heads_kv: int, causa
     written = np.zeros((total_q, hq), dtype=np.int64)
     parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     pending: dict[int, list[int]] = {}
-    for it in wl.items:
+    grid = wl.grid
+    for it in wl.items[[i for c in range(grid) for i in range(c, wl.num_items, grid)]]:  # CTA c: c, c + grid, ..
         b, h, r0 = int(it[abi.ITEM_BATCH]), int(it[abi.ITEM_KV_HEAD]), int(it[abi.ITEM_ROW_START])
         c0, nc = int(it[abi.ITEM_CHUNK_BEGIN]), int(it[abi.ITEM_N_CHUNKS])
         n = int(cu_q[b + 1] - cu_q[b])
@@ -82,3 +83,62 @@ def run_model(wl: WorkList, q, k_rows, v_rows, cu_q, *, num_heads_kv: int, causa
             written[cu_q[b] + t, h * g + gi] += 1
     assert (written == 1).all(), "every (token, query head) row must be written exactly once"
     return out, lse
+
+
+class _CtaPipeline:
+    """One CTA's loader and consumer counters, as the kernel keeps them (see :func:`simulate_pipeline`)."""
+
+    def __init__(self, cta: int, grid: int, stages: int, n_chunks: list[int]):
+        self.grid, self.stages, self.n_chunks = grid, stages, n_chunks
+        self.item, self.c, self.nc, self.f_ld, self.f_cons = cta - grid, 0, 0, 0, 0
+        self.stage_of: dict[int, tuple[int, int]] = {}  # flat index in flight or landed -> (item, chunk)
+        self.busy_epilogue: int | None = None  # stage the previous epilogue may still read (until a barrier)
+
+    def issue(self, lim: int, max_ahead: int) -> None:
+        """``loader_issue``: advance to the CTA's next item if allowed, then issue one chunk if there is room."""
+        nx = self.item + self.grid
+        if self.c >= self.nc and nx <= lim and nx < len(self.n_chunks):
+            self.item, self.c, self.nc = nx, 0, self.n_chunks[nx]
+        if self.c < self.nc and self.f_ld - self.f_cons <= max_ahead:
+            s = self.f_ld % self.stages
+            assert all(f % self.stages != s for f in self.stage_of), "stage still holds a chunk"
+            assert s != self.busy_epilogue, "stage still holds the previous epilogue's buffer"
+            self.stage_of[self.f_ld] = (self.item, self.c)
+            self.c += 1
+            self.f_ld += 1
+
+
+def simulate_pipeline(n_chunks, grid: int, stages: int, cross: bool) -> list[list[tuple[int, int]]]:
+    """Replay the kernel's per-CTA K/V pipeline (``loader_issue`` / ``wait_chunk`` / epilogue stage of
+    ``kernels/_decode_fwd_impl.py``) for items with ``n_chunks`` chunks on a persistent grid, asserting its
+    invariants: every chunk is issued once, in order, before it is consumed, into a stage that holds no other
+    chunk in flight and is not the epilogue buffer still being read; the cp.async wait count stays in
+    ``[0, stages - 2]``; the epilogue's stage holds no chunk in flight. Returns each CTA's consumed
+    ``(item, chunk)`` sequence."""
+    n_chunks = [int(x) for x in n_chunks]
+    ahead = grid if cross else 0
+    out = []
+    for cta in range(grid):
+        p = _CtaPipeline(cta, grid, stages, n_chunks)
+        seq = []
+        for item in range(cta, len(n_chunks), grid):
+            if not cross:
+                p.busy_epilogue = None  # the item's first barrier
+            for _ in range(stages - 1):
+                p.issue(item + ahead, stages - 2)
+            for ci in range(n_chunks[item]):
+                pending = p.f_ld - p.f_cons - 1
+                assert 0 <= pending <= stages - 2, pending
+                p.busy_epilogue = None  # barrier
+                p.issue(item + ahead, stages - 1)
+                assert p.stage_of.pop(p.f_cons) == (item, ci), "chunks consumed out of order"
+                seq.append((item, ci))
+                p.f_cons += 1
+            if cross:
+                p.busy_epilogue = (p.f_cons + stages - 1) % stages
+                assert all(f % stages != p.busy_epilogue for f in p.stage_of), "epilogue buffer holds a chunk"
+            else:
+                assert not p.stage_of, "the whole-ring epilogue needs an empty ring"
+        assert not p.stage_of and p.f_ld == p.f_cons
+        out.append(seq)
+    return out

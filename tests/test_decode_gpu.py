@@ -47,8 +47,9 @@ def _make(torch, rng, *, B, hkv, g, d, dtype, page_size, max_q, kv_range, causal
     return case
 
 
-def _plan(case, hq, hkv, d, layout=None, causal=True, num_splits=None):
-    kw = dict(num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=layout, causal=causal, num_splits=num_splits)
+def _plan(case, hq, hkv, d, layout=None, causal=True, num_splits=None, num_sms=None):
+    kw = dict(num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=layout, causal=causal, num_splits=num_splits,
+              num_sms=num_sms)
     if "pt" in case:
         return varblock.plan_decode(case["cu_q"], kv_lens=case["kv"], page_table=case["pt"],
                                     page_size=case["page_size"], **kw)
@@ -221,6 +222,28 @@ def test_long_sequence_auto_split(torch):
                  kv_range=(40000, 40000))
     _, _, plan = _run_and_check(torch, case, hq=16, hkv=2, d=128, dtype="bfloat16")
     assert plan.worklist.num_slots > 1
+
+
+@pytest.mark.parametrize("dtype,d", [("bfloat16", 64), ("bfloat16", 128), ("float16", 128), ("bfloat16", 256)])
+@pytest.mark.parametrize("n_tok", [1, 5])
+@pytest.mark.parametrize("num_sms", [1, 3])
+@pytest.mark.parametrize("num_splits", [None, 3])
+def test_persistent_grid(torch, dtype, d, n_tok, num_sms, num_splits):
+    """A persistent grid (``num_sms=1``: one CTA runs every item; 3: CTA c runs items c, c + 3, ...), whose loader
+    streams the next item's first chunks during the current item's last ones: short, long and single-key
+    sequences, sparse and empty KV heads, splits of one row tile on one CTA, 1 or 5 tokens x GQA 4 (row tiles of
+    16 and of 64: d256 x 64 rows is the variant without cross-item prefetch)."""
+    rng = np.random.default_rng(hash((dtype, d, n_tok, num_sms, num_splits)) % 2**32)
+    kv = np.array([5, 17, 300, 64, 1000, 6, 2000, 130, 7])
+    case = _make(torch, rng, B=9, hkv=2, g=4, d=d, dtype=dtype, page_size=16, max_q=n_tok,
+                 n_q=np.minimum(n_tok, kv), kv=kv)
+    lay = _random_layout(rng, case["kv"], 2, 32, 0.5)
+    plan = _plan(case, 8, 2, d, layout=lay, num_splits=num_splits, num_sms=num_sms)
+    assert plan.num_ctas == num_sms < plan.num_items
+    out, lse, _ = _run_and_check(torch, case, hq=8, hkv=2, d=d, dtype=dtype, layout=lay, plan=plan)
+    again = varblock.decode(case["q"], case["k"], case["v"], plan)
+    torch.cuda.synchronize()
+    assert torch.equal(again, out)
 
 
 def test_plan_reuse_is_exact_and_graph_capturable(torch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests._decode_model import run_model
+from tests._decode_model import run_model, simulate_pipeline
 from varblock import reference_decode
 from varblock.decode_plan import abi
 from varblock.decode_plan.cost import MIN_CHUNKS_PER_SPLIT
@@ -108,6 +108,8 @@ def test_model_matches_reference(kind, g, paged, splits):
 
 
 def test_worklist_invariants():
+    from varblock.decode_plan.cost import snake_order
+
     rng = np.random.default_rng(7)
     B, hkv, g, bs = 9, 4, 4, 16
     cu_q, kv, _pt, _q, _kc, _vc = _case(rng, B, hkv, g, max_kv=4000, max_q=8)
@@ -117,7 +119,8 @@ def test_worklist_invariants():
     it, ch = wl.items, wl.chunks
     assert it.dtype == np.int32 and ch.dtype == np.int32 and it.shape[1] == abi.ITEM_WIDTH
     assert (ch[:, abi.CHUNK_K_LEN] >= 1).all() and (ch[:, abi.CHUNK_K_LEN] <= 64).all()
-    assert (np.diff(it[:, abi.ITEM_N_CHUNKS]) <= 0).all(), "items longest first"
+    launch = it if wl.grid == wl.num_items else it[snake_order(wl.num_items, wl.grid)]
+    assert (np.diff(launch[:, abi.ITEM_N_CHUNKS]) <= 0).all(), "items longest first (persistent: in snake order)"
     split = it[it[:, abi.ITEM_NUM_SPLITS] > 1]
     assert np.unique(split[:, abi.ITEM_SLOT]).size == split.shape[0] == wl.num_slots
     for b in range(B):  # chunks of one item lie in one sequence and do not overlap
@@ -307,3 +310,42 @@ def test_choose_splits():
     assert choose_splits(512, 1, 512, 132, 2) == 1  # batch 64 x 32k: two waves without splits
     assert choose_splits(8, 1, 16, 132, 2) == 16 // MIN_CHUNKS_PER_SPLIT  # short capacity: fewest chunks a split
     assert choose_splits(0, 1, 16, 132, 2) == 1
+
+
+@pytest.mark.parametrize("cross", [True, False])
+@pytest.mark.parametrize("stages", [2, 3, 4])
+def test_persistent_pipeline_protocol(cross, stages):
+    """The kernel's loader / consumer protocol over random item lists (empty items included) and grids: every
+    chunk of every item is consumed once, in order, by the CTA that owns the item, with the stage invariants."""
+    rng = np.random.default_rng(stages + 10 * cross)
+    for _ in range(40):
+        w = int(rng.integers(1, 30))
+        n = rng.integers(0, 7, size=w) * (rng.random(w) < 0.8)
+        grid = int(rng.integers(1, w + 2))
+        seqs = simulate_pipeline(n, grid, stages, cross)
+        for c in range(grid):
+            assert seqs[c] == [(i, k) for i in range(c, w, grid) for k in range(int(n[i]))]
+
+
+def test_persistent_grid_choice():
+    """Many equal short items (256 x 2k at density 0.25) run on a persistent grid of one CTA per slot in snake
+    order; one wave or fewer keeps one CTA per item; the model of the kernel still matches the reference."""
+    from varblock.decode_plan.cost import choose_grid, snake_order
+
+    grid, order = choose_grid(np.full(2048, 8), np.ones(2048, np.int64), 264)
+    assert grid == 264 and sorted(order.tolist()) == list(range(2048))
+    assert choose_grid(np.full(200, 8), np.ones(200, np.int64), 264)[0] == 200
+    assert snake_order(7, 3).tolist() == [0, 1, 2, 5, 4, 3, 6]
+    rng = np.random.default_rng(5)
+    cu_q, kv, pt, q, kc, vc = _case(rng, 40, 2, 4, max_kv=400, max_q=2)
+    wl = build_worklist(cu_q, kv, num_heads_q=8, num_heads_kv=2, tile_m=16, tile_n=16, layout=None, num_sms=2,
+                        ctas_per_sm=2, num_splits=2)
+    assert 4 == wl.grid < wl.num_items
+
+    def rows(cache):
+        return lambda b, j: cache[pt[b, j // 16], j % 16]
+
+    out, lse = run_model(wl, q, rows(kc), rows(vc), cu_q, num_heads_kv=2, causal=True)
+    ref = reference_decode.decode(q, kc, vc, cu_seqlens_q=cu_q, kv_lens=kv, page_table=pt)
+    np.testing.assert_allclose(out, ref[0], rtol=1e-10, atol=1e-12)
+    simulate_pipeline(wl.items[:, abi.ITEM_N_CHUNKS], wl.grid, 3, True)

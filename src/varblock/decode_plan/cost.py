@@ -18,6 +18,9 @@ RAMP_CHUNKS = 2.0
 MERGE_BASE_CHUNKS = 1.0
 #: per split read by the merge (L2-latency bound: ~64 loads in flight per lane)
 MERGE_CHUNKS_PER_SPLIT = 0.05
+#: per item of a persistent CTA after its first: the Q load and the epilogue (the loader already streams the
+#: item's first chunks during the previous item)
+STEP_CHUNKS = 0.5
 #: fewest chunks a split reads (bounds the partial workspace and the merge)
 MIN_CHUNKS_PER_SPLIT = 4
 #: most waves of CTAs a split choice may create (splits past it only add ramps and merge work)
@@ -40,6 +43,39 @@ def makespan(costs: np.ndarray, slots: int) -> float:
         raise ValueError(f"slots: expected a positive integer, got {slots!r}")
     c = np.sort(np.asarray(costs, dtype=np.float64))[::-1]
     return float(c[::slots].sum())
+
+
+def snake_order(num_items: int, grid: int) -> np.ndarray:
+    """Positions of the items of a longest-first list when CTA ``c`` of a persistent grid runs items ``c, c + grid,
+    ...``: round ``k`` (items ``k * grid ..``) is reversed when ``k`` is odd, so the CTA that got the longest item
+    of a round gets the shortest of the next (returns the permutation to apply to the sorted list)."""
+    idx = np.arange(num_items)
+    rnd, pos = np.divmod(idx, grid)
+    size = np.minimum(grid, num_items - rnd * grid)
+    return np.where(rnd % 2 == 1, rnd * grid + size - 1 - pos, idx)
+
+
+def persistent_makespan(costs: np.ndarray, grid: int) -> float:
+    """Estimated time of a persistent grid: CTA ``c`` runs items ``c, c + grid, ...`` of ``costs`` (already in
+    launch order), each costing its chunks plus ``STEP_CHUNKS``; one ramp per CTA."""
+    c = np.asarray(costs, dtype=np.float64)
+    per_cta = np.bincount(np.arange(c.shape[0]) % grid, weights=c + STEP_CHUNKS, minlength=grid)
+    return float(per_cta.max(initial=0.0)) + RAMP_CHUNKS
+
+
+def choose_grid(n_chunks: np.ndarray, num_splits: np.ndarray, slots: int) -> tuple[int, np.ndarray]:
+    """``(grid, order)`` for items given longest first: one CTA per item (``grid = len``, order unchanged) unless a
+    persistent grid of ``slots`` CTAs, each running every ``grid``-th item of the snake order (the kernel's loader
+    streams an item's first chunks while the previous item finishes, hiding the per-item ramp), is estimated faster."""
+    w = int(np.asarray(n_chunks).shape[0])
+    keep = np.arange(w)
+    if w <= slots:
+        return max(w, 1), keep
+    merge = item_costs(np.zeros(w), num_splits) - RAMP_CHUNKS
+    dyn = makespan(item_costs(n_chunks, num_splits), slots)
+    order = snake_order(w, slots)
+    pers = persistent_makespan((np.asarray(n_chunks, np.float64) + merge)[order], slots)
+    return (slots, order) if pers < dyn else (w, keep)
 
 
 def split_items(g_chunks: np.ndarray, g_tiles: np.ndarray, g_splits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,11 @@ class DecodePlan:
         return self.worklist.num_items if self.worklist is not None else self.fixed_items
 
     @property
+    def num_ctas(self) -> int:
+        """The kernel's grid: a persistent grid runs items ``c, c + num_ctas, ...`` on CTA ``c``."""
+        return self.worklist.grid if self.worklist is not None else self.fixed_items
+
+    @property
     def on_device(self) -> bool:
         return self.prepare_launch is not None
 

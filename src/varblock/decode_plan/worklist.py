@@ -10,19 +10,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from varblock.decode_plan import abi
-from varblock.decode_plan.cost import choose_chunks_per_split
+from varblock.decode_plan.cost import choose_chunks_per_split, choose_grid
 from varblock.layout.decode import DecodeLayout
 
 
 @dataclass(frozen=True)
 class WorkList:
-    """``items`` int32 [W, ITEM_WIDTH], ``chunks`` int32 [C, CHUNK_WIDTH], ``num_slots`` split partial slots."""
+    """``items`` int32 [W, ITEM_WIDTH], ``chunks`` int32 [C, CHUNK_WIDTH], ``num_slots`` split partial slots;
+    ``num_ctas``: the grid (CTA ``c`` runs items ``c, c + num_ctas, ...``; 0 means one CTA per item)."""
 
     items: np.ndarray
     chunks: np.ndarray
     num_slots: int
     tile_m: int
     tile_n: int
+    num_ctas: int = 0
+
+    @property
+    def grid(self) -> int:
+        return self.num_ctas if self.num_ctas > 0 else self.num_items
 
     @property
     def num_items(self) -> int:
@@ -132,6 +138,7 @@ def build_worklist(cu_seqlens_q: np.ndarray, kv_lens: np.ndarray, *, num_heads_q
     items[:, abi.ITEM_SLOT_BASE] = base
     items[:, abi.ITEM_NUM_SPLITS] = ns
     items[:, abi.ITEM_KV_LEN] = kv_lens[g // num_heads_kv]
-    # longest first: the block scheduler issues CTAs in index order
-    order = np.argsort(-items[:, abi.ITEM_N_CHUNKS], kind="stable")
-    return WorkList(items[order].astype(np.int32), chunks, int(split_slots.sum()), tile_m, tile_n)
+    # longest first: the block scheduler issues CTAs in index order (or a persistent grid, in snake order)
+    items = items[np.argsort(-items[:, abi.ITEM_N_CHUNKS], kind="stable")]
+    grid, order = choose_grid(items[:, abi.ITEM_N_CHUNKS], items[:, abi.ITEM_NUM_SPLITS], num_sms * ctas_per_sm)
+    return WorkList(items[order].astype(np.int32), chunks, int(split_slots.sum()), tile_m, tile_n, grid)

@@ -72,6 +72,85 @@ def load_chunk(ci: Int32, stage: Int32, chunks: cute.Pointer, chunk_begin: Int32
 
 
 @cute.jit
+def loader_issue(p: SimpleNamespace, k_sh: Int64, v_sh: Int64, tKsK: cute.Tensor, tVsV: cute.Tensor,
+                 tKcK: cute.Tensor, g2s: cute.TiledCopy, k_st: Int64, v_st: Int64, k_sp: Int64, v_sp: Int64,
+                 D: cutlass.Constexpr, kw: cutlass.Constexpr, warps_n: cutlass.Constexpr, stages: cutlass.Constexpr,
+                 ld_item: Int32, ld_c: Int32, ld_nc: Int32, ld_cb: Int32, ld_kvb: Int64, ld_ptr: Int64,
+                 ld_kho: Int64, ld_vho: Int64, f_ld: Int32, f_cons: Int32, lim_item: Int32, n_items: Int32,
+                 grid: Int32, max_ahead: cutlass.Constexpr):
+    """One step of the CTA's K/V loader: when its item's chunks are all issued, move to the CTA's next item
+    (``ld_item + grid``) if that is at most ``lim_item``; then issue its next chunk into stage ``f_ld % stages``
+    as one cp.async group, if fewer than ``max_ahead + 1`` chunks are issued and not yet consumed. Returns the
+    updated loader state."""
+    nx = ld_item + grid
+    if ld_c >= ld_nc:
+        if nx <= lim_item:
+            if nx < n_items:
+                it = nx * W
+                b = p.items[it + abi.ITEM_BATCH]
+                h = p.items[it + abi.ITEM_KV_HEAD]
+                ld_cb = p.items[it + abi.ITEM_CHUNK_BEGIN]
+                ld_nc = p.items[it + abi.ITEM_N_CHUNKS]
+                ld_c = Int32(0)
+                ld_item = nx
+                ld_kvb = Int64(0)
+                if p.paged == 0:
+                    ld_kvb = Int64(p.cu_seqlens_k[b])
+                ld_ptr = Int64(b) * p.pt_stride
+                ld_kho = Int64(h) * k_sh
+                ld_vho = Int64(h) * v_sh
+    if ld_c < ld_nc:
+        if f_ld - f_cons <= max_ahead:
+            load_chunk(ld_c, f_ld % stages, p.chunks, ld_cb, tKsK, tVsV, tKcK, g2s, ld_kvb, k_st, v_st, k_sp, v_sp,
+                       ld_kho, ld_vho, p.paged, p.page_table, ld_ptr, p.page_size, p.k_cache, p.v_cache, D, kw,
+                       warps_n)
+            cute.arch.cp_async_commit_group()
+            ld_c = ld_c + 1
+            f_ld = f_ld + 1
+    return ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld
+
+
+@cute.jit
+def wait_chunk(pending: Int32, stages: cutlass.Constexpr):
+    """Wait until at most ``pending`` (0 .. stages - 2) of this thread's cp.async groups are in flight."""
+    for k in cutlass.range_constexpr(stages - 1):
+        if pending == k:
+            cute.arch.cp_async_wait_group(k)
+
+
+@cute.jit
+def e_store(sE: cute.Tensor, sEk: cute.Tensor, sEv: cute.Tensor, e_stage: Int32, w: Int32, r: Int32, d: Int32, v,
+            cross: cutlass.Constexpr, tile_m: cutlass.Constexpr, D: cutlass.Constexpr, e_half: cutlass.Constexpr):
+    """Epilogue buffer element (warp w, row r, column d) <- v: the whole ring, or stage ``e_stage`` with
+    cross-item prefetch."""
+    if cutlass.const_expr(cross):
+        i = (w * tile_m + r) * D + d
+        if i < e_half:
+            sEk[e_stage * e_half + i] = v
+        else:
+            sEv[e_stage * e_half + i - e_half] = v
+    else:
+        sE[w, r, d] = v
+
+
+@cute.jit
+def e_load(sE: cute.Tensor, sEk: cute.Tensor, sEv: cute.Tensor, e_stage: Int32, w, r: Int32, d,
+           cross: cutlass.Constexpr, tile_m: cutlass.Constexpr, D: cutlass.Constexpr, e_half: cutlass.Constexpr
+           ) -> Float32:
+    """Epilogue buffer element (warp w, row r, column d); see :func:`e_store`."""
+    v = Float32(0.0)
+    if cutlass.const_expr(cross):
+        i = (w * tile_m + r) * D + d
+        if i < e_half:
+            v = sEk[e_stage * e_half + i]
+        else:
+            v = sEv[e_stage * e_half + i - e_half]
+    else:
+        v = sE[w, r, d]
+    return v
+
+
+@cute.jit
 def merge_splits(p: SimpleNamespace, sRow: cute.Tensor, tidx: Int32, warp_id: Int32, lane: Int32, slot_base: Int32,
                  num_splits: Int32, rows_valid: Int32, row_start: Int32, seq_q: Int32, hq0: Int32, G: Int32,
                  tile_m: cutlass.Constexpr, D: cutlass.Constexpr, nthr: cutlass.Constexpr):
@@ -174,6 +253,10 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
     assert 16 % rows_per_pass == 0 or rows_per_pass % 16 == 0
     assert kw % rows_per_pass == 0 and 16 % rows_per_pass == 0
     n_dcol = D // 32  # head-dim elements per lane in the epilogue
+    # cross-item prefetch (the loader runs into the CTA's next item) needs the epilogue buffer, fp32 (warps_n,
+    # tile_m, D), to fit in one ring stage (K and V halves of tile_n rows each)
+    cross = warps_n * tile_m <= tile_n
+    e_half = tile_n * D // 2  # fp32 elements in a stage's K (or V) half
 
     @cute.struct
     class SharedStorage:
@@ -209,6 +292,10 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
         # sizes multiples of 1024)
         sE = cute.make_tensor(cute.recast_ptr(storage.sK.data_ptr(), dtype=Float32),
                               cute.make_layout((warps_n, tile_m, D), stride=(tile_m * D, D, 1)))
+        # with cross-item prefetch: the epilogue buffer of an item is the stage of its last chunk (K half, then
+        # V half), so the next item's first chunks stay in flight in the other stages
+        sEk = cute.make_tensor(cute.recast_ptr(storage.sK.data_ptr(), dtype=Float32), cute.make_layout(stages * e_half))
+        sEv = cute.make_tensor(cute.recast_ptr(storage.sV.data_ptr(), dtype=Float32), cute.make_layout(stages * e_half))
 
         q_st = cute.assume(p.q_stride_tok, divby=8)
         q_sh = cute.assume(p.q_stride_head, divby=8)
@@ -226,6 +313,9 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
         g2s = cute.make_tiled_copy_tv(g2s_atom, cute.make_layout((rows_per_pass, tpr), stride=(tpr, 1)),
                                       cute.make_layout((1, 8)))
         g2s_thr = g2s.get_slice(tidx)
+        g2r_q = cute.make_tiled_copy_tv(cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=128),
+                                        cute.make_layout((rows_per_pass, tpr), stride=(tpr, 1)),
+                                        cute.make_layout((1, 8)))
         tQsQ = g2s_thr.partition_D(sQ)  # (CPY, rows, D/64, warps_m)
         tKsK = g2s_thr.partition_D(sK)  # (CPY, rows, D/64, nsl)
         tVsV = g2s_thr.partition_D(sV)
@@ -271,8 +361,23 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
         n_items = p.num_items
         if p.num_items_ptr.toint() != Int64(0):
             n_items = p.num_items_ptr[0]
-        if bidx < n_items:
-            it = bidx * W
+        grid = p.num_ctas
+        ahead = grid if cross else 0  # the loader may run this far past the consumer's item
+        kv_ctx = (p, k_sh, v_sh, tKsK, tVsV, tKcK, g2s, k_st, v_st, k_sp, v_sp, D, kw, warps_n, stages)
+        # the loader (every thread holds the same copy): its item, next chunk, chunk count and first row, and
+        # the K/V addressing of its sequence and head; f_ld / f_cons: chunks this CTA issued / consumed so far
+        ld_item = bidx - grid
+        ld_c = Int32(0)
+        ld_nc = Int32(0)
+        ld_cb = Int32(0)
+        ld_kvb = Int64(0)
+        ld_ptr = Int64(0)
+        ld_kho = Int64(0)
+        ld_vho = Int64(0)
+        f_ld = Int32(0)
+        f_cons = Int32(0)
+        for item in cutlass.range(bidx, n_items, grid, unroll=1):
+            it = item * W
             batch = p.items[it + abi.ITEM_BATCH]
             kv_head = p.items[it + abi.ITEM_KV_HEAD]
             row_start = p.items[it + abi.ITEM_ROW_START]
@@ -286,14 +391,12 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
             n_q = p.cu_seqlens_q[batch + 1] - seq_q
             rows_valid = cutlass.min(n_q * G - row_start, tile_m)
             hq0 = kv_head * G
-            kv_row_base = Int64(0)
-            if p.paged == 0:
-                kv_row_base = Int64(p.cu_seqlens_k[batch])
-            pt_row = Int64(batch) * p.pt_stride
-            k_head_off = Int64(kv_head) * k_sh
-            v_head_off = Int64(kv_head) * v_sh
+            if cutlass.const_expr(not cross):
+                cute.arch.barrier()  # the previous item's epilogue used the whole ring
 
             # -------------------------------------------------------------- Q rows: global -> shared
+            # (plain loads: the ring may hold this item's first chunks in flight, so no cp.async group here;
+            # every warp finished the previous item's MMAs before its epilogue's barriers)
             for sl in cutlass.range_constexpr(warps_m):
                 for m in cutlass.range_constexpr(cute.size(tQsQ, mode=[1])):
                     r = sl * 16 + tQcQ[0, m, 0][0]
@@ -304,7 +407,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                         off = Int64(seq_q + tq) * q_st + Int64(hq) * q_sh
                         gq = cute.tiled_divide(cute.make_tensor(p.q + off, cute.make_layout(D)), (8,))
                         for kk in cutlass.range_constexpr(cute.size(tQsQ, mode=[2])):
-                            cute.copy(g2s, gq[None, tQcQ[0, m, kk][1] // 8], tQsQ[None, m, kk, sl])
+                            cute.copy(g2r_q, gq[None, tQcQ[0, m, kk][1] // 8], tQsQ[None, m, kk, sl])
                     else:
                         tQsQ[None, m, None, sl].fill(0)
 
@@ -315,13 +418,12 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                 row_g[rr] = cutlass.min(packed - tq * G, 31)
                 row_lim[rr] = kv_len - n_q + tq
 
-            ctx = (p.chunks, chunk_begin, tKsK, tVsV, tKcK, g2s, kv_row_base, k_st, v_st, k_sp, v_sp, k_head_off,
-                   v_head_off, p.paged, p.page_table, pt_row, p.page_size, p.k_cache, p.v_cache, D, kw, warps_n)
-            # -------------------------------------------------------------- pipeline prologue
-            for s in cutlass.range_constexpr(stages - 1):
-                if s < n_chunks:
-                    load_chunk(Int32(s), Int32(s), *ctx)
-                cute.arch.cp_async_commit_group()
+            # -------------------------------------------------------------- top up the loader
+            # (at most stages - 2 ahead: the stage of the last consumed chunk may still be the previous epilogue's)
+            for _s in cutlass.range_constexpr(stages - 1):
+                ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld = loader_issue(
+                    *kv_ctx, ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld, f_cons,
+                    item + ahead, n_items, grid, stages - 2)
 
             acc_O.fill(0.0)
             row_max.fill(-Float32.inf)
@@ -333,14 +435,13 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
 
             # -------------------------------------------------------------- main loop
             for ci in cutlass.range(n_chunks, unroll=1):
-                cute.arch.cp_async_wait_group(stages - 2)
+                wait_chunk(f_ld - f_cons - 1, stages)  # one cp.async group per chunk
                 cute.arch.barrier()
-                nxt = ci + (stages - 1)
-                if nxt < n_chunks:
-                    load_chunk(nxt, nxt % stages, *ctx)
-                cute.arch.cp_async_commit_group()
+                ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld = loader_issue(
+                    *kv_ctx, ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld, f_cons,
+                    item + ahead, n_items, grid, stages - 1)
 
-                stage = ci % stages
+                stage = f_cons % stages
                 sl = stage * warps_n + wn
                 c = (chunk_begin + ci) * CW
                 k_start = p.chunks[c + abi.CHUNK_K_START]
@@ -389,10 +490,11 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                     if kk + 1 < nkv:
                         cute.copy(s2r_V, tOsVt[None, None, kk + 1, sl], tOrVt_v[None, None, kk + 1])
                     cute.gemm(tiled_mma, acc_O, tOrP[None, None, kk], tOrVt[None, None, kk], acc_O)
+                f_cons = f_cons + 1
 
             # -------------------------------------------------------------- merge the warps' states
-            cute.arch.cp_async_wait_group(0)
-            cute.arch.barrier()  # every warp is done with the ring: it becomes sE
+            cute.arch.barrier()  # every warp is done with the last chunk: its stage (or the ring) becomes sE
+            e_stage = (f_cons + stages - 1) % stages
             for rr in cutlass.range_constexpr(n_rows):
                 ssum = quad_sum(row_sum[rr])
                 if col0 == 0:
@@ -402,7 +504,8 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
             for rr in cutlass.range_constexpr(n_rows):
                 for cc in cutlass.range_constexpr(cute.size(taccOcO, mode=[1])):
                     rc = taccOcO[rr, cc]
-                    sE[wn, wm * 16 + rc[0], rc[1]] = acc_O_mn[rr, cc]
+                    e_store(sE, sEk, sEv, e_stage, wn, wm * 16 + rc[0], rc[1], acc_O_mn[rr, cc], cross, tile_m, D,
+                            e_half)
             cute.arch.barrier()
             if tidx < tile_m:
                 m_all = -Float32.inf
@@ -432,7 +535,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                         d = lane + 32 * i
                         acc = Float32(0.0)
                         for w in cutlass.range_constexpr(warps_n):
-                            acc += sE[w, r, d] * sStat[0, w, r]
+                            acc += e_load(sE, sEk, sEv, e_stage, w, r, d, cross, tile_m, D, e_half) * sStat[0, w, r]
                         orow[d] = acc.to(dtype)
                     if lane == 0:
                         p.lse[Int64(hq) * p.lse_stride_head + Int64(seq_q + tq)] = sRow[r]
@@ -443,7 +546,7 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                         d = lane + 32 * i
                         acc = Float32(0.0)
                         for w in cutlass.range_constexpr(warps_n):
-                            acc += sE[w, r, d] * sStat[0, w, r]
+                            acc += e_load(sE, sEk, sEv, e_stage, w, r, d, cross, tile_m, D, e_half) * sStat[0, w, r]
                         prow[d] = acc
                     if lane == 0:
                         p.part_lse[Int64(slot) * tile_m + r] = sRow[r]

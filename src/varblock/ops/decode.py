@@ -141,5 +141,5 @@ def launch_values(plan: DecodePlan, qa: DeviceArray, ka: DeviceArray, va: Device
         "o_stride_tok": os_, "o_stride_head": oh, "lse_stride_head": la.strides[0] if hq > 1 else total_q,
         "pt_stride": plan.pt_stride, "num_items": plan.num_items, "softmax_scale_log2": softmax_scale * LOG2E,
         "group_size": hq // plan.num_heads_kv, "page_size": plan.page_size, "paged": int(plan.paged),
-        "causal": int(plan.causal), "num_ctas": plan.num_items,
+        "causal": int(plan.causal), "num_ctas": plan.num_ctas,
     }
