@@ -330,7 +330,7 @@ def sim(monkeypatch, built):
     monkeypatch.setattr(pool_mod, "check_aligned", lambda a, n: None)
     monkeypatch.setattr(pool_mod.arrays, "empty_array", _empty)
     monkeypatch.setattr(pool_mod, "_zero", _zero)
-    monkeypatch.setattr(pool_mod, "launch_variant", _launch)
+    monkeypatch.setattr(pool_mod, "_launch", lambda plan, e, o, st, values, pointers: _launch(e, o, st, values))
     monkeypatch.setattr(pool_mod, "variant_for", lambda f, o, key: entries[f][tuple(sorted(key.items()))])
     monkeypatch.setattr(pool_mod, "stream_for", lambda s, o, like=None: SimpleNamespace(handle=0))
     monkeypatch.setattr(pool_mod, "_num_sms", lambda ordinal: 3)
@@ -429,3 +429,31 @@ def test_sass_is_wgmma_tma_and_red_without_predicated_r2ur():
         assert "UTMALDG" in sass and "REDG.E.MAX" in sass and "USETMAXREG" in sass, c.name
         assert not re.search(r"\b(STL|LDL)\b", sass), f"{c.name}: local memory (spills)"
         assert "HMMA" not in sass.replace("HGMMA", ""), f"{c.name}: mma.sync in the Hopper kernel"
+
+
+def test_prepared_launches_are_kept_per_plan_and_values(monkeypatch):
+    """``_launch`` prepares a variant once per plan and non-pointer values (descriptors, packed parameters) and
+    afterwards only passes the call's pointers."""
+    made, calls = [], []
+
+    class Prepared:
+        def __init__(self, entry, ordinal, values, pointers, what):
+            made.append((entry["name"], dict(values), pointers))
+
+        def __call__(self, stream, ptrs):
+            calls.append(ptrs)
+
+    monkeypatch.setattr(pool_mod, "PreparedLaunch", Prepared)
+    cu = _cu([100])
+    plan = _sm90_plan(L.causal(cu, cu, block_q=64, block_k=64), 2, 2, 64, 1)
+    entry = {"name": "x"}
+    ptrs = pool_mod._QK_POINTERS
+    base = {"q": 16, "k": 32, "lse": 48, "pool": 64, "tile_counter": 80, "pool_block_k": 64, "num_ctas": 3}
+    pool_mod._launch(plan, entry, 0, None, base, ptrs)
+    pool_mod._launch(plan, entry, 0, None, {**base, "q": 1600, "pool": 6400}, ptrs)
+    assert len(made) == 1 and made[0][2] == ptrs
+    assert calls == [(16, 32, 48, 64, 80), (1600, 32, 48, 6400, 80)]
+    pool_mod._launch(plan, entry, 0, None, {**base, "pool_block_k": 128}, ptrs)
+    other = _sm90_plan(L.causal(cu, cu, block_q=64, block_k=64), 2, 2, 64, 1)
+    pool_mod._launch(other, entry, 0, None, base, ptrs)
+    assert len(made) == 3

@@ -22,7 +22,7 @@ from varblock.plan import plan as make_plan
 from varblock.plan.host import unmerged_plan
 from varblock.runtime import arrays
 from varblock.runtime.device import device, stream_for
-from varblock.runtime.launch import launch_variant
+from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
     DeviceArray,
@@ -176,6 +176,24 @@ def _zero(a: DeviceArray, st: Any) -> None:
             raise RuntimeError(f"cuMemsetD32Async failed: {err}")
 
 
+#: per-call pointer parameters of the qk and reduce kernels (everything else is fixed per plan and shapes)
+_QK_POINTERS = ("q", "k", "lse", "pool", "tile_counter")
+_REDUCE_POINTERS = ("pool", "out")
+
+
+def _launch(plan: Plan, entry: dict[str, Any], ordinal: int, st: Any, values: dict[str, Any],
+            pointers: tuple[str, ...]) -> None:
+    """Launch ``entry`` with ``values``; the prepared launch (packed parameters, TMA descriptors of the sm90 kernel)
+    is kept in the plan's ops state per variant and non-pointer values, so a repeated call only swaps pointers."""
+    state = state_of(plan)
+    key = ("attention_pooling", entry["name"], *sorted((n, v) for n, v in values.items() if n not in pointers))
+    prepared = state.launches.get(key)
+    if prepared is None:
+        prepared = PreparedLaunch(entry, ordinal, values, pointers=pointers, what="attention_pooling")
+        state.launches[key] = prepared
+    prepared(st, tuple(int(values.get(n, 0)) for n in pointers))
+
+
 def _launch_qk(binding: FamilyBinding, entry: dict[str, Any], plan: Plan, arrays_: dict[str, DeviceArray],
                scale: float, bk: int, ordinal: int, st: Any) -> None:
     """The qk kernel of ``binding`` over ``plan``'s work list (after a device plan's prepare kernel)."""
@@ -187,7 +205,7 @@ def _launch_qk(binding: FamilyBinding, entry: dict[str, Any], plan: Plan, arrays
     values = binding.bind(plan, arrays_, scalars)
     if values["persistent"]:
         values["tile_counter"] = state_of(plan).counter_ptr(plan, int(st.handle))
-    launch_variant(entry, ordinal, st, values)
+    _launch(plan, entry, ordinal, st, values, _QK_POINTERS)
 
 
 def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | None = None,
@@ -241,13 +259,13 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
                pool_stride_head=pa.strides[0], pool_stride_tok=pa.strides[1], batch=plan.batch_size,
                num_heads_out=ho, group=group, block_q=bq, block_k=bk)
     out2, o2 = arrays.empty_array(q, "pool_2d", (plan.batch_size, ho, mb, nb), "float32", ordinal, st)
-    launch_variant(variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 0}), ordinal, st,
-                   {**red, "out": o2.ptr, "mb": mb, "nbo": nb, "num_items": plan.batch_size * ho * mb})
+    _launch(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 0}), ordinal, st,
+            {**red, "out": o2.ptr, "mb": mb, "nbo": nb, "num_items": plan.batch_size * ho * mb}, _REDUCE_POINTERS)
     out1 = pool
     if group > 1:
         out1, o1 = arrays.empty_array(q, "pool_1d", (ho, total_q, nb), "float32", ordinal, st)
-        launch_variant(variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 1}), ordinal, st,
-                       {**red, "out": o1.ptr, "mb": total_q, "nbo": nb, "num_items": ho * total_q})
+        _launch(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 1}), ordinal, st,
+                {**red, "out": o1.ptr, "mb": total_q, "nbo": nb, "num_items": ho * total_q}, _REDUCE_POINTERS)
     if per_sequence:
         out1 = [out1[:, s:s + n, :kb] for s, n, kb in seqs]
     return out1, out2
