@@ -349,3 +349,34 @@ def test_persistent_grid_choice():
     ref = reference_decode.decode(q, kc, vc, cu_seqlens_q=cu_q, kv_lens=kv, page_table=pt)
     np.testing.assert_allclose(out, ref[0], rtol=1e-10, atol=1e-12)
     simulate_pipeline(wl.items[:, abi.ITEM_N_CHUNKS], wl.grid, 3, True)
+
+
+def test_cost_model_pieces():
+    """Makespan of equal items is waves x cost; balanced splits cover every chunk once; the split choice honours
+    max_splits and the fewest chunks per split, and does not split when there is nothing to gain."""
+    from varblock.decode_plan import cost
+
+    assert cost.makespan(np.full(529, 3.0), 264) == 9.0  # 3 waves (the last has one item)
+    assert cost.makespan(np.array([10.0, 1.0, 1.0]), 2) == 11.0
+    with pytest.raises(ValueError, match="slots"):
+        cost.makespan(np.ones(3), 0)
+    n, s = cost.split_items(np.array([10, 0, 7]), np.array([1, 2, 1]), np.array([3, 1, 2]))
+    assert n.tolist() == [3, 3, 4, 0, 0, 3, 4] and s.tolist() == [3, 3, 3, 1, 1, 2, 2]
+    assert cost.item_costs(np.array([5]), np.array([1]))[0] == 5 + cost.RAMP_CHUNKS
+    g = np.full(8, 2048)
+    t = np.ones(8, np.int64)
+    assert cost.choose_chunks_per_split(g, t, 264, max_splits=8) == 256
+    assert cost.choose_chunks_per_split(np.full(8, 6), t, 264) == cost.MIN_CHUNKS_PER_SPLIT
+    assert cost.choose_chunks_per_split(np.zeros(8, np.int64), t, 264) == cost.MIN_CHUNKS_PER_SPLIT
+    assert cost.choose_chunks_per_split(np.full(2048, 32), np.ones(2048, np.int64), 264) == 32
+    p = cost.persistent_makespan(np.full(6, 4.0), 3)
+    assert p == 2 * (4 + cost.STEP_CHUNKS) + cost.RAMP_CHUNKS
+
+
+def test_benchmark_shapes_plans():
+    """The work lists of the benchmark shapes on 132 SMs x 2 (the numbers in docs/decode.md)."""
+    want = {(64, 32768): (512, 264, 1), (1, 131072): (264, 264, 33), (256, 2048): (2048, 264, 1)}
+    for (B, L), (items, grid, splits) in want.items():
+        wl = build_worklist(np.arange(B + 1), np.full(B, L), num_heads_q=64, num_heads_kv=8, tile_m=16, tile_n=64,
+                            layout=None, num_sms=132, ctas_per_sm=2)
+        assert (wl.num_items, wl.grid, int(wl.items[:, abi.ITEM_NUM_SPLITS].max())) == (items, grid, splits)

@@ -263,12 +263,15 @@ def smoke_decode(torch: Any) -> None:
         lay = decode_layout(kind, rng, c["kv"], hq, hkv)
         cache_kw = ({"kv_lens": c["kv"], "page_table": c["page_table"], "page_size": ps} if ps
                     else {"cu_seqlens_k": c["cu_k"]})
-        p = varblock.plan_decode(c["cu_q"], num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay,
-                                 causal=causal, num_splits=splits, **cache_kw)
+        kw = dict(num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay, causal=causal, num_splits=splits,
+                  **cache_kw)
         q, kc, vc = _decode_inputs(torch, c, hq, hkv, d, ps)
-        for _ in range(2):
-            o, lse = varblock.decode(q, kc, vc, p, return_lse=True)
-        _check_finite(torch, f"decode {name}", o, lse)
+        # num_sms=2: a persistent grid of 2 CTAs (cross-item prefetch) when there are more than 2 items
+        for sms in (None, 2):
+            p = varblock.plan_decode(c["cu_q"], num_sms=sms, **kw)
+            for _ in range(2):
+                o, lse = varblock.decode(q, kc, vc, p, return_lse=True)
+            _check_finite(torch, f"decode {name}" + (" (persistent grid)" if sms else ""), o, lse)
 
 
 def _check_decode_status(plan: Any, what: str) -> None:
