@@ -138,6 +138,34 @@ def test_block_sizes_other_than_the_tile(torch, block):
     _run(torch, lay, 4, 2, 64, "bfloat16", seed=block, what=f"block {block}")
 
 
+@pytest.mark.parametrize("kind", ["causal", "dense", "window_sinks", "causal_q_ne_k", "document"])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_64_blocks_key_groups(torch, kind, deterministic):
+    """SeerAttention's 64x64 blocks: two 64-key columns share one 128-key tile where exact (bwd_key_groups), the
+    tile walking the union of their query blocks with the element mask on the chunks where they differ."""
+    from varblock.ops.attention_backward import bwd_worklist
+
+    lq = [1000, 1, 0, 333, 64]
+    lk = [1100, 70, 5, 333, 64] if kind == "causal_q_ne_k" else lq
+    cu, ck = _cu(lq), _cu(lk)
+    if kind in ("causal", "causal_q_ne_k"):
+        lay = L.causal(cu, ck, num_heads=1, block_q=64, block_k=64)
+    elif kind == "dense":
+        lay = L.dense(cu, ck, num_heads=1, block_q=64, block_k=64)
+    elif kind == "window_sinks":
+        lay = L.sliding_window(cu, ck, window_left=190, window_right=0, num_sink_tokens=3, block_q=64,
+                               block_k=64, num_heads=1)
+    else:
+        rng = np.random.default_rng(6)
+        doc = np.concatenate([np.repeat(np.arange(3), rng.multinomial(n, [0.2, 0.5, 0.3])) for n in lq])
+        lay = L.document(cu, ck, doc_ids_q=doc.astype(np.int32), causal=True, num_heads=1, block_q=64, block_k=64)
+    grads, (*_, plan) = _run(torch, lay, 8, 8, 128, "bfloat16", seed=17, what=f"64x64 {kind}",
+                             deterministic=deterministic)
+    if kind != "document":
+        wl = bwd_worklist(plan, deterministic)
+        assert (wl.tiles[:, 3] > 64).any(), "no 64-key columns were grouped"
+
+
 def test_per_q_head_layout_seqlen_q_ne_k(torch):
     """Per-query-head patterns with GQA (fp32 dK/dV per query head, summed in the postprocess), len_q != len_k."""
     lq, lk = [50, 300, 1, 129], [200, 300, 77, 1000]

@@ -58,7 +58,8 @@ def model_backward(lay, q, k, v, dout, out, lse, *, tile_m, tile_n, heads_per_ti
     wl_ = build_bwd_worklist(lay.transposed(), lay.cu_seqlens_q, lay.cu_seqlens_k, num_heads_q=hq_n,
                              num_heads_kv=hkv_n, head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
                              tile_m=tile_m, tile_n=tile_n, heads_per_tile=heads_per_tile, band=lay.mask.band,
-                             num_sink_tokens=num_sink_tokens, chunk_order=chunk_order)
+                             num_sink_tokens=num_sink_tokens, chunk_order=chunk_order,
+                             opaque_mask=lay.mask.doc_ids_q is not None or lay.mask.token_mask is not None)
     tok_div = {"per_q_head": 1, "per_kv_head": group, "broadcast": hq_n}[lay.head_mode]
     cu_q, cu_k = lay.cu_seqlens_q.astype(np.int64), lay.cu_seqlens_k.astype(np.int64)
     lse_log = np.where(np.isinf(lse), np.inf, lse)  # preprocess: -inf rows -> +inf (P = 0)
@@ -151,3 +152,35 @@ def test_token_mask():
     m1d = rng.random((2, 1, 40, 3)) < 0.4
     lay = L.from_seer_1d(m1d, cu, cu, block_size=16, head_mode="per_kv_head")
     _check(lay, 2, 1, 8, tile_m=16, tile_n=16, hpt=2, seed=9)
+
+
+@pytest.mark.parametrize("kind", ["causal", "causal_q_ne_k", "window_sinks", "document", "random", "dense"])
+def test_64_blocks_key_groups(kind):
+    """64x64 blocks on the 64x128 tile: adjacent 64-key columns grouped into one tile where exact (dense, causal,
+    window with sinks; documents only where both keep a block full), the rest alone; dq, dk, dv as the reference."""
+    lq = [300, 1, 0, 133, 64]
+    lk = [350, 70, 5, 133, 64] if kind == "causal_q_ne_k" else lq
+    cu, ck = _cu(lq), _cu(lk)
+    sinks = 0
+    if kind in ("causal", "causal_q_ne_k"):
+        lay = L.causal(cu, ck, num_heads=1, block_q=64, block_k=64)
+    elif kind == "dense":
+        lay = L.dense(cu, ck, num_heads=1, block_q=64, block_k=64)
+    elif kind == "window_sinks":
+        sinks = 3
+        lay = L.sliding_window(cu, ck, window_left=90, window_right=0, num_sink_tokens=sinks, block_q=64,
+                               block_k=64, num_heads=1)
+    elif kind == "document":
+        rng = np.random.default_rng(6)
+        doc = np.concatenate([np.repeat(np.arange(3), rng.multinomial(n, [0.2, 0.5, 0.3])) for n in lq])
+        lay = L.document(cu, ck, doc_ids_q=doc.astype(np.int32), causal=True, num_heads=1, block_q=64, block_k=64)
+    else:
+        lay = L.random_blocks(cu, ck, density=0.5, num_heads=2, head_mode="per_kv_head", causal=True, seed=2,
+                              block_q=64, block_k=64)
+    hkv = 2 if kind == "random" else 1
+    _check(lay, 2, hkv, 8, tile_m=64, tile_n=128, hpt=1, seed=11, num_sink_tokens=sinks)
+    if kind in ("causal", "causal_q_ne_k", "dense", "window_sinks"):
+        wl = build_bwd_worklist(lay.transposed(), cu, ck, num_heads_q=2, num_heads_kv=1, head_mode=lay.head_mode,
+                                num_layout_heads=lay.num_heads, tile_m=64, tile_n=128, band=lay.mask.band,
+                                num_sink_tokens=sinks, opaque_mask=False)
+        assert (wl.tiles[:, 3] > 64).any(), "no 64-key columns were grouped"

@@ -48,12 +48,17 @@ def _band_allows(lay, hq, tq, tk, num_sink_tokens):
     return (hi is None or d <= hi) and (lo is None or d >= lo or j < num_sink_tokens)
 
 
+def _opaque(lay) -> bool:
+    return lay.mask.doc_ids_q is not None or lay.mask.token_mask is not None
+
+
 def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0, tile_order="longest_first",
-           chunk_order="ascending"):
+           chunk_order="ascending", group_keys=True):
     wl = build_bwd_worklist(lay.transposed(), lay.cu_seqlens_q, lay.cu_seqlens_k, num_heads_q=hq_n,
                             num_heads_kv=hkv_n, head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
                             tile_m=tile_m, tile_n=tile_n, heads_per_tile=hpt, band=lay.mask.band,
-                            num_sink_tokens=num_sink_tokens, tile_order=tile_order, chunk_order=chunk_order)
+                            num_sink_tokens=num_sink_tokens, tile_order=tile_order, chunk_order=chunk_order,
+                            group_keys=group_keys, opaque_mask=_opaque(lay))
     assert len(BWD_TILE_FIELDS) == wl.tiles.shape[1] == 8
     assert wl.tiles.dtype == np.int32 and wl.chunks.dtype == np.int32
     assert wl.num_tile_heads == hq_n // hpt
@@ -85,10 +90,12 @@ def _check(lay, hq_n, hkv_n, tile_m, tile_n, hpt, num_sink_tokens=0, tile_order=
         assert (h, a, c) not in got, f"pair {(h, a, c)} computed twice"
         got[(h, a, c)] = p
     ref = _layout_pairs(lay, hq_n, hkv_n)
-    extra = set(got) - set(ref)
-    assert not extra, f"{len(extra)} pairs not kept by the layout, e.g. {sorted(extra)[:3]}"
     for key, p in got.items():
-        assert ref[key] == p, f"full/partial flag differs at {key}"
+        if key not in ref:  # walked by a key group: must be masked by the band of a partial chunk
+            assert group_keys and p and not _band_allows(lay, *key, num_sink_tokens), f"pair {key} not kept"
+        elif ref[key] != p:  # a full block in a key group's partial chunk: the band must allow it
+            assert group_keys and p and not _opaque(lay) and _band_allows(lay, *key, num_sink_tokens), \
+                f"full/partial flag differs at {key}"
     for key in set(ref) - set(got):
         assert ref[key], f"full pair {key} dropped"
         assert not _band_allows(lay, *key, num_sink_tokens), f"band-allowed pair {key} dropped"
@@ -175,6 +182,36 @@ def test_descending_chunk_order(causal):
         n_q = (int(cu[b + 1] - cu[b]) + 31) // 32
         steps = {int(q) // 32: i for i, q in enumerate(wl.chunks[cb:cb + nf, 0])}
         assert all(steps[c] == n_q - 1 - c for c in steps), "full span c at step n - 1 - c in every tile"
+
+
+@pytest.mark.parametrize("group_keys", [True, False])
+def test_64_key_blocks_grouped_where_exact(group_keys):
+    """64-wide key blocks on 128-key tiles: grouped in pairs for causal / dense / window layouts (as many steps
+    as 128-wide blocks), left alone without grouping; every pair still exactly once (``_check``)."""
+    cu = _cu([200, 1, 0, 129])
+    for lay, lay128 in ((L.causal(cu, cu, block_q=64, block_k=64), L.causal(cu, cu, block_q=64, block_k=128)),
+                        (L.dense(cu, cu, block_q=64, block_k=64), L.dense(cu, cu, block_q=64, block_k=128))):
+        wl = _check(lay, 2, 1, 64, 128, 1, group_keys=group_keys)
+        steps = int((wl.tiles[:, 5] + wl.tiles[:, 6]).sum())
+        ref = _check(lay128, 2, 1, 64, 128, 1, group_keys=False)
+        if group_keys:
+            assert wl.num_tiles == ref.num_tiles and steps == int((ref.tiles[:, 5] + ref.tiles[:, 6]).sum())
+        else:
+            assert (wl.tiles[:, 3] <= 64).all() and wl.num_tiles > ref.num_tiles
+    win = L.sliding_window(cu, cu, window_left=100, window_right=0, num_sink_tokens=2, block_q=32, block_k=32)
+    wl = _check(win, 2, 1, 32, 128, 2, num_sink_tokens=2, group_keys=group_keys)
+    assert ((wl.tiles[:, 3] > 32).any()) == group_keys
+
+
+def test_key_groups_fall_back_where_inexact():
+    """Random blocks (a column keeping what its neighbour does not, unmasked by the band) stay single tiles; a
+    document mask never lets a full block into a partial chunk."""
+    cu = _cu([192, 130])
+    lay = L.random_blocks(cu, cu, density=0.5, num_heads=1, causal=False, seed=4, block_q=32, block_k=32)
+    wl = _check(lay, 2, 1, 32, 128, 1)
+    assert (wl.tiles[:, 3] <= 32).mean() > 0.5
+    doc = np.repeat(np.arange(4), [100, 60, 32, 130]).astype(np.int32)
+    _check(L.document(cu, cu, doc_ids_q=doc, causal=True, block_q=32, block_k=32), 2, 1, 32, 128, 1)
 
 
 def test_window_with_sinks():

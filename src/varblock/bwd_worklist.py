@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from varblock import abi
+from varblock.bwd_key_groups import group_key_tiles
 from varblock.worklist import segment_ids, to_i32
 
 #: column names of a backward ``tiles`` row (queries and keys swapped with respect to the forward's)
@@ -93,7 +94,8 @@ def tile_heads_for(head_mode: str, num_heads_q: int, num_heads_kv: int, heads_pe
 def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_q: int, num_heads_kv: int,
                        head_mode: str, num_layout_heads: int, tile_m: int, tile_n: int, heads_per_tile: int = 1,
                        band: tuple[int | None, int | None] = (None, None), num_sink_tokens: int = 0,
-                       tile_order: str = "longest_first", chunk_order: str = "ascending") -> BwdWorkList:
+                       tile_order: str = "longest_first", chunk_order: str = "ascending", group_keys: bool = True,
+                       opaque_mask: bool = True) -> BwdWorkList:
     """Tiles and chunks for ``cols`` (a ``ColSpans``: head, batch, k_start, k_len, ent_ptr, n_full, q_start,
     q_len), see the module docstring.
 
@@ -101,7 +103,10 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
     unbounded), used only to drop fully masked (tile, chunk) pairs of partial entries. ``tile_order``:
     ``"longest_first"`` (decreasing number of chunks, stable: shortens the tail of the launch; also the best order
     measured for the deterministic mode), ``"shortest_first"`` (increasing) or ``"layout"`` (columns in layout order,
-    tile heads innermost).
+    tile heads innermost). ``chunk_order``: each tile walks its full chunks, then its partial ones, by increasing
+    (``"ascending"``) or decreasing (``"descending"``) ``q_start``. ``group_keys``: narrow adjacent key tiles share
+    one tile where exact (:func:`group_key_tiles`); ``opaque_mask``: the element mask has document ids or a token
+    mask (then a full block never joins a partial chunk).
     """
     if chunk_order not in ("ascending", "descending"):
         raise ValueError(f"chunk_order: expected 'ascending' or 'descending', got {chunk_order!r}")
@@ -145,6 +150,7 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
     s_col, s_pos = segment_ids(n_sub)
     s_ks = c_ks[s_col] + s_pos * tile_n
     s_kl = np.minimum(c_kl[s_col] - s_pos * tile_n, tile_n)
+    s_head, s_batch = c_head[s_col], c_batch[s_col]
 
     # ---- (sub-tile, entry) pairs, then (sub-tile, chunk) pairs: entries split into chunks of <= tile_m queries
     n_ent = np.diff(ent_ptr)
@@ -157,19 +163,24 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
     sc_qs = e_qs[se_ent[sc_se]] + sc_pos * tile_m
     sc_ql = np.minimum(e_ql[se_ent[sc_se]] - sc_pos * tile_m, tile_m)
     sc_full = se_full[sc_se]
-    keep = sc_full | _band_keeps(sc_qs, sc_ql, s_ks[sc_sub], s_kl[sc_sub], off_b[c_batch[s_col[sc_sub]]], band,
+    if group_keys:
+        subs, pairs = group_key_tiles((s_head, s_batch, s_ks, s_kl), (sc_sub, sc_qs, sc_ql, sc_full), off_b,
+                                      tile_n=tile_n, band=band, num_sink_tokens=int(num_sink_tokens),
+                                      opaque_mask=opaque_mask)
+        (s_head, s_batch, s_ks, s_kl), (sc_sub, sc_qs, sc_ql, sc_full) = subs, pairs
+    keep = sc_full | _band_keeps(sc_qs, sc_ql, s_ks[sc_sub], s_kl[sc_sub], off_b[s_batch[sc_sub]], band,
                                  int(num_sink_tokens))
     sc_sub, sc_qs, sc_ql, sc_full = sc_sub[keep], sc_qs[keep], sc_ql[keep], sc_full[keep]
     if chunk_order == "descending":  # per sub-tile: full chunks by decreasing q_start, then partial ones
         by = np.lexsort((-sc_qs, ~sc_full, sc_sub))
         sc_sub, sc_qs, sc_ql, sc_full = sc_sub[by], sc_qs[by], sc_ql[by], sc_full[by]
-    n_sub_total = s_col.shape[0]
+    n_sub_total = s_ks.shape[0]
     st_full = np.bincount(sc_sub[sc_full], minlength=n_sub_total).astype(np.int64)
     st_all = np.bincount(sc_sub, minlength=n_sub_total).astype(np.int64)
     st_begin = np.cumsum(st_all) - st_all  # chunks are grouped by sub-tile, full before partial (entry order)
 
     # ---- tiles: sub-tiles replicated over the tile heads of their layout head
-    hl = c_head[s_col]
+    hl = s_head
     if head_mode == abi.HEAD_MODE_PER_Q_HEAD:
         reps, base, stride = 1, hl, 0
     elif head_mode == abi.HEAD_MODE_PER_KV_HEAD:
@@ -179,7 +190,7 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
         reps, base, stride = n_tile_heads, np.zeros_like(hl), 1
     t_sub, t_rep = segment_ids(np.full(n_sub_total, reps, dtype=np.int64))
     t_head = base[t_sub] + t_rep * stride
-    tiles = np.stack([c_batch[s_col[t_sub]], t_head, s_ks[t_sub], s_kl[t_sub], st_begin[t_sub], st_full[t_sub],
+    tiles = np.stack([s_batch[t_sub], t_head, s_ks[t_sub], s_kl[t_sub], st_begin[t_sub], st_full[t_sub],
                       st_all[t_sub] - st_full[t_sub], np.zeros_like(t_head)], axis=1).reshape(-1, abi.TILE_WIDTH)
     order = np.arange(tiles.shape[0])
     if tile_order != "layout" and tiles.shape[0]:
@@ -187,7 +198,7 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
         order = np.argsort(-count if tile_order == "longest_first" else count, kind="stable")
         tiles = tiles[order]
     chunks = np.stack([sc_qs, sc_ql], axis=1).reshape(-1, 2)
-    dq_order, num_sems = _dq_order(t_sub[order], n_sub_total, sc_sub, hl[sc_sub], c_batch[s_col[sc_sub]], sc_qs)
+    dq_order, num_sems = _dq_order(t_sub[order], n_sub_total, sc_sub, hl[sc_sub], s_batch[sc_sub], sc_qs)
     return BwdWorkList(tiles=to_i32(tiles, "tiles"), chunks=to_i32(chunks, "chunks"), tile_m=int(tile_m),
                        tile_n=int(tile_n), heads_per_tile=int(heads_per_tile), num_tile_heads=n_tile_heads,
                        dq_order=to_i32(dq_order, "dq_order"), num_sems=num_sems)

@@ -235,7 +235,8 @@ def _worklist(state: _BwdState, plan: Plan, order: tuple[str, str]) -> tuple[Bwd
                                 tile_m=int(e["extra"]["tile_m"]), tile_n=int(e["extra"]["tile_n"]),
                                 heads_per_tile=state.heads_per_tile, band=lay.mask.band,
                                 num_sink_tokens=int(plan.num_sink_tokens), tile_order=order[0],
-                                chunk_order=order[1])
+                                chunk_order=order[1], opaque_mask=lay.mask.doc_ids_q is not None
+                                or lay.mask.token_mask is not None)
         bufs = {"tiles": DeviceBuffer.from_host(plan.device_id, wl.tiles),
                 "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks),
                 "dq_order": DeviceBuffer.from_host(plan.device_id, wl.dq_order)}
