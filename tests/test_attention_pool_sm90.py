@@ -149,6 +149,24 @@ def test_op_falls_back_to_the_portable_family_with_the_reason(built, kw, reason)
     assert reason in declined[fam.FAMILY_NAME]
 
 
+def test_pooling_at_64_over_128_key_blocks_is_the_hopper_kernels_alone(built):
+    """Dense sm90 plans resolve to 128-key blocks; SeerAttention pools at 64. The sm90 kernel pools 64-key halves
+    of each chunk, so it takes block_k 64 there; the portable kernel, which pools whole chunks, declines."""
+    b, _ = pool_mod.choose_family(_problem(key_align=128, block_k=64))
+    assert b is BINDING_SM90
+    with pytest.raises(ValueError, match="attention_pool: block_k: 64 must be a multiple of the plan's key block "
+                                         "/ chunk alignment 128"):
+        pool_mod.choose_family(_problem(arch="sm80", key_align=128, block_k=64))
+    cu = _cu([300, 65])
+    p = SimpleNamespace(layout=L.causal(cu, cu, block_q=128, block_k=128), on_device=False, tile_m=128, tile_n=128)
+    assert pool_mod._blocks(p, None, None, granule=64) == (128, 128)
+    assert pool_mod._blocks(p, 64, 64, granule=64) == (64, 64)
+    with pytest.raises(ValueError, match="block_k: 32 must be a multiple of 64 .the sm90 pooling kernel's granule"):
+        pool_mod._blocks(p, None, 32, granule=64)
+    with pytest.raises(ValueError, match="block_k: 64 must be a multiple of the plan's key block / chunk align"):
+        pool_mod._blocks(p, None, 64)
+
+
 def test_a_head_dim_neither_family_has_is_an_error_naming_both(built):
     with pytest.raises(ValueError, match="attention_pool_sm90: head_dim: no .* d96 .*; attention_pool: head_dim"):
         pool_mod.choose_family(_problem(head_dim=96))
@@ -365,6 +383,27 @@ def test_op_runs_the_hopper_kernel_against_reference(sim, seed):
     assert [f for f, _ in CTX["launches"]] == [fam.FAMILY_NAME, pool.FAMILY_NAME]
     np.testing.assert_allclose(p1, reference.attention_pooling_1d(qf, kf, lay, block_k=bk), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(p2, reference.attention_pooling_2d(qf, kf, lay, block_k=bk), rtol=1e-5, atol=1e-7)
+
+
+def test_op_pools_at_64_over_a_128_block_sm90_plan(sim):
+    """The dense sm90 case: a causal layout of 128 x 128 blocks (what a dense plan resolves to for the sm90
+    forward), pooled at 64 x 64 by the sm90 kernel, against the reference at 64."""
+    rng = np.random.default_rng(3)
+    cu = _cu([300, 1, 129, 0, 77])
+    lay = L.causal(cu, cu, block_q=128, block_k=128, num_heads=1)
+    q = rng.standard_normal((int(cu[-1]), 4, 64)).astype(np.float16)
+    k = rng.standard_normal((int(cu[-1]), 2, 64)).astype(np.float16)
+    qf, kf = q.astype(np.float64), k.astype(np.float64)
+    _, lse = reference.attention_forward(qf, kf, kf, lay)
+    plan = _sm90_plan(lay, 4, 2, 64, 1)
+    CTX.update(plan=plan, layout=lay, q=qf, k=kf, total_q=int(cu[-1]), nb=5, family=fam.FAMILY_NAME)
+    p1, p2 = pool_mod.attention_pooling(q, k, lse.astype(np.float32), plan, block_q=64, block_k=64,
+                                        per_sequence=False)
+    np.testing.assert_allclose(p1, reference.attention_pooling_1d(qf, kf, lay, block_k=64), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p2, reference.attention_pooling_2d(qf, kf, lay, block_q=64, block_k=64), rtol=1e-5,
+                               atol=1e-7)
+    with pytest.raises(ValueError, match="cannot run this problem: block_k: 64"):
+        pool_mod.attention_pooling(q, k, lse.astype(np.float32), plan, block_k=64, backend="attention_pool")
 
 
 def test_backend_names_the_portable_family(sim):

@@ -132,6 +132,23 @@ def test_portable_forward_plan_and_cross_attention(torch):
     assert plan.tile_n == 64
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dense_sm90_plan_pooled_at_64(torch, dtype):
+    """What SeerAttention distils from (and benchmarks/bench_pooling.py times): a dense causal plan of the sm90
+    forward (its layout resolves to 128 x 128 blocks) pooled at 64 x 64, which only the sm90 kernel can do."""
+    cu = _cu(LENS)
+    plan = varblock.plan(cu, cu, num_heads_q=8, num_heads_kv=2, head_dim=128, causal=True)
+    assert plan.family == "attention_fwd_sm90" and plan.layout.block_k == 128
+    q, k, v = _qk(torch, int(cu[-1]), int(cu[-1]), 8, 2, 128, dtype, 12)
+    _, lse = varblock.attention(q, k, v, plan, return_lse=True)
+    g1, g2 = _check(torch, q, k, lse, plan, plan.layout, block_q=64, block_k=64, portable=False)
+    auto1, auto2 = varblock.attention_pooling(q, k, lse, plan, block_q=64, block_k=64, per_sequence=False)
+    np.testing.assert_array_equal(auto1.cpu().numpy(), g1)  # "auto" picks the sm90 kernel: the same bits
+    np.testing.assert_array_equal(auto2.cpu().numpy(), g2)
+    with pytest.raises(ValueError, match="block_k: 64"):
+        varblock.attention_pooling(q, k, lse, plan, block_k=64, backend="attention_pool")
+
+
 def test_device_plan_and_many_tiles(torch):
     """A device plan of the sm90 forward (tile count read on the GPU; the portable pooling kernel cannot take its
     128 x 128 tiles at d128) and a long batch with more tiles than SMs: the persistent loop pulls tiles from the

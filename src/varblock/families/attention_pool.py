@@ -26,7 +26,8 @@ SM90_HALF = 64
 class PoolingProblem:
     """The static facts a pooling family decides on: the plan's arch, head dim and dtype, the alignment of the work
     list's chunk starts (the layout's key block, or the plan's ``tile_n`` for dense plans), the pooling ``block_k``
-    and whether the layout has variable (FlashInfer) spans."""
+    and whether the layout has variable (FlashInfer) spans. The portable kernel pools whole chunks (``block_k`` a
+    multiple of ``key_align``); the sm90 kernel pools 64-key halves (both multiples of 64)."""
 
     arch: str
     head_dim: int
@@ -44,6 +45,13 @@ class AttentionPoolMma(FamilyBinding):
     pointers = ("q", "k", "lse", "pool")
 
     def supports(self, problem: PoolingProblem) -> str | None:
+        if problem.block_k % problem.key_align:
+            return (f"block_k: {problem.block_k} must be a multiple of the plan's key block / chunk alignment "
+                    f"{problem.key_align} (the portable kernel pools whole chunks)")
+        return self._supports_built(problem)
+
+    def _supports_built(self, problem: PoolingProblem) -> str | None:
+        """The checks every pooling family makes: fixed blocks, a known dtype, a built qk variant."""
         if problem.variable_spans:
             return "layout: needs fixed block sizes (not variable FlashInfer spans)"
         if problem.dtype not in ATTENTION_DTYPES:
@@ -82,7 +90,7 @@ class AttentionPoolSm90(AttentionPoolMma):
                     f"multiples of {SM90_HALF}")
         if problem.block_k % SM90_HALF:
             return f"block_k: {problem.block_k} is not a multiple of {SM90_HALF}"
-        return super().supports(problem)
+        return self._supports_built(problem)  # (64-key halves: block_k need not be a multiple of the key block)
 
     def bind(self, plan: Any, arrays: Mapping[str, Any], scalars: Mapping[str, Any]) -> dict[str, Any]:
         """As the portable binding, plus the TMA descriptors' extents and the persistent schedule

@@ -5,6 +5,7 @@ is ever stored. ``varblock.reference.attention_pooling_1d/2d`` define the result
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from varblock import families
 from varblock.families.attention_fwd_mma import BINDING as FWD_MMA
 from varblock.families.attention_fwd_sm90 import BINDING as FWD_SM90
-from varblock.families.attention_pool import PoolingProblem
+from varblock.families.attention_pool import SM90_HALF, PoolingProblem
 from varblock.families.base import ATTENTION_DTYPES, FamilyBinding
 from varblock.ops.checks import softmax_scale_value
 from varblock.ops.state import state_of
@@ -95,23 +96,28 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _blocks(plan: Plan, block_q: int | None, block_k: int | None) -> tuple[int, int]:
-    """Pooling block sizes (default: the layout's) checked against the work list: a chunk must never straddle two
-    pooling key blocks."""
+def _blocks(plan: Plan, block_q: int | None, block_k: int | None, granule: int | None = None) -> tuple[int, int]:
+    """Pooling block sizes (default: the layout's), ``block_k`` a multiple of ``granule`` (default: the plan's key
+    block / chunk alignment, so that no chunk straddles two pooling blocks; the op passes the finest granule a
+    pooling family takes and the family choice decides)."""
     lay = plan.layout
     if lay is not None and not lay.is_fixed:
         raise ValueError("plan: attention pooling needs a layout with fixed block sizes (not variable spans)")
     geo = _device_geometry(plan)
     align = _key_align(plan)
+    step = align if granule is None else granule
     dq = lay.block_q if lay is not None else (geo.block_q if geo is not None else plan.tile_m)
     bq = dq if block_q is None else block_q
     bk = align if block_k is None else block_k
     for name, v in (("block_q", bq), ("block_k", bk)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    if bk % align:
+    if bk % step and step == align:
         raise ValueError(f"block_k: {bk} must be a multiple of the plan's key block / chunk alignment {align} "
                          "(a pooled block must not split a kept block)")
+    if bk % step:
+        raise ValueError(f"block_k: {bk} must be a multiple of {step} (the sm90 pooling kernel's granule; the "
+                         f"plan's key block / chunk alignment is {align})")
     return int(bq), int(bk)
 
 
@@ -220,7 +226,8 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
         plan: the forward's plan (``varblock.plan`` or ``varblock.plan_device``). A host plan whose tiles do not
             suit the chosen pooling kernel is re-planned once (same layout) for that kernel's tiles; a device plan
             whose tiles exceed them must be made with ``backend="attention_fwd_mma"``.
-        block_q, block_k: pooling block sizes (default the layout's; ``block_k`` a multiple of it).
+        block_q, block_k: pooling block sizes (default the layout's; ``block_k`` a multiple of the layout's key
+            block, or of 64 where the sm90 kernel runs, e.g. 64 over the 128-key blocks of a dense sm90 plan).
         pool_gqa: pool over the query heads of each GQA group (max), giving one map per KV head.
         per_sequence: return the 1D map as a list of per-sequence views ``[H, t_b, ceil(lk_b / block_k)]``
             (default when the plan knows the lengths on the host) instead of the packed ``[H, total_q, max_nb]``.
@@ -234,7 +241,8 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
         probability, each block row divided by its sum. ``H`` = Hq, or Hkv with ``pool_gqa``.
     """
     qa, ka, la, ordinal = _inputs(q, k, lse, plan)
-    bq, bk = _blocks(plan, block_q, block_k)
+    key_align = _key_align(plan)
+    bq, bk = _blocks(plan, block_q, block_k, granule=math.gcd(key_align, SM90_HALF))
     mb, nb, seqs = _extents(plan, bq, bk, max_seqlen_q, max_seqlen_k)
     if per_sequence is None:
         per_sequence = seqs is not None
@@ -245,7 +253,7 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
     group = hq // hkv if pool_gqa else 1
     ho = hq // group
     scale = softmax_scale_value(softmax_scale, d)
-    binding, _ = choose_family(PoolingProblem(plan.arch, d, qa.dtype, _key_align(plan), bk), backend)
+    binding, _ = choose_family(PoolingProblem(plan.arch, d, qa.dtype, key_align, bk), backend)
     entry = variant_for(binding.name, ordinal, {"stage": "qk", "dtype": qa.dtype, "head_dim": d})
     portable = binding.name == FAMILY
     plan = _pooling_plan(plan, int(entry["extra"]["tile_m"]), int(entry["extra"]["tile_n"]),
