@@ -348,7 +348,8 @@ def sim(monkeypatch, built):
     monkeypatch.setattr(pool_mod, "check_aligned", lambda a, n: None)
     monkeypatch.setattr(pool_mod.arrays, "empty_array", _empty)
     monkeypatch.setattr(pool_mod, "_zero", _zero)
-    monkeypatch.setattr(pool_mod, "_launch", lambda plan, e, o, st, values, pointers: _launch(e, o, st, values))
+    monkeypatch.setattr(pool_mod, "_prepare", lambda plan, e, o, values, pointers: lambda st, ptrs: _launch(
+        e, o, st, {**values, **dict(zip(pointers, ptrs))}))
     monkeypatch.setattr(pool_mod, "variant_for", lambda f, o, key: entries[f][tuple(sorted(key.items()))])
     monkeypatch.setattr(pool_mod, "stream_for", lambda s, o, like=None: SimpleNamespace(handle=0))
     monkeypatch.setattr(pool_mod, "_num_sms", lambda ordinal: 3)
@@ -471,8 +472,8 @@ def test_sass_is_wgmma_tma_and_red_without_predicated_r2ur():
 
 
 def test_prepared_launches_are_kept_per_plan_and_values(monkeypatch):
-    """``_launch`` prepares a variant once per plan and non-pointer values (descriptors, packed parameters) and
-    afterwards only passes the call's pointers."""
+    """``_prepare`` prepares a variant once per plan and non-pointer values (descriptors, packed parameters); the
+    launch then takes the call's pointers."""
     made, calls = [], []
 
     class Prepared:
@@ -487,12 +488,58 @@ def test_prepared_launches_are_kept_per_plan_and_values(monkeypatch):
     plan = _sm90_plan(L.causal(cu, cu, block_q=64, block_k=64), 2, 2, 64, 1)
     entry = {"name": "x"}
     ptrs = pool_mod._QK_POINTERS
-    base = {"q": 16, "k": 32, "lse": 48, "pool": 64, "tile_counter": 80, "pool_block_k": 64, "num_ctas": 3}
-    pool_mod._launch(plan, entry, 0, None, base, ptrs)
-    pool_mod._launch(plan, entry, 0, None, {**base, "q": 1600, "pool": 6400}, ptrs)
-    assert len(made) == 1 and made[0][2] == ptrs
-    assert calls == [(16, 32, 48, 64, 80), (1600, 32, 48, 6400, 80)]
-    pool_mod._launch(plan, entry, 0, None, {**base, "pool_block_k": 128}, ptrs)
+    base = {"q": 16, "k": 32, "lse": 48, "pool": 0, "tile_counter": 0, "pool_block_k": 64, "num_ctas": 3}
+    first = pool_mod._prepare(plan, entry, 0, base, ptrs)
+    assert pool_mod._prepare(plan, entry, 0, {**base, "q": 1600, "pool": 6400}, ptrs) is first
+    first(None, (1600, 32, 48, 6400, 80))
+    assert len(made) == 1 and made[0][2] == ptrs and calls == [(1600, 32, 48, 6400, 80)]
+    assert pool_mod._prepare(plan, entry, 0, {**base, "pool_block_k": 128}, ptrs) is not first
     other = _sm90_plan(L.causal(cu, cu, block_q=64, block_k=64), 2, 2, 64, 1)
-    pool_mod._launch(other, entry, 0, None, base, ptrs)
+    assert pool_mod._prepare(other, entry, 0, base, ptrs) is not first
     assert len(made) == 3
+
+
+class _Tensor:
+    """The few torch-tensor members the op's fast path reads, over a NumPy array stored in the fake memory."""
+
+    def __init__(self, a: np.ndarray):
+        self.a, self.ptr = a, MEM.put(a)
+        self.shape, self.dtype = a.shape, str(a.dtype)
+
+    def stride(self) -> tuple[int, ...]:
+        return tuple(s // self.a.itemsize for s in self.a.strides)
+
+    def get_device(self) -> int:
+        return 0
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+    def __array__(self, dtype=None, copy=None):
+        return self.a
+
+
+def test_torch_calls_take_the_fast_path_after_the_first(sim, monkeypatch):
+    """A repeated call with the same argument signature skips the checks and the family choice (the recipe is kept
+    per plan) and only allocates, zeroes and launches with the new pointers."""
+    rng = np.random.default_rng(8)
+    cu = _cu([200, 70])
+    lay = L.causal(cu, cu, block_q=64, block_k=64)
+    qf = rng.standard_normal((270, 2, 64)).astype(np.float16)
+    _, lse = reference.attention_forward(qf.astype(np.float64), qf.astype(np.float64), qf.astype(np.float64), lay)
+    plan = _sm90_plan(lay, 2, 2, 64, 1)
+    CTX.update(plan=plan, layout=lay, q=qf.astype(np.float64), k=qf.astype(np.float64), total_q=270, nb=4,
+               family=fam.FAMILY_NAME)
+    monkeypatch.setattr(pool_mod, "framework_of", lambda x: "torch")
+    checked = []
+    real_inputs = pool_mod._inputs
+    monkeypatch.setattr(pool_mod, "_inputs", lambda *a: checked.append(1) or real_inputs(*a))
+    q, lse32 = _Tensor(qf), _Tensor(lse.astype(np.float32))
+    ref = reference.attention_pooling_1d(qf.astype(np.float64), qf.astype(np.float64), lay)
+    for _ in range(3):
+        p1, _ = pool_mod.attention_pooling(q, q, lse32, plan, per_sequence=False)
+        np.testing.assert_allclose(p1, ref, rtol=1e-5, atol=1e-7)
+    assert len(checked) == 1 and len(CTX["launches"]) == 6
+    CTX["nb"] = 2
+    pool_mod.attention_pooling(q, q, lse32, plan, per_sequence=False, block_k=128)  # other options: checked again
+    assert len(checked) == 2

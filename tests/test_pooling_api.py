@@ -82,7 +82,8 @@ def fake(monkeypatch):
     monkeypatch.setattr(pool_mod, "check_aligned", lambda a, n: None)
     monkeypatch.setattr(pool_mod.arrays, "empty_array", _empty)
     monkeypatch.setattr(pool_mod, "_zero", _zero)
-    monkeypatch.setattr(pool_mod, "_launch", lambda plan, e, o, st, values, pointers: _launch(e, o, st, values))
+    monkeypatch.setattr(pool_mod, "_prepare", lambda plan, e, o, values, pointers: lambda st, ptrs: _launch(
+        e, o, st, {**values, **dict(zip(pointers, ptrs))}))
     monkeypatch.setattr(pool_mod, "variant_for", lambda fam, o, key: entries[tuple(sorted(key.items()))])
     monkeypatch.setattr(pool_mod, "stream_for", lambda s, o, like=None: SimpleNamespace(handle=0))
     monkeypatch.setattr(pool_mod, "choose_family", lambda problem, backend: (BINDING_MMA, {}))  # the portable qk

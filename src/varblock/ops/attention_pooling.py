@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from varblock.plan import plan as make_plan
 from varblock.plan.host import unmerged_plan
 from varblock.runtime import arrays
 from varblock.runtime.device import device, stream_for
+from varblock.runtime.frameworks import compact_strides, framework_of
 from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
@@ -187,31 +190,98 @@ _QK_POINTERS = ("q", "k", "lse", "pool", "tile_counter")
 _REDUCE_POINTERS = ("pool", "out")
 
 
-def _launch(plan: Plan, entry: dict[str, Any], ordinal: int, st: Any, values: dict[str, Any],
-            pointers: tuple[str, ...]) -> None:
-    """Launch ``entry`` with ``values``; the prepared launch (packed parameters, TMA descriptors of the sm90 kernel)
-    is kept in the plan's ops state per variant and non-pointer values, so a repeated call only swaps pointers."""
+def _prepare(plan: Plan, entry: dict[str, Any], ordinal: int, values: dict[str, Any],
+             pointers: tuple[str, ...]) -> Callable[[Any, tuple[int, ...]], None]:
+    """A launch of ``entry`` called as ``(stream, pointer values)``; prepared once (packed parameters, TMA
+    descriptors of the sm90 kernel) per plan, variant and non-pointer values, in the plan's ops state."""
     state = state_of(plan)
     key = ("attention_pooling", entry["name"], *sorted((n, v) for n, v in values.items() if n not in pointers))
     prepared = state.launches.get(key)
     if prepared is None:
         prepared = PreparedLaunch(entry, ordinal, values, pointers=pointers, what="attention_pooling")
         state.launches[key] = prepared
-    prepared(st, tuple(int(values.get(n, 0)) for n in pointers))
+    return prepared
 
 
-def _launch_qk(binding: FamilyBinding, entry: dict[str, Any], plan: Plan, arrays_: dict[str, DeviceArray],
-               scale: float, bk: int, ordinal: int, st: Any) -> None:
-    """The qk kernel of ``binding`` over ``plan``'s work list (after a device plan's prepare kernel)."""
-    if plan.on_device and plan.prepare_event is not None and int(st.handle) != int(plan.prepare_stream.handle):
-        st.wait(plan.prepare_event)
-    scalars = {"softmax_scale": scale, "block_k": bk}
-    if binding.name != FAMILY:
-        scalars["num_sms"] = _num_sms(ordinal)
-    values = binding.bind(plan, arrays_, scalars)
-    if values["persistent"]:
-        values["tile_counter"] = state_of(plan).counter_ptr(plan, int(st.handle))
-    _launch(plan, entry, ordinal, st, values, _QK_POINTERS)
+@dataclass(frozen=True)
+class _Recipe:
+    """Everything of a pooling call that depends on the arguments' shapes and options, not on their data: a
+    repeated call (kept per plan and argument signature for torch inputs) only allocates, zeroes and launches."""
+
+    ordinal: int
+    plan: Plan  #: the plan the qk kernel walks
+    qk: Callable[[Any, tuple[int, ...]], None] | None  #: (q, k, lse, pool, tile counter); None: no tiles
+    persistent: bool
+    reduce_2d: Callable[[Any, tuple[int, ...]], None]  #: (pool, out)
+    reduce_1d: Callable[[Any, tuple[int, ...]], None] | None  #: group pooling (pool, out); None: no groups
+    pool_shape: tuple[int, ...]
+    out_2d_shape: tuple[int, ...]
+    out_1d_shape: tuple[int, ...]
+    seqs: list[tuple[int, int, int]] | None  #: per-sequence views of the 1D map (None: packed)
+
+
+def _recipe(arrays_: tuple[DeviceArray, DeviceArray, DeviceArray], ordinal: int, plan: Plan, opts: dict[str, Any]
+            ) -> _Recipe:
+    """Check the options (``attention_pooling``'s keywords) against the plan, choose the pooling family, prepare
+    its launches."""
+    qa, ka, la = arrays_
+    key_align = _key_align(plan)
+    bq, bk = _blocks(plan, opts["block_q"], opts["block_k"], granule=math.gcd(key_align, SM90_HALF))
+    mb, nb, seqs = _extents(plan, bq, bk, opts["max_seqlen_q"], opts["max_seqlen_k"])
+    per_sequence = seqs is not None if opts["per_sequence"] is None else opts["per_sequence"]
+    if per_sequence and seqs is None:
+        raise ValueError("per_sequence: a device plan has no host lengths; pass per_sequence=False")
+    total_q, hq, d = qa.shape
+    group = hq // plan.num_heads_kv if opts["pool_gqa"] else 1
+    ho = hq // group
+    scale = softmax_scale_value(opts["softmax_scale"], d)
+    binding, _ = choose_family(PoolingProblem(plan.arch, d, qa.dtype, key_align, bk), opts["backend"])
+    entry = variant_for(binding.name, ordinal, {"stage": "qk", "dtype": qa.dtype, "head_dim": d})
+    portable = binding.name == FAMILY
+    plan = _pooling_plan(plan, int(entry["extra"]["tile_m"]), int(entry["extra"]["tile_n"]),
+                         FWD_MMA.name if portable else FWD_SM90.name, fill=not portable)
+    pool = DeviceArray("pool_1d", 0, (hq, total_q, nb), compact_strides((hq, total_q, nb)), "float32", ordinal,
+                       None)  # (its address is a per-call pointer)
+    qk, persistent = None, False
+    if plan.num_tiles:
+        scalars = {"softmax_scale": scale, "block_k": bk}
+        if not portable:
+            scalars["num_sms"] = _num_sms(ordinal)
+        values = binding.bind(plan, {"q": qa, "k": ka, "lse": la, "pool": pool}, scalars)
+        persistent = bool(values["persistent"])
+        qk = _prepare(plan, entry, ordinal, values, _QK_POINTERS)
+    red = dict(pool=0, out=0, cu_seqlens_q=plan.ptr("cu_seqlens_q"), cu_seqlens_k=plan.ptr("cu_seqlens_k"),
+               pool_stride_head=pool.strides[0], pool_stride_tok=pool.strides[1], batch=plan.batch_size,
+               num_heads_out=ho, group=group, block_q=bq, block_k=bk)
+    reduce_2d = _prepare(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 0}), ordinal,
+                         {**red, "mb": mb, "nbo": nb, "num_items": plan.batch_size * ho * mb}, _REDUCE_POINTERS)
+    reduce_1d = None
+    if group > 1:
+        reduce_1d = _prepare(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 1}), ordinal,
+                             {**red, "mb": total_q, "nbo": nb, "num_items": ho * total_q}, _REDUCE_POINTERS)
+    return _Recipe(ordinal, plan, qk, persistent, reduce_2d, reduce_1d, pool.shape, (plan.batch_size, ho, mb, nb),
+                   (ho, total_q, nb), seqs if per_sequence else None)
+
+
+def _run(r: _Recipe, like: Any, pointers: tuple[int, int, int], st: Any) -> tuple[Any, Any]:
+    """Allocate and zero the map, launch the qk kernel (``pointers``: q, k, lse) and the reduce kernels."""
+    pool, pa = arrays.empty_array(like, "pool_1d", r.pool_shape, "float32", r.ordinal, st)
+    _zero(pa, st)
+    if r.qk is not None:
+        p = r.plan
+        if p.on_device and p.prepare_event is not None and int(st.handle) != int(p.prepare_stream.handle):
+            st.wait(p.prepare_event)
+        counter = state_of(p).counter_ptr(p, int(st.handle)) if r.persistent else 0
+        r.qk(st, (*pointers, pa.ptr, counter))
+    out2, o2 = arrays.empty_array(like, "pool_2d", r.out_2d_shape, "float32", r.ordinal, st)
+    r.reduce_2d(st, (pa.ptr, o2.ptr))
+    out1 = pool
+    if r.reduce_1d is not None:
+        out1, o1 = arrays.empty_array(like, "pool_1d", r.out_1d_shape, "float32", r.ordinal, st)
+        r.reduce_1d(st, (pa.ptr, o1.ptr))
+    if r.seqs is not None:
+        out1 = [out1[:, s:s + n, :kb] for s, n, kb in r.seqs]
+    return out1, out2
 
 
 def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | None = None,
@@ -240,40 +310,25 @@ def attention_pooling(q: Any, k: Any, lse: Any, plan: Plan, *, block_q: int | No
         probability (not renormalised); 2D ``[B, H, max M_b, max N_b]`` = per query block x key block the largest
         probability, each block row divided by its sum. ``H`` = Hq, or Hkv with ``pool_gqa``.
     """
+    opts = dict(block_q=block_q, block_k=block_k, pool_gqa=pool_gqa, softmax_scale=softmax_scale,
+                per_sequence=per_sequence, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, backend=backend)
+    sig = None
+    if stream is None and framework_of(q) == "torch":
+        try:
+            sig = ("attention_pooling", _torch_signature(q, k, lse), *opts.values())
+            hit = state_of(plan).fast_paths.get(sig)
+        except (AttributeError, TypeError):  # not tensors after all, or an unhashable option: the full path
+            sig = hit = None
+        if hit is not None:
+            return _run(hit, q, (q.data_ptr(), k.data_ptr(), lse.data_ptr()), stream_for(None, hit.ordinal, like=q))
     qa, ka, la, ordinal = _inputs(q, k, lse, plan)
-    key_align = _key_align(plan)
-    bq, bk = _blocks(plan, block_q, block_k, granule=math.gcd(key_align, SM90_HALF))
-    mb, nb, seqs = _extents(plan, bq, bk, max_seqlen_q, max_seqlen_k)
-    if per_sequence is None:
-        per_sequence = seqs is not None
-    if per_sequence and seqs is None:
-        raise ValueError("per_sequence: a device plan has no host lengths; pass per_sequence=False")
-    total_q, hq, d = qa.shape
-    hkv = plan.num_heads_kv
-    group = hq // hkv if pool_gqa else 1
-    ho = hq // group
-    scale = softmax_scale_value(softmax_scale, d)
-    binding, _ = choose_family(PoolingProblem(plan.arch, d, qa.dtype, key_align, bk), backend)
-    entry = variant_for(binding.name, ordinal, {"stage": "qk", "dtype": qa.dtype, "head_dim": d})
-    portable = binding.name == FAMILY
-    plan = _pooling_plan(plan, int(entry["extra"]["tile_m"]), int(entry["extra"]["tile_n"]),
-                         FWD_MMA.name if portable else FWD_SM90.name, fill=not portable)
-    st = stream_for(stream, ordinal, like=q)
-    pool, pa = arrays.empty_array(q, "pool_1d", (hq, total_q, nb), "float32", ordinal, st)
-    _zero(pa, st)
-    if plan.num_tiles:
-        _launch_qk(binding, entry, plan, {"q": qa, "k": ka, "lse": la, "pool": pa}, scale, bk, ordinal, st)
-    red = dict(pool=pa.ptr, cu_seqlens_q=plan.ptr("cu_seqlens_q"), cu_seqlens_k=plan.ptr("cu_seqlens_k"),
-               pool_stride_head=pa.strides[0], pool_stride_tok=pa.strides[1], batch=plan.batch_size,
-               num_heads_out=ho, group=group, block_q=bq, block_k=bk)
-    out2, o2 = arrays.empty_array(q, "pool_2d", (plan.batch_size, ho, mb, nb), "float32", ordinal, st)
-    _launch(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 0}), ordinal, st,
-            {**red, "out": o2.ptr, "mb": mb, "nbo": nb, "num_items": plan.batch_size * ho * mb}, _REDUCE_POINTERS)
-    out1 = pool
-    if group > 1:
-        out1, o1 = arrays.empty_array(q, "pool_1d", (ho, total_q, nb), "float32", ordinal, st)
-        _launch(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 1}), ordinal, st,
-                {**red, "out": o1.ptr, "mb": total_q, "nbo": nb, "num_items": ho * total_q}, _REDUCE_POINTERS)
-    if per_sequence:
-        out1 = [out1[:, s:s + n, :kb] for s, n, kb in seqs]
-    return out1, out2
+    r = _recipe((qa, ka, la), ordinal, plan, opts)
+    if sig is not None:
+        state_of(plan).fast_paths[sig] = r
+    return _run(r, q, (qa.ptr, ka.ptr, la.ptr), stream_for(stream, ordinal, like=q))
+
+
+def _torch_signature(q: Any, k: Any, lse: Any) -> tuple:
+    """What the checks of ``attention_pooling`` read from torch tensors, except the data pointers (whose alignment
+    the prepared launches check per call)."""
+    return tuple((t.shape, t.stride(), t.dtype, t.get_device()) for t in (q, k, lse))
