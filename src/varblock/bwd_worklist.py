@@ -38,6 +38,7 @@ from varblock.worklist import segment_ids, to_i32
 #: column names of a backward ``tiles`` row (queries and keys swapped with respect to the forward's)
 BWD_TILE_FIELDS = ("batch", "head", "k_start", "k_len", "chunk_begin", "n_full", "n_partial", "n_left")
 BWD_CHUNK_FIELDS = ("q_start", "q_len")
+TILE_ORDERS = ("longest_first", "longest_first_interleaved", "shortest_first", "layout")
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,17 +102,19 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
 
     ``band`` = ``(lo, hi)`` bounds on ``j - i - off`` of the element mask (``ElementMask.band``; None =
     unbounded), used only to drop fully masked (tile, chunk) pairs of partial entries. ``tile_order``:
-    ``"longest_first"`` (decreasing number of chunks, stable: shortens the tail of the launch; also the best order
-    measured for the deterministic mode), ``"shortest_first"`` (increasing) or ``"layout"`` (columns in layout order,
-    tile heads innermost). ``chunk_order``: each tile walks its full chunks, then its partial ones, by increasing
+    ``"longest_first"`` (decreasing number of chunks, stable: shortens the tail of the launch),
+    ``"longest_first_interleaved"`` (the same, tiles of equal length ordered by key position, then sequence, then
+    head: tiles adding dQ to one query span start further apart, so they wait less for each other in the
+    deterministic mode), ``"shortest_first"`` (increasing) or ``"layout"`` (columns in layout order, tile heads
+    innermost). ``chunk_order``: each tile walks its full chunks, then its partial ones, by increasing
     (``"ascending"``) or decreasing (``"descending"``) ``q_start``. ``group_keys``: narrow adjacent key tiles share
     one tile where exact (:func:`group_key_tiles`); ``opaque_mask``: the element mask has document ids or a token
     mask (then a full block never joins a partial chunk).
     """
     if chunk_order not in ("ascending", "descending"):
         raise ValueError(f"chunk_order: expected 'ascending' or 'descending', got {chunk_order!r}")
-    if tile_order not in ("longest_first", "shortest_first", "layout"):
-        raise ValueError(f"tile_order: expected 'longest_first', 'shortest_first' or 'layout', got {tile_order!r}")
+    if tile_order not in TILE_ORDERS:
+        raise ValueError(f"tile_order: expected one of {TILE_ORDERS}, got {tile_order!r}")
     hq_n, hkv_n = int(num_heads_q), int(num_heads_kv)
     if hq_n < 1 or hkv_n < 1 or hq_n % hkv_n:
         raise ValueError(f"num_heads_q={hq_n} must be a positive multiple of num_heads_kv={hkv_n}")
@@ -195,7 +198,10 @@ def build_bwd_worklist(cols: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_h
     order = np.arange(tiles.shape[0])
     if tile_order != "layout" and tiles.shape[0]:
         count = tiles[:, 5] + tiles[:, 6]
-        order = np.argsort(-count if tile_order == "longest_first" else count, kind="stable")
+        if tile_order == "longest_first_interleaved":  # equal lengths: by key position, then sequence, then head
+            order = np.lexsort((tiles[:, 1], tiles[:, 0], tiles[:, 2], -count))
+        else:
+            order = np.argsort(-count if tile_order == "longest_first" else count, kind="stable")
         tiles = tiles[order]
     chunks = np.stack([sc_qs, sc_ql], axis=1).reshape(-1, 2)
     dq_order, num_sems = _dq_order(t_sub[order], n_sub_total, sc_sub, hl[sc_sub], s_batch[sc_sub], sc_qs)

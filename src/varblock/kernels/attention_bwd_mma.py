@@ -19,8 +19,10 @@ kept blocks. The three kernels (one family; the variant key ``kind`` tells them 
   contiguous), elsewhere with per-element fp32 atomics. Deterministic mode (``dq_sem != 0``): the contributions to
   each (query head, chunk) are added one tile at a time in the order of the tile table, each contributor waiting
   for its turn on a per-(query head, chunk) semaphore (``dq_order[c] = (semaphore, turn, contributors)``; the last
-  contributor resets the semaphore to 0, so it is ready for the next launch). Tiles wait only for tiles with a
-  smaller index, which were scheduled before them: no deadlock. At the end the tile
+  contributor resets the semaphore to 0, so it is ready for the next launch). The semaphore is polled before the
+  dQ GEMM, taken after the dQ barrier and released after the next (P / dS) barrier once the add has completed
+  (the last step's in the epilogue). Tiles wait only for tiles with a smaller index, which were scheduled before
+  them, and hold a semaphore only while waiting on their own work: no deadlock. At the end the tile
   stores its fp32 dK (unscaled) and dV to ``dk_accum`` / ``dv_accum [total_k, num_tile_heads, D]`` at head
   ``head`` (a tile with no chunk stores zeros).
 * ``postprocess`` (per dtype; like the preprocess, 16-byte vectors: 16-byte aligned arrays, strides and head dim
