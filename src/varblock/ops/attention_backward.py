@@ -46,7 +46,7 @@ _MAX_STREAMS = 16
 #: deterministic mode walks each tile's query chunks by decreasing position (full ones, then partial ones), so the
 #: tiles adding dQ to one query span reach it at about the same step of their walks (exactly so for dense and
 #: causal layouts), and spreads equal-length tiles of one (head, sequence) apart in the launch order: the schedule
-#: model (tests/_bwd_schedule_model.py, docs/backward.md) puts it at 1.04-1.17x the default on W1-W3, against
+#: model (tests/_bwd_schedule_model.py, docs/backward.md) puts it at 1.03-1.17x the default on W1-W3, against
 #: 1.3-3.6x for the first version's walk (measured 1.33-3.5x)
 TILE_ORDER = {False: ("longest_first", "ascending"), True: ("longest_first_interleaved", "descending")}
 
