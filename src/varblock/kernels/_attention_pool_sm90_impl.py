@@ -259,21 +259,27 @@ def _pool_chunk(p, cs: PoolSetup, acc_s_mn, rows: TileRows, k_start, lse2: cute.
 @cute.jit
 def _tile_chunks(cfg: Sm90Config, p, cs: PoolSetup, mask, pipes, q_state, k_state, tile: WorkTile, seq, rows,
                  lse2, wtid, wg):
-    """The chunks of one tile: wait K, S = Q K^T, release K, mask, pool."""
+    """The chunks of one tile: wait K, S = Q K^T, release K, mask, pool. A warpgroup whose 64 rows hold no token
+    (tiles of at most 64 rows: layouts with 64-token query blocks) only follows the K ring, leaving the tensor
+    cores to the other."""
     pipe_q, pipe_k = pipes
+    busy = rows.rows_valid > wg * (cfg.tile_m // 2)
     pipe_q.consumer_wait(q_state)
     for ci in cutlass.range(tile.n_chunks, unroll=1):
         _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, False)
         k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
         pipe_k.consumer_wait(k_state)
-        acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
-        wgmma(cs.mma_qk, acc_S, cs.rQ[None, None, None, q_state.index], cs.rK[None, None, None, k_state.index],
-              True, 0)
-        pipe_k.consumer_release(k_state)
+        if busy:
+            acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
+            wgmma(cs.mma_qk, acc_S, cs.rQ[None, None, None, q_state.index],
+                  cs.rK[None, None, None, k_state.index], True, 0)
+            pipe_k.consumer_release(k_state)
+            acc_S_mn = mn_view(acc_S)
+            _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
+            _pool_chunk(p, cs, acc_S_mn, rows, k_start, lse2)
+        else:
+            pipe_k.consumer_release(k_state)
         k_state.advance()
-        acc_S_mn = mn_view(acc_S)
-        _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
-        _pool_chunk(p, cs, acc_S_mn, rows, k_start, lse2)
     pipe_q.consumer_release(q_state)
     q_state.advance()
     return q_state, k_state
