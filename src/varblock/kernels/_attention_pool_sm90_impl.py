@@ -33,6 +33,7 @@ from varblock.kernels._attn_fwd_sm90_consumer import (
     wg_sync,
     wgmma,
 )
+from varblock.kernels._attn_fwd_sm90_debug import bounded_mbarrier_waits
 from varblock.kernels._attn_fwd_sm90_impl import (
     Q_THREADS,
     TILE_RING,
@@ -352,7 +353,8 @@ def make_host(name: str, host_params, dtype_name: str, D: int, tile_m: int, tile
             m = cute.make_tensor(ptr, cute.make_layout(
                 (rows, D, heads), stride=(cute.assume(s_tok, divby=8), 1, cute.assume(s_head, divby=8))))
             atoms.extend(cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), m, s_layout, (tile_rows, D)))
-        kernel(*atoms, p).launch(grid=[p.num_ctas, 1, 1], block=[THREADS, 1, 1], smem=storage_cls.size_in_bytes(),
-                                 min_blocks_per_mp=1)
+        with bounded_mbarrier_waits():  # hang diagnosis, off unless VARBLOCK_SM90_DEBUG_HANGS=1 at build time
+            kernel(*atoms, p).launch(grid=[p.num_ctas, 1, 1], block=[THREADS, 1, 1],
+                                     smem=storage_cls.size_in_bytes(), min_blocks_per_mp=1)
 
     return jit_host(host_params, launch, name=f"host_{name}")
