@@ -39,6 +39,8 @@ def group_key_tiles(subs: tuple[np.ndarray, ...], pairs: tuple[np.ndarray, ...],
     """
     head, batch, ks, kl = subs
     grp = _candidate_groups(head * (off_b.shape[0] + 1) + batch, ks, kl, int(tile_n))
+    if grp.size == 0 or grp[-1] == grp.size - 1:  # every group is a single sub-tile: nothing to merge
+        return subs, pairs
     exact = _exact_groups(grp, subs, pairs, off_b, band, int(num_sink_tokens), bool(opaque_mask))
     grp = _split(grp, ~exact[grp])
     first = _group_first(grp)
@@ -82,7 +84,7 @@ def _split(grp: np.ndarray, alone: np.ndarray) -> np.ndarray:
 def _distinct(g: np.ndarray, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order sorting the pairs by (group, q_start), distinct-chunk id of each sorted pair, first sorted pair of
     each distinct chunk)."""
-    order = np.lexsort((qs, g))
+    order = np.argsort((g << 32) + qs)  # (group, q_start) as one int64 (q_start < 2**31)
     gs, qss = g[order], qs[order]
     new = np.ones(gs.shape[0], dtype=bool)
     new[1:] = (gs[1:] != gs[:-1]) | (qss[1:] != qss[:-1])
@@ -134,5 +136,5 @@ def _unions(g: np.ndarray, qs: np.ndarray, ql: np.ndarray, full: np.ndarray, siz
     n_full = np.bincount(uid, weights=full[order], minlength=n_u)
     u_full = n_full == size[u_g]
     u_qs, u_ql = qs[order][uf], ql[order][uf]
-    by = np.lexsort((u_qs, ~u_full, u_g))
+    by = np.argsort((u_g << 33) + ((~u_full).astype(np.int64) << 32) + u_qs)  # (group, full first, q_start)
     return u_g[by], u_qs[by], u_ql[by], u_full[by]

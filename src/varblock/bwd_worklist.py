@@ -218,10 +218,11 @@ def _dq_order(sub_of_tile: np.ndarray, n_sub: int, sc_sub: np.ndarray, sc_head: 
     np.minimum.at(pos, sub_of_tile, np.arange(sub_of_tile.shape[0], dtype=np.int64))
     if sc_sub.size == 0:
         return np.zeros((0, 3), dtype=np.int64), 0
-    key = np.stack([sc_head, sc_batch, sc_qs], axis=1)
-    _, sem, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    # one int64 per (head, sequence, q_start), ordered as the triples (q_start < 2**31): a 1-D unique is much faster
+    key = ((sc_head * (int(sc_batch.max()) + 1) + sc_batch) << 32) + sc_qs
+    _, sem, counts = np.unique(key, return_inverse=True, return_counts=True)
     sem = sem.reshape(-1)
-    by = np.lexsort((pos[sc_sub], sem))  # chunk rows grouped by span, contributors in tile order
+    by = np.argsort(sem * (int(pos[sc_sub].max()) + 1) + pos[sc_sub])  # grouped by span, contributors in tile order
     first = np.cumsum(counts) - counts
     turn = np.empty_like(sem)
     turn[by] = np.arange(sem.shape[0]) - first[sem[by]]
