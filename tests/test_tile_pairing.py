@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_worklist import kernel_model
 
+from tests.test_worklist import kernel_model
 from varblock import layout as L
 from varblock import reference
 from varblock.abi import TILE_N_FULL, TILE_N_PARTIAL, TILE_Q_LEN
@@ -132,6 +132,17 @@ def random_layout(rng: np.random.Generator, kind: str, hq: int, hkv: int, head_m
         dq = np.sort(rng.integers(0, 3, size=int(cu_q[-1]))).astype(np.int32)
         dk = dq if same else np.sort(rng.integers(0, 3, size=int(cu_k[-1]))).astype(np.int32)
         return G.document(cu_q, cu_k, doc_ids_q=dq, doc_ids_k=dk, causal=bool(rng.random() < 0.5), **kw)
+    if kind == "codes":  # block codes taken as given: full blocks the mask cuts, skipped blocks it allows
+        mb = int(-(-len_q.max() // block))
+        nbk = int(-(-len_k.max() // block))
+        codes = rng.choice([0, 0, 1, 2, 2], size=(nb, hl, mb, nbk)).astype(np.int8)
+        dq = np.sort(rng.integers(0, 3, size=int(cu_q[-1]))).astype(np.int32)
+        dk = dq if same else np.sort(rng.integers(0, 3, size=int(cu_k[-1]))).astype(np.int32)
+        em = [ElementMask(causal=True), ElementMask(window_left=int(rng.integers(0, 2 * block)), window_right=3,
+                                                    num_sink_tokens=int(rng.integers(0, block))),
+              ElementMask(doc_ids_q=dq, doc_ids_k=dk), ElementMask(causal=True, doc_ids_q=dq, doc_ids_k=dk)]
+        return L.from_block_mask(codes, cu_q, cu_k, block_q=block, block_k=block, head_mode=head_mode,
+                                 element_mask=em[int(rng.integers(0, len(em)))], padding="ignore")
     assert kind == "seer1d"
     hm = hl if head_mode != "broadcast" else 1
     t = int(len_q.max())
@@ -140,7 +151,7 @@ def random_layout(rng: np.random.Generator, kind: str, hq: int, hkv: int, head_m
     return L.from_seer_1d(m, cu_q, cu_k, block_size=block, head_mode=head_mode, causal=bool(rng.random() < 0.5))
 
 
-KINDS = ["causal", "dense", "random", "window", "sinks", "document", "seer1d"]
+KINDS = ["causal", "dense", "random", "window", "sinks", "document", "seer1d", "codes"]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -165,6 +176,17 @@ def test_merged_pairs_equal_layout(seed, kind, heads, head_mode, geometry, pack)
     check_exact(wl, lay, hq, hkv)
     plain = worklist_for(lay, hq, hkv, tile_m, tile_n, pack, merge=False)
     assert wl.num_tiles <= plain.num_tiles
+
+
+@pytest.mark.parametrize("seed", range(48))
+def test_given_block_codes_with_every_mask(seed):
+    """Integer block codes taken as given (full blocks the mask cuts, skipped blocks it allows) under causal,
+    window + sinks and document masks: the hardest case for the exactness checks (documents decide only where a
+    span lies in one document)."""
+    rng = np.random.default_rng(seed)
+    lay = random_layout(rng, "codes", 4, 2, "per_kv_head", 64)
+    for tile_n in (128, 64):
+        check_exact(worklist_for(lay, 4, 2, 128, tile_n, False, merge=True), lay, 4, 2)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -280,10 +302,25 @@ def test_full_blocks_the_mask_would_cut_are_never_masked():
 
 
 def test_band_mask_of_layouts():
-    assert band_mask(ElementMask(causal=True)) == BandMask(-1, 0, 0, False)
-    assert band_mask(ElementMask(window_left=5, window_right=9, num_sink_tokens=3)) == BandMask(5, 9, 3, False)
+    def fields(b: BandMask) -> tuple:
+        return b.window_left, b.window_right, b.num_sink_tokens, b.opaque, b.doc_ids_q is not None
+
+    assert fields(band_mask(ElementMask(causal=True))) == (-1, 0, 0, False, False)
+    assert fields(band_mask(ElementMask(window_left=5, window_right=9, num_sink_tokens=3))) == (5, 9, 3, False, False)
     doc = np.zeros(4, np.int32)
-    assert band_mask(ElementMask(doc_ids_q=doc, doc_ids_k=doc)).opaque
+    assert fields(band_mask(ElementMask(doc_ids_q=doc, doc_ids_k=doc))) == (-1, -1, 0, False, True)
+    tok = np.ones((1, 4, 1), bool)
+    assert band_mask(ElementMask(token_mask=tok, token_block_k=64)).opaque
+
+
+def test_documents_decide_where_spans_lie_in_one_document():
+    # rows [0, 2) and [2, 4) of docs (0 0 | 1 1); keys of docs (0 0 | 1 1 | 1 1 | 2 2)
+    b = BandMask(doc_ids_q=np.array([0, 0, 1, 1]), doc_ids_k=np.array([0, 0, 1, 1, 1, 1, 2, 2]))
+    qs, ql = np.array([0, 2, 0, 2, 1]), np.array([2, 2, 2, 2, 2])
+    ks, kl = np.array([0, 2, 2, 4, 0]), np.array([2, 4, 2, 4, 2])
+    all_, none = b.classify(qs, ql, ks, kl, np.zeros(5, np.int64), 0, 0)
+    assert all_.tolist() == [True, True, False, False, False]
+    assert none.tolist() == [False, False, True, False, False]
 
 
 class _FakeBuffer:

@@ -62,7 +62,7 @@ class Mask:
 
     def band(self) -> BandMask:
         """What ``build_worklist(merge=...)`` is told about this mask."""
-        return BandMask(self.wl, self.wr, 0, opaque=self.doc_q is not None or self.tok is not None)
+        return BandMask(self.wl, self.wr, 0, opaque=self.tok is not None, doc_ids_q=self.doc_q, doc_ids_k=self.doc_k)
 
 
 def random_case(rng: np.random.Generator, hq: int, hkv: int, head_mode: str, nb: int, drop_rows: bool):

@@ -9,13 +9,13 @@ of every MMA for nothing. ``merge_rows`` turns the rows of a layout (``RowSpans`
   their key spans. That is exact only when every element the union adds for a member row is masked anyway by the
   element mask the kernel applies to partial chunks (and every element of a member's full span inside a partial
   chunk is allowed by it): checked on the band (causal / window / sinks, ``layout.mask.band_classify``, exact on
-  rectangles). A group that is not exact falls back to its single rows. Document ids and token masks only ever mask
-  more, so they never break a "not kept -> masked" argument, but they make "full -> allowed" unprovable
-  (``BandMask.opaque``).
+  rectangles) and on document ids where a span lies in one document. A group that is not exact falls back to its
+  single rows. Token masks only ever mask more, so they never break a "not kept -> masked" argument, but they make
+  "full -> allowed" unprovable (``BandMask.opaque``).
 * **Keys.** The group's key spans (*units*) are walked in order; contiguous units form *runs* that are cut into
   ``tile_n``-wide chunks from the run start, so two adjacent 64-wide kept blocks make one 128-wide chunk and a lone
   64-wide block one 64-wide chunk. A chunk is full when every member keeps every unit it touches as full, partial
-  otherwise. A full unit whose elements the mask does not provably all allow (opaque masks, or a layout that calls
+  otherwise. A full unit whose elements the mask does not provably all allow (token masks, or a layout that calls
   masked blocks full) is kept in runs of its own, so it is never masked.
 
 Rows whose entries overlap each other (legal in ``RowSpans``) are left as they are: one run per entry (*plain*).
@@ -38,23 +38,44 @@ MAX_GROUP_ROWS = 8
 _NOT_KEPT, _PARTIAL, _FULL = 0, 1, 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BandMask:
     """The element mask the kernels apply to partial chunks, as far as pairing needs it: the band as the kernels
     take it (``window_left`` / ``window_right``, causal folded into the right bound, -1 = unbounded), the sink
-    count, and ``opaque`` (document ids or a token mask present: they may mask more than the band)."""
+    count, the document ids (``doc_ids_q [total_q]`` / ``doc_ids_k [total_k]`` or None) and ``opaque`` (a token
+    mask is present: it may mask any pair, so "every pair allowed" can never be proven)."""
 
     window_left: int = -1
     window_right: int = -1
     num_sink_tokens: int = 0
     opaque: bool = False
+    doc_ids_q: np.ndarray | None = None
+    doc_ids_k: np.ndarray | None = None
 
-    def classify(self, qs, ql, ks, kl, off) -> tuple[np.ndarray, np.ndarray]:
-        """(every pair allowed, no pair allowed) for query x key rectangles, vectorised."""
+    def classify(self, qs, ql, ks, kl, off, q_base, k_base) -> tuple[np.ndarray, np.ndarray]:
+        """(every pair allowed, no pair allowed) for query x key rectangles of sequences whose first query / key
+        token is ``q_base`` / ``k_base``, vectorised. Documents decide only where both spans are one document."""
         lo = -self.window_left if self.window_left >= 0 else None
         hi = self.window_right if self.window_right >= 0 else None
         all_, none = band_classify(qs, ql, ks, kl, off, lo, hi, self.num_sink_tokens)
+        if self.doc_ids_q is not None:
+            (one_q, doc_q), (one_k, doc_k) = (_one_document(d, base + s, n) for d, base, s, n in (
+                (self.doc_ids_q, q_base, qs, ql), (self.doc_ids_k, k_base, ks, kl)))
+            both = one_q & one_k
+            all_ = all_ & both & (doc_q == doc_k)
+            none = none | (both & (doc_q != doc_k))
         return (np.zeros_like(all_) if self.opaque else all_), none
+
+
+def _one_document(doc: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For token spans [start, start + length) of ``doc``: (all one document, the document of the first token)."""
+    doc = np.asarray(doc)
+    run = np.zeros(doc.shape[0], dtype=np.int64)
+    if doc.shape[0] > 1:
+        run[1:] = np.cumsum(doc[1:] != doc[:-1])
+    if doc.shape[0] == 0:
+        return np.zeros(np.shape(start), dtype=bool), np.zeros(np.shape(start), dtype=np.int64)
+    return run[start + length - 1] == run[start], doc[start]
 
 
 class RowArrays(NamedTuple):
@@ -231,7 +252,8 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: 
     status[c_ptr[unit_of] + e_mem] = np.where(e_full, _FULL, _PARTIAL)
     row = first[ug[c_unit]] + c_mem
     b = r.batch[row]
-    allowed, none = mask.classify(r.q_start[row], r.q_len[row], uks[c_unit], ukl[c_unit], len_k[b] - len_q[b])
+    allowed, none = mask.classify(r.q_start[row], r.q_len[row], uks[c_unit], ukl[c_unit], len_k[b] - len_q[b],
+                                  _starts(len_q)[b], _starts(len_k)[b])
     ok = (status == _PARTIAL) | ((status == _FULL) & allowed) | ((status == _NOT_KEPT) & none)
     n_u = uf.shape[0]
     all_full = np.bincount(c_unit, weights=status != _FULL, minlength=n_u) == 0
@@ -240,6 +262,11 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: 
     inexact[ug[~all_full & ~maskable]] = True
     units = _Units(ug, uks, ukl, uplain, all_full, maskable)
     return (units, (c_unit, c_mem, status, allowed)), inexact, broken
+
+
+def _starts(lens: np.ndarray) -> np.ndarray:
+    """First token of every sequence."""
+    return np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if lens.shape[0] else lens
 
 
 def _run_chunks(u: _Units, tile_n: int) -> tuple[np.ndarray, ...]:

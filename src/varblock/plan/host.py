@@ -112,7 +112,8 @@ def _worklist(lay: BlockSparseLayout, cu_q: np.ndarray, cu_k: np.ndarray, hq: in
 def band_mask(m: ElementMask) -> BandMask:
     """What tile pairing needs to know of the element mask the kernels apply to partial chunks."""
     wl, wr = band(m.causal, (m.window_left, m.window_right))
-    return BandMask(wl, wr, sink_tokens(m), opaque=m.doc_ids_q is not None or m.token_mask is not None)
+    return BandMask(wl, wr, sink_tokens(m), opaque=m.token_mask is not None, doc_ids_q=m.doc_ids_q,
+                    doc_ids_k=m.doc_ids_k)
 
 
 def _mask_tables(m: ElementMask, ordinal: int, hq: int, hkv: int, head_mode: str) -> dict[str, Any]:
