@@ -144,7 +144,8 @@ def test_jax_training_loss_goes_down_and_matches_dense_float32(deterministic):
     lay = _layout(cu, heads[1], 64)
     plan = varblock.plan(cu, cu, num_heads_q=heads[0], num_heads_kv=heads[1], head_dim=heads[2], layout=lay)
     seed = int(np.random.default_rng().integers(2**31))
-    with jax.default_device(gpu):
+    # float32 matmuls in full precision (XLA would use TF32 on the H200), as the torch test's float32 run
+    with jax.default_device(gpu), jax.default_matmul_precision("highest"):
         x = jax.random.normal(jax.random.PRNGKey(seed), (int(cu[-1]), 128))
         got, ref = _fit_both(plan, lay, x, heads, jnp.bfloat16, deterministic=deterministic)
     _check_curves(got, ref, 0.02)
