@@ -52,6 +52,11 @@ class BandMask:
     doc_ids_q: np.ndarray | None = None
     doc_ids_k: np.ndarray | None = None
 
+    @property
+    def allows_all(self) -> bool:
+        """No band, no documents, no token mask: every pair of every rectangle is allowed."""
+        return (self.window_left < 0 and self.window_right < 0 and self.doc_ids_q is None and not self.opaque)
+
     def classify(self, qs, ql, ks, kl, off, q_base, k_base) -> tuple[np.ndarray, np.ndarray]:
         """(every pair allowed, no pair allowed) for query x key rectangles of sequences whose first query / key
         token is ``q_base`` / ``k_base``, vectorised. Documents decide only where both spans are one document."""
@@ -184,12 +189,15 @@ def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, 
     if broken.any():
         return None, broken  # type: ignore[return-value]
     # the rows of inexact groups become single groups, with their own units (already classified per member)
-    ngrp = _split(grp, inexact[grp])
-    u = _Units(*_regroup(u, inexact, first, ngrp))
+    if inexact.any():
+        ngrp = _split(grp, inexact[grp])
+        u = _Units(*_regroup(u, inexact, first, ngrp))
+    else:
+        ngrp, u = grp, u[0]
     nfirst = _group_first(ngrp)
     n_groups = nfirst.shape[0]
     ch_start, ch_len, ch_g, ch_part = _run_chunks(u, tile_n)
-    order = np.lexsort((ch_start, ch_part, ch_g))
+    order = np.argsort(ch_g * 2 + ch_part, kind="stable")  # full chunks first, each kind by key (as made)
     ch_start, ch_len, ch_g, ch_part = ch_start[order], ch_len[order], ch_g[order], ch_part[order]
     n_ch = np.bincount(ch_g, minlength=n_groups)
     npart = np.bincount(ch_g[ch_part], minlength=n_groups)
@@ -226,7 +234,7 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: 
     e_plain = g_plain[e_g]
     ne = e_row.shape[0]
     # plain groups never share a unit between entries: their entry index joins the unit key
-    e_tag = np.where(e_plain, np.arange(ne), -1)
+    e_tag = np.where(e_plain, np.arange(ne), -1) if e_plain.any() else np.full(ne, -1)
     # by (group, k_start); the stable sort keeps each group's entries in row (= member) order within a tie
     order = np.argsort(e_g * (int(r.k_start.max(initial=0)) + 1) + r.k_start, kind="stable")
     e_g, e_mem, e_full, e_plain, e_tag = e_g[order], e_mem[order], e_full[order], e_plain[order], e_tag[order]
@@ -250,10 +258,13 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: 
     c_ptr = np.concatenate([[0], np.cumsum(size[ug])])
     status = np.zeros(c_unit.shape[0], dtype=np.int8)
     status[c_ptr[unit_of] + e_mem] = np.where(e_full, _FULL, _PARTIAL)
-    row = first[ug[c_unit]] + c_mem
-    b = r.batch[row]
-    allowed, none = mask.classify(r.q_start[row], r.q_len[row], uks[c_unit], ukl[c_unit], len_k[b] - len_q[b],
-                                  _starts(len_q)[b], _starts(len_k)[b])
+    if mask.allows_all:
+        allowed, none = np.ones(c_unit.shape[0], dtype=bool), np.zeros(c_unit.shape[0], dtype=bool)
+    else:
+        row = first[ug[c_unit]] + c_mem
+        b = r.batch[row]
+        allowed, none = mask.classify(r.q_start[row], r.q_len[row], uks[c_unit], ukl[c_unit], len_k[b] - len_q[b],
+                                      _starts(len_q)[b], _starts(len_k)[b])
     ok = (status == _PARTIAL) | ((status == _FULL) & allowed) | ((status == _NOT_KEPT) & none)
     n_u = uf.shape[0]
     all_full = np.bincount(c_unit, weights=status != _FULL, minlength=n_u) == 0
