@@ -359,3 +359,13 @@ def test_host_plans_merge_and_pooling_gets_an_unmerged_twin(monkeypatch):
     np.testing.assert_array_equal(twin.worklist.tiles, plain.tiles)
     np.testing.assert_array_equal(twin.worklist.chunks, plain.chunks)
     assert not host.build_host_plan(lay, cu, cu, **kw, merge=False).worklist.merged
+
+
+def test_bad_merge_arguments():
+    cu = _cu([128])
+    lay = G.causal(cu, cu, block_q=64, block_k=64)
+    kw = dict(num_heads_q=1, num_heads_kv=1, head_mode=lay.head_mode, tile_m=128, tile_n=128)
+    with pytest.raises(TypeError, match="merge"):
+        build_worklist(lay.rows(), cu, cu, merge=True, **kw)
+    with pytest.raises(ValueError, match="doc_ids_k"):
+        build_worklist(lay.rows(), cu, cu, merge=BandMask(doc_ids_q=np.zeros(128), doc_ids_k=np.zeros(5)), **kw)

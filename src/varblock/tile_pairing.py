@@ -117,6 +117,10 @@ def merge_rows(r: RowArrays, len_q: np.ndarray, len_k: np.ndarray, *, rows_per_t
     tiles of ``rows_per_tile`` query tokens and chunks of ``tile_n`` keys; see the module docstring."""
     nr = r.head.shape[0]
     nb = len_q.shape[0]
+    for name, doc, total in (("doc_ids_q", mask.doc_ids_q, len_q.sum()), ("doc_ids_k", mask.doc_ids_k, len_k.sum())):
+        if (doc is None) != (mask.doc_ids_q is None) or (doc is not None and np.shape(doc) != (total,)):
+            raise ValueError(f"mask.{name}: expected {total} document ids (one per token), got "
+                             f"{None if doc is None else np.shape(doc)}")
     grp = _candidate_groups(r.head * nb + r.batch, r.q_start, r.q_len, int(rows_per_tile))
     plain = np.zeros(nr, dtype=bool)  # per row (rows of a plain group are alone)
     for _ in range(3):

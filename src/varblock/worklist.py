@@ -119,6 +119,8 @@ def build_worklist(
     if (len_q < 0).any() or (len_k < 0).any():
         raise ValueError("cu_seqlens_q / cu_seqlens_k must be non-decreasing")
     r = _checked_rows(rows, hl_n, len_q, len_k)
+    if merge is not None and not isinstance(merge, BandMask):
+        raise TypeError(f"merge: expected a varblock.tile_pairing.BandMask or None, got {type(merge).__name__}")
     if merge is None:
         ch_start, ch_len, row_cbeg, row_nfull, row_npart = _chunks(r, tile_n)
     else:
