@@ -181,23 +181,30 @@ class _Units(NamedTuple):
         return _Units(g, self.ks[sel], self.kl[sel], self.plain[sel], self.all_full[sel], self.maskable[sel])
 
 
+class _Statuses(NamedTuple):
+    """One entry per (unit, member row of its group)."""
+
+    unit: np.ndarray
+    member: np.ndarray
+    status: np.ndarray  #: _NOT_KEPT / _PARTIAL / _FULL
+    allowed: np.ndarray  #: the element mask allows every pair of (member rows x unit keys)
+
+
 def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, len_k: np.ndarray, tile_n: int,
-           mask: BandMask) -> tuple[MergedRows, np.ndarray]:
+           mask: BandMask) -> tuple[MergedRows | None, np.ndarray]:
     """Chunks for the grouping ``grp``, where groups that are not exact fall back to single rows; also bool
-    [groups of ``grp``]: groups whose key spans overlap (the output is then not valid)."""
+    [groups of ``grp``]: groups whose key spans overlap (then there is no output)."""
     nr = grp.shape[0]
     first = _group_first(grp)
     member = np.arange(nr) - first[grp]
     size = np.diff(np.append(first, nr))
-    u, inexact, broken = _units(r, grp, member, plain[first], size, first, len_q, len_k, mask)
+    u, st, inexact, broken = _units(r, grp, member, plain[first], size, first, len_q, len_k, mask)
     if broken.any():
-        return None, broken  # type: ignore[return-value]
-    # the rows of inexact groups become single groups, with their own units (already classified per member)
-    if inexact.any():
+        return None, broken
+    ngrp = grp
+    if inexact.any():  # their rows become single groups, with their own units (already classified per member)
         ngrp = _split(grp, inexact[grp])
-        u = _Units(*_regroup(u, inexact, first, ngrp))
-    else:
-        ngrp, u = grp, u[0]
+        u = _regroup(u, st, inexact, first, ngrp)
     nfirst = _group_first(ngrp)
     n_groups = nfirst.shape[0]
     ch_start, ch_len, ch_g, ch_part = _run_chunks(u, tile_n)
@@ -212,10 +219,10 @@ def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, 
     return out, broken
 
 
-def _regroup(u: tuple, inexact: np.ndarray, first: np.ndarray, ngrp: np.ndarray) -> tuple[np.ndarray, ...]:
+def _regroup(units: _Units, st: _Statuses, inexact: np.ndarray, first: np.ndarray, ngrp: np.ndarray) -> _Units:
     """Units of the new grouping ``ngrp``, sorted by (group, k_start): exact groups keep theirs; every member of an
     inexact group gets the units it keeps itself, classed by its own status."""
-    units, (c_unit, c_mem, status, allowed) = u
+    c_unit, c_mem, status, allowed = st
     keep = ~inexact[units.g]
     kept = units.take(keep, ngrp[first[units.g[keep]]])
     own = inexact[units.g[c_unit]] & (status != _NOT_KEPT)
@@ -224,12 +231,13 @@ def _regroup(u: tuple, inexact: np.ndarray, first: np.ndarray, ngrp: np.ndarray)
                      ~full | allowed[own])
     both = [np.concatenate([a, b]) for a, b in zip(kept, singles)]
     order = np.lexsort((both[1], both[0]))
-    return tuple(x[order] for x in both)
+    return _Units(*(x[order] for x in both))
 
 
-def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: BandMask) -> tuple:
-    """The key units of every group with their classes and per-member statuses; bool [groups] of the groups that
-    are not exact, and of those whose key spans overlap (or that keep one span twice)."""
+def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k,
+           mask: BandMask) -> tuple[_Units, _Statuses, np.ndarray, np.ndarray]:
+    """The key units of every group with their classes, the per-member statuses, and bool [groups] of the groups
+    that are not exact and of those whose key spans overlap (or that keep one span twice)."""
     n_groups = first.shape[0]
     n_ent = np.diff(r.ent_ptr)
     e_row, e_pos = ragged_arange(n_ent)
@@ -275,8 +283,7 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: 
     maskable = (np.bincount(c_unit, weights=~ok, minlength=n_u) == 0) & ~(uplain & all_full)
     inexact = np.zeros(n_groups, dtype=bool)
     inexact[ug[~all_full & ~maskable]] = True
-    units = _Units(ug, uks, ukl, uplain, all_full, maskable)
-    return (units, (c_unit, c_mem, status, allowed)), inexact, broken
+    return _Units(ug, uks, ukl, uplain, all_full, maskable), _Statuses(c_unit, c_mem, status, allowed), inexact, broken
 
 
 def _starts(lens: np.ndarray) -> np.ndarray:
