@@ -127,6 +127,17 @@ class ConsumerSetup:
 
 
 @cute.jit
+def _mask_scores(mask: ElementMask, cs: ConsumerSetup, acc_s_mn, partial, k_start, k_len):
+    """Mask a chunk of scores (``(rows, cols)`` view): the element mask on partial chunks, the ``k_len`` tail on
+    full ones (also used by the pooling kernel, ``_attention_pool_sm90_impl``)."""
+    col0 = cs.tScS[0, 0][1]
+    if partial:
+        mask.apply_partial(acc_s_mn, cs.tScS, cs.t0ScS, col0, k_start, k_len)
+    else:
+        mask.apply_tail(acc_s_mn, cs.t0ScS, col0, k_len)
+
+
+@cute.jit
 def _mask_softmax(mask: ElementMask, cs: ConsumerSetup, acc_S, partial, k_start, k_len):
     """Mask a chunk of scores and fold it into the online softmax. Each branch ends with its own copy of the
     softmax: the join (where the caller waits for the in-flight P V wgmma) then comes after the softmax. With one
@@ -143,8 +154,16 @@ def _mask_softmax(mask: ElementMask, cs: ConsumerSetup, acc_S, partial, k_start,
 
 
 @cute.jit
-def _chunk_mask_inputs(p, mask: ElementMask, tile: WorkTile, seq, ci, k_start, k_len, wtid, wg,
-                       first: cutlass.Constexpr):
+def _chunk_mask_inputs(p, mask: ElementMask, tile: WorkTile, seq, ci, wtid, wg, first: cutlass.Constexpr):
+    """:func:`_chunk_keys_mask_inputs` with chunk ``ci``'s keys read from the chunk list (used by the pooling
+    kernel, ``_attention_pool_sm90_impl``)."""
+    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+    _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, first)
+
+
+@cute.jit
+def _chunk_keys_mask_inputs(p, mask: ElementMask, tile: WorkTile, seq, ci, k_start, k_len, wtid, wg,
+                            first: cutlass.Constexpr):
     """Partial chunk ``ci`` (keys ``k_start .. k_start + k_len - 1``) with document / token masks: its per-key
     inputs -> this warpgroup's shared memory, between barriers (the previous chunk's readers are done; this chunk's
     readers wait)."""
@@ -194,7 +213,7 @@ def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, 
     k_start, k_len = read_chunk(p.chunks, tile.chunk_begin)
     nk_start, nk_len = _read_chunk_clamped(p, tile, 1)
     pipe_q.consumer_wait(q_state)
-    _chunk_mask_inputs(p, mask, tile, seq, 0, k_start, k_len, wtid, wg, True)
+    _chunk_keys_mask_inputs(p, mask, tile, seq, 0, k_start, k_len, wtid, wg, True)
     pipe_k.consumer_wait(kv_state)
     acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
     wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
@@ -206,7 +225,7 @@ def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, 
         kv_state.advance()
         k_start, k_len = nk_start, nk_len
         nk_start, nk_len = _read_chunk_clamped(p, tile, ci + 1)
-        _chunk_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
+        _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
         pipe_k.consumer_wait(kv_state)
         _turn_wait(wg)
         acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
@@ -240,9 +259,9 @@ def tile_mainloop_plain(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_s
     for ci in cutlass.range(tile.n_chunks, unroll=1):
         k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
         if ci > 0:
-            _chunk_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
+            _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
         else:
-            _chunk_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, True)
+            _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, True)
         pipe_k.consumer_wait(kv_state)
         acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
         wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
