@@ -129,17 +129,39 @@ def _cuobjdump() -> str | None:
     return os.environ.get("VARBLOCK_CUOBJDUMP") or shutil.which("cuobjdump")
 
 
-def test_sass_has_no_predicated_r2ur():
-    """ptxas can sink the uniform-register moves of a TMA issue into the elected-thread block (``@P R2UR``), which
-    sm_90a rejects at run time (illegal instruction; cutlass examples/.../grouped_gemm.py). Checks the built cubins
-    (``$VARBLOCK_CUBIN_DIR`` or ./cubins) when cuobjdump is available (``$VARBLOCK_CUOBJDUMP`` or PATH)."""
+def _built_sass() -> list[tuple[str, str]]:
+    """``(cubin name, SASS)`` of every built variant (``$VARBLOCK_CUBIN_DIR`` or ./cubins), or skip when cuobjdump
+    (``$VARBLOCK_CUOBJDUMP`` or PATH) or the cubins are missing."""
     tool = _cuobjdump()
     d = Path(os.environ.get("VARBLOCK_CUBIN_DIR", Path(__file__).resolve().parent.parent / "cubins")) / "sm90"
     cubins = sorted(d.glob(f"{fam.FAMILY_NAME}_*.cubin"))
     if tool is None or not cubins:
         pytest.skip("needs cuobjdump and built attention_fwd_sm90 cubins")
-    for c in cubins:
-        sass = subprocess.run([tool, "-sass", str(c)], capture_output=True, text=True, check=True).stdout
+    return [(c.name, subprocess.run([tool, "-sass", str(c)], capture_output=True, text=True, check=True).stdout)
+            for c in cubins]
+
+
+def test_sass_has_no_predicated_r2ur():
+    """ptxas can sink the uniform-register moves of a TMA issue into the elected-thread block (``@P R2UR``), which
+    sm_90a rejects at run time (illegal instruction; cutlass examples/.../grouped_gemm.py)."""
+    for name, sass in _built_sass():
         bad = re.findall(r"@!?U?P[0-9T] R2UR[^;]*", sass)
-        assert not bad, f"{c.name}: predicated R2UR in the SASS: {bad[:4]}"
-        assert "HGMMA" in sass and "UTMALDG" in sass and "USETMAXREG" in sass, f"{c.name}: not a wgmma/TMA kernel"
+        assert not bad, f"{name}: predicated R2UR in the SASS: {bad[:4]}"
+        assert "HGMMA" in sass and "UTMALDG" in sass and "USETMAXREG" in sass, f"{name}: not a wgmma/TMA kernel"
+
+
+def test_sass_softmax_overlaps_the_pv_wgmma():
+    """Intra-warpgroup overlap in the chunk loop: after the wait for S(n) (``WARPGROUP.DEPBAR.LE gsb0, 0x1``, the
+    loop's only one) come the softmax's exponentials (at least one chunk's: TILE_M * TILE_N / 256 per thread) before
+    the wait for P(n-1) V(n-1) (``... 0x0``), and P's conversion (F2FP) after it. ptxas once scheduled that wait at
+    the top of the softmax's block, which serialized the softmax behind P V."""
+    per_thread = fam.TILE_M * fam.TILE_N // 256
+    for name, sass in _built_sass():
+        ins = re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", sass)
+        wait1 = [i for i, t in enumerate(ins) if re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x1\b", t)]
+        assert len(wait1) == 1, f"{name}: expected one wait_group(1), found {len(wait1)}"
+        wait0 = next(i for i in range(wait1[0], len(ins)) if re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x0\b", ins[i]))
+        n_exp = sum("MUFU.EX2" in t for t in ins[wait1[0]:wait0])
+        assert n_exp >= per_thread, f"{name}: {n_exp} exponentials between the S and the P V waits"
+        after = ins[wait0:wait0 + 4 * per_thread]
+        assert any("F2FP" in t for t in after), f"{name}: no P conversion right after the P V wait"

@@ -128,6 +128,8 @@ class ConsumerSetup:
 
 @cute.jit
 def _mask_scores(mask: ElementMask, cs: ConsumerSetup, acc_s_mn, partial, k_start, k_len):
+    """Mask a chunk of scores (``(rows, cols)`` view): the element mask on partial chunks, the ``k_len`` tail on
+    full ones (also used by the pooling kernel, ``_attention_pool_sm90_impl``)."""
     col0 = cs.tScS[0, 0][1]
     if partial:
         mask.apply_partial(acc_s_mn, cs.tScS, cs.t0ScS, col0, k_start, k_len)
@@ -136,15 +138,47 @@ def _mask_scores(mask: ElementMask, cs: ConsumerSetup, acc_s_mn, partial, k_star
 
 
 @cute.jit
+def _mask_softmax(mask: ElementMask, cs: ConsumerSetup, acc_S, partial, k_start, k_len):
+    """Mask a chunk of scores and fold it into the online softmax. Each branch ends with its own copy of the
+    softmax: the join (where the caller waits for the in-flight P V wgmma) then comes after the softmax. With one
+    softmax after the join, ptxas scheduled that wait (``WARPGROUP.DEPBAR``) at the top of the join block, ahead of
+    the whole softmax, and the softmax of S(n) no longer overlapped P(n-1) V(n-1)."""
+    acc_s_mn = mn_view(acc_S)
+    col0 = cs.tScS[0, 0][1]
+    if partial:
+        mask.apply_partial(acc_s_mn, cs.tScS, cs.t0ScS, col0, k_start, k_len)
+        softmax_step(cs.softmax, acc_s_mn, cs.corr)
+    else:
+        mask.apply_tail(acc_s_mn, cs.t0ScS, col0, k_len)
+        softmax_step(cs.softmax, acc_s_mn, cs.corr)
+
+
+@cute.jit
 def _chunk_mask_inputs(p, mask: ElementMask, tile: WorkTile, seq, ci, wtid, wg, first: cutlass.Constexpr):
-    """Partial chunk ``ci`` with document / token masks: its per-key inputs -> this warpgroup's shared memory,
-    between barriers (the previous chunk's readers are done; this chunk's readers wait)."""
+    """:func:`_chunk_keys_mask_inputs` with chunk ``ci``'s keys read from the chunk list (used by the pooling
+    kernel, ``_attention_pool_sm90_impl``)."""
     k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+    _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, first)
+
+
+@cute.jit
+def _chunk_keys_mask_inputs(p, mask: ElementMask, tile: WorkTile, seq, ci, k_start, k_len, wtid, wg,
+                            first: cutlass.Constexpr):
+    """Partial chunk ``ci`` (keys ``k_start .. k_start + k_len - 1``) with document / token masks: its per-key
+    inputs -> this warpgroup's shared memory, between barriers (the previous chunk's readers are done; this chunk's
+    readers wait)."""
     if tile.is_partial(ci) & (p.mask_flags != 0):
         if cutlass.const_expr(not first):
             wg_sync(wg)
         mask.load_chunk(wtid, seq, k_start, k_len)
         wg_sync(wg)
+
+
+@cute.jit
+def _read_chunk_clamped(p, tile: WorkTile, ci):
+    """``(k_start, k_len)`` of chunk ``min(ci, n_chunks - 1)`` of the tile (a prefetch one chunk ahead never reads
+    past the tile's run)."""
+    return read_chunk(p.chunks, tile.chunk_begin + cutlass.min(ci, tile.n_chunks - 1))
 
 
 @cute.jit
@@ -171,26 +205,27 @@ def _turn_pass(wg):
 def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, kv_state,
                    tile: WorkTile, seq, wtid, wg):
     """The chunks of one tile: S(0); then for each next chunk S(n) and P(n-1) V(n-1) in flight together, the
-    softmax of S(n) while P V runs; finally P(last) V(last)."""
+    softmax of S(n) while P V runs; finally P(last) V(last). Each chunk's ``(k_start, k_len)`` is read one chunk
+    ahead (a global load right before its use stalled every chunk at the top of the loop)."""
     pipe_q, pipe_k, pipe_v = pipes
     acc_O_mn = mn_view(cs.acc_O)
     n_rows = cs.softmax.n_rows
-    pipe_q.consumer_wait(q_state)
-    _chunk_mask_inputs(p, mask, tile, seq, 0, wtid, wg, True)
     k_start, k_len = read_chunk(p.chunks, tile.chunk_begin)
+    nk_start, nk_len = _read_chunk_clamped(p, tile, 1)
+    pipe_q.consumer_wait(q_state)
+    _chunk_keys_mask_inputs(p, mask, tile, seq, 0, k_start, k_len, wtid, wg, True)
     pipe_k.consumer_wait(kv_state)
     acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
     wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
     pipe_k.consumer_release(kv_state)
-    acc_S_mn = mn_view(acc_S)
-    _mask_scores(mask, cs, acc_S_mn, tile.is_partial(0), k_start, k_len)
-    softmax_step(cs.softmax, acc_S_mn, cs.corr)
+    _mask_softmax(mask, cs, acc_S, tile.is_partial(0), k_start, k_len)
     cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
     for ci in cutlass.range(1, tile.n_chunks, unroll=1):
         prev = kv_state.clone()
         kv_state.advance()
-        _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, False)
-        k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+        k_start, k_len = nk_start, nk_len
+        nk_start, nk_len = _read_chunk_clamped(p, tile, ci + 1)
+        _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
         pipe_k.consumer_wait(kv_state)
         _turn_wait(wg)
         acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
@@ -200,9 +235,7 @@ def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, 
         _turn_pass(wg)
         warpgroup.wait_group(1)  # S(ci) done, P V still running
         pipe_k.consumer_release(kv_state)
-        acc_S_mn = mn_view(acc_S)
-        _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
-        softmax_step(cs.softmax, acc_S_mn, cs.corr)
+        _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len)
         warpgroup.wait_group(0)
         pipe_v.consumer_release(prev)
         cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
@@ -224,18 +257,16 @@ def tile_mainloop_plain(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_s
     acc_O_mn = mn_view(cs.acc_O)
     pipe_q.consumer_wait(q_state)
     for ci in cutlass.range(tile.n_chunks, unroll=1):
-        if ci > 0:
-            _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, False)
-        else:
-            _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, True)
         k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+        if ci > 0:
+            _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
+        else:
+            _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, True)
         pipe_k.consumer_wait(kv_state)
         acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
         wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
         pipe_k.consumer_release(kv_state)
-        acc_S_mn = mn_view(acc_S)
-        _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
-        softmax_step(cs.softmax, acc_S_mn, cs.corr)
+        _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len)
         _rescale(acc_O_mn, cs.corr, cs.softmax.n_rows)
         cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
         pipe_v.consumer_wait(kv_state)

@@ -218,6 +218,17 @@ def _load_q_tma(cfg: Sm90Config, tma_q, m_q, s_q, bar, rows):
 
 
 @cute.jit
+def _prefetch_q_tma(cfg: Sm90Config, tma_q, m_q, s_q, rows):
+    """Warp 2: TMA prefetch of the Q tile into L2 (``cp.async.bulk.prefetch.tensor``; no shared memory, no
+    barrier). Issued as soon as warp 2 has the tile's rows, a whole tile before the Q buffer is free: Q is read
+    once, from DRAM, and its load otherwise sits between two tiles."""
+    g = cute.local_tile(cute.domain_offset((rows.tok0, 0), m_q[None, None, rows.hq0]), (cfg.tile_m, cfg.D), (0, 0))
+    _, t_g = cpasync.tma_partition(tma_q, 0, cute.make_layout(1), cute.group_modes(s_q, 0, 2),
+                                   cute.group_modes(g, 0, 2))
+    cute.prefetch(tma_q, t_g)
+
+
+@cute.jit
 def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tmas, warp_idx, tidx):
     """Warpgroup 0: tile indices and K / V by TMA (warp 0), Q (warps 2-3: TMA, or cp.async with pack-GQA), warp 1
     follows along."""
@@ -257,6 +268,9 @@ def _producer(cfg: Sm90Config, p, sm, pipes, ring: TileRing, tmas, warp_idx, tid
             if warp_idx == 0:
                 _load_kv(tma_k, m_k, sm.sK, pipe_k, kv_state, rows.hkv, seq.seq_k + k_start, tile_n, D)
             if warp_idx >= 2:
+                if p.pack_gqa == 1:
+                    if warp_idx == 2:
+                        _prefetch_q_tma(cfg, tma_q, m_q, sm.sQ, rows)
                 pipe_q.producer_acquire(q_state)
                 if p.pack_gqa == 1:  # tile rows are consecutive tokens of one head: one TMA box
                     if warp_idx == 2:
