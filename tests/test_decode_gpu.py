@@ -47,9 +47,9 @@ def _make(torch, rng, *, B, hkv, g, d, dtype, page_size, max_q, kv_range, causal
     return case
 
 
-def _plan(case, hq, hkv, d, layout=None, causal=True, num_splits=None, num_sms=None):
+def _plan(case, hq, hkv, d, layout=None, causal=True, num_splits=None, num_sms=None, persistent=None):
     kw = dict(num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=layout, causal=causal, num_splits=num_splits,
-              num_sms=num_sms)
+              num_sms=num_sms, persistent=persistent)
     if "pt" in case:
         return varblock.plan_decode(case["cu_q"], kv_lens=case["kv"], page_table=case["pt"],
                                     page_size=case["page_size"], **kw)
@@ -238,7 +238,7 @@ def test_persistent_grid(torch, dtype, d, n_tok, num_sms, num_splits):
     case = _make(torch, rng, B=9, hkv=2, g=4, d=d, dtype=dtype, page_size=16, max_q=n_tok, kv_range=(0, 0),
                  n_q=np.minimum(n_tok, kv), kv=kv)
     lay = _random_layout(rng, case["kv"], 2, 32, 0.5)
-    plan = _plan(case, 8, 2, d, layout=lay, num_splits=num_splits, num_sms=num_sms)
+    plan = _plan(case, 8, 2, d, layout=lay, num_splits=num_splits, num_sms=num_sms, persistent=True)
     assert plan.num_ctas == num_sms < plan.num_items
     out, lse, _ = _run_and_check(torch, case, hq=8, hkv=2, d=d, dtype=dtype, layout=lay, plan=plan)
     again = varblock.decode(case["q"], case["k"], case["v"], plan)

@@ -99,7 +99,7 @@ def test_model_matches_reference(kind, g, paged, splits):
         ref = reference_decode.decode(q, kflat, vflat, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, layout=lay)
     tm = _tile_m(cu_q, g)
     wl = build_worklist(cu_q, kv, num_heads_q=hq, num_heads_kv=hkv, tile_m=tm, tile_n=32, layout=lay, num_sms=2,
-                        num_splits=splits)
+                        num_splits=splits, persistent=True if splits == 3 else None)  # forced: 2-CTA grid
     out, lse = run_model(wl, q, k_rows, v_rows, cu_q, num_heads_kv=hkv, causal=True)
     np.testing.assert_allclose(out, ref[0], rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref[1]))
@@ -298,6 +298,10 @@ def test_device_plan_arguments_checked_before_any_gpu_work():
     with pytest.raises(TypeError, match="block_indices"):
         varblock.plan_decode([0, 1], kv_lens=[5], page_table=[[0]], page_size=16, num_heads_q=8, num_heads_kv=2,
                              head_dim=128, block_indices=np.zeros((1, 2, 1), np.int32))
+    with pytest.raises(ValueError, match="persistent: device-built plans"):
+        varblock.plan_decode([0, 1], total_q=1, persistent=True, **kw)
+    with pytest.raises(TypeError, match="persistent: expected"):
+        varblock.plan_decode([0, 1], total_q=1, persistent=1, **kw)
     with pytest.raises(ValueError, match="head_dim"):
         varblock.plan_decode([0, 1], total_q=1, **{**kw, "head_dim": 80})
 
@@ -328,18 +332,25 @@ def test_persistent_pipeline_protocol(cross, stages):
 
 
 def test_persistent_grid_choice():
-    """Many equal short items (256 x 2k at density 0.25) run on a persistent grid of one CTA per slot in snake
-    order; one wave or fewer keeps one CTA per item; the model of the kernel still matches the reference."""
+    """Many equal short items (256 x 2k at density 0.25): one CTA per item by the model (the H200 measured no gain
+    from the persistent grid), a persistent grid of one CTA per slot in snake order when forced; one wave or fewer
+    keeps one CTA per item; the model of the kernel over a forced persistent grid still matches the reference."""
     from varblock.decode_plan.cost import choose_grid, snake_order
 
-    grid, order = choose_grid(np.full(2048, 8), np.ones(2048, np.int64), 264)
+    eight, one = np.full(2048, 8), np.ones(2048, np.int64)
+    assert choose_grid(eight, one, 264)[0] == 2048
+    assert choose_grid(eight, one, 264, persistent=False)[0] == 2048
+    grid, order = choose_grid(eight, one, 264, persistent=True)
     assert grid == 264 and sorted(order.tolist()) == list(range(2048))
     assert choose_grid(np.full(200, 8), np.ones(200, np.int64), 264)[0] == 200
+    assert choose_grid(np.full(200, 8), np.ones(200, np.int64), 264, persistent=True)[0] == 200
+    with pytest.raises(TypeError, match="persistent"):
+        choose_grid(eight, one, 264, persistent="yes")
     assert snake_order(7, 3).tolist() == [0, 1, 2, 5, 4, 3, 6]
     rng = np.random.default_rng(5)
     cu_q, kv, pt, q, kc, vc = _case(rng, 40, 2, 4, max_kv=400, max_q=2)
     wl = build_worklist(cu_q, kv, num_heads_q=8, num_heads_kv=2, tile_m=16, tile_n=16, layout=None, num_sms=2,
-                        ctas_per_sm=2, num_splits=2)
+                        ctas_per_sm=2, num_splits=2, persistent=True)
     assert 4 == wl.grid < wl.num_items
 
     def rows(cache):
@@ -375,7 +386,7 @@ def test_cost_model_pieces():
 
 def test_benchmark_shapes_plans():
     """The work lists of the benchmark shapes on 132 SMs x 2 (the numbers in docs/decode.md)."""
-    want = {(64, 32768): (512, 264, 1), (1, 131072): (264, 264, 33), (256, 2048): (2048, 264, 1)}
+    want = {(64, 32768): (512, 512, 1), (1, 131072): (264, 264, 33), (256, 2048): (2048, 2048, 1)}
     for (B, L), (items, grid, splits) in want.items():
         wl = build_worklist(np.arange(B + 1), np.full(B, L), num_heads_q=64, num_heads_kv=8, tile_m=16, tile_n=64,
                             layout=None, num_sms=132, ctas_per_sm=2)

@@ -6,12 +6,23 @@ estimates fitted to the H200 measurements in ``docs/decode.md``, not measured on
 chunks plus a fixed ramp (the dependent metadata loads before its first K/V bytes arrive, and its epilogue); the
 last split of a row tile also pays the merge of the row tile's partials. CTAs are handed to free slots in index
 order, longest first, so the estimate of a list is the sum over waves of the longest item of the wave.
+
+Every tuning constant of the decode plan is in the block below (one place); ``benchmarks/decode_sweep.py`` measures
+the choices they drive (see docs/decode.md, "Tuning"):
+
+* ``RAMP_CHUNKS``, ``MERGE_BASE_CHUNKS``, ``MERGE_CHUNKS_PER_SPLIT``, ``MIN_CHUNKS_PER_SPLIT``, ``MAX_WAVES``: the
+  split count (sweep rows ``splits=N``, ``persistent=off``; 1 x 128k is the shape they decide). More ramp or merge
+  per split -> fewer splits; a lower ``MAX_WAVES`` or a higher ``MIN_CHUNKS_PER_SPLIT`` caps the splits.
+* ``STEP_CHUNKS``: persistent grid or one CTA per item (sweep rows ``persistent=on`` vs ``off``; 256 x 2k decides).
+  A persistent grid is chosen only when ``STEP_CHUNKS`` (its per-item cost after the first) is below
+  ``RAMP_CHUNKS`` by enough to beat the dynamic grid's waves; ``STEP_CHUNKS >= RAMP_CHUNKS`` turns it off.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+# ---------------------------------------------------------------------------------------------- tuning constants
 #: per item: items -> chunks -> page table -> K/V dependent loads, plus the epilogue (~4.4 us on the H200)
 RAMP_CHUNKS = 2.0
 #: per split row tile: partial write, fence + atomic, the LSE pass of the merge
@@ -19,12 +30,15 @@ MERGE_BASE_CHUNKS = 1.0
 #: per split read by the merge (L2-latency bound: ~64 loads in flight per lane)
 MERGE_CHUNKS_PER_SPLIT = 0.05
 #: per item of a persistent CTA after its first: the Q load and the epilogue (the loader already streams the
-#: item's first chunks during the previous item)
-STEP_CHUNKS = 0.5
+#: item's first chunks during the previous item). Set from the H200 (2026-11-29): 256 x 2k at density 0.25 ran
+#: 176 us on a persistent grid (8 items on the busiest CTA: 22 us each) and 164 us with one CTA per item (7.76
+#: waves: 21.1 us each), so the cross-item prefetch hid no measurable ramp: the step costs a full ramp.
+STEP_CHUNKS = 2.0
 #: fewest chunks a split reads (bounds the partial workspace and the merge)
 MIN_CHUNKS_PER_SPLIT = 4
 #: most waves of CTAs a split choice may create (splits past it only add ramps and merge work)
 MAX_WAVES = 4
+# ------------------------------------------------------------------------------------------------------------------
 
 
 def item_costs(n_chunks: np.ndarray, num_splits: np.ndarray) -> np.ndarray:
@@ -63,17 +77,23 @@ def persistent_makespan(costs: np.ndarray, grid: int) -> float:
     return float(per_cta.max(initial=0.0)) + RAMP_CHUNKS
 
 
-def choose_grid(n_chunks: np.ndarray, num_splits: np.ndarray, slots: int) -> tuple[int, np.ndarray]:
-    """``(grid, order)`` for items given longest first: one CTA per item (``grid = len``, order unchanged) unless a
+def choose_grid(n_chunks: np.ndarray, num_splits: np.ndarray, slots: int,
+                persistent: bool | None = None) -> tuple[int, np.ndarray]:
+    """``(grid, order)`` for items given longest first: one CTA per item (``grid = len``, order unchanged) or a
     persistent grid of ``slots`` CTAs, each running every ``grid``-th item of the snake order (the kernel's loader
-    streams an item's first chunks while the previous item finishes, hiding the per-item ramp), is estimated faster."""
+    streams an item's first chunks while the previous item finishes). ``persistent``: None = whichever the model
+    estimates faster, True / False = forced (True changes nothing when there are at most ``slots`` items)."""
+    if persistent is not None and not isinstance(persistent, (bool, np.bool_)):
+        raise TypeError(f"persistent: expected None, True or False, got {persistent!r}")
     w = int(np.asarray(n_chunks).shape[0])
     keep = np.arange(w)
-    if w <= slots:
+    if w <= slots or persistent is False:
         return max(w, 1), keep
+    order = snake_order(w, slots)
+    if persistent:
+        return slots, order
     merge = item_costs(np.zeros(w), num_splits) - RAMP_CHUNKS
     dyn = makespan(item_costs(n_chunks, num_splits), slots)
-    order = snake_order(w, slots)
     pers = persistent_makespan((np.asarray(n_chunks, np.float64) + merge)[order], slots)
     return (slots, order) if pers < dyn else (w, keep)
 

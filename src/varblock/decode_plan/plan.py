@@ -130,7 +130,8 @@ def plan_decode(cu_seqlens_q: Any, *, num_heads_q: int, num_heads_kv: int, head_
                 layout: DecodeLayout | None = None, causal: bool = True, num_splits: int | None = None,
                 device: int | None = None, num_sms: int | None = None, max_kv_len: int | None = None,
                 max_q_tokens: int = 1, total_q: int | None = None, block_indices: Any = None,
-                block_counts: Any = None, block_size: int | None = None, stream: Any = None) -> DecodePlan:
+                block_counts: Any = None, block_size: int | None = None, stream: Any = None,
+                persistent: bool | None = None) -> DecodePlan:
     """Plan one decode step. Host builder by default (lengths and layouts are read on the host once); with
     ``max_kv_len`` the device builder (below).
 
@@ -145,7 +146,10 @@ def plan_decode(cu_seqlens_q: Any, *, num_heads_q: int, num_heads_kv: int, head_
         causal: token t of n new tokens sees keys ``j <= kv_len - n + t`` (bottom-right aligned).
         num_splits: force the split-KV count of every row tile (default: chosen from lengths and SM count).
         device: CUDA ordinal (default: that of ``page_table``/``cu_seqlens_q`` if on a GPU, else 0).
-        num_sms: override the SM count used by the split heuristic.
+        num_sms: override the SM count used by the split heuristic (the CTA slots are then ``num_sms`` x 1).
+        persistent: host plans only: True runs the items on a persistent grid of one CTA per slot (CTA ``c`` runs
+            items ``c, c + grid, ...``), False one CTA per item, None (default) whichever the cost model
+            (``varblock.decode_plan.cost``) estimates faster. For tuning (``benchmarks/decode_sweep.py``).
 
     Device builder (``max_kv_len=``): a fixed-capacity plan written on the GPU by the ``decode_prepare`` kernel
     from the device arrays (``cu_seqlens_q``, ``kv_lens`` or ``cu_seqlens_k``, and for top-k sparsity
@@ -157,7 +161,11 @@ def plan_decode(cu_seqlens_q: Any, *, num_heads_q: int, num_heads_kv: int, head_
     table needs only ``ceil(kv_lens[b] / page_size)`` columns for each sequence's actual length (not the
     capacity); the host cannot check that without a synchronisation, so the caller guarantees it.
     """
+    if persistent is not None and not isinstance(persistent, bool):
+        raise TypeError(f"persistent: expected None, True or False, got {persistent!r}")
     if max_kv_len is not None:
+        if persistent:
+            raise ValueError("persistent: device-built plans (max_kv_len=) run one CTA per item")
         return _plan_on_device(cu_seqlens_q, num_heads_q, num_heads_kv, head_dim, kv_lens, cu_seqlens_k,
                                page_table, page_size, layout, causal, num_splits, device, num_sms, max_kv_len,
                                max_q_tokens, total_q, block_indices, block_counts, block_size, stream)
@@ -203,7 +211,7 @@ def plan_decode(cu_seqlens_q: Any, *, num_heads_q: int, num_heads_kv: int, head_
     tn = int(entry["extra"]["tile_n"])
     sms, per_sm = _occupancy(device, entry) if num_sms is None else (int(num_sms), 1)
     wl = build_worklist(cu_q, kv, num_heads_q=hq, num_heads_kv=hkv, tile_m=tm, tile_n=tn, layout=layout,
-                        num_sms=sms, ctas_per_sm=per_sm, num_splits=num_splits)
+                        num_sms=sms, ctas_per_sm=per_sm, num_splits=num_splits, persistent=persistent)
     p = DecodePlan(device, hq, hkv, d, int(kv.shape[0]), int(cu_q[-1]), page_table is not None,
                    ps if page_table is not None else 1, bool(causal), tm, tn, wl, kv)
     p.buffers["cu_seqlens_q"] = DeviceBuffer.from_host(device, cu_q.astype(np.int32))

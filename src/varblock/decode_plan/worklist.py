@@ -95,10 +95,13 @@ def cut_chunks(grp, start, end, mask, tile_n: int, num_groups: int):
 
 def build_worklist(cu_seqlens_q: np.ndarray, kv_lens: np.ndarray, *, num_heads_q: int, num_heads_kv: int,
                    tile_m: int, tile_n: int, layout: DecodeLayout | None, num_sms: int, ctas_per_sm: int = 1,
-                   num_splits: int | None = None, max_splits: int | None = None) -> WorkList:
+                   num_splits: int | None = None, max_splits: int | None = None,
+                   persistent: bool | None = None) -> WorkList:
     """Items (one CTA each) and chunks of one decode step. ``num_splits`` forces the split count of every row tile
     (clipped to its chunk count); by default the count with the least estimated time
-    (:func:`varblock.decode_plan.cost.choose_chunks_per_split` over ``num_sms * ctas_per_sm`` CTA slots)."""
+    (:func:`varblock.decode_plan.cost.choose_chunks_per_split` over ``num_sms * ctas_per_sm`` CTA slots).
+    ``persistent`` forces (True) or forbids (False) a persistent grid of that many CTAs (None: the cost model,
+    :func:`varblock.decode_plan.cost.choose_grid`)."""
     B = kv_lens.shape[0]
     G = num_heads_q // num_heads_kv
     n_q = np.diff(cu_seqlens_q).astype(np.int64)
@@ -140,5 +143,6 @@ def build_worklist(cu_seqlens_q: np.ndarray, kv_lens: np.ndarray, *, num_heads_q
     items[:, abi.ITEM_KV_LEN] = kv_lens[g // num_heads_kv]
     # longest first: the block scheduler issues CTAs in index order (or a persistent grid, in snake order)
     items = items[np.argsort(-items[:, abi.ITEM_N_CHUNKS], kind="stable")]
-    grid, order = choose_grid(items[:, abi.ITEM_N_CHUNKS], items[:, abi.ITEM_NUM_SPLITS], num_sms * ctas_per_sm)
+    grid, order = choose_grid(items[:, abi.ITEM_N_CHUNKS], items[:, abi.ITEM_NUM_SPLITS], num_sms * ctas_per_sm,
+                              persistent)
     return WorkList(items[order].astype(np.int32), chunks, int(split_slots.sum()), tile_m, tile_n, grid)
