@@ -18,6 +18,7 @@ Configurations per cell (``plan_decode`` keywords):
 Columns: ms per call (CUDA events around 10 back-to-back eager calls, median of ``--iters``; the Python cost of a
 call overlaps the previous kernel), TB/s on kept bytes (K and V of the kept blocks, q, out), ``graph``: ms per call
 replaying one CUDA graph of 10 calls (no host cost at all: a gap between the two columns is launch overhead),
+``hostus``: host microseconds per eager call (when it exceeds the kernel time, the eager column measures the host),
 items, CTAs, largest split count. Then the best configuration per cell and cache (docs/decode.md, "Tuning", says
 which constant in ``cost.py`` each choice sets). Every configuration runs in try/except (one line, then the next); a
 configuration whose plan equals one already measured in its cell (e.g. ``s=1`` when the plan chooses no split) is
@@ -139,20 +140,23 @@ def dry_run() -> int:
 # ------------------------------------------------------------------------------------------------ GPU
 
 
-def _events_ms(torch: Any, fn: Callable[[], Any], iters: int, reps: int) -> float:
-    """Median ms per call of ``fn`` (``reps`` calls between two events, ``iters`` times) after 3 warm-up calls."""
+def _events_ms(torch: Any, fn: Callable[[], Any], iters: int, reps: int) -> tuple[float, float]:
+    """``(ms, host_us)``: median GPU ms per call of ``fn`` (``reps`` calls between two events, ``iters`` times,
+    after 3 warm-up calls) and median host microseconds per call (the CPU time of issuing the ``reps`` calls)."""
     for _ in range(3):
         fn()
-    times = []
+    times, host = [], []
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
+        t0 = time.perf_counter()
         for _ in range(reps):
             fn()
+        host.append((time.perf_counter() - t0) * 1e6 / reps)
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b) / reps)
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(host)
 
 
 def _graph_ms(torch: Any, fn: Callable[[], Any], iters: int, reps: int) -> float:
@@ -166,7 +170,7 @@ def _graph_ms(torch: Any, fn: Callable[[], Any], iters: int, reps: int) -> float
     with torch.cuda.graph(graph):
         for _ in range(reps):
             fn()
-    return _events_ms(torch, graph.replay, iters, 1) / reps
+    return _events_ms(torch, graph.replay, iters, 1)[0] / reps
 
 
 @dataclass
@@ -180,6 +184,7 @@ class Row:
     ms: float | None
     tbps: float | None
     graph_ms: float | None
+    host_us: float | None
     items: int
     ctas: int
     splits: int
@@ -204,7 +209,7 @@ def measure(args: argparse.Namespace, torch: Any, c: Caches, lay: LD.DecodeLayou
 
     shape = f"{c.B}x{c.L // 1024}k"
     dens = round(float(lay.density()), 2)
-    row = Row(shape, dens, cfg.name, cache, None, None, None, 0, 0, 0)
+    row = Row(shape, dens, cfg.name, cache, None, None, None, None, 0, 0, 0)
     try:
         plan = _plan(varblock, c, lay, cache, cfg.plan_kwargs(num_sms))
         key = plan.num_ctas.to_bytes(8, "little") + plan.worklist.items.tobytes()
@@ -219,7 +224,7 @@ def measure(args: argparse.Namespace, torch: Any, c: Caches, lay: LD.DecodeLayou
         def fn() -> Any:
             return varblock.decode(c.q, k, v, plan, out=out)
 
-        row.ms = _events_ms(torch, fn, args.iters, args.reps)
+        row.ms, row.host_us = _events_ms(torch, fn, args.iters, args.reps)
         row.tbps = nbytes / row.ms / 1e9
         if not args.no_graph:
             try:
@@ -239,11 +244,12 @@ def _fmt(x: float | None, spec: str) -> str:
 def _fmt_row(r: Row) -> str:
     err = f"  ({r.error})" if r.error else ""
     return (f"{r.shape:>8} {r.density:>5.2f} {r.config:<14} {r.cache:<6} {_fmt(r.ms, '8.4f'):>8} "
-            f"{_fmt(r.tbps, '5.2f'):>5} {_fmt(r.graph_ms, '8.4f'):>8} {r.items:>6} {r.ctas:>6} {r.splits:>5}{err}")
+            f"{_fmt(r.tbps, '5.2f'):>5} {_fmt(r.graph_ms, '8.4f'):>8} {_fmt(r.host_us, '6.1f'):>6} {r.items:>6} "
+            f"{r.ctas:>6} {r.splits:>5}{err}")
 
 
-HEADER = (f"{'shape':>8} {'dens':>5} {'config':<14} {'cache':<6} {'ms':>8} {'TB/s':>5} {'graph':>8} {'items':>6} "
-          f"{'ctas':>6} {'split':>5}")
+HEADER = (f"{'shape':>8} {'dens':>5} {'config':<14} {'cache':<6} {'ms':>8} {'TB/s':>5} {'graph':>8} {'hostus':>6} "
+          f"{'items':>6} {'ctas':>6} {'split':>5}")
 
 
 def summarize(rows: list[Row]) -> list[str]:

@@ -43,11 +43,11 @@ def test_configs_and_plan_keywords():
 
 def test_summarize_picks_the_fastest_and_compares_with_auto():
     R = S.Row
-    rows = [R("1x128k", 1.0, "auto auto", "paged", 0.164, 3.27, 0.150, 264, 264, 33),
-            R("1x128k", 1.0, "s=64 auto", "paged", 0.157, 3.43, 0.140, 512, 512, 64),
-            R("1x128k", 1.0, "s=8 auto", "paged", None, None, None, 0, 0, 0, "RuntimeError: x"),
-            R("1x128k", 1.0, "auto auto", "contig", 0.150, 3.58, None, 264, 264, 33),
-            R("2x1k", 0.25, "auto auto", "paged", None, None, None, 0, 0, 0, "ValueError: y")]
+    rows = [R("1x128k", 1.0, "auto auto", "paged", 0.164, 3.27, 0.150, 40.0, 264, 264, 33),
+            R("1x128k", 1.0, "s=64 auto", "paged", 0.157, 3.43, 0.140, 41.0, 512, 512, 64),
+            R("1x128k", 1.0, "s=8 auto", "paged", None, None, None, None, 0, 0, 0, "RuntimeError: x"),
+            R("1x128k", 1.0, "auto auto", "contig", 0.150, 3.58, None, 39.0, 264, 264, 33),
+            R("2x1k", 0.25, "auto auto", "paged", None, None, None, None, 0, 0, 0, "ValueError: y")]
     lines = S.summarize(rows)
     assert len(lines) == 3
     assert "best s=64 auto" in lines[0] and "+4.5% over auto" in lines[0] and "64 splits" in lines[0]
