@@ -2,8 +2,8 @@
 the CPU with the forward's protocol model (``tests/test_attention_sm90_protocol.py``: mbarriers, pipeline states,
 TMA completions as asynchronous events, random interleavings). What differs from the forward, and is modelled
 here: no V pipeline (warp 0 issues a tile's K chunks back to back), a ``Q_STAGES``-deep Q ring (the next tile's Q
-loads while this tile's chunks run), no ping-pong turns, and the consumers release each K stage right after their S
-wgmma. Every run must terminate, every consumer must read the tile / chunk it expects, and no buffer may be
+loads while this tile's chunks run), and per chunk: wait K, the ping-pong turn (named barriers 3 + wg, as the
+forward's), the S wgmma, pass the turn, release K right after S. Every run must terminate, every consumer must read the tile / chunk it expects, and no buffer may be
 overwritten while it is read. Keep it in step with the kernel (ring slots, arrival counts, load order)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class PoolCta(Cta):
     """One CTA of the pooling kernel."""
 
     def __init__(self, tiles: list[int], chunks: dict[int, int], q_tma: bool, head_dim: int):
-        super().__init__(tiles, chunks, pingpong=False, q_tma=q_tma)
+        super().__init__(tiles, chunks, pingpong=True, q_tma=q_tma)
         self.ring = Pipe(TILE_RING, 32, THREADS - 32)
         self.q = Pipe(Q_STAGES, Q_THREADS, 2 * WG)
         self.stages = STAGES[head_dim]
@@ -66,6 +66,8 @@ class PoolCta(Cta):
         ring_c = State(TILE_RING, False)
         q = State(Q_STAGES, False)
         ks = State(self.stages, False)
+        if wg == 0:  # first_turn: warpgroup 0 holds the first turn
+            self.bars.arrive(3, WG, 2 * WG)
         got: list[int] = []
         yield from self.pop(ring_c, WG, got)
         while got[-1] >= 0:
@@ -74,6 +76,8 @@ class PoolCta(Cta):
                 yield from self.wait_read(self.q, q, ("Q", t), wg)
                 for ci in range(n):
                     yield from self.wait_read(self.k, ks, ("K", t, ci), wg)
+                    yield from self.turn_wait(wg)
+                    self.turn_pass(wg)  # after issuing the S wgmma
                     self.release(self.k, ks, 4)  # after the S wgmma (4 warps of this warpgroup)
                     ks.advance()
                     yield lambda: True  # mask, row maxima, red into the map
@@ -128,3 +132,10 @@ def test_model_detects_a_missing_q_release(monkeypatch):
     monkeypatch.setattr(PoolCta, "release", leaky)
     with pytest.raises(AssertionError, match="deadlock"):
         run([0, 1, 2, 3], {0: 2, 1: 1, 2: 3, 3: 2}, seed=1)
+
+
+def test_model_detects_a_skipped_turn(monkeypatch):
+    """Turns are modelled: a warpgroup that never passes its turn deadlocks the other one."""
+    monkeypatch.setattr(PoolCta, "turn_pass", lambda self, wg: None)
+    with pytest.raises(AssertionError, match="deadlock"):
+        run([0, 1], {0: 2, 1: 1}, seed=2)

@@ -8,7 +8,9 @@ reduced form (the forward's versions also drive V): the pipelines (Q and K only)
 back to back, no V trailing one chunk behind). New: the shared storage (no V / O buffers, more K stages) and the
 consumer's per-chunk pooling step.
 
-Named barriers: 0 = CTA, 1 + wg = consumer warpgroup wg (128 threads).
+Named barriers: 0 = CTA, 1 + wg = consumer warpgroup wg (128 threads), 3 + wg = the ping-pong turn of consumer
+warpgroup wg (256 threads; the forward's turns: the two warpgroups issue their S wgmma in turn, so one's masking
+and pooling overlaps the other's S).
 """
 
 # (no `from __future__ import annotations`: cute.struct reads the annotations as objects)
@@ -21,14 +23,18 @@ import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 from cutlass import Float32, Int32, Int64, Uint32
 from cutlass._mlir.dialects import llvm
-from cutlass.cute.nvgpu import cpasync
+from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.cute.typing import T
 
 from varblock.abi import LOG2E
 from varblock.kernels._attn_fwd_sm90_consumer import (
     WG_THREADS,
-    _chunk_mask_inputs,
+    _chunk_keys_mask_inputs,
     _mask_scores,
+    _read_chunk_clamped,
+    _turn_pass,
+    _turn_wait,
+    first_turn,
     mn_view,
     wg_sync,
     wgmma,
@@ -204,17 +210,21 @@ class PoolSetup:
 
 
 @cute.jit
-def _row_lse2(p, cs: PoolSetup, rows: TileRows, lse2: cute.Tensor):
-    """This thread's rows: the LSE in base 2 (``+inf`` for rows without a token or with LSE = -inf: P = 0)."""
+def _row_inputs(p, cs: PoolSetup, rows: TileRows, lse2: cute.Tensor, base: cute.Tensor):
+    """This thread's rows, once per tile: the LSE in base 2 (``+inf`` for rows without a token or with LSE =
+    -inf: P = 0) and the offset of the row in the map (``-1``: no token, nothing written)."""
     for rr in cutlass.range_constexpr(cute.size(lse2)):
         r = cs.tScS[rr, 0][0]
         v = Float32.inf
+        off = Int64(-1)
         if r < rows.rows_valid:
             tq, hq = rows.token_and_head(r)
             x = p.lse[Int64(hq) * p.lse_stride_head + Int64(rows.tok0 + tq)]
             if x != -Float32.inf:
                 v = x * LOG2E
+            off = Int64(hq) * p.pool_stride_head + Int64(rows.tok0 + tq) * p.pool_stride_tok
         lse2[rr] = v
+        base[rr] = off
 
 
 @cute.jit
@@ -227,7 +237,7 @@ def _red_max(ptr, value: Float32):
 
 
 @cute.jit
-def _pool_chunk(p, cs: PoolSetup, acc_s_mn, rows: TileRows, k_start, lse2: cute.Tensor):
+def _pool_chunk(p, cs: PoolSetup, acc_s_mn, k_start, lse2: cute.Tensor, base: cute.Tensor):
     """Per row of this thread and per 64-key half of the chunk: max of the masked S -> max-pooled probability ->
     ``pool[hq, tok, (k_start + 64 h) // pool_block_k]`` (halves whose maximum is 0 write nothing)."""
     col0 = cs.tScS[0, 0][1]
@@ -244,43 +254,49 @@ def _pool_chunk(p, cs: PoolSetup, acc_s_mn, rows: TileRows, k_start, lse2: cute.
                 m1 = cute.arch.fmax(m1, acc_s_mn[rr, cc])
         m0 = quad_max(m0)
         m1 = quad_max(m1)
-        r = cs.tScS[rr, 0][0]
-        if col0 == 0 and r < rows.rows_valid:
-            tq, hq = rows.token_and_head(r)
-            base = Int64(hq) * p.pool_stride_head + Int64(rows.tok0 + tq) * p.pool_stride_tok
+        if col0 == 0 and base[rr] >= Int64(0):
             for h in cutlass.range_constexpr(2):
                 m = m0 if h == 0 else m1
                 pm = Float32(0.0)
                 if m != -Float32.inf:
                     pm = cute.math.exp2(m * p.softmax_scale_log2 - lse2[rr], fastmath=False)
                 if pm > Float32(0.0):
-                    _red_max(p.pool + (base + (blk0 if h == 0 else blk1)), pm)
+                    _red_max(p.pool + (base[rr] + (blk0 if h == 0 else blk1)), pm)
 
 
 @cute.jit
 def _tile_chunks(cfg: Sm90Config, p, cs: PoolSetup, mask, pipes, q_state, k_state, tile: WorkTile, seq, rows,
-                 lse2, wtid, wg):
-    """The chunks of one tile: wait K, S = Q K^T, release K, mask, pool. A warpgroup whose 64 rows hold no token
-    (tiles of at most 64 rows: layouts with 64-token query blocks) only follows the K ring, leaving the tensor
-    cores to the other."""
+                 row_in, wtid, wg):
+    """The chunks of one tile: wait K, take the ping-pong turn, issue S = Q K^T, pass the turn (the other
+    warpgroup's S runs on the tensor cores while this one masks and pools), wait S, release K, mask, pool. Each
+    chunk's ``(k_start, k_len)`` is read one chunk ahead. A warpgroup whose 64 rows hold no token (tiles of at most
+    64 rows: layouts with 64-token query blocks) only follows the K ring and the turns, leaving the tensor cores to
+    the other."""
     pipe_q, pipe_k = pipes
+    lse2, base = row_in
     busy = rows.rows_valid > wg * (cfg.tile_m // 2)
+    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin)
     pipe_q.consumer_wait(q_state)
     for ci in cutlass.range(tile.n_chunks, unroll=1):
-        _chunk_mask_inputs(p, mask, tile, seq, ci, wtid, wg, False)
-        k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+        nk_start, nk_len = _read_chunk_clamped(p, tile, ci + 1)
+        _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
         pipe_k.consumer_wait(k_state)
+        _turn_wait(wg)
         if busy:
             acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
             wgmma(cs.mma_qk, acc_S, cs.rQ[None, None, None, q_state.index],
-                  cs.rK[None, None, None, k_state.index], True, 0)
+                  cs.rK[None, None, None, k_state.index], True, -1)
+            _turn_pass(wg)
+            warpgroup.wait_group(0)
             pipe_k.consumer_release(k_state)
             acc_S_mn = mn_view(acc_S)
             _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
-            _pool_chunk(p, cs, acc_S_mn, rows, k_start, lse2)
+            _pool_chunk(p, cs, acc_S_mn, k_start, lse2, base)
         else:
+            _turn_pass(wg)
             pipe_k.consumer_release(k_state)
         k_state.advance()
+        k_start, k_len = nk_start, nk_len
     pipe_q.consumer_release(q_state)
     q_state.advance()
     return q_state, k_state
@@ -298,6 +314,8 @@ def _consumer(cfg: Sm90Config, p, sm, storage, pipes, ring: TileRing, warp_group
     q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, Q_STAGES)
     k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, cfg.stages)
     lse2 = cute.make_rmem_tensor(cute.size(cs.tScS, mode=[0]), Float32)
+    base = cute.make_rmem_tensor(cute.size(cs.tScS, mode=[0]), Int64)
+    first_turn(wg)
     tile_idx, ring_c = ring.pop(ring_c)
     while tile_idx >= 0:
         tile = WorkTile.load(p.tiles, tile_idx)
@@ -307,9 +325,9 @@ def _consumer(cfg: Sm90Config, p, sm, storage, pipes, ring: TileRing, warp_group
             wg_sync(wg)  # the previous tile's readers of the mask inputs are done
             mask.load_rows(wtid, tile, seq, rows)
             wg_sync(wg)
-            _row_lse2(p, cs, rows, lse2)
-            q_state, k_state = _tile_chunks(cfg, p, cs, mask, pipes, q_state, k_state, tile, seq, rows, lse2,
-                                            wtid, wg)
+            _row_inputs(p, cs, rows, lse2, base)
+            q_state, k_state = _tile_chunks(cfg, p, cs, mask, pipes, q_state, k_state, tile, seq, rows,
+                                            (lse2, base), wtid, wg)
         tile_idx, ring_c = ring.pop(ring_c)
 
 
