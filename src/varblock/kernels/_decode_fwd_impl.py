@@ -394,6 +394,16 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
             if cutlass.const_expr(not cross):
                 cute.arch.barrier()  # the previous item's epilogue used the whole ring
 
+            # -------------------------------------------------------------- top up the loader
+            # (at most stages - 2 ahead: the stage of the last consumed chunk may still be the previous epilogue's).
+            # Before the Q load: the first K/V chunks' dependent loads (chunk row, page entry) and the chunks
+            # themselves are then in flight while the threads wait for Q (the plain loads below stall each thread
+            # until its Q vectors arrive; the first barrier of the main loop publishes sQ).
+            for _s in cutlass.range_constexpr(stages - 1):
+                ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld = loader_issue(
+                    *kv_ctx, ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld, f_cons,
+                    item + ahead, n_items, grid, stages - 2)
+
             # -------------------------------------------------------------- Q rows: global -> shared
             # (plain loads: the ring may hold this item's first chunks in flight, so no cp.async group here;
             # every warp finished the previous item's MMAs before its epilogue's barriers)
@@ -417,13 +427,6 @@ def make_host(name: str, params: Sequence, dtype_name: str, D: int, tile_m: int,
                 tq = packed // G
                 row_g[rr] = cutlass.min(packed - tq * G, 31)
                 row_lim[rr] = kv_len - n_q + tq
-
-            # -------------------------------------------------------------- top up the loader
-            # (at most stages - 2 ahead: the stage of the last consumed chunk may still be the previous epilogue's)
-            for _s in cutlass.range_constexpr(stages - 1):
-                ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld = loader_issue(
-                    *kv_ctx, ld_item, ld_c, ld_nc, ld_cb, ld_kvb, ld_ptr, ld_kho, ld_vho, f_ld, f_cons,
-                    item + ahead, n_items, grid, stages - 2)
 
             acc_O.fill(0.0)
             row_max.fill(-Float32.inf)
