@@ -15,7 +15,10 @@ Dense causal attention (what SeerAttention distils from), bf16, d128, pooling bl
 
 Ratios: pooling / forward (bar: <= 0.6) and SeerAttention (forward + 1D + 2D) / varblock (forward + pooling)
 (bar: >= 1.5). The notes hold the largest difference of SeerAttention's maps from varblock's (same inputs, so both
-compute the same maps up to bf16 rounding). CUDA-event median after warm-up; each Seer step in try/except (n/a
+compute the same maps up to bf16 rounding), each side's 1D map against the exact float64 map on sampled rows (the
+first and last 256 query rows of up to 4 sequences: which side a difference comes from, and where), and the
+pooling time per stage (zeroing, qk kernel with its QK^T rate, 2D reduce), each printed as it is measured.
+CUDA-event median after warm-up; each Seer step in try/except (n/a
 cell, one-line reason). ``--dry-run`` checks the host-side inputs (workloads, Seer's power-of-two key-block
 count, the pack index) without a GPU.
 """
@@ -100,8 +103,62 @@ class SeerPipeline:
         return m / m.sum(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
+def sample_windows(cu: np.ndarray, rows: int = 256, max_seqs: int = 4) -> list[tuple[int, int, int]]:
+    """``(sequence, first row, end row)`` of the rows the exact check covers: the first and the last ``rows``
+    query tokens of up to ``max_seqs`` sequences (first, last and two between). Causal rows ``< r1`` need only keys
+    ``< r1``, so each window is exact with an ``[H, rows, r1]`` score matrix."""
+    lens = np.diff(cu.astype(np.int64))
+    picks = sorted({0, lens.size - 1, lens.size // 3, 2 * lens.size // 3}) if lens.size else []
+    out = []
+    for b in picks[:max_seqs]:
+        n = int(lens[b])
+        for r0, r1 in {(0, min(n, rows)), (max(0, n - rows), n)}:
+            if r1 > r0:
+                out.append((b, r0, r1))
+    return sorted(out)
+
+
+def exact_1d_window(torch: Any, q: Any, k: Any, start: int, r0: int, r1: int, block: int) -> Any:
+    """Float64 1D map of query rows ``r0 .. r1 - 1`` of the causal sequence starting at packed token ``start``:
+    ``[Hq, r1 - r0, ceil(r1 / block)]`` (per row and key block the largest softmax probability)."""
+    hq, hkv = q.shape[1], k.shape[1]
+    qs = q[start + r0:start + r1].double()
+    ks = k[start:start + r1].double().repeat_interleave(hq // hkv, dim=1)
+    s = torch.einsum("qhd,khd->hqk", qs, ks) * (D ** -0.5)
+    i = torch.arange(r0, r1, device=q.device)[:, None]
+    j = torch.arange(r1, device=q.device)[None, :]
+    p = torch.softmax(s.masked_fill(j > i, float("-inf")), dim=-1)
+    nb = -(-r1 // block)
+    p = torch.nn.functional.pad(p, (0, nb * block - r1))
+    return p.reshape(hq, r1 - r0, nb, block).amax(dim=-1)
+
+
+def exact_check(torch: Any, q: Any, k: Any, cu: np.ndarray, block: int, maps: dict[str, Any]) -> str:
+    """Each 1D map (``[Hq, total_q, >= nb]`` float) against the float64 map on :func:`sample_windows`: the largest
+    error of each, and where the largest one lies (sequence, head, row, key block; block - row // block = 0 is
+    the diagonal block)."""
+    worst = {name: (0.0, None) for name in maps}
+    for b, r0, r1 in sample_windows(cu):
+        start = int(cu[b])
+        ref = exact_1d_window(torch, q, k, start, r0, r1, block)
+        for name, m in maps.items():
+            got = m[:, start + r0:start + r1, :ref.shape[-1]].double()
+            err = (got - ref).abs()
+            e = float(err.max())
+            if e > worst[name][0]:
+                h, r, c = (int(x) for x in np.unravel_index(int(err.argmax()), tuple(err.shape)))
+                worst[name] = (e, (b, h, r0 + r, c, float(got[h, r, c]), float(ref[h, r, c])))
+    parts = []
+    for name, (e, at) in worst.items():
+        where = "" if at is None else (f" at seq {at[0]} head {at[1]} row {at[2]} block {at[3]} (diagonal "
+                                       f"{at[3] - at[2] // block:+d}): {at[4]:.4f} vs exact {at[5]:.4f}")
+        parts.append(f"max|{name} - exact| {e:.1e}{where}")
+    return "; ".join(parts)
+
+
 def _diff_notes(seer: SeerPipeline, p1: Any, ours1: Any, ours2: Any, cu: np.ndarray) -> str:
-    """Largest |Seer - varblock| of the 1D map (packed tokens) and of the 2D map (each sequence's blocks)."""
+    """Largest |Seer - varblock| of the 1D map (packed tokens) and of the 2D map (each sequence's blocks), and each
+    side's 1D map against the exact float64 map on sampled rows (which side a difference comes from)."""
     s1 = p1.permute(0, 2, 1, 3)[seer.seq, seer.pos].float().transpose(0, 1)  # [Hq, total_q, nb]
     nb = min(s1.shape[-1], ours1.shape[-1])
     d1 = float((s1[..., :nb] - ours1[..., :nb]).abs().max())
@@ -110,7 +167,38 @@ def _diff_notes(seer: SeerPipeline, p1: Any, ours1: Any, ours2: Any, cu: np.ndar
     for b, n in enumerate(np.diff(cu)):
         m = -(-int(n) // seer.block)
         d2 = max(d2, float((s2[b, :, :m, :m] - ours2[b, :, :m, :m]).abs().max()))
-    return f"max|seer - varblock| 1D {d1:.1e}, 2D {d2:.1e}"
+    note = f"max|seer - varblock| 1D {d1:.1e}, 2D {d2:.1e}"
+    try:
+        note += "; " + exact_check(seer.torch, seer.q, seer.k, cu, seer.block, {"varblock": ours1, "seer": s1})
+    except Exception as ex:  # the diagnostic must not cost the row
+        note += f"; exact check n/a: {type(ex).__name__}: {(str(ex).strip().splitlines() or [''])[0][:160]}"
+    return note
+
+
+def stage_times(torch: Any, plan: Any, q: Any, k: Any, lse: Any, rep: int) -> str:
+    """Where the pooling time goes: the map's zeroing, the qk kernel and the 2D reduce kernel timed alone (the
+    recipe the op keeps for these torch arguments), and the qk kernel's rate against half the forward's FLOPs."""
+    from varblock.ops.state import state_of
+    from varblock.runtime.device import stream_for
+
+    recipes = [r for key, r in state_of(plan).fast_paths.items() if key[0] == "attention_pooling"]
+    if len(recipes) != 1 or recipes[0].qk is None:
+        return f"stages n/a: {len(recipes)} pooling recipes kept for the plan"
+    r = recipes[0]
+    pool = torch.empty(r.pool_shape, dtype=torch.float32, device=q.device)
+    out2 = torch.empty(r.out_2d_shape, dtype=torch.float32, device=q.device)
+    st = stream_for(None, r.ordinal, like=q)
+    counter = state_of(r.plan).counter_ptr(r.plan, int(st.handle)) if r.persistent else 0
+    ptrs = (q.data_ptr(), k.data_ptr(), lse.data_ptr(), pool.data_ptr(), counter)
+    t_zero = bench(lambda: pool.zero_(), rep=rep)
+    t_qk = bench(lambda: r.qk(st, ptrs), rep=rep)
+    t_red = bench(lambda: r.reduce_2d(st, (pool.data_ptr(), out2.data_ptr())), rep=rep)
+    note = f"stages: zero {t_zero:.3f} ms ({pool.numel() * 4 / t_zero / 1e9:.2f} TB/s), qk {t_qk:.3f} ms"
+    try:
+        note += f" ({plan.flops() / 2 / t_qk / 1e9:.0f} TFLOP/s of QK^T)"
+    except ValueError:
+        pass
+    return note + f", reduce2d {t_red:.3f} ms"
 
 
 def run_workload(torch: Any, args: argparse.Namespace, name: str) -> list[dict[str, Any]]:
@@ -128,13 +216,18 @@ def run_workload(torch: Any, args: argparse.Namespace, name: str) -> list[dict[s
         return varblock.attention_pooling(q, k, lse, plan, block_q=bs, block_k=bs, per_sequence=False)
 
     t_pool = bench(pool, rep=args.rep)
+    try:
+        pool_note = f"pool/fwd {t_pool / t_fwd:.2f}; " + stage_times(torch, plan, q, k, lse, args.rep)
+    except Exception as ex:  # a diagnostic only
+        pool_note = f"pool/fwd {t_pool / t_fwd:.2f}; stages n/a: {type(ex).__name__}: {str(ex)[:160]}"
+    print(f"    {name}: {pool_note}", flush=True)
     row = dict(causal=True, density=1.0, block=bs, head_dim=D)
     try:
         fwd_note = f"forward family {plan.family}, {plan.flops() / t_fwd / 1e9:.0f} TFLOP/s"
     except ValueError:  # a plan without a host layout cannot count its pairs
         fwd_note = f"forward family {plan.family}"
     rows = [make_row("pooling", name, "varblock-fwd", ms=t_fwd, note=fwd_note, **row),
-            make_row("pooling", name, "varblock-pool", ms=t_pool, note=f"pool/fwd {t_pool / t_fwd:.2f}", **row),
+            make_row("pooling", name, "varblock-pool", ms=t_pool, note=pool_note, **row),
             make_row("pooling", name, "varblock-fwd+pool", ms=t_fwd + t_pool, **row)]
     seer_ms: dict[str, float | None] = {"seer-1d": None, "seer-2d": None}
     notes = {"seer-1d": "fused forward + 1D map", "seer-2d": "gather + maxpool_varlen + row normalise"}
@@ -145,6 +238,7 @@ def run_workload(torch: Any, args: argparse.Namespace, name: str) -> list[dict[s
         seer_ms["seer-2d"] = bench(lambda: seer.two_d(p1), rep=args.rep)
         ours1, ours2 = pool()
         notes["seer-2d"] += "; " + _diff_notes(seer, p1, ours1, ours2, cu)
+        print(f"    {name}: {notes['seer-2d']}", flush=True)
     except Exception as ex:  # Seer missing or failing: n/a cells with the reason
         why = f"n/a: {type(ex).__name__}: {(str(ex).strip().splitlines() or [''])[0][:200]}"
         print(f"    seer on {name}: {why}", flush=True)
