@@ -384,6 +384,21 @@ def test_cost_model_pieces():
     assert p == 2 * (4 + cost.STEP_CHUNKS) + cost.RAMP_CHUNKS
 
 
+def test_min_waves_asks_for_more_items(monkeypatch):
+    """MIN_WAVES = 1.9 gives 1 x 128k the old plan's 64 splits (dense: 32 chunks each; density 0.25: 8) and leaves
+    64 x 32k (512 items, 1.94 waves) and 256 x 2k alone; lists that cannot reach it keep the estimate's choice."""
+    from varblock.decode_plan import cost
+
+    t8 = np.ones(8, np.int64)
+    assert cost.choose_chunks_per_split(np.full(8, 2048), t8, 264) == 63  # default: one wave of 33 splits
+    monkeypatch.setattr(cost, "MIN_WAVES", 1.9)
+    assert cost.choose_chunks_per_split(np.full(8, 2048), t8, 264) == 32
+    assert cost.choose_chunks_per_split(np.full(8, 512), t8, 264) == 8
+    assert cost.choose_chunks_per_split(np.full(512, 512), np.ones(512, np.int64), 264) == 512
+    assert cost.choose_chunks_per_split(np.full(2048, 8), np.ones(2048, np.int64), 264) == 8
+    assert cost.choose_chunks_per_split(np.full(2, 6), np.ones(2, np.int64), 264) == cost.MIN_CHUNKS_PER_SPLIT
+
+
 def test_benchmark_shapes_plans():
     """The work lists of the benchmark shapes on 132 SMs x 2 (the numbers in docs/decode.md)."""
     want = {(64, 32768): (512, 512, 1), (1, 131072): (264, 264, 33), (256, 2048): (2048, 2048, 1)}

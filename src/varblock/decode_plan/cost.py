@@ -10,10 +10,11 @@ order, longest first, so the estimate of a list is the sum over waves of the lon
 Every tuning constant of the decode plan is in the block below (one place); ``benchmarks/decode_sweep.py`` measures
 the choices they drive (see docs/decode.md, "Tuning"):
 
-* ``RAMP_CHUNKS``, ``MERGE_BASE_CHUNKS``, ``MERGE_CHUNKS_PER_SPLIT``, ``MIN_CHUNKS_PER_SPLIT``, ``MAX_WAVES``: the
-  split count (sweep rows ``splits=N``, ``persistent=off``; 1 x 128k is the shape they decide). More ramp or merge
-  per split -> fewer splits; a lower ``MAX_WAVES`` or a higher ``MIN_CHUNKS_PER_SPLIT`` caps the splits.
-* ``STEP_CHUNKS``: persistent grid or one CTA per item (sweep rows ``persistent=on`` vs ``off``; 256 x 2k decides).
+* ``RAMP_CHUNKS``, ``MERGE_BASE_CHUNKS``, ``MERGE_CHUNKS_PER_SPLIT``, ``MIN_CHUNKS_PER_SPLIT``, ``MAX_WAVES``,
+  ``MIN_WAVES``: the split count (sweep rows ``s=N auto``; 1 x 128k is the shape they decide). More ramp or merge
+  per split -> fewer splits; a lower ``MAX_WAVES`` or a higher ``MIN_CHUNKS_PER_SPLIT`` caps the splits;
+  ``MIN_WAVES = 1.9`` asks for about two waves of items (64 splits for 1 x 128k on 264 slots).
+* ``STEP_CHUNKS``: persistent grid or one CTA per item (sweep rows ``pers`` vs ``1/item``; 256 x 2k decides).
   A persistent grid is chosen only when ``STEP_CHUNKS`` (its per-item cost after the first) is below
   ``RAMP_CHUNKS`` by enough to beat the dynamic grid's waves; ``STEP_CHUNKS >= RAMP_CHUNKS`` turns it off.
 """
@@ -38,6 +39,11 @@ STEP_CHUNKS = 2.0
 MIN_CHUNKS_PER_SPLIT = 4
 #: most waves of CTAs a split choice may create (splits past it only add ramps and merge work)
 MAX_WAVES = 4
+#: fewest waves of items a split choice should create when some candidate can (0: the estimate alone decides). The
+#: estimate never prefers two waves of half items to one wave (it assumes equal slot speeds); 1.9 gives the old
+#: plan's 64 splits for 1 x 128k (both densities) and changes no other benchmark shape: set it if the sweep shows
+#: ``s=64`` beating ``s=33`` there (H200, old plan 64 splits 3.43 TB/s vs 33 splits 3.27, paged; 3.58 contiguous)
+MIN_WAVES = 0.0
 # ------------------------------------------------------------------------------------------------------------------
 
 
@@ -124,7 +130,8 @@ def choose_chunks_per_split(g_chunks: np.ndarray, g_tiles: np.ndarray, slots: in
                             max_splits: int | None = None) -> int:
     """Chunks per split with the least estimated time. Candidates: the chunk counts that cut the longest group
     into ``k = 1, 2, ...`` splits, at least ``MIN_CHUNKS_PER_SPLIT`` chunks each, at most ``max_splits`` splits,
-    while the list stays within ``MAX_WAVES`` waves (or one item per row tile); ties go to fewer splits."""
+    while the list stays within ``MAX_WAVES`` waves (or one item per row tile); ties go to fewer splits. Candidates
+    with fewer than ``MIN_WAVES x slots`` items are taken only when no candidate reaches that many."""
     g_chunks = np.asarray(g_chunks, dtype=np.int64)
     g_tiles = np.asarray(g_tiles, dtype=np.int64)
     longest = int(g_chunks.max(initial=0))
@@ -132,6 +139,7 @@ def choose_chunks_per_split(g_chunks: np.ndarray, g_tiles: np.ndarray, slots: in
         return MIN_CHUNKS_PER_SPLIT
     cap = max(MAX_WAVES * slots, int(g_tiles.sum()))
     best_cps, best_t, prev = longest, np.inf, 0
+    full_cps, full_t = 0, np.inf  # the best candidate with at least MIN_WAVES waves of items
     for k in range(1, longest + 1):
         cps = max(MIN_CHUNKS_PER_SPLIT, -(-longest // k))
         if cps == prev:
@@ -144,6 +152,8 @@ def choose_chunks_per_split(g_chunks: np.ndarray, g_tiles: np.ndarray, slots: in
         t = estimate(g_chunks, g_tiles, g_splits, slots)
         if t < best_t - 1e-9:
             best_cps, best_t = cps, t
+        if int((g_splits * g_tiles).sum()) >= MIN_WAVES * slots and t < full_t - 1e-9:
+            full_cps, full_t = cps, t
         if cps == MIN_CHUNKS_PER_SPLIT:
             break
-    return best_cps
+    return full_cps if full_cps else best_cps
