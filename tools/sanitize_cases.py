@@ -268,7 +268,7 @@ def smoke_decode(torch: Any) -> None:
         q, kc, vc = _decode_inputs(torch, c, hq, hkv, d, ps)
         # num_sms=2: a persistent grid of 2 CTAs (cross-item prefetch) when there are more than 2 items
         for sms in (None, 2):
-            p = varblock.plan_decode(c["cu_q"], num_sms=sms, **kw)
+            p = varblock.plan_decode(c["cu_q"], num_sms=sms, persistent=True if sms else None, **kw)
             for _ in range(2):
                 o, lse = varblock.decode(q, kc, vc, p, return_lse=True)
             _check_finite(torch, f"decode {name}" + (" (persistent grid)" if sms else ""), o, lse)
