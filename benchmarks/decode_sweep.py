@@ -13,7 +13,8 @@ Configurations per cell (``plan_decode`` keywords):
 * grid, for every split choice whose list has more items than CTAs: ``1/item`` (``persistent=False``: one CTA per
   item, the hardware hands CTAs to free slots), ``pers`` (``persistent=True``: a persistent grid of one CTA per slot,
   SMs x CTAs per SM by occupancy) and ``pers1`` (``persistent=True, num_sms=SMs``: one CTA per SM);
-* cache: ``paged`` (the benchmark's page table) and ``contig`` (the same values as a contiguous ``[B*L, Hkv, D]``).
+* cache: ``paged`` (the benchmark's page table) and ``contig`` (the same values as a contiguous ``[B*L, Hkv, D]``);
+* per shape, density 0.00: a layout with no kept block (``auto``): the floor of launch, item metadata and epilogue.
 
 Columns: ms per call (CUDA events around 10 back-to-back eager calls, median of ``--iters``; the Python cost of a
 call overlaps the previous kernel), TB/s on kept bytes (K and V of the kept blocks, q, out), ``graph``: ms per call
@@ -309,6 +310,11 @@ def main() -> int:
                     row = measure(args, torch, c, lay, cfg, cache, nbytes, num_sms, seen[cache])
                     if row is not None:
                         rows.append(row)
+        # the floor: no kept block (every item reads nothing): launch, item metadata, epilogue
+        empty = LD.from_block_lists([], [], kv_lens=np.full(B, L), block_size=BLOCK, num_heads=HKV)
+        for cache in caches:
+            rows.append(measure(args, torch, c, empty, Config(None, "auto"), cache, kept_bytes(empty, 1), num_sms,
+                                {}))
         del c
         torch.cuda.empty_cache()
     print("\nbest per cell and cache (the plan's heuristic is 'auto auto'):")
