@@ -1,7 +1,8 @@
 """Decode plan sweep: ``varblock.decode`` over a set of plan configurations for the benchmark shapes, to set the plan's
 heuristic (``varblock/decode_plan/cost.py``) from measurements.
 
-    PYTHONPATH=src python benchmarks/decode_sweep.py [--json out.json] [--iters 10] [--no-graph] [--dry-run]
+    PYTHONPATH=src python benchmarks/decode_sweep.py [--json out.json] [--iters 10] [--reps 10] [--no-graph]
+                                                     [--caches paged,contig] [--budget 90] [--dry-run]
 
 Inputs are those of ``benchmarks/bench_decode.py`` (its helpers, same seed): Hq 64 / Hkv 8, d128, bf16, one new token,
 64-token blocks, pages of 64 in random order; batch 64 x 32k, 1 x 128k, 256 x 2k at density 1.0 and 0.25.
@@ -18,12 +19,13 @@ Configurations per cell (``plan_decode`` keywords):
 
 Columns: ms per call (CUDA events around 10 back-to-back eager calls, median of ``--iters``; the Python cost of a
 call overlaps the previous kernel), TB/s on kept bytes (K and V of the kept blocks, q, out), ``graph``: ms per call
-replaying one CUDA graph of 10 calls (no host cost at all: a gap between the two columns is launch overhead),
-``hostus``: host microseconds per eager call (when it exceeds the kernel time, the eager column measures the host),
-items, CTAs, largest split count. Then the best configuration per cell and cache (docs/decode.md, "Tuning", says
-which constant in ``cost.py`` each choice sets). Every configuration runs in try/except (one line, then the next); a
-configuration whose plan equals one already measured in its cell (e.g. ``s=1`` when the plan chooses no split) is
-skipped. About 30-60 s on an H200.
+replaying one CUDA graph of 10 calls, for calls under 1 ms (no host cost: a gap between the two columns is launch
+overhead), ``hostus``: host microseconds per eager call (when it exceeds the kernel time, the eager column measures
+the host), items, CTAs, largest split count. Then the best configuration per cell and cache (docs/decode.md,
+"Tuning", says which constant in ``cost.py`` each choice sets). Every configuration runs in try/except (one line,
+then the next); a configuration whose plan equals one already measured in its cell (e.g. ``s=1`` when the plan
+chooses no split) is skipped. About 30-60 s on an H200; past ``--budget`` seconds (default 90) only ``auto auto``
+is measured.
 ``--dry-run`` (CPU) prints the configurations with the item and CTA counts of a 132 SM x 2 CTA GPU.
 """
 
@@ -54,6 +56,8 @@ MIN_CHUNKS = 2
 MAX_ITEMS_PER_SLOT = 16
 #: the dry run's GPU: H200 SMs and decode CTAs per SM (shared memory bound), chunk keys of the sm90 d128 variant
 DRY_SMS, DRY_PER_SM, DRY_TILE_N, DRY_TILE_M = 132, 2, 64, 16
+#: the CUDA-graph column only for calls shorter than this (longer ones cannot be host bound)
+GRAPH_BELOW_MS = 1.0
 GRIDS = ("auto", "1/item", "pers", "pers1")
 CACHES = ("paged", "contig")
 
@@ -227,7 +231,7 @@ def measure(args: argparse.Namespace, torch: Any, c: Caches, lay: LD.DecodeLayou
 
         row.ms, row.host_us = _events_ms(torch, fn, args.iters, args.reps)
         row.tbps = nbytes / row.ms / 1e9
-        if not args.no_graph:
+        if not args.no_graph and row.ms < GRAPH_BELOW_MS:
             try:
                 row.graph_ms = _graph_ms(torch, fn, args.iters, args.reps)
             except Exception as ex:  # the eager number stands; say why the graph one is missing
@@ -278,6 +282,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=10, help="event pairs per configuration (median)")
     ap.add_argument("--reps", type=int, default=10, help="back-to-back calls per event pair")
     ap.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph column")
+    ap.add_argument("--budget", type=float, default=90.0,
+                    help="seconds; past it only the plan's own configuration ('auto auto') is measured")
     ap.add_argument("--caches", default=",".join(CACHES), help="comma list of paged,contig")
     ap.add_argument("--json", default=None, help="write {meta, rows} here")
     ap.add_argument("--dry-run", action="store_true", help="list the configurations on the CPU (no GPU)")
@@ -306,6 +312,8 @@ def main() -> int:
             nbytes = kept_bytes(lay, 1)
             seen: dict[str, dict[bytes, str]] = {cache: {} for cache in caches}
             for cfg in configs(group_chunks(lay), slots_guess):
+                if time.perf_counter() - t0 > args.budget and cfg.name != "auto auto":
+                    continue  # over budget: the plan's own choice only
                 for cache in caches:
                     row = measure(args, torch, c, lay, cfg, cache, nbytes, num_sms, seen[cache])
                     if row is not None:
@@ -320,7 +328,9 @@ def main() -> int:
     print("\nbest per cell and cache (the plan's heuristic is 'auto auto'):")
     for line in summarize(rows):
         print(line)
-    print(f"sweep: {len(rows)} rows in {time.perf_counter() - t0:.0f} s")
+    spent = time.perf_counter() - t0
+    print(f"sweep: {len(rows)} rows in {spent:.0f} s" + (f" (over the {args.budget:.0f} s budget: later cells "
+                                                          f"measured 'auto auto' only)" if spent > args.budget else ""))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"meta": {"bench": "decode_sweep", "device": torch.cuda.get_device_name(),
