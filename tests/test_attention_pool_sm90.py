@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests._pooling_ref import group_pooling_ref
 from tests.test_pooling_api import MEM, _empty, _host_plan, _view, _zero
 from tests.test_pooling_model import reduce_model
 from varblock import layout as L
@@ -190,19 +191,22 @@ def test_bind_adds_extents_and_the_persistent_grid():
     arr = {"q": SimpleNamespace(ptr=16, shape=(365, 4, 64), strides=(256, 64, 1)),
            "k": SimpleNamespace(ptr=32, shape=(365, 2, 64), strides=(128, 64, 1)),
            "lse": SimpleNamespace(ptr=48, shape=(4, 365), strides=(365, 1)),
-           "pool": SimpleNamespace(ptr=64, shape=(4, 365, 5), strides=(1825, 5, 1))}
-    v = BINDING_SM90.bind(plan, arr, {"softmax_scale": 0.125, "block_k": 128, "num_sms": 2})
+           "pool": SimpleNamespace(ptr=64, shape=(4, 365, 5), strides=(1825, 5, 1)),
+           "pool2d": SimpleNamespace(ptr=80, shape=(3, 2, 3, 5), strides=(30, 15, 5, 1))}
+    sc = {"softmax_scale": 0.125, "block_q": 128, "group": 2}
+    v = BINDING_SM90.bind(plan, arr, {**sc, "block_k": 128, "num_sms": 2})
     assert (v["total_q"], v["num_heads_q"], v["total_k"], v["num_heads_kv"]) == (365, 4, 365, 2)
     assert (v["persistent"], v["num_ctas"], v["pool_block_k"]) == (1, 2, 128)
     assert (v["pool"], v["pool_stride_head"], v["pool_stride_tok"]) == (64, 1825, 5)
-    v = BINDING_SM90.bind(plan, arr, {"softmax_scale": 0.125, "block_k": 64, "num_sms": 10**6})
-    assert v["num_ctas"] == plan.num_tiles
-    v = BINDING_MMA.bind(plan, arr, {"softmax_scale": 0.125, "block_k": 64})
-    assert (v["persistent"], v["num_ctas"], v["tile_counter"]) == (0, plan.num_tiles, 0)
+    assert (v["pool2d"], v["pool2d_stride_b"], v["pool2d_stride_h"], v["pool2d_stride_m"]) == (80, 30, 15, 5)
+    assert (v["pool_block_q"], v["pool_group"]) == (128, 2)
+    v90 = BINDING_SM90.bind(plan, arr, {**sc, "block_k": 64, "num_sms": 10**6})
+    assert v90["num_ctas"] == plan.num_tiles
     entry = fam.variants("sm90")[0].manifest_entry()
-    missing = {p["name"] for p in entry["params"] if p["kind"] not in ("tensormap", "i32x2")} - set(v) - {
-        "total_k", "num_heads_kv", "total_q", "num_heads_q"}
-    assert not missing
+    assert not {p["name"] for p in entry["params"] if p["kind"] not in ("tensormap", "i32x2")} - set(v90)
+    v = BINDING_MMA.bind(plan, arr, {**sc, "block_k": 64})
+    assert (v["persistent"], v["num_ctas"], v["tile_counter"]) == (0, plan.num_tiles, 0)
+    assert "pool2d" not in v and not BINDING_MMA.writes_2d and BINDING_SM90.writes_2d
 
 
 # ---------------------------------------------------------------------------------------------- NumPy model
@@ -334,11 +338,53 @@ def _launch(entry: dict, ordinal: int, stream: Any, values: dict) -> None:
                             nb, v["softmax_scale_log2"] / np.log2(np.e))
         assert not MEM.read(v["pool"], np.float32, got.size).any(), "the map was not zeroed"
         MEM.write(v["pool"], got.astype(np.float32))
+        if entry["family"] == fam.FAMILY_NAME:  # the raw 2D map: per query block x key block, the max
+            sb, sh, sm = v["pool2d_stride_b"], v["pool2d_stride_h"], v["pool2d_stride_m"]  # compact [B, Ho, MB, NB]
+            shape = (plan.batch_size, sb // sh, sh // sm, sm)
+            raw = raw_2d_model(got, lay.cu_seqlens_q, v["pool_group"], v["pool_block_q"], shape)
+            assert not MEM.read(v["pool2d"], np.float32, raw.size).any(), "the 2D map was not zeroed"
+            MEM.write(v["pool2d"], raw.astype(np.float32))
+    elif entry["key"]["mode"] == 0:
+        MEM.write(v["out"], reduce_2d_kernel_model(v).astype(np.float32))
     else:
         p1 = MEM.read(v["pool"], np.float32, hq * total * nb).reshape(hq, total, nb).astype(np.float64)
-        two, one = reduce_model(p1, lay.cu_seqlens_q, lay.cu_seqlens_k, v["group"], v["block_q"], v["block_k"],
-                                v["mb"])
-        MEM.write(v["out"], (two if entry["key"]["mode"] == 0 else one).astype(np.float32))
+        _, one = reduce_model(p1, lay.cu_seqlens_q, lay.cu_seqlens_k, v["group"], v["block_q"], v["block_k"],
+                              v["mb"])
+        MEM.write(v["out"], one.astype(np.float32))
+
+
+def raw_2d_model(p1: np.ndarray, cu_q: np.ndarray, group: int, block_q: int, shape: tuple[int, ...]) -> np.ndarray:
+    """What the sm90 qk kernel's 2D reds leave in a zeroed ``[B, Ho, MB, NB]`` map: per sequence, output head,
+    query block and key block, the max of the 1D map over the block's tokens and the group's heads."""
+    out = np.zeros(shape)
+    b_, ho, mb, nb = shape
+    for b in range(b_):
+        for m in range(mb):
+            t0, t1 = cu_q[b] + m * block_q, min(cu_q[b] + (m + 1) * block_q, cu_q[b + 1])
+            if t1 > t0:
+                out[b, :, m] = p1[:ho * group, t0:t1, :nb].reshape(ho, group, t1 - t0, nb).max(axis=(1, 2))
+    return out
+
+
+def reduce_2d_kernel_model(v: dict[str, Any]) -> np.ndarray:
+    """``_reduce_2d`` (``kernels/_attention_pool_impl.py``) on the fake memory, from its parameters alone: row
+    ``(b, ho, m)`` = max over the group's heads and the tokens ``m * block_q ..`` of sequence ``b`` (by the
+    ``cu_seqlens_q`` it is given) of ``pool[h, tok, n]`` for ``n < ceil(len_k / block_k)``, divided by its sum."""
+    cq = MEM.read(v["cu_seqlens_q"], np.int32, v["batch"] + 1).astype(np.int64)
+    ck = MEM.read(v["cu_seqlens_k"], np.int32, v["batch"] + 1).astype(np.int64)
+    pool = MEM._at(v["pool"]).view(np.float32)
+    out = np.zeros((v["num_items"], v["nbo"]))
+    for w in range(v["num_items"]):
+        m, ho, b = w % v["mb"], (w // v["mb"]) % v["num_heads_out"], w // (v["mb"] * v["num_heads_out"])
+        n_b = min(-(-int(ck[b + 1] - ck[b]) // v["block_k"]), v["nbo"])
+        t0, t1 = m * v["block_q"], min((m + 1) * v["block_q"], int(cq[b + 1] - cq[b]))
+        for g in range(v["group"]):
+            for t in range(t0, t1):
+                at = (ho * v["group"] + g) * v["pool_stride_head"] + (cq[b] + t) * v["pool_stride_tok"]
+                out[w, :n_b] = np.maximum(out[w, :n_b], pool[at:at + n_b])
+        if out[w].sum() > 0:
+            out[w] /= out[w].sum()
+    return out
 
 
 @pytest.fixture
@@ -353,6 +399,8 @@ def sim(monkeypatch, built):
     monkeypatch.setattr(pool_mod, "variant_for", lambda f, o, key: entries[f][tuple(sorted(key.items()))])
     monkeypatch.setattr(pool_mod, "stream_for", lambda s, o, like=None: SimpleNamespace(handle=0))
     monkeypatch.setattr(pool_mod, "_num_sms", lambda ordinal: 3)
+    monkeypatch.setattr(pool_mod, "_row_starts", lambda plan, o, batch, rows: MEM.put(
+        (np.arange(batch + 1) * rows).astype(np.int32)))
     CTX.clear()
     CTX["launches"] = []
 
@@ -543,3 +591,30 @@ def test_torch_calls_take_the_fast_path_after_the_first(sim, monkeypatch):
     CTX["nb"] = 2
     pool_mod.attention_pooling(q, q, lse32, plan, per_sequence=False, block_k=128)  # other options: checked again
     assert len(checked) == 2
+
+
+@pytest.mark.parametrize("block_q,pool_gqa", [(40, True), (64, True), (200, False)])
+def test_op_normalises_the_kernels_raw_2d_map(sim, block_q, pool_gqa):
+    """The sm90 kernel writes the raw 2D map itself (query blocks of any size, group pooling); the 2D reduce kernel
+    then runs on it as a normaliser (its rows as one-token query blocks): the 2D result equals the reference."""
+    rng = np.random.default_rng(block_q)
+    cu = _cu([300, 1, 0, 129, 77])
+    lay = L.causal(cu, cu, block_q=128, block_k=128, num_heads=1)
+    q = rng.standard_normal((int(cu[-1]), 4, 64)).astype(np.float16)
+    k = rng.standard_normal((int(cu[-1]), 2, 64)).astype(np.float16)
+    qf, kf = q.astype(np.float64), k.astype(np.float64)
+    _, lse = reference.attention_forward(qf, kf, kf, lay)
+    plan = _sm90_plan(lay, 4, 2, 64, 1)
+    CTX.update(plan=plan, layout=lay, q=qf, k=kf, total_q=int(cu[-1]), nb=5, family=fam.FAMILY_NAME)
+    p1, p2 = pool_mod.attention_pooling(q, k, lse.astype(np.float32), plan, block_q=block_q, block_k=64,
+                                        pool_gqa=pool_gqa, per_sequence=False)
+    r1 = reference.attention_pooling_1d(qf, kf, lay, block_k=64)
+    if pool_gqa:
+        r1, r2 = group_pooling_ref(r1, lay, 2, block_q)
+    else:
+        r2 = reference.attention_pooling_2d(qf, kf, lay, block_q=block_q, block_k=64)
+    assert p2.shape == r2.shape == (5, 2 if pool_gqa else 4, -(-300 // block_q), 5)
+    np.testing.assert_allclose(p1, r1, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p2, r2, rtol=1e-5, atol=1e-7)
+    reduce_vals = CTX["launches"][1][1]
+    assert (reduce_vals["block_q"], reduce_vals["group"]) == (1, 1)

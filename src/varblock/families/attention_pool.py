@@ -43,6 +43,8 @@ class AttentionPoolMma(FamilyBinding):
     name = "attention_pool"
     op = "attention_pool"
     pointers = ("q", "k", "lse", "pool")
+    #: whether the qk kernel also writes the raw 2D map (then the 2D reduce only normalises it)
+    writes_2d = False
 
     def supports(self, problem: PoolingProblem) -> str | None:
         if problem.block_k % problem.key_align:
@@ -81,6 +83,8 @@ class AttentionPoolSm90(AttentionPoolMma):
     """Hopper pooling kernel (TMA + wgmma, sm_90a): persistent grid of one CTA per SM pulling tiles."""
 
     name = "attention_pool_sm90"
+    pointers = ("q", "k", "lse", "pool", "pool2d")
+    writes_2d = True
 
     def supports(self, problem: PoolingProblem) -> str | None:
         if problem.arch != SM90_ARCH:
@@ -93,9 +97,14 @@ class AttentionPoolSm90(AttentionPoolMma):
         return self._supports_built(problem)  # (64-key halves: block_k need not be a multiple of the key block)
 
     def bind(self, plan: Any, arrays: Mapping[str, Any], scalars: Mapping[str, Any]) -> dict[str, Any]:
-        """As the portable binding, plus the TMA descriptors' extents and the persistent schedule
-        (``scalars["num_sms"]`` CTAs at most; the op supplies ``tile_counter``)."""
+        """As the portable binding, plus the TMA descriptors' extents, the persistent schedule
+        (``scalars["num_sms"]`` CTAs at most; the op supplies ``tile_counter``) and the raw 2D map
+        ``arrays["pool2d"]`` ([B, Ho, MB, NB] float32; ``scalars``: ``block_q``, ``group``)."""
         values = super().bind(plan, arrays, scalars)
+        p2 = arrays["pool2d"]
+        values.update(pool2d=p2.ptr, pool2d_stride_b=p2.strides[0], pool2d_stride_h=p2.strides[1],
+                      pool2d_stride_m=p2.strides[2], pool_block_q=int(scalars["block_q"]),
+                      pool_group=int(scalars["group"]))
         qa, ka = arrays["q"], arrays["k"]
         # a descriptor needs extents >= 1; with no keys no tile has a chunk, so K is never read
         values["total_k"], values["num_heads_kv"] = max(1, int(ka.shape[0])), int(ka.shape[1])

@@ -56,6 +56,7 @@ from varblock.kernels.common import gmem_io
 from varblock.kernels.common.scheduler import TileScheduler, count_tile
 from varblock.kernels.common.signature import jit_host
 from varblock.kernels.common.warp_mma import quad_max
+from varblock.kernels.common.warp_reduce import warp_fmax
 from varblock.kernels.common.work_tile import Sequence, TileRows, WorkTile, read_chunk
 
 
@@ -210,21 +211,30 @@ class PoolSetup:
 
 
 @cute.jit
-def _row_inputs(p, cs: PoolSetup, rows: TileRows, lse2: cute.Tensor, base: cute.Tensor):
-    """This thread's rows, once per tile: the LSE in base 2 (``+inf`` for rows without a token or with LSE =
-    -inf: P = 0) and the offset of the row in the map (``-1``: no token, nothing written)."""
+def _row_inputs(p, cs: PoolSetup, tile: WorkTile, rows: TileRows, ri: cute.Tensor, lse2: cute.Tensor):
+    """This thread's rows, once per tile: in ``ri`` (Int64 ``[2, rows]``) the offset of the row in the 1D map and
+    in the raw 2D map (``-1``: no token, nothing written), in ``lse2`` the LSE in base 2 (``+inf`` for rows without
+    a token or with LSE = -inf: P = 0). Returns whether this warp's 16 rows lie in one query block of one head
+    (then the warp writes one 2D maximum per half instead of one per row)."""
     for rr in cutlass.range_constexpr(cute.size(lse2)):
         r = cs.tScS[rr, 0][0]
         v = Float32.inf
         off = Int64(-1)
+        off2 = Int64(-1)
         if r < rows.rows_valid:
             tq, hq = rows.token_and_head(r)
             x = p.lse[Int64(hq) * p.lse_stride_head + Int64(rows.tok0 + tq)]
             if x != -Float32.inf:
                 v = x * LOG2E
             off = Int64(hq) * p.pool_stride_head + Int64(rows.tok0 + tq) * p.pool_stride_tok
+            off2 = (Int64(tile.batch) * p.pool2d_stride_b + Int64(hq // p.pool_group) * p.pool2d_stride_h
+                    + Int64((tile.q_start + tq) // p.pool_block_q) * p.pool2d_stride_m)
+        ri[0, rr] = off
+        ri[1, rr] = off2
         lse2[rr] = v
-        base[rr] = off
+    r0 = cs.tScS[0, 0][0]
+    first = tile.q_start + (r0 - r0 % 16)  # the warp's rows: 16 consecutive tokens of one head when pack_gqa == 1
+    return (p.pack_gqa == 1) & (first // p.pool_block_q == (first + 15) // p.pool_block_q)
 
 
 @cute.jit
@@ -237,14 +247,16 @@ def _red_max(ptr, value: Float32):
 
 
 @cute.jit
-def _pool_chunk(p, cs: PoolSetup, acc_s_mn, k_start, lse2: cute.Tensor, base: cute.Tensor):
+def _pool_chunk(p, cs: PoolSetup, acc_s_mn, k_start, ri: cute.Tensor, lse2: cute.Tensor, warp_block):
     """Per row of this thread and per 64-key half of the chunk: max of the masked S -> max-pooled probability ->
-    ``pool[hq, tok, (k_start + 64 h) // pool_block_k]`` (halves whose maximum is 0 write nothing)."""
+    ``pool[hq, tok, (k_start + 64 h) // pool_block_k]`` and the raw 2D map at the row's query block and that key
+    block (max over a warp's 16 rows first when they share the block; values 0 write nothing)."""
     col0 = cs.tScS[0, 0][1]
     n_cols = cute.size(acc_s_mn, mode=[1])
-    blk0 = Int64(k_start // p.pool_block_k)
-    blk1 = Int64((k_start + HALF) // p.pool_block_k)
-    for rr in cutlass.range_constexpr(cute.size(lse2)):
+    n_rows = cute.size(lse2)
+    blk = (Int64(k_start // p.pool_block_k), Int64((k_start + HALF) // p.pool_block_k))
+    pm = cute.make_rmem_tensor((2, n_rows), Float32)
+    for rr in cutlass.range_constexpr(n_rows):
         m0 = -Float32.inf
         m1 = -Float32.inf
         for cc in cutlass.range_constexpr(n_cols):
@@ -252,16 +264,27 @@ def _pool_chunk(p, cs: PoolSetup, acc_s_mn, k_start, lse2: cute.Tensor, base: cu
                 m0 = cute.arch.fmax(m0, acc_s_mn[rr, cc])
             else:
                 m1 = cute.arch.fmax(m1, acc_s_mn[rr, cc])
-        m0 = quad_max(m0)
-        m1 = quad_max(m1)
-        if col0 == 0 and base[rr] >= Int64(0):
+        for h in cutlass.range_constexpr(2):
+            m = quad_max(m0 if h == 0 else m1)
+            v = Float32(0.0)
+            if m != -Float32.inf:
+                v = cute.math.exp2(m * p.softmax_scale_log2 - lse2[rr], fastmath=False)
+            pm[h, rr] = v
+            if col0 == 0 and ri[0, rr] >= Int64(0) and v > Float32(0.0):
+                _red_max(p.pool + (ri[0, rr] + blk[h]), v)
+    if warp_block:
+        for h in cutlass.range_constexpr(2):
+            v = pm[h, 0]
+            for rr in cutlass.range_constexpr(1, n_rows):
+                v = cute.arch.fmax(v, pm[h, rr])
+            v = warp_fmax(v)
+            if cute.arch.lane_idx() == 0 and ri[1, 0] >= Int64(0) and v > Float32(0.0):
+                _red_max(p.pool2d + (ri[1, 0] + blk[h]), v)
+    else:
+        for rr in cutlass.range_constexpr(n_rows):
             for h in cutlass.range_constexpr(2):
-                m = m0 if h == 0 else m1
-                pm = Float32(0.0)
-                if m != -Float32.inf:
-                    pm = cute.math.exp2(m * p.softmax_scale_log2 - lse2[rr], fastmath=False)
-                if pm > Float32(0.0):
-                    _red_max(p.pool + (base[rr] + (blk0 if h == 0 else blk1)), pm)
+                if col0 == 0 and ri[1, rr] >= Int64(0) and pm[h, rr] > Float32(0.0):
+                    _red_max(p.pool2d + (ri[1, rr] + blk[h]), pm[h, rr])
 
 
 @cute.jit
@@ -273,7 +296,7 @@ def _tile_chunks(cfg: Sm90Config, p, cs: PoolSetup, mask, pipes, q_state, k_stat
     64 rows: layouts with 64-token query blocks) only follows the K ring and the turns, leaving the tensor cores to
     the other."""
     pipe_q, pipe_k = pipes
-    lse2, base = row_in
+    ri, lse2, warp_block = row_in
     busy = rows.rows_valid > wg * (cfg.tile_m // 2)
     k_start, k_len = read_chunk(p.chunks, tile.chunk_begin)
     pipe_q.consumer_wait(q_state)
@@ -291,7 +314,7 @@ def _tile_chunks(cfg: Sm90Config, p, cs: PoolSetup, mask, pipes, q_state, k_stat
             pipe_k.consumer_release(k_state)
             acc_S_mn = mn_view(acc_S)
             _mask_scores(mask, cs, acc_S_mn, tile.is_partial(ci), k_start, k_len)
-            _pool_chunk(p, cs, acc_S_mn, k_start, lse2, base)
+            _pool_chunk(p, cs, acc_S_mn, k_start, ri, lse2, warp_block)
         else:
             _turn_pass(wg)
             pipe_k.consumer_release(k_state)
@@ -313,8 +336,8 @@ def _consumer(cfg: Sm90Config, p, sm, storage, pipes, ring: TileRing, warp_group
     ring_c = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, TILE_RING)
     q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, Q_STAGES)
     k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, cfg.stages)
+    ri = cute.make_rmem_tensor((2, cute.size(cs.tScS, mode=[0])), Int64)
     lse2 = cute.make_rmem_tensor(cute.size(cs.tScS, mode=[0]), Float32)
-    base = cute.make_rmem_tensor(cute.size(cs.tScS, mode=[0]), Int64)
     first_turn(wg)
     tile_idx, ring_c = ring.pop(ring_c)
     while tile_idx >= 0:
@@ -325,9 +348,9 @@ def _consumer(cfg: Sm90Config, p, sm, storage, pipes, ring: TileRing, warp_group
             wg_sync(wg)  # the previous tile's readers of the mask inputs are done
             mask.load_rows(wtid, tile, seq, rows)
             wg_sync(wg)
-            _row_inputs(p, cs, rows, lse2, base)
+            warp_block = _row_inputs(p, cs, tile, rows, ri, lse2)
             q_state, k_state = _tile_chunks(cfg, p, cs, mask, pipes, q_state, k_state, tile, seq, rows,
-                                            (lse2, base), wtid, wg)
+                                            (ri, lse2, warp_block), wtid, wg)
         tile_idx, ring_c = ring.pop(ring_c)
 
 

@@ -10,7 +10,11 @@ contract) on the machine of ``attention_fwd_sm90`` (TMA + wgmma, warp-specialize
   partial chunks (the ``k_len`` tail on full ones), then per row and per 64-key half of the chunk the max of S ->
   ``exp2(max * scale_log2 - lse * log2 e)``, max-accumulated into ``pool[hq, tok, (k_start + 64 h) // block_k]``
   with ``red.global.max.u32`` (probabilities are >= 0, whose float bits order like unsigned ints: no read, no
-  stall). Halves whose maximum is 0 (masked, past ``k_len``, underflow) write nothing: the map was zeroed.
+  stall), and into the raw 2D map ``pool2d[b, hq // pool_group, q // pool_block_q, block]`` (one red per warp and
+  half when the warp's 16 rows lie in one query block of one head, else one per row), so the 2D reduce only
+  normalises that small map instead of reading the 1D one. Values 0 (masked, past ``k_len``, underflow) write
+  nothing: both maps were zeroed. Ping-pong turns (the forward's named barriers) stagger the two warpgroups' S
+  wgmma so that one masks and pools while the other's S runs.
 * Requirements (the op checks them before choosing this family): chunk starts are multiples of 64 (the layout's
   key block, or the plan's ``tile_n`` for dense plans, is a multiple of 64) and ``pool_block_k`` is a multiple of
   64, so a 64-key half never straddles two pooling blocks. ``block_k`` 64: two pooling blocks per 128-key chunk;
@@ -49,12 +53,20 @@ PRODUCER_REGS = fwd90.PRODUCER_REGS
 CONSUMER_REGS = fwd90.CONSUMER_REGS
 _ELEM = 2
 
-#: what the host function takes: the portable pooling kernel's parameters, then the TMA descriptors' extents
+#: what the host function takes: the portable pooling kernel's parameters, the TMA descriptors' extents, then the
+#: raw 2D map this kernel also writes (float32 ``[B, Ho, MB, NB]``, zero before the launch: per query block x key
+#: block the largest probability, before the row normalisation the reduce kernel does)
 HOST_PARAMS: tuple[Param, ...] = pool.QK_PARAMS + (
     Param("total_k", "i32"),
     Param("num_heads_kv", "i32"),
     Param("total_q", "i32"),
     Param("num_heads_q", "i32"),
+    Param("pool2d", "ptr", 4),
+    Param("pool2d_stride_b", "i64"),
+    Param("pool2d_stride_h", "i64"),
+    Param("pool2d_stride_m", "i64"),
+    Param("pool_block_q", "i32"),  # query tokens per 2D block
+    Param("pool_group", "i32"),  # query heads per 2D output head (pool_gqa: the GQA group, else 1)
 )
 _EXTENTS = {"q": ("total_q", "num_heads_q"), "k": ("total_k", "num_heads_kv")}
 
@@ -96,6 +108,9 @@ def _requires() -> tuple[dict[str, Any], ...]:
         {"what": "pool pointer 4-byte aligned", "value": "pool", "divisible_by": 4},
         {"what": f"pool_block_k a positive multiple of {HALF}", "value": "pool_block_k", "divisible_by": HALF},
         {"what": "pool_block_k >= 1", "value": "pool_block_k", "range": [1, 2**30]},
+        {"what": "pool2d pointer 4-byte aligned", "value": "pool2d", "divisible_by": 4},
+        {"what": "pool_block_q >= 1", "value": "pool_block_q", "range": [1, 2**30]},
+        {"what": "pool_group >= 1", "value": "pool_group", "range": [1, 2**30]},
         {"what": "total_k in [1, 2**31 - 1] (TMA extent)", "value": "total_k", "range": [1, 2**31 - 1]},
         {"what": "num_heads_kv >= 1", "value": "num_heads_kv", "range": [1, 2**31 - 1]},
     ]
@@ -138,12 +153,14 @@ FAMILY = Family(
 
 
 def capture_cases(variant: Variant) -> list[dict[str, Any]]:
-    """The sm90 forward's cases without V / O, plus the pooling map (block sizes 64, 128, 64, 256)."""
+    """The sm90 forward's cases without V / O, plus the pooling maps (key block sizes 64, 128, 64, 256)."""
     cases = []
     for i, c in enumerate(fwd90.capture_cases(variant)):
         c = {k: v for k, v in c.items() if k not in pool._FWD_ONLY}
         c.update(pool=0x7E0000000000 + (i << 20), pool_stride_head=1000 * 64, pool_stride_tok=64,
-                 pool_block_k=(64, 128, 64, 256)[i % 4])
+                 pool_block_k=(64, 128, 64, 256)[i % 4], pool2d=0x7D0000000000 + (i << 20),
+                 pool2d_stride_b=8 * 16 * 64, pool2d_stride_h=16 * 64, pool2d_stride_m=64,
+                 pool_block_q=(64, 128, 32, 256)[i % 4], pool_group=(1, 1, 4, 2)[i % 4])
         cases.append({p.name: c[p.name] for p in variant.host_params})
     return cases
 

@@ -187,7 +187,26 @@ def _zero(a: DeviceArray, st: Any) -> None:
 
 #: per-call pointer parameters of the qk and reduce kernels (everything else is fixed per plan and shapes)
 _QK_POINTERS = ("q", "k", "lse", "pool", "tile_counter")
+_QK_POINTERS_2D = ("q", "k", "lse", "pool", "pool2d", "tile_counter")  #: a qk kernel that also writes the 2D map
 _REDUCE_POINTERS = ("pool", "out")
+
+
+def _row_starts(plan: Plan, ordinal: int, batch: int, rows: int) -> int:
+    """Device address of int32 ``[0, rows, 2 rows, ..., batch * rows]``, kept in the plan's ops state: the
+    ``cu_seqlens_q`` under which the 2D reduce kernel reads a raw 2D map ``[B, Ho, MB, NB]`` as a 1D map of
+    ``Ho * MB`` one-token "query blocks" per sequence (``block_q`` 1, heads ``MB * NB`` apart), so that it only
+    normalises each row."""
+    if batch * rows >= 2**31:
+        raise ValueError(f"block_q: the 2D map has {batch * rows} rows, more than the int32 the kernels index with")
+    state = state_of(plan)
+    key = ("attention_pooling", "row_starts", batch, rows)
+    buf = state.launches.get(key)
+    if buf is None:
+        from varblock.runtime.memory import DeviceBuffer
+
+        buf = DeviceBuffer.from_host(ordinal, (np.arange(batch + 1, dtype=np.int64) * rows).astype(np.int32))
+        state.launches[key] = buf
+    return int(buf.ptr)
 
 
 def _prepare(plan: Plan, entry: dict[str, Any], ordinal: int, values: dict[str, Any],
@@ -210,14 +229,15 @@ class _Recipe:
 
     ordinal: int
     plan: Plan  #: the plan the qk kernel walks
-    qk: Callable[[Any, tuple[int, ...]], None] | None  #: (q, k, lse, pool, tile counter); None: no tiles
+    qk: Callable[[Any, tuple[int, ...]], None] | None  #: (q, k, lse, pool[, pool2d], tile counter); None: no tiles
     persistent: bool
-    reduce_2d: Callable[[Any, tuple[int, ...]], None]  #: (pool, out)
+    reduce_2d: Callable[[Any, tuple[int, ...]], None]  #: (pool or, with raw_2d, the raw 2D map, out)
     reduce_1d: Callable[[Any, tuple[int, ...]], None] | None  #: group pooling (pool, out); None: no groups
     pool_shape: tuple[int, ...]
     out_2d_shape: tuple[int, ...]
     out_1d_shape: tuple[int, ...]
     seqs: list[tuple[int, int, int]] | None  #: per-sequence views of the 1D map (None: packed)
+    raw_2d: bool = False  #: the qk kernel writes the raw 2D map (shape out_2d_shape); the 2D reduce normalises it
 
 
 def _recipe(arrays_: tuple[DeviceArray, DeviceArray, DeviceArray], ordinal: int, plan: Plan, opts: dict[str, Any]
@@ -240,41 +260,56 @@ def _recipe(arrays_: tuple[DeviceArray, DeviceArray, DeviceArray], ordinal: int,
     portable = binding.name == FAMILY
     plan = _pooling_plan(plan, int(entry["extra"]["tile_m"]), int(entry["extra"]["tile_n"]),
                          FWD_MMA.name if portable else FWD_SM90.name, fill=not portable)
+    raw_2d = bool(binding.writes_2d)
+    shape_2d = (plan.batch_size, ho, mb, nb)
     pool = DeviceArray("pool_1d", 0, (hq, total_q, nb), compact_strides((hq, total_q, nb)), "float32", ordinal,
                        None)  # (its address is a per-call pointer)
+    pool2d = DeviceArray("pool_2d_raw", 0, shape_2d, compact_strides(shape_2d), "float32", ordinal, None)
     qk, persistent = None, False
     if plan.num_tiles:
-        scalars = {"softmax_scale": scale, "block_k": bk}
+        scalars = {"softmax_scale": scale, "block_k": bk, "block_q": bq, "group": group}
         if not portable:
             scalars["num_sms"] = _num_sms(ordinal)
-        values = binding.bind(plan, {"q": qa, "k": ka, "lse": la, "pool": pool}, scalars)
+        values = binding.bind(plan, {"q": qa, "k": ka, "lse": la, "pool": pool, "pool2d": pool2d}, scalars)
         persistent = bool(values["persistent"])
-        qk = _prepare(plan, entry, ordinal, values, _QK_POINTERS)
+        qk = _prepare(plan, entry, ordinal, values, _QK_POINTERS_2D if raw_2d else _QK_POINTERS)
     red = dict(pool=0, out=0, cu_seqlens_q=plan.ptr("cu_seqlens_q"), cu_seqlens_k=plan.ptr("cu_seqlens_k"),
                pool_stride_head=pool.strides[0], pool_stride_tok=pool.strides[1], batch=plan.batch_size,
                num_heads_out=ho, group=group, block_q=bq, block_k=bk)
-    reduce_2d = _prepare(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 0}), ordinal,
-                         {**red, "mb": mb, "nbo": nb, "num_items": plan.batch_size * ho * mb}, _REDUCE_POINTERS)
+    red_2d = dict(red, mb=mb, nbo=nb, num_items=plan.batch_size * ho * mb)
+    if raw_2d:  # normalise the raw map: its rows as one-token query blocks, one head per output head
+        red_2d.update(cu_seqlens_q=_row_starts(plan, ordinal, plan.batch_size, ho * mb), group=1, block_q=1,
+                      pool_stride_head=mb * nb, pool_stride_tok=nb)
+    reduce_2d = _prepare(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 0}), ordinal, red_2d,
+                         _REDUCE_POINTERS)
     reduce_1d = None
     if group > 1:
         reduce_1d = _prepare(plan, variant_for(FAMILY, ordinal, {"stage": "reduce", "mode": 1}), ordinal,
                              {**red, "mb": total_q, "nbo": nb, "num_items": ho * total_q}, _REDUCE_POINTERS)
-    return _Recipe(ordinal, plan, qk, persistent, reduce_2d, reduce_1d, pool.shape, (plan.batch_size, ho, mb, nb),
-                   (ho, total_q, nb), seqs if per_sequence else None)
+    return _Recipe(ordinal, plan, qk, persistent, reduce_2d, reduce_1d, pool.shape, shape_2d, (ho, total_q, nb),
+                   seqs if per_sequence else None, raw_2d)
 
 
 def _run(r: _Recipe, like: Any, pointers: tuple[int, int, int], st: Any) -> tuple[Any, Any]:
-    """Allocate and zero the map, launch the qk kernel (``pointers``: q, k, lse) and the reduce kernels."""
+    """Allocate and zero the map(s), launch the qk kernel (``pointers``: q, k, lse) and the reduce kernels."""
     pool, pa = arrays.empty_array(like, "pool_1d", r.pool_shape, "float32", r.ordinal, st)
     _zero(pa, st)
+    src_2d = pa.ptr  # what the 2D reduce reads: the 1D map, or the raw 2D map the qk kernel wrote
+    maps: tuple[int, ...] = (pa.ptr,)
+    raw = None
+    if r.raw_2d:
+        raw, ra = arrays.empty_array(like, "pool_2d_raw", r.out_2d_shape, "float32", r.ordinal, st)
+        _zero(ra, st)
+        src_2d, maps = ra.ptr, (pa.ptr, ra.ptr)
     if r.qk is not None:
         p = r.plan
         if p.on_device and p.prepare_event is not None and int(st.handle) != int(p.prepare_stream.handle):
             st.wait(p.prepare_event)
         counter = state_of(p).counter_ptr(p, int(st.handle)) if r.persistent else 0
-        r.qk(st, (*pointers, pa.ptr, counter))
+        r.qk(st, (*pointers, *maps, counter))
     out2, o2 = arrays.empty_array(like, "pool_2d", r.out_2d_shape, "float32", r.ordinal, st)
-    r.reduce_2d(st, (pa.ptr, o2.ptr))
+    r.reduce_2d(st, (src_2d, o2.ptr))
+    del raw  # alive until the 2D reduce is queued (a caching allocator may hand its memory out again after that)
     out1 = pool
     if r.reduce_1d is not None:
         out1, o1 = arrays.empty_array(like, "pool_1d", r.out_1d_shape, "float32", r.ordinal, st)
