@@ -189,3 +189,18 @@ def test_many_short_tiles_dense_causal(torch, hq, hkv):
     again1, again2 = varblock.attention_pooling(q, k, lse, plan, block_q=64, block_k=64, per_sequence=False)
     np.testing.assert_array_equal(again1.cpu().numpy(), g1)
     np.testing.assert_array_equal(again2.cpu().numpy(), g2)
+
+
+@pytest.mark.parametrize("block_q", [16, 40, 200])
+def test_raw_2d_map_for_query_blocks_of_any_size(torch, block_q):
+    """The kernel's own 2D maxima (the 2D reduce then only normalises): warps whose 16 rows lie in one query block
+    write one maximum per half (block_q 16), warps spanning two blocks one per row (40, 200); group pooling, and
+    pack-GQA rows (heads interleaved: always per row). Against the reference and the portable kernel."""
+    cu = _cu(LENS)
+    lay = L.random_blocks(cu, cu, density=0.5, num_heads=2, head_mode="per_kv_head", causal=True, block_q=64,
+                          block_k=64, seed=block_q)
+    _run(torch, lay, 8, 2, 128, "bfloat16", seed=block_q, block_q=block_q, block_k=64)
+    _run(torch, lay, 8, 2, 128, "bfloat16", seed=block_q + 1, block_q=block_q, block_k=128, pool_gqa=True)
+    plan, _, _ = _run(torch, lay, 8, 2, 64, "float16", seed=block_q + 2, pack_gqa=True, block_q=block_q,
+                      block_k=64, pool_gqa=True)
+    assert plan.pack_gqa > 1
