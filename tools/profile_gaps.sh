@@ -13,8 +13,8 @@ shift || true
 CASES="${*:-fwd_w2 fwd_w2_01 fwd_w1_causal decode_128k decode_128k_025 decode_2k_025 layout_w1 bwd_w2 bwd_w2_det}"
 LOG="$OUT/ncu_gaps.log"
 : >"$LOG"
-SECTIONS="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
---section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis"
+SECTIONS="${SECTIONS:---section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+--section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis}"
 for c in $CASES; do
     left=$((BUDGET - SECONDS))
     if [ "$left" -lt 25 ]; then echo "SKIPPED $c (budget)" | tee -a "$LOG"; continue; fi
