@@ -74,9 +74,10 @@ def test_extent_one_strides_are_compact():
 
 def test_supports(monkeypatch):
     built = {("sm90", 128)}
-    monkeypatch.setattr(type(BINDING), "variant", lambda self, arch, key: {"extra": {}} if (
+    monkeypatch.setattr(type(BINDING), "variant", lambda self, arch, key: {"extra": {"tile_n": 128}} if (
         arch, key.get("head_dim")) in built else None)
-    monkeypatch.setattr(type(BINDING), "built_keys", lambda self, arch: [{"kind": "main", "head_dim": 128}])
+    monkeypatch.setattr(type(BINDING), "built_keys", lambda self, arch: [
+        {"kind": "main", "dtype": dt, "head_dim": 128} for dt in ("bfloat16", "float16")])
     ok = AttentionProblem("sm90", 128, 8, 2, "bfloat16", frozenset({"causal", "sinks", "doc", "token"}),
                           frozenset({"block_sparse", "variable_spans"}))
     assert BINDING.supports(ok) is None
@@ -87,3 +88,21 @@ def test_supports(monkeypatch):
     assert "device plan" in BINDING.supports(dev)
     with pytest.raises(ValueError, match="attention_bwd_mma"):
         families.choose("attention_bwd", dev)
+
+
+def test_main_entries_by_tile_width(monkeypatch):
+    """The default main variant is the widest built one; the narrow 64-key variant is found by its ``tile_n``
+    (manifests built before the ``tile_n`` key existed still give their one variant)."""
+    sm90 = [v.manifest_entry() for v in K.variants("sm90")]
+    monkeypatch.setattr(type(BINDING), "built_keys", lambda self, arch: [e["key"] for e in sm90])
+    monkeypatch.setattr(type(BINDING), "variant", lambda self, arch, key: next(
+        (e for e in sm90 if all(e["key"].get(k) == x for k, x in key.items())), None))
+    got = BINDING.main_entries("sm90", 128, "float16")
+    assert sorted(got) == [64, 128] and got[64]["name"] == "attention_bwd_mma_main_fp16_d128_n64"
+    assert BINDING.main_entry("sm90", 128)["extra"]["tile_n"] == 128
+    assert sorted(BINDING.main_entries("sm90", 192)) == [64] and BINDING.main_entries("sm90", 80) == {}
+    old = [dict(e, key={k: x for k, x in e["key"].items() if k != "tile_n"}) for e in sm90 if "_n64" not in e["name"]]
+    monkeypatch.setattr(type(BINDING), "built_keys", lambda self, arch: [e["key"] for e in old])
+    monkeypatch.setattr(type(BINDING), "variant", lambda self, arch, key: next(
+        (e for e in old if all(e["key"].get(k) == x for k, x in key.items())), None))
+    assert sorted(BINDING.main_entries("sm90", 128)) == [128]

@@ -184,3 +184,24 @@ def test_64_blocks_key_groups(kind):
                                 num_layout_heads=lay.num_heads, tile_m=64, tile_n=128, band=lay.mask.band,
                                 num_sink_tokens=sinks, opaque_mask=False)
         assert (wl.tiles[:, 3] > 64).any(), "no 64-key columns were grouped"
+
+
+@pytest.mark.parametrize("chunk_order", ["ascending", "descending"])
+@pytest.mark.parametrize("kind", ["random_causal", "random_gqa_q_ne_k", "random_per_q_head", "causal"])
+def test_64_key_tiles(kind, chunk_order):
+    """The narrow 64 x 64 main variant's work list (tile_n = 64: one 64-key column per tile, no pairing) on 64x64
+    blocks: random causal layouts with odd lengths, GQA groups per tile, len_q != len_k, per-query-head layouts."""
+    lq = [300, 1, 0, 133, 64, 257]
+    lk = [350, 70, 5, 133, 64, 200] if kind == "random_gqa_q_ne_k" else lq
+    cu, ck = _cu(lq), _cu(lk)
+    if kind == "causal":
+        lay, hq, hkv, hpt = L.causal(cu, ck, num_heads=1, block_q=64, block_k=64), 2, 1, 1
+    elif kind == "random_per_q_head":
+        lay = L.random_blocks(cu, ck, density=0.5, num_heads=4, head_mode="per_q_head", causal=True, seed=3,
+                              block_q=64, block_k=64)
+        hq, hkv, hpt = 4, 2, 1
+    else:
+        lay = L.random_blocks(cu, ck, density=0.5, num_heads=2, head_mode="per_kv_head", causal=True, seed=2,
+                              block_q=64, block_k=64)
+        hq, hkv, hpt = (4, 2, 2) if kind == "random_gqa_q_ne_k" else (2, 2, 1)
+    _check(lay, hq, hkv, 8, tile_m=64, tile_n=64, hpt=hpt, seed=12, chunk_order=chunk_order)

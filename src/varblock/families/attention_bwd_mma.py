@@ -53,12 +53,21 @@ class AttentionBwdMma(FamilyBinding):
         return None
 
     def main_entry(self, arch: str, head_dim: int, dtype: str | None = None) -> dict[str, Any] | None:
-        """A built main variant (any dtype when ``dtype`` is None: the tile sizes do not depend on it)."""
+        """The default (widest) built main variant (any dtype when ``dtype`` is None: the tile sizes do not depend
+        on it)."""
+        entries = self.main_entries(arch, head_dim, dtype)
+        return entries[max(entries)] if entries else None
+
+    def main_entries(self, arch: str, head_dim: int, dtype: str | None = None) -> dict[int, dict[str, Any]]:
+        """The built main variants of one dtype (the first of ``dtypes`` that has any when ``dtype`` is None) by
+        their ``tile_n``: the default and, where built, the narrow 64-key one."""
         for dt in (dtype,) if dtype is not None else self.dtypes:
-            e = self.variant(arch, {"kind": "main", "dtype": dt, "head_dim": head_dim})
-            if e is not None:
-                return e
-        return None
+            keys = [k for k in self.built_keys(arch)
+                    if k.get("kind") == "main" and k.get("dtype") == dt and k.get("head_dim") == head_dim]
+            found = [e for e in (self.variant(arch, k) for k in keys) if e is not None]
+            if found:
+                return {int(e["extra"]["tile_n"]): e for e in found}
+        return {}
 
     def bind(self, plan: Any, arrays: Mapping[str, Any], scalars: Mapping[str, Any]) -> dict[str, Any]:
         """Main kernel. ``arrays``: q, k, v, dout, the scratch buffers (``lse_log2``, ``dpsum``, ``dq_accum``,

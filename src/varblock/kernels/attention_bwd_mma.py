@@ -92,6 +92,16 @@ _TILES_SMALL = {
 }
 HEAD_DIMS_BY_ARCH = {"sm80": (64, 96, 128), "sm90": (64, 96, 128, 192, 256), "sm100": (64, 96, 128, 192, 256),
                      "sm120": (64, 96, 128)}
+#: the narrow (64-key) main variants, built beside the 128-key default where that default is 128 keys wide: for
+#: layouts of 64-key blocks that do not pair into 128-key tiles (the plan's tile choice, ``bwd_tile_choice``).
+#: Warp grids 2 x 4 for both tilings: per 64 x 64 step the five GEMMs read ~384 KB of shared memory through
+#: ldmatrix (d128), two thirds of a 64 x 128 step's 576 KB, for half its MMAs.
+NARROW_TILE_N = 64
+_TILES_NARROW = {
+    64: TileConfig(64, NARROW_TILE_N, 8, (2, 4), (2, 4), 2, 2),
+    128: TileConfig(64, NARROW_TILE_N, 8, (2, 4), (2, 4), 2, 2),
+}
+NARROW_ARCHES = ("sm90", "sm100")
 
 _DT_BYTES = 2
 _VEC = 8  #: Q, K, V, dO element strides must be multiples of 8 (16-byte vectors)
@@ -188,10 +198,21 @@ _ROWS_PRE = ["mul", "total_q", "num_heads_q"]
 _ROWS_POST = ["add", ["mul", "total_q", "num_heads_q"], ["mul", "total_k", "num_heads_kv"]]
 
 
-def tile_config(arch: str, head_dim: int) -> TileConfig:
-    """The main kernel's static shape for ``arch`` and ``head_dim``."""
+def tile_config(arch: str, head_dim: int, narrow: bool = False) -> TileConfig:
+    """The main kernel's static shape for ``arch`` and ``head_dim`` (``narrow``: the 64-key variant's)."""
+    if narrow:
+        return _TILES_NARROW[head_dim]
     big = SMEM_LIMIT[arch] > 128 * 1024
     return (_TILES_BIG if big else _TILES_SMALL)[head_dim]
+
+
+def main_configs(arch: str, head_dim: int) -> list[tuple[str, TileConfig]]:
+    """(variant-name suffix, tile shape) of every main variant built for ``arch`` and ``head_dim``: the default,
+    then the narrow 64-key one where it is built."""
+    out = [("", tile_config(arch, head_dim))]
+    if arch in NARROW_ARCHES and head_dim in _TILES_NARROW and out[0][1].tile_n > NARROW_TILE_N:
+        out.append((f"_n{NARROW_TILE_N}", tile_config(arch, head_dim, narrow=True)))
+    return out
 
 
 def smem_bytes(cfg: TileConfig, head_dim: int) -> int:
@@ -259,13 +280,13 @@ def variants(arch: str) -> list[Variant]:
                 grid=(["cdiv", rows, AUX_WARPS], 1, 1), requires=_aux_requires(params, rows),
                 extra={"entry": f"vb_{variant_name(kind, dtype)}_0"},
             ))
-        for d in HEAD_DIMS_BY_ARCH[arch]:
-            cfg = tile_config(arch, d)
+        for d, (suffix, cfg) in ((hd, c) for hd in HEAD_DIMS_BY_ARCH[arch] for c in main_configs(arch, hd)):
             smem = smem_bytes(cfg, d)
             assert smem <= SMEM_LIMIT[arch], (arch, d, smem)
-            name = variant_name("main", dtype, d)
+            name = variant_name("main", dtype, d) + suffix
             out.append(Variant(
-                family=FAMILY_NAME, name=name, arch=arch, key={"kind": "main", "dtype": dtype_name, "head_dim": d},
+                family=FAMILY_NAME, name=name, arch=arch,
+                key={"kind": "main", "dtype": dtype_name, "head_dim": d, "tile_n": cfg.tile_n},
                 params=MAIN_PARAMS, block=(32 * cfg.num_warps, 1, 1), grid=("num_tiles", 1, 1),
                 requires=_main_requires(),
                 extra={"tile_m": cfg.tile_m, "tile_n": cfg.tile_n, "num_warps": cfg.num_warps,

@@ -12,6 +12,7 @@ import weakref
 from typing import Any
 
 from varblock import abi, families
+from varblock.bwd_tile_choice import KeyTileChoice, choose_key_tile
 from varblock.bwd_worklist import BwdWorkList, build_bwd_worklist
 from varblock.families.attention_bwd_mma import BINDING
 from varblock.families.base import AttentionProblem
@@ -49,6 +50,9 @@ _MAX_STREAMS = 16
 #: model (tests/_bwd_schedule_model.py, docs/backward.md) puts it at 1.03-1.17x the default on W1-W3, against
 #: 1.3-3.6x for the first version's walk (measured 1.33-3.5x)
 TILE_ORDER = {False: ("longest_first", "ascending"), True: ("longest_first_interleaved", "descending")}
+#: whether plans may choose the narrow 64-key main variant (``varblock.bwd_tile_choice``) where it is built
+NARROW_TILES = True
+NARROW_TILE_N = 64
 
 
 class _BwdState:
@@ -58,6 +62,8 @@ class _BwdState:
     def __init__(self, revision: int, hpt: int) -> None:
         self.revision = revision
         self.heads_per_tile = hpt
+        #: the main kernel's key tile width and why (``varblock.bwd_tile_choice``), set on first use
+        self.choice: KeyTileChoice | None = None
         #: (tile order, chunk order) -> (work list, its device buffers)
         self.lists: dict[tuple[str, str], tuple[BwdWorkList, dict[str, Any]]] = {}
         self.launches: dict[tuple, tuple[PreparedLaunch, PreparedLaunch, PreparedLaunch]] = {}
@@ -221,23 +227,52 @@ def _state(plan: Plan) -> _BwdState:
     return s
 
 
+def _build(plan: Plan, cols: Any, hpt: int, order: tuple[str, str], entry: dict[str, Any]) -> BwdWorkList:
+    """The work list of ``plan`` (key-major columns ``cols``) for the main variant ``entry`` in ``order``."""
+    lay = plan.layout
+    return build_bwd_worklist(cols, plan.cu_seqlens_q, plan.cu_seqlens_k, num_heads_q=plan.num_heads_q,
+                              num_heads_kv=plan.num_heads_kv, head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
+                              tile_m=int(entry["extra"]["tile_m"]), tile_n=int(entry["extra"]["tile_n"]),
+                              heads_per_tile=hpt, band=lay.mask.band, num_sink_tokens=int(plan.num_sink_tokens),
+                              tile_order=order[0], chunk_order=order[1],
+                              opaque_mask=lay.mask.doc_ids_q is not None or lay.mask.token_mask is not None)
+
+
+def _choose(state: _BwdState, plan: Plan) -> tuple[KeyTileChoice, dict[int, BwdWorkList]]:
+    """The key tile width of ``plan`` (cached on ``state``) and the default-order work lists built to choose it."""
+    entries = BINDING.main_entries(plan.arch, plan.head_dim)
+    if not entries:
+        _main_entry(plan)  # raises the ValueError naming head_dim
+    default = max(entries)
+    narrow = NARROW_TILE_N if NARROW_TILES and NARROW_TILE_N in entries and default > NARROW_TILE_N else None
+    cols = plan.layout.transposed()
+    built: dict[int, BwdWorkList] = {}
+
+    def build(tile_n: int) -> BwdWorkList:
+        if tile_n not in built:
+            built[tile_n] = _build(plan, cols, state.heads_per_tile, TILE_ORDER[False], entries[tile_n])
+        return built[tile_n]
+
+    choice = choose_key_tile(cols.k_len, default, narrow, build)
+    state.choice = choice
+    return choice, built
+
+
 def _worklist(state: _BwdState, plan: Plan, order: tuple[str, str]) -> tuple[BwdWorkList, dict[str, Any]]:
-    """The work list of ``plan`` in ``order`` = (tile order, chunk order) and its device copy (built on first
-    use)."""
+    """The work list of ``plan`` in ``order`` = (tile order, chunk order) at the plan's key tile width, and its
+    device copy (built on first use)."""
     hit = state.lists.get(order)
     if hit is None:
         from varblock.runtime.memory import DeviceBuffer
 
-        e = _main_entry(plan)
-        lay = plan.layout
-        wl = build_bwd_worklist(lay.transposed(), plan.cu_seqlens_q, plan.cu_seqlens_k,
-                                num_heads_q=plan.num_heads_q, num_heads_kv=plan.num_heads_kv,
-                                head_mode=lay.head_mode, num_layout_heads=lay.num_heads,
-                                tile_m=int(e["extra"]["tile_m"]), tile_n=int(e["extra"]["tile_n"]),
-                                heads_per_tile=state.heads_per_tile, band=lay.mask.band,
-                                num_sink_tokens=int(plan.num_sink_tokens), tile_order=order[0],
-                                chunk_order=order[1], opaque_mask=lay.mask.doc_ids_q is not None
-                                or lay.mask.token_mask is not None)
+        built: dict[int, BwdWorkList] = {}
+        if state.choice is None:
+            _, built = _choose(state, plan)
+        tile_n = state.choice.tile_n if state.choice is not None else 0
+        wl = built.get(tile_n) if order == TILE_ORDER[False] else None
+        if wl is None:
+            wl = _build(plan, plan.layout.transposed(), state.heads_per_tile, order,
+                        BINDING.main_entries(plan.arch, plan.head_dim)[tile_n])
         bufs = {"tiles": DeviceBuffer.from_host(plan.device_id, wl.tiles),
                 "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks),
                 "dq_order": DeviceBuffer.from_host(plan.device_id, wl.dq_order)}
@@ -248,6 +283,15 @@ def _worklist(state: _BwdState, plan: Plan, order: tuple[str, str]) -> tuple[Bwd
 def bwd_worklist(plan: Plan, deterministic: bool = False) -> BwdWorkList:
     """The backward work list of ``plan`` (built and cached on first use)."""
     return _worklist(_state(plan), plan, TILE_ORDER[bool(deterministic)])[0]
+
+
+def bwd_tile_choice(plan: Plan) -> KeyTileChoice:
+    """The key tile width the backward uses for ``plan`` and the reason (``varblock.bwd_tile_choice``)."""
+    state = _state(plan)
+    _worklist(state, plan, TILE_ORDER[False])
+    if state.choice is None:  # _worklist sets it
+        raise RuntimeError("plan: the backward's key tile was not chosen")
+    return state.choice
 
 
 # ------------------------------------------------------------------------------------------------ launches
@@ -296,7 +340,7 @@ def _prepare(plan: Plan, wl: BwdWorkList, bufs: dict[str, Any], ins: tuple[Devic
     b = BINDING
     dt, d = qa.dtype, qa.shape[2]
     e_pre = variant_for(FAMILY, ordinal, {"kind": "preprocess", "dtype": dt})
-    e_main = variant_for(FAMILY, ordinal, {"kind": "main", "dtype": dt, "head_dim": d})
+    e_main = variant_for(FAMILY, ordinal, dict(BINDING.main_entries(plan.arch, d, dt)[wl.tile_n]["key"]))
     e_post = variant_for(FAMILY, ordinal, {"kind": "postprocess", "dtype": dt})
     what = "attention_backward"
     return (PreparedLaunch(e_pre, ordinal, b.bind_preprocess(arrays), what=what, pointers=_PRE_POINTERS),
