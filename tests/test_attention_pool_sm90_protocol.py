@@ -3,8 +3,9 @@ the CPU with the forward's protocol model (``tests/test_attention_sm90_protocol.
 TMA completions as asynchronous events, random interleavings). What differs from the forward, and is modelled
 here: no V pipeline (warp 0 issues a tile's K chunks back to back), a ``Q_STAGES``-deep Q ring (the next tile's Q
 loads while this tile's chunks run), and per chunk: wait K, the ping-pong turn (named barriers 3 + wg, as the
-forward's), the S wgmma, pass the turn, release K right after S. Every run must terminate, every consumer must read the tile / chunk it expects, and no buffer may be
-overwritten while it is read. Keep it in step with the kernel (ring slots, arrival counts, load order)."""
+forward's), the S wgmma, pass the turn, release K right after S. Every run must terminate, every consumer must
+read the tile / chunk it expects, and no buffer may be overwritten while it is read. Keep it in step with the
+kernel (ring slots, arrival counts, load order)."""
 
 from __future__ import annotations
 
