@@ -200,7 +200,9 @@ def varblock_runner(torch: Any, p: Problem, qkv: tuple, deterministic: bool) -> 
     def grads(d: Any) -> tuple[Any, Any, Any]:
         return varblock.attention_backward(d, q, k, v, out, lse, plan, deterministic=deterministic)
 
-    return Runner(timed, grads)
+    from varblock.ops.attention_backward import bwd_tile_choice
+
+    return Runner(timed, grads, bwd_tile_choice(plan).reason)
 
 
 def flex_runner(torch: Any, flex: Any, p: Problem, qkv: tuple) -> Runner:

@@ -377,3 +377,56 @@ def test_deterministic_bit_identical(torch, case):
         res = varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=True)
         for a, b in zip(res, grads):
             assert torch.equal(a, b), f"deterministic {case}: results differ between runs"
+
+
+def _narrow_built() -> bool:
+    """Whether this device's build has the narrow 64-key main variant (sm90 / sm100, d128)."""
+    from varblock.families.attention_bwd_mma import BINDING
+    from varblock.runtime.select import arch_for_device
+
+    return 64 in BINDING.main_entries(arch_for_device(0), 128)
+
+
+@pytest.mark.parametrize("case", ["causal", "gqa", "gqa_group_per_tile", "gqa_per_q_head_layout", "q_ne_k",
+                                  "non_causal_fp16", "d64_fp16", "d64_bf16", "density_0.1"])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_64_blocks_random_narrow_tiles(torch, case, deterministic):
+    """Random 64x64 blocks (SeerAttention's block size; adjacent key columns do not pair): the plan chooses the
+    narrow 64-key main variant where it is built (bwd_tile_choice), odd lengths, GQA, len_q != len_k; the
+    deterministic mode also bit-identical over 5 runs."""
+    from varblock.ops.attention_backward import bwd_tile_choice
+
+    lq = [1000, 1, 0, 333, 64, 517]
+    lk = [1100, 70, 5, 333, 64, 400] if case == "q_ne_k" else lq
+    cu, ck = _cu(lq), _cu(lk)
+    hq, hkv, d, dtype, dens, mode, causal = 8, 8, 128, "bfloat16", 0.5, "per_kv_head", True
+    if case == "gqa":
+        hq, hkv = 8, 2
+    elif case == "gqa_group_per_tile":  # long enough for heads_per_tile = 4 (dK / dV summed in registers)
+        lq = lk = [8192, 4096, 77, 5000]
+        cu = ck = _cu(lq)
+        hq, hkv, dens = 8, 2, 0.3
+    elif case == "gqa_per_q_head_layout":
+        hq, hkv, mode = 4, 2, "per_q_head"
+    elif case == "non_causal_fp16":
+        dtype, causal = "float16", False
+    elif case.startswith("d64"):
+        d, dtype = 64, "float16" if case == "d64_fp16" else "bfloat16"
+    elif case == "density_0.1":
+        dens = 0.1
+    lay = L.random_blocks(cu, ck, density=dens, num_heads=hq if mode == "per_q_head" else hkv, head_mode=mode,
+                          causal=causal, seed=len(case), block_q=64, block_k=64)
+    grads, (q, k, v, dout, out, lse, plan) = _run(torch, lay, hq, hkv, d, dtype, seed=23,
+                                                  what=f"64x64 random {case}", deterministic=deterministic)
+    choice = bwd_tile_choice(plan)
+    if _narrow_built():
+        assert choice.tile_n == 64, choice.reason
+    if case == "gqa_group_per_tile":
+        from varblock.ops.attention_backward import bwd_worklist
+
+        assert bwd_worklist(plan, deterministic).heads_per_tile == 4
+    if deterministic:
+        for _ in range(5):
+            res = varblock.attention_backward(dout, q, k, v, out, lse, plan, deterministic=True)
+            for a, b in zip(res, grads):
+                assert torch.equal(a, b), f"64x64 random {case}: deterministic results differ between runs"
