@@ -56,7 +56,6 @@ from varblock.kernels.common import gmem_io
 from varblock.kernels.common.scheduler import TileScheduler, count_tile
 from varblock.kernels.common.signature import jit_host
 from varblock.kernels.common.warp_mma import quad_max
-from varblock.kernels.common.warp_reduce import warp_fmax
 from varblock.kernels.common.work_tile import Sequence, TileRows, WorkTile, read_chunk
 
 
@@ -246,6 +245,13 @@ def _red_max(ptr, value: Float32):
                   scope="gpu")
 
 
+def _rows_max(x):
+    """Max over the 8 quads of a warp (its 16 accumulator rows; the 4 lanes of a quad already agree)."""
+    for off in (4, 8, 16):
+        x = cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=off, mask=-1, mask_and_clamp=31))
+    return x
+
+
 @cute.jit
 def _pool_chunk(p, cs: PoolSetup, acc_s_mn, k_start, ri: cute.Tensor, lse2: cute.Tensor, warp_block):
     """Per row of this thread and per 64-key half of the chunk: max of the masked S -> max-pooled probability ->
@@ -277,7 +283,7 @@ def _pool_chunk(p, cs: PoolSetup, acc_s_mn, k_start, ri: cute.Tensor, lse2: cute
             v = pm[h, 0]
             for rr in cutlass.range_constexpr(1, n_rows):
                 v = cute.arch.fmax(v, pm[h, rr])
-            v = warp_fmax(v)
+            v = _rows_max(v)
             if cute.arch.lane_idx() == 0 and ri[1, 0] >= Int64(0) and v > Float32(0.0):
                 _red_max(p.pool2d + (ri[1, 0] + blk[h]), v)
     else:
