@@ -105,7 +105,7 @@ def test_narrow_variants_registered():
 
 def _fake_plan(lay, hq, hkv):
     return NS(arch="sm90", head_dim=128, layout=lay, cu_seqlens_q=lay.cu_seqlens_q, cu_seqlens_k=lay.cu_seqlens_k,
-              num_heads_q=hq, num_heads_kv=hkv, num_sink_tokens=0)
+              num_heads_q=hq, num_heads_kv=hkv, num_sink_tokens=0, device_id=0)
 
 
 def _entries(tile_ns):
@@ -128,3 +128,13 @@ def test_ops_choice_and_switch(monkeypatch, switch):
     assert set(built) == ({64, 128} if switch else set())
     if switch:
         assert built[64].tile_n == 64 and "do not pair" in choice.reason
+    # both modes' work lists at the chosen width (the default order reuses the list built for the choice)
+    from varblock.runtime import memory
+
+    monkeypatch.setattr(memory, "DeviceBuffer", NS(from_host=lambda dev, arr: NS(ptr=1, arr=arr)))
+    fresh = ops._BwdState(0, 1)
+    for det in (False, True):
+        wl, bufs = ops._worklist(fresh, _fake_plan(lay, 2, 2), ops.TILE_ORDER[det])
+        assert fresh.choice == choice and wl.tile_n == choice.tile_n and bufs["tiles"].arr is wl.tiles
+        assert (wl.tiles[:, 3] <= choice.tile_n).all()
+        assert np.array_equal(wl.dq_order[:, 1] < wl.dq_order[:, 2], np.ones(wl.chunks.shape[0], bool))
