@@ -55,3 +55,18 @@ def test_model_arguments_and_default_mode():
     assert work / SMS <= base["makespan"] <= work / SMS + float(wl.tiles[:, 5:7].sum(1).max()) * 4 + 1
     with pytest.raises(ValueError, match="protocol"):
         simulate(wl, deterministic=True, protocol="nope")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("density", [0.5, 0.1])
+def test_narrow_64_key_tiles_within_bar(causal, density):
+    """Random 64x64 blocks on the narrow 64-key tiles (twice the tiles adding dQ to each query span, one query head
+    per tile as in SeerAttention's Hq = Hkv cell): the deterministic walk stays within the bar in the model."""
+    cu = np.concatenate([[0], np.cumsum(LENS)]).astype(np.int32)
+    lay = L.random_blocks(cu, cu, density=density, num_heads=8, head_mode="per_kv_head", causal=causal, seed=1,
+                          block_q=64, block_k=64)
+    wl = build_bwd_worklist(lay.transposed(), cu, cu, num_heads_q=8, num_heads_kv=8, head_mode=lay.head_mode,
+                            num_layout_heads=8, tile_m=64, tile_n=64, band=lay.mask.band,
+                            tile_order=TILE_ORDER[True][0], chunk_order=TILE_ORDER[True][1], opaque_mask=False)
+    assert wl.num_tiles == 8 * int(np.sum((np.array(LENS) + 63) // 64))
+    assert slowdown(wl, num_sms=SMS, protocol="deferred") <= 1.3
