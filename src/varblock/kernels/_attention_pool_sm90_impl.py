@@ -212,28 +212,38 @@ class PoolSetup:
 @cute.jit
 def _row_inputs(p, cs: PoolSetup, tile: WorkTile, rows: TileRows, ri: cute.Tensor, lse2: cute.Tensor):
     """This thread's rows, once per tile: in ``ri`` (Int64 ``[2, rows]``) the offset of the row in the 1D map and
-    in the raw 2D map (``-1``: no token, nothing written), in ``lse2`` the LSE in base 2 (``+inf`` for rows without
-    a token or with LSE = -inf: P = 0). Returns whether this warp's 16 rows lie in one query block of one head
-    (then the warp writes one 2D maximum per half instead of one per row)."""
+    in the raw 2D map (``-1``: no token, nothing written), in ``lse2`` the row's LSE as loaded (-inf without a
+    token; :func:`_lse_base2` converts it after the tile's barriers, so the loads' latency overlaps them). Returns
+    whether this warp's 16 rows lie in one query block of one head (then the warp writes one 2D maximum per half
+    instead of one per row)."""
     for rr in cutlass.range_constexpr(cute.size(lse2)):
         r = cs.tScS[rr, 0][0]
-        v = Float32.inf
+        x = -Float32.inf
         off = Int64(-1)
         off2 = Int64(-1)
         if r < rows.rows_valid:
             tq, hq = rows.token_and_head(r)
             x = p.lse[Int64(hq) * p.lse_stride_head + Int64(rows.tok0 + tq)]
-            if x != -Float32.inf:
-                v = x * LOG2E
             off = Int64(hq) * p.pool_stride_head + Int64(rows.tok0 + tq) * p.pool_stride_tok
             off2 = (Int64(tile.batch) * p.pool2d_stride_b + Int64(hq // p.pool_group) * p.pool2d_stride_h
                     + Int64((tile.q_start + tq) // p.pool_block_q) * p.pool2d_stride_m)
         ri[0, rr] = off
         ri[1, rr] = off2
-        lse2[rr] = v
+        lse2[rr] = x
     r0 = cs.tScS[0, 0][0]
     first = tile.q_start + (r0 - r0 % 16)  # the warp's rows: 16 consecutive tokens of one head when pack_gqa == 1
     return (p.pack_gqa == 1) & (first // p.pool_block_q == (first + 15) // p.pool_block_q)
+
+
+@cute.jit
+def _lse_base2(lse2: cute.Tensor):
+    """The loaded LSEs in base 2, ``+inf`` for -inf (rows without a token, or nothing attended): P = 0."""
+    for rr in cutlass.range_constexpr(cute.size(lse2)):
+        x = lse2[rr]
+        v = Float32.inf
+        if x != -Float32.inf:
+            v = x * LOG2E
+        lse2[rr] = v
 
 
 @cute.jit
@@ -351,10 +361,11 @@ def _consumer(cfg: Sm90Config, p, sm, storage, pipes, ring: TileRing, warp_group
         seq = Sequence.load(p.cu_seqlens_q, p.cu_seqlens_k, tile.batch)
         rows = TileRows.of(tile, seq, p.pack_gqa, p.qhead_per_kvhead)
         if tile.n_chunks > 0:
+            warp_block = _row_inputs(p, cs, tile, rows, ri, lse2)  # (LSE loads in flight over the barriers)
             wg_sync(wg)  # the previous tile's readers of the mask inputs are done
             mask.load_rows(wtid, tile, seq, rows)
             wg_sync(wg)
-            warp_block = _row_inputs(p, cs, tile, rows, ri, lse2)
+            _lse_base2(lse2)
             q_state, k_state = _tile_chunks(cfg, p, cs, mask, pipes, q_state, k_state, tile, seq, rows,
                                             (ri, lse2, warp_block), wtid, wg)
         tile_idx, ring_c = ring.pop(ring_c)
