@@ -266,13 +266,13 @@ def _worklist(state: _BwdState, plan: Plan, order: tuple[str, str]) -> tuple[Bwd
         from varblock.runtime.memory import DeviceBuffer
 
         built: dict[int, BwdWorkList] = {}
-        if state.choice is None:
-            _, built = _choose(state, plan)
-        tile_n = state.choice.tile_n if state.choice is not None else 0
-        wl = built.get(tile_n) if order == TILE_ORDER[False] else None
+        choice = state.choice
+        if choice is None:
+            choice, built = _choose(state, plan)
+        wl = built.get(choice.tile_n) if order == TILE_ORDER[False] else None
         if wl is None:
             wl = _build(plan, plan.layout.transposed(), state.heads_per_tile, order,
-                        BINDING.main_entries(plan.arch, plan.head_dim)[tile_n])
+                        BINDING.main_entries(plan.arch, plan.head_dim)[choice.tile_n])
         bufs = {"tiles": DeviceBuffer.from_host(plan.device_id, wl.tiles),
                 "chunks": DeviceBuffer.from_host(plan.device_id, wl.chunks),
                 "dq_order": DeviceBuffer.from_host(plan.device_id, wl.dq_order)}
@@ -288,10 +288,9 @@ def bwd_worklist(plan: Plan, deterministic: bool = False) -> BwdWorkList:
 def bwd_tile_choice(plan: Plan) -> KeyTileChoice:
     """The key tile width the backward uses for ``plan`` and the reason (``varblock.bwd_tile_choice``)."""
     state = _state(plan)
-    _worklist(state, plan, TILE_ORDER[False])
-    if state.choice is None:  # _worklist sets it
-        raise RuntimeError("plan: the backward's key tile was not chosen")
-    return state.choice
+    if state.choice is None:
+        _worklist(state, plan, TILE_ORDER[False])  # chooses the width and keeps the chosen default-order list
+    return state.choice or _choose(state, plan)[0]
 
 
 # ------------------------------------------------------------------------------------------------ launches
