@@ -103,6 +103,7 @@ def test_cuda_graph_replay(torch, scheduler):
     out = torch.empty_like(q)
     lse = torch.empty(8, q.shape[0], device="cuda")
     s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())  # q, k, v are written on the default stream
     with torch.cuda.stream(s):  # warm up on the capture stream (loads the module, prepares the launch)
         varblock.attention(q, k, v, p, out=out, lse=lse, return_lse=True)
     s.synchronize()
