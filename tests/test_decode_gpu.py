@@ -296,3 +296,25 @@ def test_bad_inputs_name_the_argument(torch):
     with pytest.raises(ValueError, match="head_dim"):
         varblock.plan_decode(case["cu_q"], kv_lens=case["kv"], page_table=case["pt"], page_size=16,
                              num_heads_q=8, num_heads_kv=2, head_dim=96)
+
+
+def test_torch_fast_path(torch):
+    """A repeated call with the same torch argument signature takes the fast path (only the pointers and the stream
+    change): new q values and outputs give what a fresh plan's full path gives, lse is allocated when not passed,
+    and an output aliasing an input is refused on both paths."""
+    rng = np.random.default_rng(31)
+    case = _make(torch, rng, B=3, hkv=2, g=4, d=128, dtype="bfloat16", page_size=16, max_q=2, kv_range=(100, 900))
+    plan = _plan(case, 8, 2, 128)
+    first = varblock.decode(case["q"], case["k"], case["v"], plan)
+    assert any(isinstance(k, tuple) and k[0] == "torch" for k in plan.launch_cache)
+    q2 = torch.randn_like(case["q"])
+    out2, lse2 = varblock.decode(q2, case["k"], case["v"], plan, return_lse=True)
+    fresh, lse_fresh = varblock.decode(q2, case["k"], case["v"], _plan(case, 8, 2, 128), return_lse=True)
+    again = varblock.decode(case["q"], case["k"], case["v"], plan)
+    torch.cuda.synchronize()
+    assert torch.equal(out2, fresh) and torch.equal(lse2, lse_fresh)
+    assert torch.equal(again, first) and not torch.equal(out2, first)
+    varblock.decode(case["q"], case["k"], case["v"], plan, out=torch.empty_like(case["q"]))  # records out=
+    for p in (plan, _plan(case, 8, 2, 128)):  # fast path (signature with out= recorded), full path
+        with pytest.raises(ValueError, match="overlaps"):
+            varblock.decode(case["q"], case["k"], case["v"], p, out=case["q"])

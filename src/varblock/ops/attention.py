@@ -7,6 +7,7 @@ from typing import Any
 from varblock import families
 from varblock.families.base import ATTENTION_DTYPES
 from varblock.ops.checks import byte_span, check_no_alias, check_plan_call, extent, softmax_scale_value
+from varblock.ops.checks import torch_signature as _torch_signature
 from varblock.ops.state import PlanState, state_of
 from varblock.plan import Plan
 from varblock.plan import plan as make_plan
@@ -147,14 +148,6 @@ def _launch(plan: Plan, state: PlanState, prepared: PreparedLaunch, st: Any, poi
     state.wait_ready(plan, st)
     counter = state.counter_ptr(plan, int(st.handle)) if plan.scheduler == "persistent" else 0
     prepared(st, (*pointers, counter))
-
-
-def _torch_signature(q, k, v, softmax_scale, out, lse) -> tuple:
-    """Everything the checks of ``attention`` depend on, except the data pointers (checked per call)."""
-    o = None if out is None else (out.shape, out.stride(), out.dtype, out.get_device(), type(out).__module__)
-    m = None if lse is None else (lse.shape, lse.stride(), lse.dtype, lse.get_device(), type(lse).__module__)
-    return (q.shape, q.stride(), q.dtype, q.get_device(), k.shape, k.stride(), k.dtype, k.get_device(),
-            v.shape, v.stride(), v.dtype, v.get_device(), type(k).__module__, type(v).__module__, softmax_scale, o, m)
 
 
 def _torch_fast_path(q, k, v, plan: Plan, softmax_scale, out, lse, return_lse):

@@ -71,3 +71,12 @@ def softmax_scale_value(softmax_scale: Any, head_dim: int, *, positive: bool = F
         what = "a finite positive number" if positive else "a finite number"
         raise ValueError(f"softmax_scale: expected {what}, got {softmax_scale!r}")
     return float(softmax_scale)
+
+
+def torch_signature(q: Any, k: Any, v: Any, softmax_scale: Any, out: Any, lse: Any) -> tuple:
+    """Everything an op's argument checks depend on for torch tensors ``q, k, v`` (and the optional outputs),
+    except the data pointers (checked per call): the key of the ops' torch fast paths."""
+    o = None if out is None else (out.shape, out.stride(), out.dtype, out.get_device(), type(out).__module__)
+    m = None if lse is None else (lse.shape, lse.stride(), lse.dtype, lse.get_device(), type(lse).__module__)
+    return (q.shape, q.stride(), q.dtype, q.get_device(), k.shape, k.stride(), k.dtype, k.get_device(),
+            v.shape, v.stride(), v.dtype, v.get_device(), type(k).__module__, type(v).__module__, softmax_scale, o, m)

@@ -6,9 +6,10 @@ from typing import Any
 
 from varblock.abi import LOG2E
 from varblock.decode_plan.plan import FAMILY, DecodePlan, plan_decode
-from varblock.ops.checks import softmax_scale_value
+from varblock.ops.checks import byte_span, check_no_alias, softmax_scale_value, torch_signature
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
+from varblock.runtime.frameworks import framework_of
 from varblock.runtime.launch import PreparedLaunch
 from varblock.runtime.select import variant_for
 from varblock.runtime.tensors import (
@@ -48,6 +49,12 @@ def decode(q: Any, k_cache: Any, v_cache: Any, plan: DecodePlan, *, softmax_scal
     """
     if not isinstance(plan, DecodePlan):
         raise TypeError(f"plan: expected a varblock.plan_decode(...) plan, got {type(plan).__name__}")
+    torch_call = stream is None and framework_of(q) == "torch"
+    if torch_call:
+        fast = _torch_fast_path(q, k_cache, v_cache, plan, softmax_scale, out, lse, return_lse)
+        if fast is not None:
+            return fast
+    out_given, lse_given, scale_given = out, lse, softmax_scale
     qa = as_device_array(q, "q")
     ka = as_device_array(k_cache, "k_cache")
     va = as_device_array(v_cache, "v_cache")
@@ -99,6 +106,9 @@ def decode(q: Any, k_cache: Any, v_cache: Any, plan: DecodePlan, *, softmax_scal
     if total_q > 1 and la.strides[1] != 1:
         raise ValueError(f"lse: the token dimension must be contiguous, got strides {la.strides}")
     check_same_device([qa, ka, va, oa, la])
+    spans = tuple(byte_span(a.shape, a.strides, a.itemsize) for a in (qa, ka, va, oa, la))
+    check_no_alias([("out", (oa.ptr, oa.ptr + spans[3])), ("lse", (la.ptr, la.ptr + spans[4]))],
+                   [(a.name, (a.ptr, a.ptr + n)) for a, n in zip((qa, ka, va), spans)])
     softmax_scale = softmax_scale_value(softmax_scale, d)
     if plan.num_items == 0:
         return (out, lse) if return_lse else out
@@ -109,6 +119,37 @@ def decode(q: Any, k_cache: Any, v_cache: Any, plan: DecodePlan, *, softmax_scal
                                   pointers=_POINTERS, what="decode")
         plan.launch_cache[key] = prepared
     prepared(st, (qa.ptr, ka.ptr, va.ptr, oa.ptr, la.ptr))
+    if torch_call:
+        plan.launch_cache[("torch", torch_signature(q, k_cache, v_cache, scale_given, out_given, lse_given))] = (
+            prepared, (total_q, hq, d), (hq, total_q), spans)
+    return (out, lse) if return_lse else out
+
+
+def _torch_fast_path(q, k_cache, v_cache, plan: DecodePlan, softmax_scale, out, lse, return_lse):
+    """A call whose torch argument signature this plan has already validated and prepared: only the pointers
+    (alignment checked by the prepared launch, aliasing here) and the stream change. None on a miss (the full path
+    validates and records the signature), as ``attention``'s fast path."""
+    try:
+        hit = plan.launch_cache.get(("torch", torch_signature(q, k_cache, v_cache, softmax_scale, out, lse)))
+    except (AttributeError, TypeError):  # not tensors after all: take the full path
+        return None
+    if hit is None:
+        return None
+    prepared, oshape, lshape, spans = hit
+    ptrs = [q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr()]
+    if out is not None or lse is not None:
+        ins = [(n, (p, p + s)) for n, p, s in zip(("q", "k_cache", "v_cache"), ptrs, spans)]
+        given = [(n, (t.data_ptr(), t.data_ptr() + s)) for n, t, s in (("out", out, spans[3]), ("lse", lse, spans[4]))
+                 if t is not None]
+        check_no_alias(given, ins)
+    if out is None or lse is None:
+        import torch
+
+        if out is None:
+            out = torch.empty(oshape, dtype=q.dtype, device=q.device)
+        if lse is None:
+            lse = torch.empty(lshape, dtype=torch.float32, device=q.device)
+    prepared(stream_for(None, q.get_device(), like=q), (*ptrs, out.data_ptr(), lse.data_ptr()))
     return (out, lse) if return_lse else out
 
 
