@@ -8,6 +8,7 @@ from varblock import families
 from varblock.families.base import ATTENTION_DTYPES
 from varblock.ops.checks import byte_span, check_no_alias, check_plan_call, extent, softmax_scale_value
 from varblock.ops.checks import torch_signature as _torch_signature
+from varblock.ops.fast_path import fast_call
 from varblock.ops.state import PlanState, state_of
 from varblock.plan import Plan
 from varblock.plan import plan as make_plan
@@ -151,8 +152,8 @@ def _launch(plan: Plan, state: PlanState, prepared: PreparedLaunch, st: Any, poi
 
 
 def _torch_fast_path(q, k, v, plan: Plan, softmax_scale, out, lse, return_lse):
-    """A call whose argument signature this plan has already validated and prepared: only the pointers (alignment
-    and aliasing checked here, per call) and the stream change. Returns None on a miss (the full path validates
+    """A call whose argument signature this plan has already validated and prepared (:func:`fast_call`: only the
+    pointers, outputs and stream change). Returns None on a miss (the full path validates
     and records the signature). The plan-versus-arguments combination was checked by the caller."""
     state = state_of(plan)
     try:
@@ -161,20 +162,5 @@ def _torch_fast_path(q, k, v, plan: Plan, softmax_scale, out, lse, return_lse):
         return None
     if hit is None:
         return None
-    prepared, oshape, lshape, spans = hit
-    ptrs = [q.data_ptr(), k.data_ptr(), v.data_ptr()]
-    if out is not None or lse is not None:
-        ins = [(n, (p, p + s)) for n, p, s in zip(("q", "k", "v"), ptrs, spans)]
-        given = [(n, (t.data_ptr(), t.data_ptr() + s)) for n, t, s in (("out", out, spans[3]), ("lse", lse, spans[4]))
-                 if t is not None]
-        check_no_alias(given, ins)
-    if out is None or lse is None:
-        import torch
-
-        if out is None:
-            out = torch.empty(oshape, dtype=q.dtype, device=q.device)
-        if lse is None:
-            lse = torch.empty(lshape, dtype=torch.float32, device=q.device)
-    st = stream_for(None, q.get_device(), like=q)
-    _launch(plan, state, prepared, st, (*ptrs, out.data_ptr(), lse.data_ptr()))
-    return (out, lse) if return_lse else out
+    return fast_call(hit, (q, k, v), ("q", "k", "v"), out, lse, return_lse,
+                     lambda ptrs: _launch(plan, state, hit[0], stream_for(None, q.get_device(), like=q), ptrs))

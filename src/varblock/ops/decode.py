@@ -7,6 +7,7 @@ from typing import Any
 from varblock.abi import LOG2E
 from varblock.decode_plan.plan import FAMILY, DecodePlan, plan_decode
 from varblock.ops.checks import byte_span, check_no_alias, softmax_scale_value, torch_signature
+from varblock.ops.fast_path import fast_call
 from varblock.runtime import arrays
 from varblock.runtime.device import stream_for
 from varblock.runtime.frameworks import framework_of
@@ -126,31 +127,16 @@ def decode(q: Any, k_cache: Any, v_cache: Any, plan: DecodePlan, *, softmax_scal
 
 
 def _torch_fast_path(q, k_cache, v_cache, plan: DecodePlan, softmax_scale, out, lse, return_lse):
-    """A call whose torch argument signature this plan has already validated and prepared: only the pointers
-    (alignment checked by the prepared launch, aliasing here) and the stream change. None on a miss (the full path
-    validates and records the signature), as ``attention``'s fast path."""
+    """A call whose torch argument signature this plan has already validated and prepared (:func:`fast_call`).
+    None on a miss (the full path validates and records the signature)."""
     try:
         hit = plan.launch_cache.get(("torch", torch_signature(q, k_cache, v_cache, softmax_scale, out, lse)))
     except (AttributeError, TypeError):  # not tensors after all: take the full path
         return None
     if hit is None:
         return None
-    prepared, oshape, lshape, spans = hit
-    ptrs = [q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr()]
-    if out is not None or lse is not None:
-        ins = [(n, (p, p + s)) for n, p, s in zip(("q", "k_cache", "v_cache"), ptrs, spans)]
-        given = [(n, (t.data_ptr(), t.data_ptr() + s)) for n, t, s in (("out", out, spans[3]), ("lse", lse, spans[4]))
-                 if t is not None]
-        check_no_alias(given, ins)
-    if out is None or lse is None:
-        import torch
-
-        if out is None:
-            out = torch.empty(oshape, dtype=q.dtype, device=q.device)
-        if lse is None:
-            lse = torch.empty(lshape, dtype=torch.float32, device=q.device)
-    prepared(stream_for(None, q.get_device(), like=q), (*ptrs, out.data_ptr(), lse.data_ptr()))
-    return (out, lse) if return_lse else out
+    return fast_call(hit, (q, k_cache, v_cache), ("q", "k_cache", "v_cache"), out, lse, return_lse,
+                     lambda ptrs: hit[0](stream_for(None, q.get_device(), like=q), ptrs))
 
 
 def _tok_head_strides(a: DeviceArray, tok_dim: int) -> tuple[int, int]:
