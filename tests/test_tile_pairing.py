@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 from tests.test_worklist import kernel_model
 from varblock import layout as L
 from varblock import reference
-from varblock.abi import TILE_N_FULL, TILE_N_PARTIAL, TILE_Q_LEN
+from varblock.abi import (
+    CHUNK_DROP_HI,
+    CHUNK_DROP_LO,
+    CHUNK_DROP_SHIFT,
+    CHUNK_K_LEN_MASK,
+    TILE_N_FULL,
+    TILE_N_PARTIAL,
+    TILE_Q_LEN,
+)
 from varblock.layout import generators as G
 from varblock.layout.mask import ElementMask
 from varblock.plan.host import band_mask, choose_pack
@@ -84,7 +92,8 @@ def check_exact(wl: WorkList, lay: L.BlockSparseLayout, hq: int, hkv: int) -> No
     tq_n, tk_n = int(cu_q[-1]), int(cu_k[-1])
     t = wl.tiles.astype(np.int64)
     assert (t[:, TILE_Q_LEN] >= 1).all() and (t[:, TILE_Q_LEN] * wl.pack_gqa <= wl.tile_m).all()
-    assert ((wl.chunks[:, 1] >= 1) & (wl.chunks[:, 1] <= wl.tile_n)).all()
+    k_len = wl.chunks[:, 1] & CHUNK_K_LEN_MASK
+    assert ((k_len >= 1) & (k_len <= wl.tile_n)).all()
     h, tq, tk, part = tile_pairs(wl, cu_q, cu_k, num_heads_q=hq, num_heads_kv=hkv)
     key = (h * tq_n + tq) * max(tk_n, 1) + tk
     assert np.unique(key).shape[0] == key.shape[0], "a pair is computed twice"
@@ -267,19 +276,46 @@ def test_key_runs_merge_and_lone_blocks_stay_narrow():
 
 
 def test_pairs_fall_back_where_not_exact():
-    # two 64-query blocks, non-causal: block 0 keeps key block 1, block 1 keeps key block 0 -> the union would add
-    # an unmasked pair for each, so they stay in separate tiles; with causal the same pattern is exact
+    # four 32-query blocks, non-causal: block 0 keeps key block 1, block 1 keeps key block 0 -> the union would add
+    # an unmasked pair for each and 32-row blocks have no row-half bits, so they stay in separate tiles; with causal
+    # the same pattern is exact
+    cu = _cu([64])
+    mask = np.zeros((1, 1, 2, 2), dtype=bool)
+    mask[0, 0, 0, 1] = mask[0, 0, 1, 0] = True
+    lay = L.from_block_mask(mask, cu, cu, block_q=32, block_k=32)
+    wl = worklist_for(lay, 1, 1, 128, 128, None, True)
+    assert sorted(wl.tiles[:, TILE_Q_LEN].tolist()) == [32, 32]
+    assert not (wl.chunks[:, 1] >> CHUNK_DROP_SHIFT).any()
+    check_exact(wl, lay, 1, 1)
+    causal = G.causal(cu, cu, block_q=32, block_k=32)
+    wl = worklist_for(causal, 1, 1, 128, 128, None, True)
+    assert wl.tiles[:, TILE_Q_LEN].tolist() == [64] and wl.chunks.tolist() == [[0, 64]]
+    check_exact(wl, causal, 1, 1)
+
+
+def test_half_pairs_carry_row_half_drop_bits():
+    # two 64-query blocks, non-causal, crossed (block 0 keeps key block 1, block 1 keeps key block 0): one 128-row
+    # tile; key block 0 is a partial chunk whose lower half is dropped, key block 1 one whose upper half is
     cu = _cu([128])
     mask = np.zeros((1, 1, 2, 2), dtype=bool)
     mask[0, 0, 0, 1] = mask[0, 0, 1, 0] = True
     lay = L.from_block_mask(mask, cu, cu, block_q=64, block_k=64)
     wl = worklist_for(lay, 1, 1, 128, 128, None, True)
-    assert sorted(wl.tiles[:, TILE_Q_LEN].tolist()) == [64, 64]
+    assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 0, 2]]
+    assert wl.chunks.tolist() == [[0, 64 | CHUNK_DROP_LO << CHUNK_DROP_SHIFT],
+                                  [64, 64 | CHUNK_DROP_HI << CHUNK_DROP_SHIFT]]
     check_exact(wl, lay, 1, 1)
-    causal = G.causal(cu, cu, block_q=64, block_k=64)
-    wl = worklist_for(causal, 1, 1, 128, 128, None, True)
-    assert wl.tiles[:, TILE_Q_LEN].tolist() == [128] and wl.chunks.tolist() == [[0, 128]]
-    check_exact(wl, causal, 1, 1)
+    # both keep key block 0, only block 1 keeps key block 1: a full chunk and a partial one dropping the lower half
+    mask[0, 0, 1, 1] = True
+    mask[0, 0, 0, 0] = True
+    mask[0, 0, 0, 1] = False
+    lay = L.from_block_mask(mask, cu, cu, block_q=64, block_k=64)
+    wl = worklist_for(lay, 1, 1, 128, 128, None, True)
+    assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 1, 1]]
+    assert wl.chunks.tolist() == [[0, 64], [64, 64 | CHUNK_DROP_LO << CHUNK_DROP_SHIFT]]
+    check_exact(wl, lay, 1, 1)
+    # the unpaired work list (pooling's twin, the backward) never carries drop bits
+    assert not (worklist_for(lay, 1, 1, 128, 128, None, False).chunks[:, 1] >> CHUNK_DROP_SHIFT).any()
 
 
 def test_full_blocks_the_mask_would_cut_are_never_masked():

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from varblock.abi import TILE_FIELDS
+from varblock.abi import CHUNK_K_LEN_MASK, TILE_FIELDS
 from varblock.tile_pairing import BandMask
-from varblock.worklist import WorkList, build_worklist, tile_pairs
+from varblock.worklist import WorkList, build_worklist, row_dropped, tile_pairs
 
 
 @dataclass
@@ -256,14 +256,18 @@ def kernel_model(wl, q, k, v, cu_q, cu_k, hq, hkv, mask, scale, tile_n):
         s_ = np.zeros(r.shape)
         acc = np.zeros(qq.shape)
         for ci in range(nf + npart):
-            ks, kl = (int(x) for x in wl.chunks[cb + ci])
+            ks, word = (int(x) for x in wl.chunks[cb + ci])
+            kl = word & CHUNK_K_LEN_MASK
             assert 1 <= kl <= tile_n
             kt = int(cu_k[b]) + ks + np.arange(kl)
             s = qq @ k[kt, hk].T
             if ci < nl or ci >= nl + nf:  # partial chunk
                 ok = mask.allowed(np.repeat(hqs, kl), np.repeat(tok, kl), np.tile(kt, len(r)), cu_q, cu_k,
                                   batch_of_q).reshape(len(r), kl)
+                ok &= ~row_dropped(word, r, wl.tile_m)[:, None]  # the chunk's row-half drop bits
                 s = np.where(ok, s, -np.inf)
+            else:
+                assert word == kl, "row-half drop bits on a full chunk"
             m_new = np.maximum(m, s.max(axis=1))
             m_safe = np.where(m_new == -np.inf, 0.0, m_new)
             p = np.exp((s - m_safe[:, None]) * scale)

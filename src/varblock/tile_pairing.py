@@ -98,7 +98,8 @@ class RowArrays(NamedTuple):
 
 class MergedRows(NamedTuple):
     """Groups (one output row each, sorted like the input rows) and their chunk lists: chunks
-    ``[cbeg[g], cbeg[g] + nfull[g] + npart[g])``, the full ones first."""
+    ``[cbeg[g], cbeg[g] + nfull[g] + npart[g])``, the full ones first; ``ch_drop``: the row-half drop bits of each
+    chunk (``varblock.abi.CHUNK_DROP_LO`` / ``CHUNK_DROP_HI``; only on partial chunks of half pairs)."""
 
     head: np.ndarray
     batch: np.ndarray
@@ -109,12 +110,15 @@ class MergedRows(NamedTuple):
     cbeg: np.ndarray
     nfull: np.ndarray
     npart: np.ndarray
+    ch_drop: np.ndarray
 
 
 def merge_rows(r: RowArrays, len_q: np.ndarray, len_k: np.ndarray, *, rows_per_tile: int, tile_n: int,
-               mask: BandMask) -> MergedRows:
+               mask: BandMask, half_tokens: int = 0) -> MergedRows:
     """Group the rows ``r`` (sorted by (head, batch, q_start), non-overlapping, spans inside their sequences) for
-    tiles of ``rows_per_tile`` query tokens and chunks of ``tile_n`` keys; see the module docstring."""
+    tiles of ``rows_per_tile`` query tokens and chunks of ``tile_n`` keys; see the module docstring.
+    ``half_tokens``: query tokens in the lower row half of a tile (the kernels' row-half drop bits; 0 = the kernel
+    has none, so only exact groups pair)."""
     nr = r.head.shape[0]
     nb = len_q.shape[0]
     for name, doc, total in (("doc_ids_q", mask.doc_ids_q, len_q.sum()), ("doc_ids_k", mask.doc_ids_k, len_k.sum())):
@@ -124,7 +128,7 @@ def merge_rows(r: RowArrays, len_q: np.ndarray, len_k: np.ndarray, *, rows_per_t
     grp = _candidate_groups(r.head * nb + r.batch, r.q_start, r.q_len, int(rows_per_tile))
     plain = np.zeros(nr, dtype=bool)  # per row (rows of a plain group are alone)
     for _ in range(3):
-        out, broken = _build(r, grp, plain, len_q, len_k, int(tile_n), mask)
+        out, broken = _build(r, grp, plain, len_q, len_k, int(tile_n), mask, int(half_tokens))
         if not broken.any():
             return out
         # overlapping key spans: the rows of such a group become single groups; such a single row becomes plain
@@ -175,10 +179,14 @@ class _Units(NamedTuple):
     kl: np.ndarray
     plain: np.ndarray
     all_full: np.ndarray  #: every member keeps it full
-    maskable: np.ndarray  #: the element mask gives every member exactly its kept pairs (may join a partial chunk)
+    #: the element mask (and the row-half drop bits ``drop``) give every member exactly its kept pairs (may join a
+    #: partial chunk)
+    maskable: np.ndarray
+    drop: np.ndarray  #: row-half drop bits a chunk holding the unit needs (half pairs only; else 0)
 
     def take(self, sel: np.ndarray, g: np.ndarray) -> _Units:
-        return _Units(g, self.ks[sel], self.kl[sel], self.plain[sel], self.all_full[sel], self.maskable[sel])
+        return _Units(g, self.ks[sel], self.kl[sel], self.plain[sel], self.all_full[sel], self.maskable[sel],
+                      self.drop[sel])
 
 
 class _Statuses(NamedTuple):
@@ -191,14 +199,15 @@ class _Statuses(NamedTuple):
 
 
 def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, len_k: np.ndarray, tile_n: int,
-           mask: BandMask) -> tuple[MergedRows | None, np.ndarray]:
+           mask: BandMask, half_tokens: int) -> tuple[MergedRows | None, np.ndarray]:
     """Chunks for the grouping ``grp``, where groups that are not exact fall back to single rows; also bool
     [groups of ``grp``]: groups whose key spans overlap (then there is no output)."""
     nr = grp.shape[0]
     first = _group_first(grp)
     member = np.arange(nr) - first[grp]
     size = np.diff(np.append(first, nr))
-    u, st, inexact, broken = _units(r, grp, member, plain[first], size, first, len_q, len_k, mask)
+    half = (size == 2) & (r.q_len[first] == half_tokens) if half_tokens > 0 else np.zeros(first.shape[0], bool)
+    u, st, inexact, broken = _units(r, grp, member, plain[first], size, first, len_q, len_k, mask, half)
     if broken.any():
         return None, broken
     ngrp = grp
@@ -207,15 +216,15 @@ def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, 
         u = _regroup(u, st, inexact, first, ngrp)
     nfirst = _group_first(ngrp)
     n_groups = nfirst.shape[0]
-    ch_start, ch_len, ch_g, ch_part = _run_chunks(u, tile_n)
+    ch_start, ch_len, ch_g, ch_part, ch_drop = _run_chunks(u, tile_n)
     order = np.argsort(ch_g * 2 + ch_part, kind="stable")  # full chunks first, each kind by key (as made)
-    ch_start, ch_len, ch_g, ch_part = ch_start[order], ch_len[order], ch_g[order], ch_part[order]
+    ch_start, ch_len, ch_g, ch_part, ch_drop = (x[order] for x in (ch_start, ch_len, ch_g, ch_part, ch_drop))
     n_ch = np.bincount(ch_g, minlength=n_groups)
     npart = np.bincount(ch_g[ch_part], minlength=n_groups)
     cbeg = np.concatenate([[0], np.cumsum(n_ch)[:-1]]) if n_groups else np.zeros(0, dtype=np.int64)
     q_len = np.add.reduceat(r.q_len, nfirst) if n_groups else np.zeros(0, dtype=np.int64)
     out = MergedRows(r.head[nfirst], r.batch[nfirst], r.q_start[nfirst], q_len, ch_start, ch_len, cbeg,
-                     n_ch - npart, npart)
+                     n_ch - npart, npart, ch_drop)
     return out, broken
 
 
@@ -228,16 +237,18 @@ def _regroup(units: _Units, st: _Statuses, inexact: np.ndarray, first: np.ndarra
     own = inexact[units.g[c_unit]] & (status != _NOT_KEPT)
     cu, full = c_unit[own], status[own] == _FULL
     singles = _Units(ngrp[first[units.g[cu]] + c_mem[own]], units.ks[cu], units.kl[cu], units.plain[cu], full,
-                     ~full | allowed[own])
+                     ~full | allowed[own], np.zeros(cu.shape[0], dtype=np.int64))
     both = [np.concatenate([a, b]) for a, b in zip(kept, singles)]
     order = np.lexsort((both[1], both[0]))
     return _Units(*(x[order] for x in both))
 
 
-def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k,
-           mask: BandMask) -> tuple[_Units, _Statuses, np.ndarray, np.ndarray]:
+def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k, mask: BandMask,
+           g_half: np.ndarray) -> tuple[_Units, _Statuses, np.ndarray, np.ndarray]:
     """The key units of every group with their classes, the per-member statuses, and bool [groups] of the groups
-    that are not exact and of those whose key spans overlap (or that keep one span twice)."""
+    that are not exact and of those whose key spans overlap (or that keep one span twice). ``g_half``: bool
+    [groups], two members holding one row half each: a member that does not keep a unit may have its half masked
+    by the chunk's drop bits instead of by the element mask."""
     n_groups = first.shape[0]
     n_ent = np.diff(r.ent_ptr)
     e_row, e_pos = ragged_arange(n_ent)
@@ -279,11 +290,15 @@ def _units(r: RowArrays, grp, member, g_plain, size, first, len_q, len_k,
                                       _starts(len_q)[b], _starts(len_k)[b])
     ok = (status == _PARTIAL) | ((status == _FULL) & allowed) | ((status == _NOT_KEPT) & none)
     n_u = uf.shape[0]
+    # half pairs: a member whose pairs the mask does not hide drops its row half in the unit's chunks
+    need = (status == _NOT_KEPT) & ~ok & g_half[ug[c_unit]]
+    drop = np.bincount(c_unit, weights=need * (1 << c_mem), minlength=n_u).astype(np.int64)
     all_full = np.bincount(c_unit, weights=status != _FULL, minlength=n_u) == 0
-    maskable = (np.bincount(c_unit, weights=~ok, minlength=n_u) == 0) & ~(uplain & all_full)
+    maskable = (np.bincount(c_unit, weights=~(ok | need), minlength=n_u) == 0) & ~(uplain & all_full)
     inexact = np.zeros(n_groups, dtype=bool)
     inexact[ug[~all_full & ~maskable]] = True
-    return _Units(ug, uks, ukl, uplain, all_full, maskable), _Statuses(c_unit, c_mem, status, allowed), inexact, broken
+    units = _Units(ug, uks, ukl, uplain, all_full, maskable, drop)
+    return units, _Statuses(c_unit, c_mem, status, allowed), inexact, broken
 
 
 def _starts(lens: np.ndarray) -> np.ndarray:
@@ -292,16 +307,16 @@ def _starts(lens: np.ndarray) -> np.ndarray:
 
 
 def _run_chunks(u: _Units, tile_n: int) -> tuple[np.ndarray, ...]:
-    """Cut the units into runs (contiguous, one group, not plain, same 'full only' class) and the runs into chunks
-    of ``tile_n`` keys; returns (start, length, group, partial) per chunk."""
+    """Cut the units into runs (contiguous, one group, not plain, same 'full only' class, same drop bits) and the
+    runs into chunks of ``tile_n`` keys; returns (start, length, group, partial, drop bits) per chunk."""
     n_u = u.g.shape[0]
     if n_u == 0:
         z = np.zeros(0, dtype=np.int64)
-        return z, z, z, np.zeros(0, dtype=bool)
+        return z, z, z, np.zeros(0, dtype=bool), z
     full_only = u.all_full & ~u.maskable
     new = np.ones(n_u, dtype=bool)
     new[1:] = ((u.g[1:] != u.g[:-1]) | (u.ks[1:] != u.ks[:-1] + u.kl[:-1]) | u.plain[1:] | u.plain[:-1]
-               | (full_only[1:] != full_only[:-1]))
+               | (full_only[1:] != full_only[:-1]) | (u.drop[1:] != u.drop[:-1]))
     run = np.cumsum(new) - 1
     rf = np.flatnonzero(new)
     r_start = u.ks[rf]
@@ -319,4 +334,4 @@ def _run_chunks(u: _Units, tile_n: int) -> tuple[np.ndarray, ...]:
     last_u = np.searchsorted(u_lo, c_code + c_start + c_len, side="left")
     not_full = np.concatenate([[0], np.cumsum(~u.all_full)])
     partial = (not_full[last_u] - not_full[first_u]) > 0
-    return c_start, c_len, u.g[rf][c_run], partial
+    return c_start, c_len, u.g[rf][c_run], partial, u.drop[rf][c_run]

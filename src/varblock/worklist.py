@@ -8,7 +8,8 @@ Output, for a kernel tile size ``(tile_m, tile_n)``:
   processes one tile at a time. ``head`` is the query head, or the KV head with pack-GQA (``pack_gqa = G > 1``: tile
   row ``r`` is token ``q_start + r // G`` of query head ``head * G + r % G``; ``q_len`` counts tokens, ``q_len * G
   <= tile_m``).
-* ``chunks`` int32 ``[C, 2]``: ``(k_start, k_len)`` with ``1 <= k_len <= tile_n``, relative to the sequence start;
+* ``chunks`` int32 ``[C, 2]``: ``(k_start, k_len)`` with ``1 <= k_len <= tile_n``, relative to the sequence start
+  (merged plans: the ``k_len`` word may carry row-half drop bits above ``CHUNK_DROP_SHIFT``, partial chunks only);
   a tile's chunks are ``chunks[chunk_begin : chunk_begin + n_full + n_partial]``; chunk ``i`` of the tile (0-based)
   is *partial* iff ``i < n_left or i >= n_left + n_full``, *full* otherwise. So a tile's list is ``n_left`` partial
   chunks, then the ``n_full`` full ones, then ``n_partial - n_left`` partial ones (a dense sliding-window row can
@@ -29,7 +30,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .abi import (
+    CHUNK_DROP_HI,
+    CHUNK_DROP_LO,
+    CHUNK_DROP_SHIFT,
     CHUNK_K_LEN,
+    CHUNK_K_LEN_MASK,
     CHUNK_K_START,
     CHUNK_WIDTH,
     HEAD_MODES,
@@ -107,7 +112,9 @@ def build_worklist(
     the group (``per_kv_head`` or ``broadcast``). ``longest_first`` orders tiles by decreasing chunk count (stable),
     which shortens the tail of a non-persistent launch; otherwise tiles follow the rows, query heads innermost.
     ``merge``: the element mask the kernel applies to partial chunks; given, small rows share tiles and adjacent
-    key spans share chunks wherever that is exact (``varblock.tile_pairing``).
+    key spans share chunks wherever that is exact (``varblock.tile_pairing``), and two rows that fill one row half
+    of a tile each also pair where their key sets differ: a partial chunk one of them does not keep carries the
+    row-half drop bits of that half in its ``k_len`` word (``varblock.abi.CHUNK_DROP_SHIFT``).
     """
     hq_n, hkv_n = int(num_heads_q), int(num_heads_kv)
     g, hl_n = _heads(hq_n, hkv_n, head_mode, tile_m, tile_n, pack_gqa, num_layout_heads)
@@ -125,10 +132,12 @@ def build_worklist(
         ch_start, ch_len, row_cbeg, row_nfull, row_npart = _chunks(r, tile_n)
     else:
         _check_order(r.head * r.nb + r.batch, r.q_start, r.q_len)
+        half_tokens = tile_m // (2 * g) if tile_m % (2 * g) == 0 else 0
         m = merge_rows(RowArrays(*r[:8]), len_q, len_k, rows_per_tile=tile_m // g if g > 1 else tile_m,
-                       tile_n=tile_n, mask=merge)
+                       tile_n=tile_n, mask=merge, half_tokens=half_tokens)
         r = r._replace(head=m.head, batch=m.batch, q_start=m.q_start, q_len=m.q_len)
-        ch_start, ch_len, row_cbeg, row_nfull, row_npart = m.ch_start, m.ch_len, m.cbeg, m.nfull, m.npart
+        ch_start, row_cbeg, row_nfull, row_npart = m.ch_start, m.cbeg, m.nfull, m.npart
+        ch_len = m.ch_len | (m.ch_drop << CHUNK_DROP_SHIFT)
     r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np = _complete_rows(r, row_cbeg, row_nfull, row_npart, hl_n, len_q)
     tiles = _tiles(r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np, hq_n, hkv_n, head_mode, tile_m, g)
     if longest_first and tiles.shape[0]:
@@ -294,7 +303,8 @@ def _tiles(r_head, r_batch, r_qs, r_ql, r_cb, r_nf, r_np, hq_n: int, hkv_n: int,
 
 def tile_pairs(wl: WorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_q: int, num_heads_kv: int):
     """Expand a work list into the (query head, packed query token, packed key token, partial) tuples it computes,
-    as flat int64 arrays (test helper; vectorised, memory proportional to the number of pairs)."""
+    as flat int64 arrays (test helper; vectorised, memory proportional to the number of pairs); rows a chunk's
+    row-half drop bits mask compute none of its pairs."""
     cu_q = np.asarray(cu_seqlens_q).astype(np.int64)
     cu_k = np.asarray(cu_seqlens_k).astype(np.int64)
     t = wl.tiles.astype(np.int64)
@@ -311,7 +321,14 @@ def tile_pairs(wl: WorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_
     n_left = t[tid[rid], TILE_N_LEFT]
     partial = (cpos < n_left) | (cpos >= n_left + t[tid[rid], TILE_N_FULL])
     ch = wl.chunks.astype(np.int64)
-    klen = ch[c, CHUNK_K_LEN]
+    klen = np.where(row_dropped(ch[c, CHUNK_K_LEN], rpos[rid], wl.tile_m), 0, ch[c, CHUNK_K_LEN] & CHUNK_K_LEN_MASK)
     pid, kpos = segment_ids(klen)
     ktok = cu_k[t[tid[rid[pid]], TILE_BATCH]] + ch[c[pid], CHUNK_K_START] + kpos
     return hq[rid[pid]], tok[rid[pid]], ktok, partial[pid]
+
+
+def row_dropped(k_len_word: np.ndarray, row: np.ndarray, tile_m: int) -> np.ndarray:
+    """Whether tile row ``row`` is masked in a chunk whose ``k_len`` word is ``k_len_word`` (its row half's drop
+    bit, ``varblock.abi.CHUNK_DROP_LO`` / ``CHUNK_DROP_HI``), as the forward kernels read it."""
+    bit = np.where(np.asarray(row) >= tile_m // 2, CHUNK_DROP_HI, CHUNK_DROP_LO)
+    return ((np.asarray(k_len_word) >> CHUNK_DROP_SHIFT) & bit) != 0

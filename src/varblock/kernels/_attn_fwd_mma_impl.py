@@ -45,7 +45,7 @@ from .common.warp_mma import (
     swizzled_rows_atom,
     thread_idx_opaque,
 )
-from .common.work_tile import Sequence, TileRows, WorkTile, read_chunk
+from .common.work_tile import Sequence, TileRows, WorkTile, read_chunk, read_chunk_rows
 
 
 class FwdConfig:
@@ -200,12 +200,12 @@ def prefetch_next_k(cfg: FwdConfig, p, st, ts: ThreadSetup, tile: WorkTile, seq:
 
 
 @cute.jit
-def mask_scores(mask: ElementMask, ts: ThreadSetup, acc_S, partial, col0, k_start, k_len):
-    """The element mask (partial chunk) or the ``k_len`` tail mask applied to ``acc_S``; its ``(rows, cols)``
-    view."""
+def mask_scores(mask: ElementMask, ts: ThreadSetup, acc_S, partial, col0, k_start, k_len, drop=None):
+    """The element mask (partial chunk, with its row-half ``drop`` bits when given) or the ``k_len`` tail mask
+    applied to ``acc_S``; its ``(rows, cols)`` view."""
     acc_S_mn = mn_view(acc_S)
     if partial:
-        mask.apply_partial(acc_S_mn, ts.tScS, ts.t0ScS, col0, k_start, k_len)
+        mask.apply_partial(acc_S_mn, ts.tScS, ts.t0ScS, col0, k_start, k_len, drop)
     else:
         mask.apply_tail(acc_S_mn, ts.t0ScS, col0, k_len)
     return acc_S_mn
@@ -216,7 +216,7 @@ def _chunk(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, tile: Work
            rows: TileRows, ci, tidx, acc_O_mn, col0):
     """One chunk of the tile: loads (V of this chunk, K of the next), S = Q K^T, mask, softmax, O += P V."""
     c = tile.chunk_begin + ci
-    k_start, k_len = read_chunk(p.chunks, c)
+    k_start, k_len, drop = read_chunk_rows(p.chunks, c)
     kv_row0 = rows.kv_row(seq, k_start)
     partial = tile.is_partial(ci)
 
@@ -237,7 +237,7 @@ def _chunk(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, tile: Work
     cute.arch.cp_async_wait_group(0)
     cute.arch.barrier()
     prefetch_next_k(cfg, p, st, ts, tile, seq, rows, c, ci)
-    acc_S_mn = mask_scores(mask, ts, acc_S, partial, col0, k_start, k_len)
+    acc_S_mn = mask_scores(mask, ts, acc_S, partial, col0, k_start, k_len, drop)
     ts.softmax.update(acc_S_mn, acc_O_mn)
 
     # O += P V

@@ -18,7 +18,7 @@ from cutlass.cute.nvgpu import warpgroup
 from ._attn_fwd_sm90_debug import plain
 from .common.mask import ElementMask
 from .common.softmax import OnlineSoftmax
-from .common.work_tile import WorkTile, read_chunk
+from .common.work_tile import WorkTile, read_chunk, read_chunk_rows
 
 WG_THREADS = 128
 BAR_WG = 1  #: + wg: one consumer warpgroup
@@ -138,15 +138,16 @@ def _mask_scores(mask: ElementMask, cs: ConsumerSetup, acc_s_mn, partial, k_star
 
 
 @cute.jit
-def _mask_softmax(mask: ElementMask, cs: ConsumerSetup, acc_S, partial, k_start, k_len):
-    """Mask a chunk of scores and fold it into the online softmax. Each branch ends with its own copy of the
+def _mask_softmax(mask: ElementMask, cs: ConsumerSetup, acc_S, partial, k_start, k_len, drop):
+    """Mask a chunk of scores (a partial chunk: with its row-half ``drop`` bits) and fold it into the online
+    softmax. Each branch ends with its own copy of the
     softmax: the join (where the caller waits for the in-flight P V wgmma) then comes after the softmax. With one
     softmax after the join, ptxas scheduled that wait (``WARPGROUP.DEPBAR``) at the top of the join block, ahead of
     the whole softmax, and the softmax of S(n) no longer overlapped P(n-1) V(n-1)."""
     acc_s_mn = mn_view(acc_S)
     col0 = cs.tScS[0, 0][1]
     if partial:
-        mask.apply_partial(acc_s_mn, cs.tScS, cs.t0ScS, col0, k_start, k_len)
+        mask.apply_partial(acc_s_mn, cs.tScS, cs.t0ScS, col0, k_start, k_len, drop)
         softmax_step(cs.softmax, acc_s_mn, cs.corr)
     else:
         mask.apply_tail(acc_s_mn, cs.t0ScS, col0, k_len)
@@ -182,6 +183,12 @@ def _read_chunk_clamped(p, tile: WorkTile, ci):
 
 
 @cute.jit
+def _read_chunk_rows_clamped(p, tile: WorkTile, ci):
+    """:func:`_read_chunk_clamped` with the chunk's row-half drop bits: ``(k_start, k_len, drop)``."""
+    return read_chunk_rows(p.chunks, tile.chunk_begin + cutlass.min(ci, tile.n_chunks - 1))
+
+
+@cute.jit
 def first_turn(wg):
     """Ping-pong start: warpgroup 0 holds the first turn."""
     if cutlass.const_expr(PINGPONG):
@@ -210,21 +217,21 @@ def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, 
     pipe_q, pipe_k, pipe_v = pipes
     acc_O_mn = mn_view(cs.acc_O)
     n_rows = cs.softmax.n_rows
-    k_start, k_len = read_chunk(p.chunks, tile.chunk_begin)
-    nk_start, nk_len = _read_chunk_clamped(p, tile, 1)
+    k_start, k_len, drop = read_chunk_rows(p.chunks, tile.chunk_begin)
+    nk_start, nk_len, n_drop = _read_chunk_rows_clamped(p, tile, 1)
     pipe_q.consumer_wait(q_state)
     _chunk_keys_mask_inputs(p, mask, tile, seq, 0, k_start, k_len, wtid, wg, True)
     pipe_k.consumer_wait(kv_state)
     acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
     wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
     pipe_k.consumer_release(kv_state)
-    _mask_softmax(mask, cs, acc_S, tile.is_partial(0), k_start, k_len)
+    _mask_softmax(mask, cs, acc_S, tile.is_partial(0), k_start, k_len, drop)
     cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
     for ci in cutlass.range(1, tile.n_chunks, unroll=1):
         prev = kv_state.clone()
         kv_state.advance()
-        k_start, k_len = nk_start, nk_len
-        nk_start, nk_len = _read_chunk_clamped(p, tile, ci + 1)
+        k_start, k_len, drop = nk_start, nk_len, n_drop
+        nk_start, nk_len, n_drop = _read_chunk_rows_clamped(p, tile, ci + 1)
         _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
         pipe_k.consumer_wait(kv_state)
         _turn_wait(wg)
@@ -235,7 +242,7 @@ def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, 
         _turn_pass(wg)
         warpgroup.wait_group(1)  # S(ci) done, P V still running
         pipe_k.consumer_release(kv_state)
-        _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len)
+        _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len, drop)
         warpgroup.wait_group(0)
         pipe_v.consumer_release(prev)
         cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
@@ -257,7 +264,7 @@ def tile_mainloop_plain(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_s
     acc_O_mn = mn_view(cs.acc_O)
     pipe_q.consumer_wait(q_state)
     for ci in cutlass.range(tile.n_chunks, unroll=1):
-        k_start, k_len = read_chunk(p.chunks, tile.chunk_begin + ci)
+        k_start, k_len, drop = read_chunk_rows(p.chunks, tile.chunk_begin + ci)
         if ci > 0:
             _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
         else:
@@ -266,7 +273,7 @@ def tile_mainloop_plain(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_s
         acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
         wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
         pipe_k.consumer_release(kv_state)
-        _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len)
+        _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len, drop)
         _rescale(acc_O_mn, cs.corr, cs.softmax.n_rows)
         cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
         pipe_v.consumer_wait(kv_state)

@@ -20,7 +20,7 @@ import cutlass.cute as cute
 from cutlass import Boolean, Float32, Int32, Int64, Uint8, Uint32, Uint64
 from cutlass._mlir.dialects import arith
 
-from varblock.abi import MASK_DOC, MASK_TOKEN
+from varblock.abi import CHUNK_DROP_HI, CHUNK_DROP_LO, MASK_DOC, MASK_TOKEN
 
 #: "unbounded" left edge (below any column index)
 NEG_BIG = -(1 << 30)
@@ -126,15 +126,16 @@ class ElementMask:
                         tok[r, w] = words[w]
 
     @cute.jit
-    def apply_partial(self, acc_s_mn, t_scs, t0_scs, col0, k_start, k_len):
+    def apply_partial(self, acc_s_mn, t_scs, t0_scs, col0, k_start, k_len, drop=None):
         """Mask a partial chunk: window / causal / sinks (and the ``k_len`` tail), then documents, then the token mask.
         ``t_scs`` / ``t0_scs``: (row, col) coordinates of this thread's / thread 0's accumulator elements; this
-        thread's columns are ``col0 + t0_scs[0, cc][1]``."""
+        thread's columns are ``col0 + t0_scs[0, cc][1]``. ``drop``: the chunk's row-half drop bits
+        (``read_chunk_rows``; every row of a dropped half is masked), or None (kernels of unpaired plans)."""
         p = self.p
         row_doc, doc_k, tok = self.s.row_doc, self.s.doc_k, self.s.tok
         n_rows = cute.size(t_scs, mode=[0])
         n_cols = cute.size(t_scs, mode=[1])
-        self._band(acc_s_mn, t_scs, t0_scs, col0, k_start, k_len)
+        self._band(acc_s_mn, t_scs, t0_scs, col0, k_start, k_len, drop)
         if (p.mask_flags & MASK_DOC) != 0:
             for cc in cutlass.range_constexpr(n_cols):
                 dk = doc_k[col0 + t0_scs[0, cc][1]]
@@ -158,24 +159,30 @@ class ElementMask:
                             acc_s_mn[rr, cc] = -Float32.inf if keep == Uint64(0) else v
 
     @cute.jit
-    def _band(self, acc_s_mn, t_scs, t0_scs, col0, k_start, k_len):
+    def _band(self, acc_s_mn, t_scs, t0_scs, col0, k_start, k_len, drop):
         """Window / causal / sinks and the ``k_len`` tail: keys j in [num_sink_tokens, a - window_left) and j > a +
         window_right are masked. Column cl of this thread is key j = k_start + col0 + cl, so the left test is
         ``sink_end <= cl < lo``, evaluated as two compares or, with ``sink_compare == "unsigned"``, as one unsigned
         compare ``cl - sink_end < width`` (j < num_sink_tokens wraps to >= 2**31 > width). Both are exact; which
-        one ptxas allocates with fewer spills depends on the variant (``attention_fwd_mma._SINK_COMPARE``)."""
+        one ptxas allocates with fewer spills depends on the variant (``attention_fwd_mma._SINK_COMPARE``). A row of
+        a half that ``drop`` names sees ``k_len = 0``: every column is masked."""
         p, row_pos = self.p, self.s.row_pos
         sink_end = p.num_sink_tokens - k_start - col0
         for rr in cutlass.range_constexpr(cute.size(t_scs, mode=[0])):
-            a = row_pos[t_scs[rr, 0][0]]  # i + diag: key j is on the diagonal of query i at j = a
+            r = t_scs[rr, 0][0]
+            a = row_pos[r]  # i + diag: key j is on the diagonal of query i at j = a
+            kl = k_len
+            if cutlass.const_expr(drop is not None):
+                half_bit = Int32(CHUNK_DROP_HI) if r >= self.tile_m // 2 else Int32(CHUNK_DROP_LO)
+                kl = Int32(0) if (drop & half_bit) != 0 else k_len
             if cutlass.const_expr(self.sink_compare == "unsigned"):
                 width = cutlass.max(a - p.window_left - p.num_sink_tokens, 0)  # = lo - sink_end, clamped
                 width = width if p.window_left >= 0 else Int32(0)
             else:
                 lo = a - p.window_left - k_start - col0
                 lo = lo if p.window_left >= 0 else Int32(NEG_BIG)
-            hi = cutlass.min(a + p.window_right + 1 - k_start, k_len)
-            hi = hi if p.window_right >= 0 else k_len
+            hi = cutlass.min(a + p.window_right + 1 - k_start, kl)
+            hi = hi if p.window_right >= 0 else kl
             hi = hi - col0
             for cc in cutlass.range_constexpr(cute.size(t_scs, mode=[1])):
                 cl = t0_scs[0, cc][1]

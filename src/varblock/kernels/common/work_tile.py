@@ -7,7 +7,9 @@ from typing import Any
 from cutlass import Int64, Uint32
 
 from varblock.abi import (
+    CHUNK_DROP_SHIFT,
     CHUNK_K_LEN,
+    CHUNK_K_LEN_MASK,
     CHUNK_K_START,
     CHUNK_WIDTH,
     TILE_BATCH,
@@ -63,10 +65,19 @@ class WorkTile:
 
 
 def read_chunk(chunks, c, ahead: int = 0):
-    """``(k_start, k_len)`` of chunk ``c + ahead`` (global chunk index ``c``, static ``ahead``)."""
+    """``(k_start, k_len)`` of chunk ``c + ahead`` (global chunk index ``c``, static ``ahead``); the row-half drop
+    bits of the ``k_len`` word are stripped (see :func:`read_chunk_rows`)."""
+    k_start, k_len, _ = read_chunk_rows(chunks, c, ahead)
+    return k_start, k_len
+
+
+def read_chunk_rows(chunks, c, ahead: int = 0):
+    """``(k_start, k_len, drop)`` of chunk ``c + ahead``: ``drop`` holds the ``CHUNK_DROP_LO`` / ``CHUNK_DROP_HI``
+    bits (``varblock.abi``) of the row halves that do not keep the chunk (0: every row keeps it)."""
     base = c * CHUNK_WIDTH
-    return (chunks[_at(base, ahead * CHUNK_WIDTH + CHUNK_K_START)],
-            chunks[_at(base, ahead * CHUNK_WIDTH + CHUNK_K_LEN)])
+    word = chunks[_at(base, ahead * CHUNK_WIDTH + CHUNK_K_LEN)]
+    return (chunks[_at(base, ahead * CHUNK_WIDTH + CHUNK_K_START)], word & CHUNK_K_LEN_MASK,
+            word >> CHUNK_DROP_SHIFT)
 
 
 @dataclass(frozen=True)
