@@ -22,6 +22,7 @@ from varblock import layout as L
 from varblock import reference
 from varblock.abi import (
     CHUNK_DROP_HI,
+    CHUNK_DROP_KEY_HALF,
     CHUNK_DROP_LO,
     CHUNK_DROP_SHIFT,
     CHUNK_K_LEN_MASK,
@@ -262,6 +263,32 @@ def test_dense_64x64_pairs_fully(causal, tiles):
         assert (merged.tiles[:, TILE_N_PARTIAL] == 0).all()
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("density", [0.5, 0.1])
+def test_random_64x64_pairs_with_drop_bits(causal, density):
+    """W1 random 64x64 layouts: with the drop bits every two 64-row blocks share a 128-row tile, and the MMA work
+    shrinks against the unmerged plan (printed: the wasted-MMA fraction, docs/tile_pairing.md)."""
+    cu = _cu(W1)
+    hq, hkv = 32, 8
+    lay = G.random_blocks(cu, cu, density=density, num_heads=hkv, head_mode="per_kv_head", causal=causal, seed=1,
+                          block_q=64, block_k=64)
+    useful = lay.num_pairs(hq, hkv)
+    n_tiles = hq * sum(-(-n // 128) for n in W1)
+    # (density, tile_n) -> wasted-MMA bound; measured 0.433 / 0.350 / 0.693 / 0.526 causal, 0.413 / 0.329 /
+    # 0.671 / 0.470 not (unmerged: 0.756 / 0.512 / 0.775 / 0.549 and 0.750 / 0.500 / 0.750 / 0.500)
+    bound = {(0.5, 128): 0.44, (0.5, 64): 0.36, (0.1, 128): 0.70, (0.1, 64): 0.53 if causal else 0.48}
+    for tile_n in (128, 64):
+        merged = worklist_for(lay, hq, hkv, 128, tile_n, None, True)
+        plain = worklist_for(lay, hq, hkv, 128, tile_n, None, False)
+        waste, waste_plain = (1 - useful / _mma_stats(w)[1] for w in (merged, plain))
+        flagged = float(((merged.chunks[:, 1] >> CHUNK_DROP_SHIFT) != 0).mean())
+        print(f"W1 64x64 causal={causal} density={density} 128x{tile_n}: tiles {merged.num_tiles} "
+              f"(unmerged {plain.num_tiles}), wasted MMA {waste:.3f} (unmerged {waste_plain:.3f}), "
+              f"chunks with drop bits {flagged:.2f}")
+        assert merged.num_tiles == n_tiles
+        assert waste < bound[density, tile_n] and waste < waste_plain - 0.02
+
+
 def test_key_runs_merge_and_lone_blocks_stay_narrow():
     # one sequence of 64 queries, 640 keys, 64-blocks; the row keeps key blocks {0, 1, 2, 4, 6, 7} (full)
     cu_q, cu_k = _cu([64]), _cu([640])
@@ -295,24 +322,30 @@ def test_pairs_fall_back_where_not_exact():
 
 def test_half_pairs_carry_row_half_drop_bits():
     # two 64-query blocks, non-causal, crossed (block 0 keeps key block 1, block 1 keeps key block 0): one 128-row
-    # tile; key block 0 is a partial chunk whose lower half is dropped, key block 1 one whose upper half is
+    # tile and one 128-key partial chunk; its quarter (rows 0-63, keys 0-63) and (rows 64-127, keys 64-127) are
+    # dropped. With 64-key chunks (the portable kernel): two chunks, each dropping one row half
     cu = _cu([128])
     mask = np.zeros((1, 1, 2, 2), dtype=bool)
     mask[0, 0, 0, 1] = mask[0, 0, 1, 0] = True
     lay = L.from_block_mask(mask, cu, cu, block_q=64, block_k=64)
     wl = worklist_for(lay, 1, 1, 128, 128, None, True)
-    assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 0, 2]]
-    assert wl.chunks.tolist() == [[0, 64 | CHUNK_DROP_LO << CHUNK_DROP_SHIFT],
-                                  [64, 64 | CHUNK_DROP_HI << CHUNK_DROP_SHIFT]]
+    assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 0, 1]]
+    drop = CHUNK_DROP_LO | CHUNK_DROP_HI << CHUNK_DROP_KEY_HALF
+    assert wl.chunks.tolist() == [[0, 128 | drop << CHUNK_DROP_SHIFT]]
     check_exact(wl, lay, 1, 1)
-    # both keep key block 0, only block 1 keeps key block 1: a full chunk and a partial one dropping the lower half
+    wl = worklist_for(lay, 1, 1, 128, 64, None, True)
+    assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 0, 2]]
+    lo, hi = (b | b << CHUNK_DROP_KEY_HALF for b in (CHUNK_DROP_LO, CHUNK_DROP_HI))
+    assert wl.chunks.tolist() == [[0, 64 | lo << CHUNK_DROP_SHIFT], [64, 64 | hi << CHUNK_DROP_SHIFT]]
+    check_exact(wl, lay, 1, 1)
+    # both keep key block 0, only block 1 keeps key block 1: one partial chunk dropping (rows 0-63, keys 64-127)
     mask[0, 0, 1, 1] = True
     mask[0, 0, 0, 0] = True
     mask[0, 0, 0, 1] = False
     lay = L.from_block_mask(mask, cu, cu, block_q=64, block_k=64)
     wl = worklist_for(lay, 1, 1, 128, 128, None, True)
-    assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 1, 1]]
-    assert wl.chunks.tolist() == [[0, 64], [64, 64 | CHUNK_DROP_LO << CHUNK_DROP_SHIFT]]
+    assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 0, 1]]
+    assert wl.chunks.tolist() == [[0, 128 | CHUNK_DROP_LO << CHUNK_DROP_KEY_HALF << CHUNK_DROP_SHIFT]]
     check_exact(wl, lay, 1, 1)
     # the unpaired work list (pooling's twin, the backward) never carries drop bits
     assert not (worklist_for(lay, 1, 1, 128, 128, None, False).chunks[:, 1] >> CHUNK_DROP_SHIFT).any()

@@ -11,6 +11,7 @@ import pytest
 import varblock
 from tests._attention_ref import attention_ref, check_attention
 from varblock import layout as L
+from varblock.abi import CHUNK_DROP_SHIFT
 from varblock.plan.host import unmerged_plan
 
 pytestmark = pytest.mark.gpu
@@ -110,6 +111,22 @@ def test_head_modes_dims_dtypes(torch, backend, d, dtype, mode):
     lay = L.random_blocks(cu, cu, density=0.7, causal=True, seed=d, block_q=64, block_k=64, num_heads=heads,
                           head_mode=mode)
     _run(torch, lay, 8, 1, d, dtype, backend, seed=d, what=f"{mode} d{d} {dtype}")
+
+
+@pytest.mark.parametrize("density", [0.5, 0.1])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("scheduler", ["single", "persistent"])
+def test_random_64x64_drop_bits(torch, backend, density, causal, d, scheduler):
+    """Random 64x64 layouts pair every two 64-row blocks; chunks that only one of them keeps carry the row-half
+    drop bits (``varblock.abi.CHUNK_DROP_SHIFT``), which the kernels must apply (the unmerged twin has none)."""
+    cu_q, cu_k = _cu(LENS_Q), _cu(LENS_K)
+    lay = L.random_blocks(cu_q, cu_k, density=density, causal=causal, seed=int(density * 10) + d, block_q=64,
+                          block_k=64, num_heads=2, head_mode="per_kv_head")
+    p = _run(torch, lay, 8, 2, d, "bfloat16", backend, seed=d + causal, scheduler=scheduler,
+             what=f"random {density} causal={causal} d{d} {scheduler}")
+    assert ((p.worklist.chunks[:, 1] >> CHUNK_DROP_SHIFT) != 0).any(), "no chunk carries drop bits"
+    assert not ((unmerged_plan(p).worklist.chunks[:, 1] >> CHUNK_DROP_SHIFT) != 0).any()
 
 
 def test_w1_causal_64x64_every_tile_once(torch, backend):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from varblock.abi import CHUNK_K_LEN_MASK, TILE_FIELDS
 from varblock.tile_pairing import BandMask
-from varblock.worklist import WorkList, build_worklist, row_dropped, tile_pairs
+from varblock.worklist import WorkList, build_worklist, dropped, tile_pairs
 
 
 @dataclass
@@ -264,7 +264,7 @@ def kernel_model(wl, q, k, v, cu_q, cu_k, hq, hkv, mask, scale, tile_n):
             if ci < nl or ci >= nl + nf:  # partial chunk
                 ok = mask.allowed(np.repeat(hqs, kl), np.repeat(tok, kl), np.tile(kt, len(r)), cu_q, cu_k,
                                   batch_of_q).reshape(len(r), kl)
-                ok &= ~row_dropped(word, r, wl.tile_m)[:, None]  # the chunk's row-half drop bits
+                ok &= ~dropped(word, r[:, None], np.arange(kl)[None, :], wl.tile_m, tile_n)  # drop bits
                 s = np.where(ok, s, -np.inf)
             else:
                 assert word == kl, "row-half drop bits on a full chunk"

@@ -26,14 +26,17 @@ CHUNK_FIELDS: Final = ("k_start", "k_len")
 CHUNK_WIDTH: Final = len(CHUNK_FIELDS)
 CHUNK_K_START: Final = 0  #: first key, relative to the sequence start
 CHUNK_K_LEN: Final = 1  #: keys in the chunk (1 <= k_len <= tile_n) in the low bits, row-half drop bits above
-#: the ``k_len`` word: bits [0, CHUNK_DROP_SHIFT) hold the key count; the bits from ``CHUNK_DROP_SHIFT`` up say which
-#: row half of the tile does NOT keep the chunk (tile pairing of two query blocks whose key sets differ,
-#: docs/tile_pairing.md): the forward kernels mask those rows to -inf in that chunk. Only on partial chunks of host
-#: plans built with pairing; 0 everywhere else (device plans, dense plans, the pooling / backward work lists).
+#: The ``k_len`` word: bits [0, CHUNK_DROP_SHIFT) hold the key count, the 4 bits from ``CHUNK_DROP_SHIFT`` up say
+#: which quarters of the (tile_m x tile_n) chunk are masked whole: bit ``CHUNK_DROP_KEY_HALF * key_half +
+#: row_half`` (row half 1 = rows [tile_m / 2, tile_m), key half 1 = columns [tile_n / 2, tile_n)). Tile pairing sets
+#: them where two query blocks whose key sets differ share a tile (docs/tile_pairing.md); the forward kernels mask
+#: those quarters to -inf. Only on partial chunks of host plans built with pairing; 0 everywhere else (device
+#: plans, dense plans, the pooling / backward work lists).
 CHUNK_DROP_SHIFT: Final = 16
 CHUNK_K_LEN_MASK: Final = (1 << CHUNK_DROP_SHIFT) - 1
-CHUNK_DROP_LO: Final = 1  #: rows [0, tile_m / 2) of the tile are masked in this chunk
-CHUNK_DROP_HI: Final = 2  #: rows [tile_m / 2, tile_m) of the tile are masked in this chunk
+CHUNK_DROP_LO: Final = 1  #: rows [0, tile_m / 2), key half 0
+CHUNK_DROP_HI: Final = 2  #: rows [tile_m / 2, tile_m), key half 0
+CHUNK_DROP_KEY_HALF: Final = 2  #: key half 1's bits are key half 0's shifted left by this
 
 # ---- element mask: bits of the ``mask_flags`` kernel scalar (partial chunks only)
 MASK_DOC: Final = 1  #: ``doc_q`` / ``doc_k`` are valid: keys of another document are masked

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .abi import CHUNK_DROP_KEY_HALF
 from .layout._host import ragged_arange
 from .layout.mask import band_classify
 
@@ -307,31 +308,54 @@ def _starts(lens: np.ndarray) -> np.ndarray:
 
 
 def _run_chunks(u: _Units, tile_n: int) -> tuple[np.ndarray, ...]:
-    """Cut the units into runs (contiguous, one group, not plain, same 'full only' class, same drop bits) and the
-    runs into chunks of ``tile_n`` keys; returns (start, length, group, partial, drop bits) per chunk."""
+    """Cut the units into runs (contiguous, one group, not plain, same 'full only' class), the runs into segments
+    of equal drop bits, the segments into pieces of ``tile_n / 2`` keys from the segment start, and pair adjacent
+    pieces of a run into ``tile_n``-wide chunks (a piece shorter than ``tile_n / 2`` ends a pairing chain), so each
+    key half of a chunk has one set of row-half drop bits. Returns (start, length, group, partial, drop) per chunk;
+    drop bit ``2 * key_half + row_half`` (``varblock.abi.CHUNK_DROP_KEY_HALF``). Without drop bits this is a cut
+    of every run into ``tile_n`` chunks from its start."""
     n_u = u.g.shape[0]
     if n_u == 0:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z, np.zeros(0, dtype=bool), z
+    even = tile_n % 2 == 0  # the kernels' key halves need an even chunk width
+    half = tile_n // 2 if even else tile_n
     full_only = u.all_full & ~u.maskable
-    new = np.ones(n_u, dtype=bool)
-    new[1:] = ((u.g[1:] != u.g[:-1]) | (u.ks[1:] != u.ks[:-1] + u.kl[:-1]) | u.plain[1:] | u.plain[:-1]
-               | (full_only[1:] != full_only[:-1]) | (u.drop[1:] != u.drop[:-1]))
-    run = np.cumsum(new) - 1
-    rf = np.flatnonzero(new)
-    r_start = u.ks[rf]
-    r_len = np.add.reduceat(u.kl, rf)
-    n_c = (r_len + tile_n - 1) // tile_n
-    c_run, c_pos = ragged_arange(n_c)
-    c_start = r_start[c_run] + c_pos * tile_n
-    c_len = np.minimum(r_len[c_run] - c_pos * tile_n, tile_n)
-    # a chunk is partial iff a unit it touches is not full for every member: units of a run are contiguous and
-    # sorted, so the touched ones are a range found by searching (run, key) codes
-    code = run << 32
-    u_lo, u_hi = code + u.ks, code + u.ks + u.kl
-    c_code = c_run << 32
-    first_u = np.searchsorted(u_hi, c_code + c_start, side="right")
-    last_u = np.searchsorted(u_lo, c_code + c_start + c_len, side="left")
+    new_run = np.ones(n_u, dtype=bool)
+    new_run[1:] = ((u.g[1:] != u.g[:-1]) | (u.ks[1:] != u.ks[:-1] + u.kl[:-1]) | u.plain[1:] | u.plain[:-1]
+                   | (full_only[1:] != full_only[:-1]))
+    new_seg = new_run.copy()
+    new_seg[1:] |= u.drop[1:] != u.drop[:-1]
+    run_of_seg = (np.cumsum(new_run) - 1)[new_seg]
+    seg = np.cumsum(new_seg) - 1
+    sf = np.flatnonzero(new_seg)
+    s_start, s_len = u.ks[sf], np.add.reduceat(u.kl, sf)
+    # pieces of half a chunk, and whether each touches a unit that is not full for every member
+    n_p = (s_len + half - 1) // half
+    p_seg, p_pos = ragged_arange(n_p)
+    p_start = s_start[p_seg] + p_pos * half
+    p_len = np.minimum(s_len[p_seg] - p_pos * half, half)
+    code = seg << 32
+    first_u = np.searchsorted(code + u.ks + u.kl, (p_seg << 32) + p_start, side="right")
+    last_u = np.searchsorted(code + u.ks, (p_seg << 32) + p_start + p_len, side="left")
     not_full = np.concatenate([[0], np.cumsum(~u.all_full)])
-    partial = (not_full[last_u] - not_full[first_u]) > 0
-    return c_start, c_len, u.g[rf][c_run], partial, u.drop[rf][c_run]
+    p_part = (not_full[last_u] - not_full[first_u]) > 0
+    p_run, p_drop = run_of_seg[p_seg], u.drop[sf][p_seg]
+    # pairing chains: a new chain starts at a run's first piece and after a short piece; pairs from the chain start
+    n_pc = p_run.shape[0]
+    new_chain = np.ones(n_pc, dtype=bool)
+    new_chain[1:] = (p_run[1:] != p_run[:-1]) | (p_len[:-1] < half)
+    pos = np.arange(n_pc) - np.flatnonzero(new_chain)[np.cumsum(new_chain) - 1]
+    nxt_same = np.zeros(n_pc, dtype=bool)
+    nxt_same[:-1] = ~new_chain[1:]
+    second = np.zeros(n_pc, dtype=bool)  # the second piece of a pair
+    second[1:] = (pos[1:] % 2 == 1) & even
+    lead = np.flatnonzero(~second)
+    paired = nxt_same[lead] & (pos[lead] % 2 == 0) & even
+    nx = np.minimum(lead + 1, n_pc - 1)
+    c_len = p_len[lead] + np.where(paired, p_len[nx], 0)
+    c_part = p_part[lead] | (paired & p_part[nx])
+    d0 = p_drop[lead]
+    c_drop = d0 | (np.where(paired, p_drop[nx], d0) << CHUNK_DROP_KEY_HALF)
+    c_part |= c_drop != 0
+    return p_start[lead], c_len, u.g[sf][p_seg[lead]], c_part, c_drop

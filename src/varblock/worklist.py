@@ -31,6 +31,7 @@ import numpy as np
 
 from .abi import (
     CHUNK_DROP_HI,
+    CHUNK_DROP_KEY_HALF,
     CHUNK_DROP_LO,
     CHUNK_DROP_SHIFT,
     CHUNK_K_LEN,
@@ -321,14 +322,17 @@ def tile_pairs(wl: WorkList, cu_seqlens_q: Any, cu_seqlens_k: Any, *, num_heads_
     n_left = t[tid[rid], TILE_N_LEFT]
     partial = (cpos < n_left) | (cpos >= n_left + t[tid[rid], TILE_N_FULL])
     ch = wl.chunks.astype(np.int64)
-    klen = np.where(row_dropped(ch[c, CHUNK_K_LEN], rpos[rid], wl.tile_m), 0, ch[c, CHUNK_K_LEN] & CHUNK_K_LEN_MASK)
-    pid, kpos = segment_ids(klen)
+    word = ch[c, CHUNK_K_LEN]
+    pid, kpos = segment_ids(word & CHUNK_K_LEN_MASK)
+    live = ~dropped(word[pid], rpos[rid[pid]], kpos, wl.tile_m, wl.tile_n)
+    pid, kpos = pid[live], kpos[live]
     ktok = cu_k[t[tid[rid[pid]], TILE_BATCH]] + ch[c[pid], CHUNK_K_START] + kpos
     return hq[rid[pid]], tok[rid[pid]], ktok, partial[pid]
 
 
-def row_dropped(k_len_word: np.ndarray, row: np.ndarray, tile_m: int) -> np.ndarray:
-    """Whether tile row ``row`` is masked in a chunk whose ``k_len`` word is ``k_len_word`` (its row half's drop
-    bit, ``varblock.abi.CHUNK_DROP_LO`` / ``CHUNK_DROP_HI``), as the forward kernels read it."""
+def dropped(k_len_word: Any, row: Any, col: Any, tile_m: int, tile_n: int) -> np.ndarray:
+    """Whether element (tile row ``row``, chunk column ``col``) of a chunk whose ``k_len`` word is ``k_len_word`` is
+    masked by the chunk's drop bits (``varblock.abi.CHUNK_DROP_SHIFT``), as the forward kernels read them."""
     bit = np.where(np.asarray(row) >= tile_m // 2, CHUNK_DROP_HI, CHUNK_DROP_LO)
+    bit = np.where(np.asarray(col) >= tile_n // 2, bit << CHUNK_DROP_KEY_HALF, bit)
     return ((np.asarray(k_len_word) >> CHUNK_DROP_SHIFT) & bit) != 0

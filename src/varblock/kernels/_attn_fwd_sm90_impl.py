@@ -313,7 +313,7 @@ def _mask_of(cfg: Sm90Config, p, storage, wg) -> ElementMask:
                   tok=cute.make_tensor(storage.sTok.data_ptr() + wg * (tm * nw),
                                        cute.make_layout((tm, nw), stride=(nw, 1))),
                   n_words=nw)
-    return ElementMask(p, ms, tm, tn, WG_THREADS)
+    return ElementMask(p, ms, tm, tn, WG_THREADS, drop_fold=True)
 
 
 @cute.jit

@@ -20,7 +20,7 @@ import cutlass.cute as cute
 from cutlass import Boolean, Float32, Int32, Int64, Uint8, Uint32, Uint64
 from cutlass._mlir.dialects import arith
 
-from varblock.abi import CHUNK_DROP_HI, CHUNK_DROP_LO, MASK_DOC, MASK_TOKEN
+from varblock.abi import CHUNK_DROP_KEY_HALF, CHUNK_DROP_LO, MASK_DOC, MASK_TOKEN
 
 #: "unbounded" left edge (below any column index)
 NEG_BIG = -(1 << 30)
@@ -73,6 +73,15 @@ class ElementMask:
     tile_n: int
     nthr: int
     sink_compare: str = "unsigned"  #: "unsigned" or "pair": how the two-sided left bound is evaluated (_band)
+    #: how a chunk's drop bits are applied: folded into the right bound of ``_band`` (no extra pass, one more
+    #: value per row) or in a pass of its own behind a branch on ``drop != 0`` (fewer live registers)
+    drop_fold: bool = False
+
+    def __post_init__(self) -> None:
+        # the drop bits' key halves are found per accumulator column at trace time: a thread's columns are
+        # col0 + c (col0 < 8, c = 8n or 8n + 1), in key half 1 iff c >= tile_n / 2 when tile_n / 2 is a multiple of 8
+        if self.tile_n % 16:
+            raise ValueError(f"ElementMask: tile_n={self.tile_n} must be a multiple of 16")
 
     @cute.jit
     def load_rows(self, tidx, tile, seq, rows):
@@ -130,12 +139,15 @@ class ElementMask:
         """Mask a partial chunk: window / causal / sinks (and the ``k_len`` tail), then documents, then the token mask.
         ``t_scs`` / ``t0_scs``: (row, col) coordinates of this thread's / thread 0's accumulator elements; this
         thread's columns are ``col0 + t0_scs[0, cc][1]``. ``drop``: the chunk's row-half drop bits
-        (``read_chunk_rows``; every row of a dropped half is masked), or None (kernels of unpaired plans)."""
+        (``read_chunk_rows``; a dropped quarter of the chunk is masked whole), or None (kernels of unpaired plans)."""
         p = self.p
         row_doc, doc_k, tok = self.s.row_doc, self.s.doc_k, self.s.tok
         n_rows = cute.size(t_scs, mode=[0])
         n_cols = cute.size(t_scs, mode=[1])
         self._band(acc_s_mn, t_scs, t0_scs, col0, k_start, k_len, drop)
+        if cutlass.const_expr(drop is not None and not self.drop_fold):
+            if drop != 0:
+                self._drop_quarters(acc_s_mn, t_scs, t0_scs, drop)
         if (p.mask_flags & MASK_DOC) != 0:
             for cc in cutlass.range_constexpr(n_cols):
                 dk = doc_k[col0 + t0_scs[0, cc][1]]
@@ -164,35 +176,52 @@ class ElementMask:
         window_right are masked. Column cl of this thread is key j = k_start + col0 + cl, so the left test is
         ``sink_end <= cl < lo``, evaluated as two compares or, with ``sink_compare == "unsigned"``, as one unsigned
         compare ``cl - sink_end < width`` (j < num_sink_tokens wraps to >= 2**31 > width). Both are exact; which
-        one ptxas allocates with fewer spills depends on the variant (``attention_fwd_mma._SINK_COMPARE``). A row of
-        a half that ``drop`` names sees ``k_len = 0``: every column is masked."""
+        one ptxas allocates with fewer spills depends on the variant (``attention_fwd_mma._SINK_COMPARE``).
+        ``drop``: the chunk's drop bits (``varblock.abi.CHUNK_DROP_SHIFT``); a dropped (row half, key half) quarter
+        gets the right bound ``-tile_n``, so each column's one ``>= hi`` test masks it."""
         p, row_pos = self.p, self.s.row_pos
         sink_end = p.num_sink_tokens - k_start - col0
         for rr in cutlass.range_constexpr(cute.size(t_scs, mode=[0])):
             r = t_scs[rr, 0][0]
             a = row_pos[r]  # i + diag: key j is on the diagonal of query i at j = a
-            kl = k_len
-            if cutlass.const_expr(drop is not None):
-                half_bit = Int32(CHUNK_DROP_HI) if r >= self.tile_m // 2 else Int32(CHUNK_DROP_LO)
-                kl = Int32(0) if (drop & half_bit) != 0 else k_len
             if cutlass.const_expr(self.sink_compare == "unsigned"):
                 width = cutlass.max(a - p.window_left - p.num_sink_tokens, 0)  # = lo - sink_end, clamped
                 width = width if p.window_left >= 0 else Int32(0)
             else:
                 lo = a - p.window_left - k_start - col0
                 lo = lo if p.window_left >= 0 else Int32(NEG_BIG)
-            hi = cutlass.min(a + p.window_right + 1 - k_start, kl)
-            hi = hi if p.window_right >= 0 else kl
+            hi = cutlass.min(a + p.window_right + 1 - k_start, k_len)
+            hi = hi if p.window_right >= 0 else k_len
             hi = hi - col0
+            hi_k1 = hi  # the bound of the columns in key half 1
+            if cutlass.const_expr(drop is not None and self.drop_fold):
+                row_bits = drop >> (Int32(1) if r >= self.tile_m // 2 else Int32(0))
+                hi_k1 = Int32(-self.tile_n) if (row_bits & (CHUNK_DROP_LO << CHUNK_DROP_KEY_HALF)) != 0 else hi
+                hi = Int32(-self.tile_n) if (row_bits & CHUNK_DROP_LO) != 0 else hi
             for cc in cutlass.range_constexpr(cute.size(t_scs, mode=[1])):
                 cl = t0_scs[0, cc][1]
+                # col0 + cl is in key half 1 iff cl is (see __post_init__)
+                hi_c = hi_k1 if cutlass.const_expr(cl >= self.tile_n // 2) else hi
                 v = acc_s_mn[rr, cc]
                 if cutlass.const_expr(self.sink_compare == "unsigned"):
                     v = -Float32.inf if lt_u32(cl - sink_end, width) else v
                 else:
                     v = -Float32.inf if (cl < lo) & (cl >= sink_end) else v
-                v = -Float32.inf if cl >= hi else v
+                v = -Float32.inf if cl >= hi_c else v
                 acc_s_mn[rr, cc] = v
+
+    @cute.jit
+    def _drop_quarters(self, acc_s_mn, t_scs, t0_scs, drop):
+        """Mask the (row half, key half) quarters of the chunk that ``drop`` names (a pass of its own: see
+        ``drop_fold``)."""
+        for rr in cutlass.range_constexpr(cute.size(t_scs, mode=[0])):
+            row_bits = drop >> (Int32(1) if t_scs[rr, 0][0] >= self.tile_m // 2 else Int32(0))
+            d_k0 = (row_bits & CHUNK_DROP_LO) != 0
+            d_k1 = (row_bits & (CHUNK_DROP_LO << CHUNK_DROP_KEY_HALF)) != 0
+            for cc in cutlass.range_constexpr(cute.size(t_scs, mode=[1])):
+                d = d_k1 if cutlass.const_expr(t0_scs[0, cc][1] >= self.tile_n // 2) else d_k0
+                v = acc_s_mn[rr, cc]
+                acc_s_mn[rr, cc] = -Float32.inf if d else v
 
     @cute.jit
     def apply_tail(self, acc_s_mn, t0_scs, col0, k_len):
