@@ -347,6 +347,12 @@ def test_half_pairs_carry_row_half_drop_bits():
     assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 0, 1]]
     assert wl.chunks.tolist() == [[0, 128 | CHUNK_DROP_LO << CHUNK_DROP_KEY_HALF << CHUNK_DROP_SHIFT]]
     check_exact(wl, lay, 1, 1)
+    # drop_bits=False: exact pairs only (these two rows stay apart)
+    exact = build_worklist(lay.rows(), cu, cu, num_heads_q=1, num_heads_kv=1, head_mode=lay.head_mode, tile_m=128,
+                           tile_n=128, merge=band_mask(lay.mask), drop_bits=False)
+    assert sorted(exact.tiles[:, TILE_Q_LEN].tolist()) == [64, 64]
+    assert not (exact.chunks[:, 1] >> CHUNK_DROP_SHIFT).any()
+    check_exact(exact, lay, 1, 1)
     # the unpaired work list (pooling's twin, the backward) never carries drop bits
     assert not (worklist_for(lay, 1, 1, 128, 128, None, False).chunks[:, 1] >> CHUNK_DROP_SHIFT).any()
 

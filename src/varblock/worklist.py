@@ -106,6 +106,7 @@ def build_worklist(
     num_layout_heads: int | None = None,
     longest_first: bool = False,
     merge: BandMask | None = None,
+    drop_bits: bool = True,
 ) -> WorkList:
     """Tiles and chunks for ``rows`` (a ``RowSpans``: head, batch, q_start, q_len, ent_ptr, n_full, k_start, k_len).
 
@@ -115,7 +116,8 @@ def build_worklist(
     ``merge``: the element mask the kernel applies to partial chunks; given, small rows share tiles and adjacent
     key spans share chunks wherever that is exact (``varblock.tile_pairing``), and two rows that fill one row half
     of a tile each also pair where their key sets differ: a partial chunk one of them does not keep carries the
-    row-half drop bits of that half in its ``k_len`` word (``varblock.abi.CHUNK_DROP_SHIFT``).
+    row-half drop bits of that half in its ``k_len`` word (``varblock.abi.CHUNK_DROP_SHIFT``) — unless
+    ``drop_bits`` is False (then only exact groups pair).
     """
     hq_n, hkv_n = int(num_heads_q), int(num_heads_kv)
     g, hl_n = _heads(hq_n, hkv_n, head_mode, tile_m, tile_n, pack_gqa, num_layout_heads)
@@ -133,7 +135,7 @@ def build_worklist(
         ch_start, ch_len, row_cbeg, row_nfull, row_npart = _chunks(r, tile_n)
     else:
         _check_order(r.head * r.nb + r.batch, r.q_start, r.q_len)
-        half_tokens = tile_m // (2 * g) if tile_m % (2 * g) == 0 else 0
+        half_tokens = tile_m // (2 * g) if drop_bits and tile_m % (2 * g) == 0 else 0
         m = merge_rows(RowArrays(*r[:8]), len_q, len_k, rows_per_tile=tile_m // g if g > 1 else tile_m,
                        tile_n=tile_n, mask=merge, half_tokens=half_tokens)
         r = r._replace(head=m.head, batch=m.batch, q_start=m.q_start, q_len=m.q_len)
