@@ -228,6 +228,45 @@ def test_kernel_model_matches_reference(seed, kind, heads, head_mode, geometry, 
     np.testing.assert_allclose(lse, lse_ref, atol=1e-12, rtol=1e-10)
 
 
+LENS_Q_ODD = [1, 70, 113, 250, 129, 300, 64]
+LENS_K_ODD = [5, 70, 200, 250, 64, 333, 128]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "window_sinks"])
+@pytest.mark.parametrize("heads", [(8, 2, "per_kv_head"), (4, 4, "per_q_head")])
+@pytest.mark.parametrize("same_lengths", [True, False])
+def test_kernel_model_with_drop_bits(seed, mask_kind, heads, same_lengths):
+    """Random 64x64 block masks (odd lengths, GQA): half pairs with drop bits; the float64 kernel model walking the
+    merged work list (128x128 as sm90, 128x64 as the portable d128 kernel) equals the reference."""
+    rng = np.random.default_rng(seed)
+    hq, hkv, mode = heads
+    cu_q = _cu(LENS_Q_ODD)
+    cu_k = cu_q if same_lengths else _cu(LENS_K_ODD)
+    hl = hkv if mode == "per_kv_head" else hq
+    nbq, nbk = -(-max(LENS_Q_ODD) // 64), -(-max(max(LENS_K_ODD), max(LENS_Q_ODD)) // 64)
+    em = {"none": ElementMask(), "causal": ElementMask(causal=True),
+          "window_sinks": ElementMask(window_left=int(rng.integers(40, 200)), window_right=0,
+                                      num_sink_tokens=int(rng.integers(1, 80)))}[mask_kind]
+    blocks = rng.random((len(LENS_Q_ODD), hl, nbq, nbk)) < float(rng.choice([0.3, 0.5, 0.7]))
+    lay = L.from_block_mask(blocks, cu_q, cu_k, block_q=64, block_k=64, head_mode=mode, element_mask=em,
+                            padding="ignore")
+    d = 8
+    q = rng.standard_normal((int(cu_q[-1]), hq, d))
+    k = rng.standard_normal((int(cu_k[-1]), hkv, d))
+    v = rng.standard_normal((int(cu_k[-1]), hkv, d))
+    scale = 1 / np.sqrt(d)
+    o_ref, lse_ref = reference.attention_forward(q, k, v, lay, softmax_scale=scale)
+    for tile_n in (128, 64):
+        wl = worklist_for(lay, hq, hkv, 128, tile_n, False, True)
+        assert ((wl.chunks[:, 1] >> CHUNK_DROP_SHIFT) != 0).any(), "no drop bits: the case tests nothing new"
+        check_exact(wl, lay, hq, hkv)
+        o, lse = kernel_model(wl, q, k, v, cu_q.astype(np.int64), cu_k.astype(np.int64), hq, hkv,
+                              MaskModel(lay, hq, hkv), scale, tile_n)
+        np.testing.assert_allclose(o, o_ref, atol=1e-12, rtol=1e-10)
+        np.testing.assert_allclose(lse, lse_ref, atol=1e-12, rtol=1e-10)
+
+
 W1 = [512, 1024, 2048, 4096, 8192, 1536, 3072, 6144]
 
 
