@@ -45,7 +45,7 @@ from .common.warp_mma import (
     swizzled_rows_atom,
     thread_idx_opaque,
 )
-from .common.work_tile import Sequence, TileRows, WorkTile, read_chunk, read_chunk_rows
+from .common.work_tile import Sequence, TileRows, WorkTile, chunk_drop, read_chunk
 
 
 class FwdConfig:
@@ -216,7 +216,7 @@ def _chunk(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, tile: Work
            rows: TileRows, ci, tidx, acc_O_mn, col0):
     """One chunk of the tile: loads (V of this chunk, K of the next), S = Q K^T, mask, softmax, O += P V."""
     c = tile.chunk_begin + ci
-    k_start, k_len, drop = read_chunk_rows(p.chunks, c)
+    k_start, k_len = read_chunk(p.chunks, c)
     kv_row0 = rows.kv_row(seq, k_start)
     partial = tile.is_partial(ci)
 
@@ -237,7 +237,8 @@ def _chunk(cfg: FwdConfig, p, st, ts: ThreadSetup, mask: ElementMask, tile: Work
     cute.arch.cp_async_wait_group(0)
     cute.arch.barrier()
     prefetch_next_k(cfg, p, st, ts, tile, seq, rows, c, ci)
-    acc_S_mn = mask_scores(mask, ts, acc_S, partial, col0, k_start, k_len, drop)
+    # the drop bits are read again here, not kept in a register across the S GEMM (that added spills)
+    acc_S_mn = mask_scores(mask, ts, acc_S, partial, col0, k_start, k_len, chunk_drop(p.chunks, c))
     ts.softmax.update(acc_S_mn, acc_O_mn)
 
     # O += P V
@@ -295,7 +296,7 @@ def _strides(p) -> SimpleNamespace:
 
 
 def make_host(name: str, params, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int,
-              setup_per_tile: bool = True, sink_compare: str = "unsigned"):
+              setup_per_tile: bool = True, sink_compare: str = "unsigned", drop_fold: bool = False):
     """Build the ``@cute.jit`` host function (and its kernel) of one variant; ``params``: the family's PARAMS."""
     cfg = FwdConfig(dtype_name, D, tile_m, tile_n, num_warps)
     storage_cls = cfg.shared_storage()
@@ -307,7 +308,7 @@ def make_host(name: str, params, dtype_name: str, D: int, tile_m: int, tile_n: i
         tidx0 = tidx
         sm = SmemTensors(cfg, storage_cls)
         st = _strides(p)
-        mask = ElementMask(p, sm.mask, tile_m, tile_n, nthr, sink_compare)
+        mask = ElementMask(p, sm.mask, tile_m, tile_n, nthr, sink_compare, drop_fold)
         # per-thread setup built once (None: rebuilt in every tile, see the tile loop)
         hoisted = _thread_setup(None, cfg, tidx, sm, p) if cutlass.const_expr(not setup_per_tile) else None
         sched = TileScheduler(p.persistent, p.tile_counter, sm.sched)

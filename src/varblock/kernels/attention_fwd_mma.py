@@ -100,6 +100,11 @@ _SETUP_HOISTED = {("sm80", 64), ("sm90", 128), ("sm120", 256)}
 #: elsewhere one unsigned compare (``common/mask.py``, ``ElementMask._band``). Chosen per variant by ptxas spill bytes.
 _SINK_COMPARE_PAIR = {("sm80", 64)}
 
+#: (arch, head_dim) whose partial-chunk mask folds the tile-pairing drop bits into the band's right bound; elsewhere
+#: a pass of its own behind ``drop != 0`` (``common/mask.py``, ``ElementMask.drop_fold``). Chosen per variant by ptxas
+#: spill bytes (folding spilled 48-64 bytes at sm90 d128; the pass 16 more at sm120 fp16 d256).
+_DROP_FOLD = {("sm120", 256)}
+
 _DT_BYTES = 2
 #: Q, O, K, V element strides must be multiples of this (16-byte vectors); pointers 16-byte aligned.
 _VEC = 8
@@ -227,6 +232,7 @@ def variants(arch: str) -> list[Variant]:
                         "smem_bytes": smem,
                         "setup_per_tile": (arch, d) not in _SETUP_HOISTED,
                         "sink_compare": "pair" if (arch, d) in _SINK_COMPARE_PAIR else "unsigned",
+                        "drop_fold": (arch, d) in _DROP_FOLD,
                         "entry": f"vb_{variant_name(dtype, d)}_0",
                         "mask_flags": dict(MASK_FLAG_BITS),
                         "lse_token_stride": 1,
@@ -260,7 +266,7 @@ def compile_args(variant: Variant):
     pointee = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "lse": cutlass.Float32, "tok_mask": cutlass.Uint8}
     x = variant.extra
     host = _make_host(variant.name, variant.key["dtype"], variant.key["head_dim"], x["tile_m"], x["tile_n"],
-                      x["num_warps"], x["setup_per_tile"], x["sink_compare"])
+                      x["num_warps"], x["setup_per_tile"], x["sink_compare"], x["drop_fold"])
     return host, fake_args(variant.params, pointee)
 
 
@@ -296,7 +302,7 @@ def capture_cases(variant: Variant) -> list[dict[str, Any]]:
 
 @functools.cache
 def _make_host(name: str, dtype_name: str, D: int, tile_m: int, tile_n: int, num_warps: int, setup_per_tile: bool,
-               sink_compare: str):
+               sink_compare: str, drop_fold: bool):
     from ._attn_fwd_mma_impl import make_host
 
-    return make_host(name, PARAMS, dtype_name, D, tile_m, tile_n, num_warps, setup_per_tile, sink_compare)
+    return make_host(name, PARAMS, dtype_name, D, tile_m, tile_n, num_warps, setup_per_tile, sink_compare, drop_fold)

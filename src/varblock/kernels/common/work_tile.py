@@ -80,6 +80,11 @@ def read_chunk_rows(chunks, c, ahead: int = 0):
             word >> CHUNK_DROP_SHIFT)
 
 
+def chunk_drop(chunks, c):
+    """The drop bits of chunk ``c`` alone (see :func:`read_chunk_rows`)."""
+    return chunks[_at(c * CHUNK_WIDTH, CHUNK_K_LEN)] >> CHUNK_DROP_SHIFT
+
+
 @dataclass(frozen=True)
 class Sequence:
     """Where sequence ``batch`` lives in the packed token axes: ``seq_q`` / ``seq_k`` (first token), ``len_q`` /
