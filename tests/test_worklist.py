@@ -185,7 +185,9 @@ def check_structure(wl, cu_q, hq, rows, tile_m, tile_n, merged=False):
     g = wl.pack_gqa
     assert t.dtype == np.int32 and c.dtype == np.int32 and t.shape[1] == 8 and c.shape[1] == 2
     assert (t[:, 3] >= 1).all() and (t[:, 3] * g <= tile_m).all()
-    assert ((c[:, 1] >= 1) & (c[:, 1] <= tile_n)).all()
+    k_len = c[:, 1] & CHUNK_K_LEN_MASK  # merged lists: drop bits above
+    assert ((k_len >= 1) & (k_len <= tile_n)).all()
+    assert merged or (c[:, 1] == k_len).all()
     assert (t[:, 4] + t[:, 5] + t[:, 6] <= c.shape[0]).all()
     assert TILE_FIELDS[7] == "n_left" and (t[:, 7] == 0).all()  # the builder puts full chunks first
     # chunk lists are shared, not copied: exactly one chunk per tile_n piece of every entry (merged: at most that)
