@@ -5,7 +5,9 @@
 Each case builds its inputs, warms up once, then runs ``--calls`` more calls of the op, then one call inside
 the NVTX range ``target`` (profile it with ``ncu --nvtx --nvtx-include "target/"``). Cases:
 
-* ``fwd_w2`` / ``fwd_w2_01`` / ``fwd_w1_causal``: the sm90 forward, W2 dense / density 0.1, W1 causal dense (d128)
+* ``fwd_w2`` / ``fwd_w2_01`` / ``fwd_w1`` / ``fwd_w1_causal``: the sm90 forward, W2 dense / density 0.1, W1 dense
+  and causal dense (d128); ``fwd_w1_d64_05`` (d64, density 0.5), ``fwd_w1_64x64_05`` (64x64 blocks, causal, density
+  0.5), ``fwd_vb_05`` (bench_attention's variable blocks, density 0.5)
 * ``decode_128k`` / ``decode_128k_025`` / ``decode_2k_025``: block-sparse decode, Hq64/Hkv8, 64-token blocks
 * ``layout_w1``: the device-side layout build for W1 at density 0.1 (every kernel of one rebuild)
 * ``bwd_w2`` / ``bwd_w2_det``: the backward on W2 dense, default and deterministic
@@ -29,7 +31,9 @@ from varblock import layout as L  # noqa: E402
 W = {"W1": ([512, 1024, 2048, 4096, 8192, 1536, 3072, 6144], 32, 8), "W2": ([32768], 16, 16)}
 
 
-def _fwd_inputs(wname: str, density: float, causal: bool, d: int = 128):
+def _fwd_inputs(wname: str, density: float, causal: bool, d: int = 128, block: int = 128):
+    if wname == "VB":
+        return _vb_inputs(density)
     lens, hq, hkv = W[wname]
     cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
     total = int(cu[-1])
@@ -37,12 +41,25 @@ def _fwd_inputs(wname: str, density: float, causal: bool, d: int = 128):
     k = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16)
     lay = L.random_blocks(cu, cu, density=density, num_heads=hkv, head_mode="per_kv_head", causal=causal, seed=1,
-                          block_q=128, block_k=128)
+                          block_q=block, block_k=block)
     return cu, hq, hkv, d, lay, q, k, v
 
 
-def forward(wname: str, density: float, causal: bool):
-    cu, hq, hkv, d, lay, q, k, v = _fwd_inputs(wname, density, causal)
+def _vb_inputs(density: float):
+    import bench_attention as ba
+
+    cu = ba.cu_seqlens("VB")
+    _, hq, hkv = ba.WORKLOADS["VB"]
+    total, d = int(cu[-1]), 128
+    lay = ba.variable_layout(total, hkv, density)
+    q = torch.randn(total, hq, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16)
+    return cu, hq, hkv, d, lay, q, k, v
+
+
+def forward(wname: str, density: float, causal: bool, d: int = 128, block: int = 128):
+    cu, hq, hkv, d, lay, q, k, v = _fwd_inputs(wname, density, causal, d, block)
     p = varblock.plan(cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_dim=d, layout=lay, backend="attention_fwd_sm90")
     out = torch.empty_like(q)
     print(f"plan family {p.family}, tiles {p.num_tiles if hasattr(p, 'num_tiles') else '?'}", flush=True)
@@ -96,6 +113,10 @@ def layout_w1():
 CASES = {
     "fwd_w2": lambda: forward("W2", 1.0, False),
     "fwd_w2_01": lambda: forward("W2", 0.1, False),
+    "fwd_w1": lambda: forward("W1", 1.0, False),
+    "fwd_w1_d64_05": lambda: forward("W1", 0.5, False, d=64),
+    "fwd_w1_64x64_05": lambda: forward("W1", 0.5, True, block=64),
+    "fwd_vb_05": lambda: forward("VB", 0.5, False),
     "fwd_w1_causal": lambda: forward("W1", 1.0, True),
     "decode_128k": lambda: decode(1, 131072, 1.0),
     "decode_128k_025": lambda: decode(1, 131072, 0.25),
