@@ -11,7 +11,8 @@ that put tensors on a device or time them.
   ``seer_block_mask_2d`` (the ``[B, Hq, nb, nb]`` mask of ``block_sparse_attn_varlen_2d``),
   ``seer_decode_mask`` (the ``[B, Hkv, num_blocks]`` mask of ``block_sparse_flash_decode_varlen_mask``).
   ``attn_pooling_qkv_varlen_1d.attn_pooling_qkv_varlen`` takes no mask (dense causal pooling), so it needs none.
-* ``bench(fn)``: CUDA-event median in ms after warm-up.
+* ``bench(fn)``: CUDA-event median in ms after warm-up; ``bench_interleaved(fns)``: the same for several systems
+  timed round robin (same clock mix for each under the GPU's power cap).
 * ``make_row`` / ``write_json`` / ``read_json``: one row per measured cell (:data:`ROW_KEYS`).
 """
 
@@ -65,6 +66,32 @@ def bench(fn: Callable[[], Any], warmup: int = 3, rep: int = 10) -> float:
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e))
     return float(np.median(times))
+
+
+def bench_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 3, rep: int = 10) -> dict[str, float]:
+    """Median time in ms of every ``fns[name]()``, timed round robin (one call of each per round, the starting
+    system rotating): under a sustained load the H200 lowers its clock to its power cap (1650-1700 MHz against
+    1980 MHz, throttle reason sw_power_cap, measured with nvidia-smi), so systems timed one after the other would
+    see different clocks; interleaved, each sees the same mix."""
+    import torch
+
+    if warmup < 0 or rep < 1:
+        raise ValueError(f"warmup / rep: expected warmup >= 0 and rep >= 1, got {warmup} / {rep}")
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    torch.cuda.synchronize()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rep):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fns[n]()
+            e.record()
+            torch.cuda.synchronize()
+            times[n].append(s.elapsed_time(e))
+    return {n: float(np.median(t)) for n, t in times.items()}
 
 
 # ------------------------------------------------------------------------------------------------------ FA4

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import anchors as A  # noqa: E402
-from anchors import bench  # noqa: E402,F401  (re-exported: bench_backward / bench_pooling import it from here)
+from anchors import bench, bench_interleaved  # noqa: E402,F401  (bench re-exported: bench_backward / bench_pooling import it)
 from forward_report import FLASHINFER, VB_BLOCK, VB_SIZES, bar_checks, summary_table, w2_scaling  # noqa: E402,F401
 
 import varblock  # noqa: E402
@@ -260,31 +260,33 @@ def _rel_diff(out: Any, ref: Any) -> str:
     return f"rel. diff vs varblock {d:.1e}"
 
 
-def time_column(ctx: Context, pt: Point, system: str, make: Callable[[], Callable[[], Any]]) -> Any:
-    """Build and time one column; any failure becomes an n/a row with the reason. Returns the first output."""
+def build_column(ctx: Context, pt: Point, system: str, make: Callable[[], Callable[[], Any]],
+                 cols: dict[str, Any]) -> None:
+    """Build one column and make its first call (JIT / autotune); ``cols[system]`` becomes ``(fn, output)``, or a
+    note (n/a with the reason) when it cannot run: one broken anchor never stops the run."""
     if ctx.off and system in ctx.off:
-        _emit(ctx, pt, system, None, ctx.off[system])
-        return None
+        cols[system] = ctx.off[system]
+        return
     try:
         fn = make()
-        out = fn()  # first call (JIT / autotune), checked against varblock
-        ms = bench(fn, warmup=ctx.args.warmup, rep=ctx.args.reps)
-        _emit(ctx, pt, system, ms, _rel_diff(out, pt.ref) if not system.startswith("varblock") else "")
-        return out
+        out = fn()
+        out = out[0] if isinstance(out, tuple) else out
+        cols[system] = (fn, out.clone())
     except NotApplicable as ex:
-        _emit(ctx, pt, system, None, f"n/a: {ex}")
-    except Exception as ex:  # one broken anchor never stops the run
+        cols[system] = f"n/a: {ex}"
+    except Exception as ex:
         first = str(ex).splitlines()[0][:200] if str(ex) else ""
-        _emit(ctx, pt, system, None, f"failed: {type(ex).__name__}: {first}")
-    return None
+        cols[system] = f"failed: {type(ex).__name__}: {first}"
 
 
 def run_point(ctx: Context, pt: Point) -> None:
-    """Every column of one point on the GPU: varblock families first (the fastest is the reference output)."""
+    """Every column of one point on the GPU, timed interleaved (``anchors.bench_interleaved``); the fastest
+    varblock family's output is the reference the anchors' outputs are compared with."""
     import torch
 
     q, k, v, cu, _ = pt.tensors
-    best, cu_np = math.inf, cu_seqlens(pt.cell.workload)
+    cu_np = cu_seqlens(pt.cell.workload)
+    cols: dict[str, Any] = {}
     for b in ctx.backends:
         def make(b: str = b) -> Callable[[], Any]:
             try:
@@ -295,16 +297,31 @@ def run_point(ctx: Context, pt: Point) -> None:
             out = torch.empty_like(q)
             return lambda: varblock.attention(q, k, v, p, out=out)
 
-        out = time_column(ctx, pt, f"varblock:{b}", make)
-        ms = ctx.rows[-1]["ms"]
-        if out is not None and ms is not None and ms < best:
-            best, pt.ref = ms, out.clone()
-    if not ctx.args.no_flex:
-        time_column(ctx, pt, "flex", lambda: run_flex(pt, ctx.flex))
-    if not ctx.args.no_fa4:
-        time_column(ctx, pt, "fa4", lambda: run_fa4(pt, ctx.fa4))
-    if not ctx.args.no_seer:
-        time_column(ctx, pt, "seer", lambda: run_seer(pt, ctx.seer))
+        build_column(ctx, pt, f"varblock:{b}", make, cols)
+    anchors = {"flex": (ctx.args.no_flex, lambda: run_flex(pt, ctx.flex)),
+               "fa4": (ctx.args.no_fa4, lambda: run_fa4(pt, ctx.fa4)),
+               "seer": (ctx.args.no_seer, lambda: run_seer(pt, ctx.seer))}
+    for name, (off, make_anchor) in anchors.items():
+        if not off:
+            build_column(ctx, pt, name, make_anchor, cols)
+    ready = {n: c[0] for n, c in cols.items() if isinstance(c, tuple)}
+    try:
+        ms = bench_interleaved(ready, warmup=ctx.args.warmup, rep=ctx.args.reps) if ready else {}
+    except Exception as ex:  # a column failing only when timed: time the others alone
+        print(f"  interleaved timing failed ({type(ex).__name__}: {ex}); timing each column alone", flush=True)
+        ms = {}
+        for n, fn in ready.items():
+            try:
+                ms[n] = bench(fn, warmup=ctx.args.warmup, rep=ctx.args.reps)
+            except Exception as ex2:
+                cols[n] = f"failed: {type(ex2).__name__}: {str(ex2).splitlines()[0][:200] if str(ex2) else ''}"
+    vb = [n for n in ms if n.startswith("varblock")]
+    pt.ref = cols[min(vb, key=ms.__getitem__)][1] if vb else None
+    for n, c in cols.items():
+        if isinstance(c, str) or n not in ms:
+            _emit(ctx, pt, n, None, c if isinstance(c, str) else "")
+        else:
+            _emit(ctx, pt, n, ms[n], "" if n.startswith("varblock") else _rel_diff(c[1], pt.ref))
     if pt.cell.workload == "VB" and pt.density in FLASHINFER_CITED:
         tf = FLASHINFER_CITED[pt.density]
         ctx.rows.append(A.make_row("forward", "VB", FLASHINFER, causal=False, density=pt.density, block=VB_BLOCK,

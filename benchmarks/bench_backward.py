@@ -46,6 +46,7 @@ from anchors import (  # noqa: E402
     DEFAULT_SEER_PATH,
     WORKLOADS,
     bench,
+    bench_interleaved,
     fa4_fields,
     load_fa4,
     load_seer,
@@ -302,28 +303,39 @@ def _why(ex: Exception) -> str:
     return f"{type(ex).__name__}: {(str(ex).strip().splitlines() or [''])[0][:200]}"
 
 
-def measure(torch: Any, name: str, make: Callable[[], Runner], p: Problem, qkv: tuple, probe: Any,
-            rep: int) -> dict[str, Any]:
-    """Time one system, then check its gradients on the probe; a failure to run gives an n/a row, a failed check
-    keeps the time and says so in the note."""
-    ms, note = None, ""
-    try:
-        runner = make()
-        ms = bench(runner.timed, warmup=3, rep=rep)
+def finish(torch: Any, name: str, runner: Runner | None, ms: float | None, note: str, p: Problem, qkv: tuple,
+           probe: Any) -> dict[str, Any]:
+    """The row of one timed system: check its gradients on the probe; a failed check keeps the time and says so
+    in the note (a system that did not run has ``ms`` None and its reason in ``note``)."""
+    if ms is not None and runner is not None:
         note = runner.note
-    except Exception as ex:  # any anchor failure: one line, n/a cell, keep going
-        print(f"    {name} on {p.name} causal={p.causal} density={p.density}: n/a ({_why(ex)})", flush=True)
-        note = f"n/a: {_why(ex)}"
-    if ms is not None and probe is not None:
-        sep = "; " if note else ""
-        try:
-            err = probe_error(torch, p, qkv, runner, probe)
-            note += f"{sep}max rel err vs fp32 (seq 0, first {PROBE_ROWS} query rows) {err:.1e}"
-        except Exception as ex:  # the time stands; the check could not run
-            note += f"{sep}gradient check failed: {_why(ex)}"
+        if probe is not None:
+            sep = "; " if note else ""
+            try:
+                err = probe_error(torch, p, qkv, runner, probe)
+                note += f"{sep}max rel err vs fp32 (seq 0, first {PROBE_ROWS} query rows) {err:.1e}"
+            except Exception as ex:  # the time stands; the check could not run
+                note += f"{sep}gradient check failed: {_why(ex)}"
     tf = p.flops / ms / 1e9 if ms else None
     return make_row("backward", p.name, name, causal=p.causal, density=p.density, block=p.block, head_dim=D, ms=ms,
                     tflops=tf, note=note)
+
+
+def time_all(runners: dict[str, Runner], rep: int, notes: dict[str, str], p: Problem) -> dict[str, float]:
+    """Times of every runner, interleaved (``anchors.bench_interleaved``); if that fails, each alone (a runner
+    that fails then gets its reason in ``notes``)."""
+    try:
+        return bench_interleaved({n: r.timed for n, r in runners.items()}, warmup=3, rep=rep) if runners else {}
+    except Exception as ex:
+        print(f"    interleaved timing failed ({_why(ex)}); timing each system alone", flush=True)
+    out = {}
+    for n, r in runners.items():
+        try:
+            out[n] = bench(r.timed, warmup=3, rep=rep)
+        except Exception as ex:
+            print(f"    {n} on {p.name} causal={p.causal} density={p.density}: n/a ({_why(ex)})", flush=True)
+            notes[n] = f"n/a: {_why(ex)}"
+    return out
 
 
 def run_problem(torch: Any, args: argparse.Namespace, p: Problem, qkv: tuple, anchors: dict[str, Any]
@@ -344,7 +356,16 @@ def run_problem(torch: Any, args: argparse.Namespace, p: Problem, qkv: tuple, an
             makers["flex"] = lambda: flex_runner(torch, _need(anchors, "flex"), p, qkv)
         if not args.no_fa4:
             makers["fa4"] = lambda: fa4_runner(torch, _need(anchors, "fa4"), p, qkv)
-    rows = [measure(torch, name, mk, p, qkv, probe, args.rep) for name, mk in makers.items()]
+    runners: dict[str, Runner] = {}
+    notes: dict[str, str] = {}
+    for name, mk in makers.items():
+        try:
+            runners[name] = mk()
+        except Exception as ex:  # any anchor failure: one line, n/a cell, keep going
+            print(f"    {name} on {p.name} causal={p.causal} density={p.density}: n/a ({_why(ex)})", flush=True)
+            notes[name] = f"n/a: {_why(ex)}"
+    ms = time_all(runners, args.rep, notes, p)
+    rows = [finish(torch, n, runners.get(n), ms.get(n), notes.get(n, ""), p, qkv, probe) for n in makers]
     cells = "   ".join(f"{r['system']} {_f(r['ms'], 8, 3)} ms {_f(r['tflops'], 6, 1)} TF/s" for r in rows)
     print(f"{p.name:14s} causal={p.causal!s:5s} density={p.density:.1f}  {cells}", flush=True)
     return rows

@@ -392,7 +392,7 @@ def test_run_point_flow_with_fakes(monkeypatch, capsys):
     fake_torch.empty_like = lambda x: _FakeTensor(np.zeros_like(x.a))
     fake_torch.from_numpy = _FakeTensor
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
-    monkeypatch.setattr(BA, "bench", lambda fn, warmup, rep: (fn(), 2.0)[1])
+    monkeypatch.setattr(BA, "bench_interleaved", lambda fns, warmup, rep: {n: (f(), 2.0)[1] for n, f in fns.items()})
     rng = np.random.default_rng(0)
     calls = []
 
@@ -433,6 +433,41 @@ def test_run_point_flow_with_fakes(monkeypatch, capsys):
     vb = rows[("VB", False, "varblock:famA")]
     assert math.isclose(vb["tflops"], BA.make_point(BA.Cell("VB", False, (0.5,), 128, None), 0.5, False).flops
                         / 2.0 / 1e9)
+
+
+def test_bench_interleaved_round_robin(monkeypatch):
+    """Every system is called warmup + rep times; the timed calls go round robin with a rotating start."""
+    import types
+
+    clock = [0.0]
+    order = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            self.t = None
+
+        def record(self):
+            self.t = clock[0]
+
+        def elapsed_time(self, other):
+            return other.t - self.t
+
+    fake_torch = types.ModuleType("torch")
+    fake_torch.cuda = types.SimpleNamespace(Event=Event, synchronize=lambda: None)
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+
+    def system(name, cost):
+        def call():
+            order.append(name)
+            clock[0] += cost
+        return call
+
+    ms = A.bench_interleaved({"a": system("a", 1.0), "b": system("b", 3.0), "c": system("c", 2.0)}, warmup=2, rep=3)
+    assert ms == {"a": 1.0, "b": 3.0, "c": 2.0}
+    assert order[:6] == list("abcabc")
+    assert order[6:] == list("abc") + list("bca") + list("cab")
+    with pytest.raises(ValueError, match="warmup / rep"):
+        A.bench_interleaved({"a": system("a", 1.0)}, rep=0)
 
 
 def test_forward_report_reprints_from_json(tmp_path, capsys):

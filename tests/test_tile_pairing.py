@@ -328,6 +328,30 @@ def test_random_64x64_pairs_with_drop_bits(causal, density):
         assert waste < bound[density, tile_n] and waste < waste_plain - 0.02
 
 
+@pytest.mark.parametrize("density", [0.5, 0.1])
+def test_variable_spans_cut_at_windows(density):
+    """FlashInfer-style spans from {64, 128, 192} (per KV head, rows and columns): rows that cross a 128-token
+    window are cut at its edges where that computes less, so the tiles are full (128 rows) at density 0.5; the
+    pairs stay exact and the MMA work never grows against keeping the rows whole."""
+    rng = np.random.default_rng(7)
+    hq, hkv = 4, 2
+    sizes = np.array([64, 128, 192] * 5 + [128])  # 2048 tokens
+    rs, cs = (np.stack([rng.permutation(sizes) for _ in range(hkv)]) for _ in range(2))
+    keep = rng.random((hkv, sizes.size, sizes.size)) < density
+    lay = L.from_flashinfer(keep, rs, cs)
+    merged = worklist_for(lay, hq, hkv, 128, 128, None, True)
+    check_exact(merged, lay, hq, hkv)
+    cu = lay.cu_seqlens_q
+    whole = build_worklist(lay.rows(), cu, cu, num_heads_q=hq, num_heads_kv=hkv, head_mode=lay.head_mode, tile_m=128,
+                           tile_n=128, num_layout_heads=lay.num_heads, merge=band_mask(lay.mask), drop_bits=False)
+    area, area_whole = _mma_stats(merged)[1], _mma_stats(whole)[1]
+    print(f"variable spans density {density}: tiles {merged.num_tiles} (whole rows, exact pairs only "
+          f"{whole.num_tiles}), MMA area {area / area_whole:.3f} of it")
+    assert area <= area_whole
+    if density == 0.5:
+        assert (merged.tiles[:, TILE_Q_LEN] == 128).all() and area < area_whole
+
+
 def test_key_runs_merge_and_lone_blocks_stay_narrow():
     # one sequence of 64 queries, 640 keys, 64-blocks; the row keeps key blocks {0, 1, 2, 4, 6, 7} (full)
     cu_q, cu_k = _cu([64]), _cu([640])

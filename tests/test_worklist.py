@@ -190,9 +190,17 @@ def check_structure(wl, cu_q, hq, rows, tile_m, tile_n, merged=False):
     assert merged or (c[:, 1] == k_len).all()
     assert (t[:, 4] + t[:, 5] + t[:, 6] <= c.shape[0]).all()
     assert TILE_FIELDS[7] == "n_left" and (t[:, 7] == 0).all()  # the builder puts full chunks first
-    # chunk lists are shared, not copied: exactly one chunk per tile_n piece of every entry (merged: at most that)
-    pieces = int(((rows.k_len.astype(np.int64) + tile_n - 1) // tile_n).sum())
-    assert c.shape[0] <= pieces if merged else c.shape[0] == pieces
+    # chunk lists are shared, not copied: exactly one chunk per tile_n piece of every entry (merged: at most that
+    # per window of tile_m // G query tokens the entry's row touches, as rows may be cut at window edges)
+    e_pieces = (rows.k_len.astype(np.int64) + tile_n - 1) // tile_n
+    pieces = int(e_pieces.sum())
+    if merged:
+        tpt = tile_m // g
+        q0, q1 = rows.q_start.astype(np.int64), rows.q_start.astype(np.int64) + rows.q_len - 1
+        row_pieces = np.add.reduceat(np.append(e_pieces, 0), rows.ent_ptr[:-1]) * (np.diff(rows.ent_ptr) > 0)
+        assert c.shape[0] <= int((row_pieces * (q1 // tpt - q0 // tpt + 1)).sum())
+    else:
+        assert c.shape[0] == pieces
     # every (query head, token) is in exactly one tile
     n_rows = t[:, 3].astype(np.int64) * g
     cover = np.zeros((hq, int(cu_q[-1])), dtype=np.int64)

@@ -120,12 +120,50 @@ def merge_rows(r: RowArrays, len_q: np.ndarray, len_k: np.ndarray, *, rows_per_t
     tiles of ``rows_per_tile`` query tokens and chunks of ``tile_n`` keys; see the module docstring.
     ``half_tokens``: query tokens in the lower row half of a tile (the kernels' row-half drop bits; 0 = the kernel
     has none, so only exact groups pair)."""
-    nr = r.head.shape[0]
-    nb = len_q.shape[0]
     for name, doc, total in (("doc_ids_q", mask.doc_ids_q, len_q.sum()), ("doc_ids_k", mask.doc_ids_k, len_k.sum())):
         if (doc is None) != (mask.doc_ids_q is None) or (doc is not None and np.shape(doc) != (total,)):
             raise ValueError(f"mask.{name}: expected {total} document ids (one per token), got "
                              f"{None if doc is None else np.shape(doc)}")
+    out = _merge(r, len_q, len_k, int(rows_per_tile), int(tile_n), mask, int(half_tokens))
+    cut = _split_at_windows(r, len_q, int(rows_per_tile), int(half_tokens)) if half_tokens > 0 else None
+    if cut is not None:  # rows across window edges: cut them there when that computes less (never more)
+        alt = _merge(cut, len_q, len_k, int(rows_per_tile), int(tile_n), mask, int(half_tokens))
+        if mma_tiles(alt, rows_per_tile) < mma_tiles(out, rows_per_tile):
+            return alt
+    return out
+
+
+def mma_tiles(m: MergedRows, rows_per_tile: int) -> int:
+    """Chunk steps of the tiles the groups ``m`` make (a group longer than a tile is cut into tiles that each walk
+    its whole chunk list): the MMA work in units of one ``tile_m x tile_n`` chunk."""
+    tiles = -(-m.q_len // rows_per_tile)
+    return int(((m.nfull + m.npart) * tiles).sum())
+
+
+def _split_at_windows(r: RowArrays, len_q: np.ndarray, tpt: int, half: int) -> RowArrays | None:
+    """``r`` with every row that crosses an aligned window of ``tpt`` tokens and lies on the row-half grid (starts
+    at a multiple of ``half`` and ends at one or at its sequence end) cut at the window edges; each piece keeps the
+    row's entries. Pieces fill whole row halves, so two of them in one window pair as a half pair (drop bits) where
+    their key sets differ. None when no row is cut."""
+    end = r.q_start + r.q_len
+    on_grid = (r.q_start % half == 0) & ((end % half == 0) | (end == len_q[r.batch]))
+    n_pieces = np.where(on_grid, (end - 1) // tpt - r.q_start // tpt + 1, 1)
+    if (n_pieces == 1).all():
+        return None
+    row, pos = ragged_arange(n_pieces)
+    lo = np.where(pos == 0, r.q_start[row], (r.q_start[row] // tpt + pos) * tpt)
+    hi = np.where(pos == n_pieces[row] - 1, end[row], (r.q_start[row] // tpt + pos + 1) * tpt)
+    n_ent = np.diff(r.ent_ptr)
+    e_row, e_pos = ragged_arange(n_ent[row])
+    src = r.ent_ptr[row][e_row] + e_pos
+    ent_ptr = np.concatenate([[0], np.cumsum(n_ent[row])])
+    return RowArrays(r.head[row], r.batch[row], lo, hi - lo, ent_ptr, r.n_full[row], r.k_start[src], r.k_len[src])
+
+
+def _merge(r: RowArrays, len_q: np.ndarray, len_k: np.ndarray, rows_per_tile: int, tile_n: int, mask: BandMask,
+           half_tokens: int) -> MergedRows:
+    """``merge_rows`` for one set of rows (no window cuts)."""
+    nr, nb = r.head.shape[0], len_q.shape[0]
     grp = _candidate_groups(r.head * nb + r.batch, r.q_start, r.q_len, int(rows_per_tile))
     plain = np.zeros(nr, dtype=bool)  # per row (rows of a plain group are alone)
     for _ in range(3):
