@@ -9,6 +9,8 @@ the NVTX range ``target`` (profile it with ``ncu --nvtx --nvtx-include "target/"
   and causal dense (d128); ``fwd_w1_d64_05`` (d64, density 0.5), ``fwd_w1_64x64_05`` (64x64 blocks, causal, density
   0.5), ``fwd_vb_05`` (bench_attention's variable blocks, density 0.5)
 * ``decode_128k`` / ``decode_128k_025`` / ``decode_2k_025``: block-sparse decode, Hq64/Hkv8, 64-token blocks
+* ``fa4_w2`` / ``vb_w2`` / ``fa4_w1`` / ``vb_w1``: FA4's and varblock's sm90 forward on bench_attention's own W2 / W1
+  dense point (FA4 must be importable: tools/fa4_env.sh)
 * ``layout_w1``: the device-side layout build for W1 at density 0.1 (every kernel of one rebuild)
 * ``bwd_w2`` / ``bwd_w2_det``: the backward on W2 dense, default and deterministic
 """
@@ -110,7 +112,30 @@ def layout_w1():
     return lambda: device_layout.rebuild(plan, mask=m, cu_seqlens_q=c, stream=st)
 
 
+def bench_point(system: str, wname: str, density: float):
+    """One system on bench_attention's own point (same layout and tensors as its table): ``fa4`` (FA4's block-sparse
+    varlen forward, JIT-compiled by the first call) or ``vb`` (varblock's sm90 family)."""
+    import bench_attention as ba
+
+    cell = ba.Cell(wname, False, (density,), 128, 128)
+    pt = ba.make_point(cell, density, on_gpu=True)
+    if system == "fa4":
+        import anchors
+
+        return ba.run_fa4(pt, anchors.load_fa4()[0])
+    q, k, v, _, _ = pt.tensors
+    cu = ba.cu_seqlens(wname)
+    p = varblock.plan(cu, cu, num_heads_q=pt.hq, num_heads_kv=pt.hkv, head_dim=128, layout=pt.layout,
+                      backend="attention_fwd_sm90")
+    out = torch.empty_like(q)
+    return lambda: varblock.attention(q, k, v, p, out=out)
+
+
 CASES = {
+    "fa4_w2": lambda: bench_point("fa4", "W2", 1.0),
+    "vb_w2": lambda: bench_point("vb", "W2", 1.0),
+    "fa4_w1": lambda: bench_point("fa4", "W1", 1.0),
+    "vb_w1": lambda: bench_point("vb", "W1", 1.0),
     "fwd_w2": lambda: forward("W2", 1.0, False),
     "fwd_w2_01": lambda: forward("W2", 0.1, False),
     "fwd_w1": lambda: forward("W1", 1.0, False),

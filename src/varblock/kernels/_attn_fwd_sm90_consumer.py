@@ -209,11 +209,32 @@ def _turn_pass(wg):
 
 
 @cute.jit
+def _half_live(drop, wg):
+    """Does warpgroup ``wg`` compute anything in a chunk with row-half ``drop`` bits? (Its row half is dropped
+    whole when both of its quarters are: bits ``wg`` and ``2 + wg``; a chunk no wider than ``tile_n / 2`` carries
+    its key half 0 bits in both key halves.)"""
+    return ((drop >> wg) & 5) != 5
+
+
+@cute.jit
+def _softmax_to_p(cfg, cs: ConsumerSetup, mask: ElementMask, acc_S, partial, k_start, k_len, drop):
+    """Mask and fold S into the online softmax, then P (in registers, the next P V's A operand)."""
+    _mask_softmax(mask, cs, acc_S, partial, k_start, k_len, drop)
+    cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+
+
+@cute.jit
 def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, kv_state,
                    tile: WorkTile, seq, wtid, wg):
     """The chunks of one tile: S(0); then for each next chunk S(n) and P(n-1) V(n-1) in flight together, the
     softmax of S(n) while P V runs; finally P(last) V(last). Each chunk's ``(k_start, k_len)`` is read one chunk
-    ahead (a global load right before its use stalled every chunk at the top of the loop)."""
+    ahead (a global load right before its use stalled every chunk at the top of the loop).
+
+    A chunk whose drop bits drop this warpgroup's whole row half (a half pair of tile pairing where the other
+    member keeps the keys) costs this warpgroup no wgmma: S(n), its softmax and P(n) V(n) are skipped (all its
+    scores would be masked: the softmax state would not change and P would be 0). The K / V waits and releases and
+    the ping-pong turns stay in the same order for every chunk, so the other warpgroup and the producer see the
+    same protocol; the other warpgroup gets the tensor cores for that turn."""
     pipe_q, pipe_k, pipe_v = pipes
     acc_O_mn = mn_view(cs.acc_O)
     n_rows = cs.softmax.n_rows
@@ -222,35 +243,63 @@ def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, 
     pipe_q.consumer_wait(q_state)
     _chunk_keys_mask_inputs(p, mask, tile, seq, 0, k_start, k_len, wtid, wg, True)
     pipe_k.consumer_wait(kv_state)
-    acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
-    wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
-    pipe_k.consumer_release(kv_state)
-    _mask_softmax(mask, cs, acc_S, tile.is_partial(0), k_start, k_len, drop)
-    cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+    live_p = _half_live(drop, wg)
+    if live_p:
+        acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
+        wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
+        pipe_k.consumer_release(kv_state)
+        _softmax_to_p(cfg, cs, mask, acc_S, tile.is_partial(0), k_start, k_len, drop)
+    else:
+        pipe_k.consumer_release(kv_state)
     for ci in cutlass.range(1, tile.n_chunks, unroll=1):
         prev = kv_state.clone()
         kv_state.advance()
         k_start, k_len, drop = nk_start, nk_len, n_drop
         nk_start, nk_len, n_drop = _read_chunk_rows_clamped(p, tile, ci + 1)
         _chunk_keys_mask_inputs(p, mask, tile, seq, ci, k_start, k_len, wtid, wg, False)
+        live = _half_live(drop, wg)
         pipe_k.consumer_wait(kv_state)
         _turn_wait(wg)
-        acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
-        wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, -1)
-        pipe_v.consumer_wait(prev)
-        wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, prev.index], False, -1)
-        _turn_pass(wg)
-        warpgroup.wait_group(1)  # S(ci) done, P V still running
-        pipe_k.consumer_release(kv_state)
-        _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len, drop)
-        warpgroup.wait_group(0)
-        pipe_v.consumer_release(prev)
-        cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
-        _rescale(acc_O_mn, cs.corr, n_rows)
+        if live:
+            acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
+            wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, -1)
+            pipe_v.consumer_wait(prev)
+            if live_p:  # S(ci) and P V(ci-1) overlap the softmax (the common path)
+                wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, prev.index], False, -1)
+                _turn_pass(wg)
+                warpgroup.wait_group(1)  # S(ci) done, P V still running
+                pipe_k.consumer_release(kv_state)
+                _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len, drop)
+                warpgroup.wait_group(0)
+                pipe_v.consumer_release(prev)
+                cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+                _rescale(acc_O_mn, cs.corr, n_rows)
+            else:  # P(ci-1) is all zero: S(ci) alone
+                _turn_pass(wg)
+                warpgroup.wait_group(0)
+                pipe_k.consumer_release(kv_state)
+                _mask_softmax(mask, cs, acc_S, tile.is_partial(ci), k_start, k_len, drop)
+                pipe_v.consumer_release(prev)
+                cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+                _rescale(acc_O_mn, cs.corr, n_rows)
+        else:
+            if live_p:  # this warpgroup's rows keep no key of chunk ci: only P V(ci-1)
+                pipe_v.consumer_wait(prev)
+                wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, prev.index], False, -1)
+                _turn_pass(wg)
+                pipe_k.consumer_release(kv_state)
+                warpgroup.wait_group(0)
+            else:
+                _turn_pass(wg)
+                pipe_k.consumer_release(kv_state)
+                pipe_v.consumer_wait(prev)  # (the stage's V load must land before the stage is released)
+            pipe_v.consumer_release(prev)
+        live_p = live
     pipe_q.consumer_release(q_state)
     q_state.advance()
     pipe_v.consumer_wait(kv_state)
-    wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, kv_state.index], False, 0)
+    if live_p:
+        wgmma(cs.mma_pv, cs.acc_O, cs.rP, cs.rVt[None, None, None, kv_state.index], False, 0)
     pipe_v.consumer_release(kv_state)
     kv_state.advance()
     return q_state, kv_state
