@@ -365,14 +365,20 @@ def test_key_runs_merge_and_lone_blocks_stay_narrow():
     assert plain.chunks.shape[0] == 6
 
 
+def _crossed(block: int) -> tuple[np.ndarray, L.BlockSparseLayout]:
+    """One sequence of two ``block``-token blocks, non-causal, crossed: block 0 keeps key block 1 only, block 1 key
+    block 0 only."""
+    cu = _cu([2 * block])
+    mask = np.zeros((1, 1, 2, 2), dtype=bool)
+    mask[0, 0, 0, 1] = mask[0, 0, 1, 0] = True
+    return cu, L.from_block_mask(mask, cu, cu, block_q=block, block_k=block)
+
+
 def test_pairs_fall_back_where_not_exact():
     # four 32-query blocks, non-causal: block 0 keeps key block 1, block 1 keeps key block 0 -> the union would add
     # an unmasked pair for each and 32-row blocks have no row-half bits, so they stay in separate tiles; with causal
     # the same pattern is exact
-    cu = _cu([64])
-    mask = np.zeros((1, 1, 2, 2), dtype=bool)
-    mask[0, 0, 0, 1] = mask[0, 0, 1, 0] = True
-    lay = L.from_block_mask(mask, cu, cu, block_q=32, block_k=32)
+    cu, lay = _crossed(32)
     wl = worklist_for(lay, 1, 1, 128, 128, None, True)
     assert sorted(wl.tiles[:, TILE_Q_LEN].tolist()) == [32, 32]
     assert not (wl.chunks[:, 1] >> CHUNK_DROP_SHIFT).any()
@@ -387,10 +393,7 @@ def test_half_pairs_carry_row_half_drop_bits():
     # two 64-query blocks, non-causal, crossed (block 0 keeps key block 1, block 1 keeps key block 0): one 128-row
     # tile and one 128-key partial chunk; its quarter (rows 0-63, keys 0-63) and (rows 64-127, keys 64-127) are
     # dropped. With 64-key chunks (the portable kernel): two chunks, each dropping one row half
-    cu = _cu([128])
-    mask = np.zeros((1, 1, 2, 2), dtype=bool)
-    mask[0, 0, 0, 1] = mask[0, 0, 1, 0] = True
-    lay = L.from_block_mask(mask, cu, cu, block_q=64, block_k=64)
+    cu, lay = _crossed(64)
     wl = worklist_for(lay, 1, 1, 128, 128, None, True)
     assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 0, 1]]
     drop = CHUNK_DROP_LO | CHUNK_DROP_HI << CHUNK_DROP_KEY_HALF
@@ -402,9 +405,7 @@ def test_half_pairs_carry_row_half_drop_bits():
     assert wl.chunks.tolist() == [[0, 64 | lo << CHUNK_DROP_SHIFT], [64, 64 | hi << CHUNK_DROP_SHIFT]]
     check_exact(wl, lay, 1, 1)
     # both keep key block 0, only block 1 keeps key block 1: one partial chunk dropping (rows 0-63, keys 64-127)
-    mask[0, 0, 1, 1] = True
-    mask[0, 0, 0, 0] = True
-    mask[0, 0, 0, 1] = False
+    mask = np.array([[[[True, False], [True, True]]]])
     lay = L.from_block_mask(mask, cu, cu, block_q=64, block_k=64)
     wl = worklist_for(lay, 1, 1, 128, 128, None, True)
     assert wl.tiles[:, [TILE_Q_LEN, TILE_N_FULL, TILE_N_PARTIAL]].tolist() == [[128, 0, 1]]
