@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from tests.test_attention_sm90_protocol import Q_THREADS, TILE_RING, WG, Cta, Pipe, State, Step
+from tests.test_attention_sm90_protocol import Q_THREADS, TILE_RING, WG, Cta, Pipe, State, Step, simulate
 from varblock.kernels.attention_pool_sm90 import Q_STAGES, STAGES, THREADS
 
 
@@ -90,26 +90,7 @@ class PoolCta(Cta):
 def run(tiles: list[int], chunks: dict[int, int], seed: int, q_tma: bool = True, head_dim: int = 128,
         limit: int = 200000) -> None:
     random.seed(seed)
-    cta = PoolCta(tiles, chunks, q_tma, head_dim)
-    agents = {"warp0": cta.warp0(), "warps123": cta.warps123(), "wg0": cta.consumer(0), "wg1": cta.consumer(1)}
-    waits = {name: (lambda: True) for name in agents}
-    for _ in range(limit):
-        ready = [n for n in agents if waits[n]()]
-        if not ready and not cta.tma:
-            if not agents:
-                return
-            raise AssertionError(f"deadlock: {sorted(agents)} blocked, no copy in flight")
-        if cta.tma and (not ready or random.random() < 0.3):
-            cta.tma_engine()
-            continue
-        name = random.choice(ready)
-        try:
-            waits[name] = next(agents[name])
-        except StopIteration:
-            del agents[name], waits[name]
-            if not agents and not cta.tma:
-                return
-    raise AssertionError("did not finish")
+    simulate(PoolCta(tiles, chunks, q_tma, head_dim), limit)
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -250,7 +250,12 @@ class Cta:
 def run(tiles: list[int], chunks: dict[int, int], seed: int, pingpong: bool = True, q_tma: bool = True,
         limit: int = 200000, dead: float = 0.0) -> None:
     random.seed(seed)
-    cta = Cta(tiles, chunks, pingpong, q_tma, dead)
+    simulate(Cta(tiles, chunks, pingpong, q_tma, dead), limit)
+
+
+def simulate(cta: Cta, limit: int = 200000) -> None:
+    """Run the CTA's four agents (producer warp 0, warps 1-3, consumer warpgroups 0 and 1) and its TMA engine in a
+    random interleaving until all finish; AssertionError on a deadlock, a wrong read or no end."""
     agents: dict[str, Step] = {"warp0": cta.warp0(), "warps123": cta.warps123(), "wg0": cta.consumer(0),
                                "wg1": cta.consumer(1)}
     waits: dict[str, Callable[[], bool]] = {name: (lambda: True) for name in agents}
