@@ -1,9 +1,30 @@
 """Float64 reference of ``varblock.attention_pooling(..., pool_gqa=True)``, shared by the GPU test and the CPU test
-with the device simulated (so CI exercises it): built from ``varblock.reference.attention_pooling_1d``."""
+with the device simulated (so CI exercises it): built from ``varblock.reference.attention_pooling_1d``; and the
+case grid both pooling families' GPU tests check against the reference (``reference_grid``, ``grid_layout``)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+from varblock import layout as L
+
+LENS = [1, 3, 113, 0, 1023, 200, 64]  #: the pooling GPU tests' sequence lengths (odd, empty, one token)
+
+
+def reference_grid(fn):
+    """Parametrize a test over dtype x head dim x causal x density (the pooling GPU tests' reference grid)."""
+    for name, values in (("density", [1.0, 0.3]), ("causal", [False, True]), ("d", [64, 128]),
+                         ("dtype", ["bfloat16", "float16"])):
+        fn = pytest.mark.parametrize(name, values)(fn)
+    return fn
+
+
+def grid_layout(d: int, causal: bool, density: float) -> L.BlockSparseLayout:
+    """The grid's layout: random 64 x 64 blocks over ``LENS``, one per query head of 8."""
+    cu = np.concatenate([[0], np.cumsum(LENS)]).astype(np.int32)
+    return L.random_blocks(cu, cu, density=density, num_heads=8, head_mode="per_q_head", causal=causal,
+                           block_q=64, block_k=64, seed=d)
 
 
 def group_pooling_ref(p1: np.ndarray, lay, group: int, bq: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 import varblock
-from tests._pooling_ref import group_pooling_ref
+from tests._pooling_ref import LENS, grid_layout, group_pooling_ref, reference_grid
 from varblock import layout as L
 from varblock import reference
 
 pytestmark = pytest.mark.gpu
 
-LENS = [1, 3, 113, 0, 1023, 200, 64]
 RTOL, ATOL = 2e-3, 2e-5  # S, LSE and exp2 in fp32 (the LSE from the forward kernel)
 #: sm90 vs portable kernel on the same inputs and LSE: only S's fp32 accumulation order differs (wgmma vs mma.sync)
 X_RTOL, X_ATOL = 1e-4, 1e-6
@@ -74,15 +73,9 @@ def _run(torch, lay, hq, hkv, d, dtype, seed, *, fwd="auto", pack_gqa=None, **kw
     return plan, (q, k, lse), _check(torch, q, k, lse, plan, lay, **kw)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("density", [1.0, 0.3])
+@reference_grid
 def test_matches_reference(torch, dtype, d, causal, density):
-    cu = _cu(LENS)
-    lay = L.random_blocks(cu, cu, density=density, num_heads=8, head_mode="per_q_head", causal=causal,
-                          block_q=64, block_k=64, seed=d)
-    _run(torch, lay, 8, 2, d, dtype, seed=d + causal)
+    _run(torch, grid_layout(d, causal, density), 8, 2, d, dtype, seed=d + causal)
 
 
 @pytest.mark.parametrize("hq,hkv,mode", [(8, 2, "per_kv_head"), (8, 1, "broadcast"), (4, 4, "per_q_head")])

@@ -28,6 +28,8 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 vbj = pytest.importorskip("varblock.jax")
 
+from tests.test_jax_adapter import dense_attention, dense_mask  # noqa: E402  (after the skips: needs jax)
+
 STEPS = 20
 
 
@@ -38,28 +40,6 @@ def _cu(lens):
 def _layout(cu, hkv: int, block: int):
     return L.random_blocks(cu, cu, density=0.5, num_heads=hkv, head_mode="per_kv_head", causal=True, seed=7,
                            block_q=block, block_k=block)
-
-
-def dense_mask(lay, hq: int, hkv: int) -> np.ndarray:
-    """bool [Hq, total_q, total_k]: the layout's token-level mask per query head, block-diagonal over sequences."""
-    cq, ck = lay.cu_seqlens_q, lay.cu_seqlens_k
-    m = np.zeros((hq, int(cq[-1]), int(ck[-1])), bool)
-    hmap = lay.head_map(hq, hkv)
-    for b in range(len(cq) - 1):
-        if cq[b + 1] > cq[b] and ck[b + 1] > ck[b]:
-            for h in range(hq):
-                m[h, cq[b]:cq[b + 1], ck[b]:ck[b + 1]] = lay.token_mask(b, int(hmap[h]))
-    return m
-
-
-def dense_attention(q, k, v, mask, scale):
-    """Masked softmax attention in float32 jax.numpy; rows without a kept key give 0."""
-    group = q.shape[1] // k.shape[1]
-    kk, vv = (jnp.repeat(x.astype(jnp.float32), group, axis=1) for x in (k, v))
-    s = jnp.einsum("qhd,khd->hqk", q.astype(jnp.float32), kk) * scale
-    s = jnp.where(mask, s, -1e30)
-    p = jax.nn.softmax(s, axis=-1) * mask.any(axis=-1, keepdims=True)
-    return jnp.einsum("hqk,khd->qhd", p, vv)
 
 
 def init_layer(key, dm: int, hq: int, hkv: int, d: int) -> dict[str, jax.Array]:

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 import varblock
-from tests._pooling_ref import group_pooling_ref
+from tests._pooling_ref import LENS, grid_layout, group_pooling_ref, reference_grid
 from varblock import layout as L
 from varblock import reference
 
 pytestmark = pytest.mark.gpu
 
-LENS = [1, 3, 113, 0, 1023, 200, 64]
 RTOL, ATOL = 2e-3, 2e-5  # the kernel's S, LSE and exp2 are fp32 (the LSE from the forward kernel)
 
 
@@ -49,15 +48,9 @@ def _run(torch, lay, hq, hkv, d, dtype, seed, *, pool_gqa=False, plan=None):
     return p, (q, k, lse), (g1, g2)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("density", [1.0, 0.3])
+@reference_grid
 def test_pooling_matches_reference(torch, dtype, d, causal, density):
-    cu = _cu(LENS)
-    lay = L.random_blocks(cu, cu, density=density, num_heads=8, head_mode="per_q_head", causal=causal,
-                          block_q=64, block_k=64, seed=d)
-    _run(torch, lay, 8, 2, d, dtype, seed=d + causal)
+    _run(torch, grid_layout(d, causal, density), 8, 2, d, dtype, seed=d + causal)
 
 
 @pytest.mark.parametrize("hq,hkv,mode", [(8, 2, "per_kv_head"), (8, 1, "broadcast"), (4, 4, "per_q_head")])
