@@ -15,6 +15,8 @@ import cutlass.cute as cute
 from cutlass import Float32
 from cutlass.cute.nvgpu import warpgroup
 
+from varblock.abi import CHUNK_DROP_KEY_HALF, CHUNK_DROP_LO
+
 from ._attn_fwd_sm90_debug import plain
 from .common.mask import ElementMask
 from .common.softmax import OnlineSoftmax
@@ -25,6 +27,8 @@ BAR_WG = 1  #: + wg: one consumer warpgroup
 BAR_TURN = 3  #: + wg: ping-pong turn of consumer warpgroup wg
 OVERLAP = not plain()  #: intra-warpgroup overlap (False: the plain loop, a debug build: VARBLOCK_SM90_PLAIN=1)
 PINGPONG = OVERLAP  #: warpgroups take turns issuing wgmma
+#: the drop bits of row half 0 in both key halves (row half 1: shifted left by one)
+_HALF_BITS = CHUNK_DROP_LO | CHUNK_DROP_LO << CHUNK_DROP_KEY_HALF
 
 
 def mn_view(t):
@@ -213,14 +217,7 @@ def _half_live(drop, wg):
     """Does warpgroup ``wg`` compute anything in a chunk with row-half ``drop`` bits? (Its row half is dropped
     whole when both of its quarters are: bits ``wg`` and ``2 + wg``; a chunk no wider than ``tile_n / 2`` carries
     its key half 0 bits in both key halves.)"""
-    return ((drop >> wg) & 5) != 5
-
-
-@cute.jit
-def _softmax_to_p(cfg, cs: ConsumerSetup, mask: ElementMask, acc_S, partial, k_start, k_len, drop):
-    """Mask and fold S into the online softmax, then P (in registers, the next P V's A operand)."""
-    _mask_softmax(mask, cs, acc_S, partial, k_start, k_len, drop)
-    cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
+    return ((drop >> wg) & _HALF_BITS) != _HALF_BITS
 
 
 @cute.jit
@@ -248,7 +245,8 @@ def tile_mainloop(cfg, p, cs: ConsumerSetup, mask: ElementMask, pipes, q_state, 
         acc_S = cute.make_rmem_tensor(cs.shape_S, Float32)
         wgmma(cs.mma_qk, acc_S, cs.rQ, cs.rK[None, None, None, kv_state.index], True, 0)
         pipe_k.consumer_release(kv_state)
-        _softmax_to_p(cfg, cs, mask, acc_S, tile.is_partial(0), k_start, k_len, drop)
+        _mask_softmax(mask, cs, acc_S, tile.is_partial(0), k_start, k_len, drop)
+        cs.rP.store(acc_as_operand_a(acc_S).load().to(cfg.dtype))
     else:
         pipe_k.consumer_release(kv_state)
     for ci in cutlass.range(1, tile.n_chunks, unroll=1):

@@ -195,9 +195,9 @@ class ElementMask:
             hi = hi - col0
             hi_k1 = hi  # the bound of the columns in key half 1
             if cutlass.const_expr(drop is not None and self.drop_fold):
-                row_bits = drop >> (Int32(1) if r >= self.tile_m // 2 else Int32(0))
-                hi_k1 = Int32(-self.tile_n) if (row_bits & (CHUNK_DROP_LO << CHUNK_DROP_KEY_HALF)) != 0 else hi
-                hi = Int32(-self.tile_n) if (row_bits & CHUNK_DROP_LO) != 0 else hi
+                d_k0, d_k1 = self._row_drops(drop, r)
+                hi_k1 = Int32(-self.tile_n) if d_k1 else hi
+                hi = Int32(-self.tile_n) if d_k0 else hi
             for cc in cutlass.range_constexpr(cute.size(t_scs, mode=[1])):
                 cl = t0_scs[0, cc][1]
                 # col0 + cl is in key half 1 iff cl is (see __post_init__)
@@ -211,13 +211,17 @@ class ElementMask:
                 acc_s_mn[rr, cc] = v
 
     @cute.jit
+    def _row_drops(self, drop, row):
+        """(key half 0 dropped, key half 1 dropped) for tile row ``row`` of a chunk with drop bits ``drop``."""
+        row_bits = drop >> (Int32(1) if row >= self.tile_m // 2 else Int32(0))
+        return (row_bits & CHUNK_DROP_LO) != 0, (row_bits & (CHUNK_DROP_LO << CHUNK_DROP_KEY_HALF)) != 0
+
+    @cute.jit
     def _drop_quarters(self, acc_s_mn, t_scs, t0_scs, drop):
         """Mask the (row half, key half) quarters of the chunk that ``drop`` names (a pass of its own: see
         ``drop_fold``)."""
         for rr in cutlass.range_constexpr(cute.size(t_scs, mode=[0])):
-            row_bits = drop >> (Int32(1) if t_scs[rr, 0][0] >= self.tile_m // 2 else Int32(0))
-            d_k0 = (row_bits & CHUNK_DROP_LO) != 0
-            d_k1 = (row_bits & (CHUNK_DROP_LO << CHUNK_DROP_KEY_HALF)) != 0
+            d_k0, d_k1 = self._row_drops(drop, t_scs[rr, 0][0])
             for cc in cutlass.range_constexpr(cute.size(t_scs, mode=[1])):
                 d = d_k1 if cutlass.const_expr(t0_scs[0, cc][1] >= self.tile_n // 2) else d_k0
                 v = acc_s_mn[rr, cc]
