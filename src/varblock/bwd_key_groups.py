@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from varblock.layout.mask import band_classify
+from varblock.tile_pairing import group_first, split_groups, window_groups
 from varblock.worklist import segment_ids
 
 #: most sub-tiles one group may hold (bounds the member x chunk status table)
@@ -38,47 +39,15 @@ def group_key_tiles(subs: tuple[np.ndarray, ...], pairs: tuple[np.ndarray, ...],
     pairs sorted by (sub-tile, full first, q_start).
     """
     head, batch, ks, kl = subs
-    grp = _candidate_groups(head * (off_b.shape[0] + 1) + batch, ks, kl, int(tile_n))
+    grp = window_groups(head * (off_b.shape[0] + 1) + batch, ks, kl, int(tile_n), MAX_GROUP)
     if grp.size == 0 or grp[-1] == grp.size - 1:  # every group is a single sub-tile: nothing to merge
         return subs, pairs
     exact = _exact_groups(grp, subs, pairs, off_b, band, int(num_sink_tokens), bool(opaque_mask))
-    grp = _split(grp, ~exact[grp])
-    first = _group_first(grp)
+    grp = split_groups(grp, ~exact[grp])
+    first = group_first(grp)
     size = np.diff(np.append(first, grp.shape[0]))
     g_kl = np.add.reduceat(kl, first) if first.size else np.zeros(0, dtype=np.int64)
     return (head[first], batch[first], ks[first], g_kl), _unions(grp[pairs[0]], pairs[1], pairs[2], pairs[3], size)
-
-
-def _candidate_groups(key: np.ndarray, ks: np.ndarray, kl: np.ndarray, tile_n: int) -> np.ndarray:
-    """Group id per sub-tile: runs of contiguous sub-tiles of one (head, sequence) inside one aligned window of
-    ``tile_n`` keys, at most ``MAX_GROUP`` each."""
-    n = key.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    w0 = ks // tile_n
-    fits = w0 == (ks + kl - 1) // tile_n
-    new = np.ones(n, dtype=bool)
-    new[1:] = ((key[1:] != key[:-1]) | (w0[1:] != w0[:-1]) | ~fits[1:] | ~fits[:-1]
-               | (ks[1:] != ks[:-1] + kl[:-1]))
-    grp = np.cumsum(new) - 1
-    new |= (np.arange(n) - _group_first(grp)[grp]) % MAX_GROUP == 0
-    return np.cumsum(new) - 1
-
-
-def _group_first(grp: np.ndarray) -> np.ndarray:
-    """First index of every group (``grp`` non-decreasing, ids 0..G-1)."""
-    new = np.ones(grp.shape[0], dtype=bool)
-    new[1:] = grp[1:] != grp[:-1]
-    return np.flatnonzero(new)
-
-
-def _split(grp: np.ndarray, alone: np.ndarray) -> np.ndarray:
-    """Group ids after putting every sub-tile flagged ``alone`` in a group of its own."""
-    if grp.size == 0:
-        return grp
-    new = np.ones(grp.shape[0], dtype=bool)
-    new[1:] = (grp[1:] != grp[:-1]) | alone[1:] | alone[:-1]
-    return np.cumsum(new) - 1
 
 
 def _distinct(g: np.ndarray, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,7 +69,7 @@ def _exact_groups(grp: np.ndarray, subs: tuple[np.ndarray, ...], pairs: tuple[np
     exact = np.ones(n_g, dtype=bool)
     if sub.size == 0:
         return exact
-    first = _group_first(grp)
+    first = group_first(grp)
     size = np.diff(np.append(first, grp.shape[0]))
     mem = np.arange(grp.shape[0]) - first[grp]
     order, uid, uf = _distinct(grp[sub], qs)

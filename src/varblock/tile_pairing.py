@@ -164,47 +164,48 @@ def _merge(r: RowArrays, len_q: np.ndarray, len_k: np.ndarray, rows_per_tile: in
            half_tokens: int) -> MergedRows:
     """``merge_rows`` for one set of rows (no window cuts)."""
     nr, nb = r.head.shape[0], len_q.shape[0]
-    grp = _candidate_groups(r.head * nb + r.batch, r.q_start, r.q_len, int(rows_per_tile))
+    grp = window_groups(r.head * nb + r.batch, r.q_start, r.q_len, int(rows_per_tile))
     plain = np.zeros(nr, dtype=bool)  # per row (rows of a plain group are alone)
     for _ in range(3):
         out, broken = _build(r, grp, plain, len_q, len_k, int(tile_n), mask, int(half_tokens))
         if not broken.any():
             return out
         # overlapping key spans: the rows of such a group become single groups; such a single row becomes plain
-        first = _group_first(grp)
+        first = group_first(grp)
         size = np.diff(np.append(first, nr))
         bad_row = broken[grp]
         plain |= bad_row & (size[grp] == 1)
-        grp = _split(grp, bad_row & (size[grp] > 1))
+        grp = split_groups(grp, bad_row & (size[grp] > 1))
     raise AssertionError("internal: tile pairing did not settle")  # pragma: no cover
 
 
-def _candidate_groups(key: np.ndarray, q_start: np.ndarray, q_len: np.ndarray, tpt: int) -> np.ndarray:
-    """Group id per row: runs of contiguous rows of one (head, batch) inside one aligned window of ``tpt`` tokens,
-    at most ``MAX_GROUP_ROWS`` rows each."""
-    nr = key.shape[0]
-    if nr == 0:
+def window_groups(key: np.ndarray, start: np.ndarray, length: np.ndarray, window: int,
+                  max_members: int = MAX_GROUP_ROWS) -> np.ndarray:
+    """Group id per span (spans sorted by ``key`` then ``start``): runs of contiguous spans of one ``key`` inside
+    one aligned window ``[w * window, (w + 1) * window)``, at most ``max_members`` each. Tile pairing groups query
+    rows this way, the backward's key grouping (``bwd_key_groups``) key sub-tiles."""
+    n = key.shape[0]
+    if n == 0:
         return np.zeros(0, dtype=np.int64)
-    w0 = q_start // tpt
-    fits = w0 == (q_start + q_len - 1) // tpt
-    new = np.ones(nr, dtype=bool)
+    w0 = start // window
+    fits = w0 == (start + length - 1) // window
+    new = np.ones(n, dtype=bool)
     new[1:] = ((key[1:] != key[:-1]) | (w0[1:] != w0[:-1]) | ~fits[1:] | ~fits[:-1]
-               | (q_start[1:] != q_start[:-1] + q_len[:-1]))
+               | (start[1:] != start[:-1] + length[:-1]))
     grp = np.cumsum(new) - 1
-    pos = np.arange(nr) - _group_first(grp)[grp]
-    new |= pos % MAX_GROUP_ROWS == 0
+    new |= (np.arange(n) - group_first(grp)[grp]) % max_members == 0
     return np.cumsum(new) - 1
 
 
-def _group_first(grp: np.ndarray) -> np.ndarray:
-    """First row of every group (``grp`` non-decreasing, ids 0..G-1)."""
+def group_first(grp: np.ndarray) -> np.ndarray:
+    """First index of every group (``grp`` non-decreasing, ids 0..G-1)."""
     new = np.ones(grp.shape[0], dtype=bool)
     new[1:] = grp[1:] != grp[:-1]
     return np.flatnonzero(new)
 
 
-def _split(grp: np.ndarray, alone: np.ndarray) -> np.ndarray:
-    """Group ids after putting every row flagged ``alone`` in a group of its own."""
+def split_groups(grp: np.ndarray, alone: np.ndarray) -> np.ndarray:
+    """Group ids after putting every member flagged ``alone`` in a group of its own."""
     new = np.ones(grp.shape[0], dtype=bool)
     new[1:] = (grp[1:] != grp[:-1]) | alone[1:] | alone[:-1]
     return np.cumsum(new) - 1
@@ -242,7 +243,7 @@ def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, 
     """Chunks for the grouping ``grp``, where groups that are not exact fall back to single rows; also bool
     [groups of ``grp``]: groups whose key spans overlap (then there is no output)."""
     nr = grp.shape[0]
-    first = _group_first(grp)
+    first = group_first(grp)
     member = np.arange(nr) - first[grp]
     size = np.diff(np.append(first, nr))
     half = (size == 2) & (r.q_len[first] == half_tokens) if half_tokens > 0 else np.zeros(first.shape[0], bool)
@@ -251,9 +252,9 @@ def _build(r: RowArrays, grp: np.ndarray, plain: np.ndarray, len_q: np.ndarray, 
         return None, broken
     ngrp = grp
     if inexact.any():  # their rows become single groups, with their own units (already classified per member)
-        ngrp = _split(grp, inexact[grp])
+        ngrp = split_groups(grp, inexact[grp])
         u = _regroup(u, st, inexact, first, ngrp)
-    nfirst = _group_first(ngrp)
+    nfirst = group_first(ngrp)
     n_groups = nfirst.shape[0]
     ch_start, ch_len, ch_g, ch_part, ch_drop = _run_chunks(u, tile_n)
     order = np.argsort(ch_g * 2 + ch_part, kind="stable")  # full chunks first, each kind by key (as made)
