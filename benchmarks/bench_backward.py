@@ -504,17 +504,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _plot(rows: list[dict[str, Any]], out_dir: str) -> None:
-    """benchmarks/plots.py's figure of the rows; a failure (e.g. no matplotlib) is one printed line."""
-    try:
-        import plots
-
-        for p in plots.plot_all(rows, out_dir):
-            print(f"wrote {p}")
-    except Exception as ex:  # the numbers are printed and in --json already
-        print(f"plot: not written ({type(ex).__name__}: {ex})")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.dry_run:
@@ -542,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, rows, {"bench": "backward", "device": torch.cuda.get_device_name(),
                                      "torch": torch.__version__, "suite": args.suite})
     if args.plot:
-        _plot(rows, args.plot)
+        import plots
+
+        plots.write_plots(rows, args.plot)
     print(f"\nbars: {'met' if ok else 'NOT met'} (where measured)")
     return 0
 

@@ -382,17 +382,6 @@ def _load_anchors(args: argparse.Namespace, torch: Any) -> tuple[Any, Any]:
     return seer, flex
 
 
-def _plot(rows: list[dict[str, Any]], out_dir: str) -> None:
-    """benchmarks/plots.py's figure of the rows; a failure (e.g. no matplotlib) is one printed line."""
-    try:
-        import plots
-
-        for p in plots.plot_all(rows, out_dir):
-            print(f"wrote {p}")
-    except Exception as ex:  # the numbers are printed and in --json already
-        print(f"plot: not written ({type(ex).__name__}: {ex})")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=30)
@@ -428,7 +417,9 @@ def main() -> int:
         write_json(args.json, rows, {"bench": "decode", "device": torch.cuda.get_device_name(),
                                      "torch": torch.__version__, "q_tokens": args.q_tokens})
     if args.plot:
-        _plot(rows, args.plot)
+        import plots
+
+        plots.write_plots(rows, args.plot)
     if args.csv:
         with open(args.csv, "w") as f:
             f.write("workload,density,system,ms,tbps,note\n")

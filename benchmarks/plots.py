@@ -100,6 +100,16 @@ def plot_bench(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> 
     return p
 
 
+def write_plots(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> None:
+    """:func:`plot_all` for a benchmark's ``--plot``: prints each file written; a failure (e.g. no matplotlib) is
+    one printed line, since the table and the JSON are written already."""
+    try:
+        for p in plot_all(rows, out_dir):
+            print(f"wrote {p}", flush=True)
+    except Exception as ex:
+        print(f"plot: not written ({type(ex).__name__}: {ex})", flush=True)
+
+
 def plot_all(rows: Sequence[dict[str, Any]], out_dir: str | Path, prefix: str = "") -> list[Path]:
     """``<out_dir>/<prefix><bench>.png`` for every bench kind in ``rows``."""
     kinds: dict[str, list[dict[str, Any]]] = {}

@@ -328,6 +328,21 @@ def test_bar_checks_ratios_and_portable_block_sizes():
 # ------------------------------------------------------------------------------------------------------ plots
 
 
+def test_write_plots_never_raises(tmp_path, monkeypatch, capsys):
+    """A benchmark's ``--plot``: a plotting failure is one printed line (the table and JSON are written already)."""
+    import plots
+
+    def broken(rows, out_dir):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(plots, "plot_all", broken)
+    plots.write_plots([], tmp_path)
+    assert capsys.readouterr().out.strip() == "plot: not written (ImportError: No module named 'matplotlib')"
+    monkeypatch.setattr(plots, "plot_all", lambda rows, out_dir: [tmp_path / "forward.png"])
+    plots.write_plots([], tmp_path)
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'forward.png'}"
+
+
 def test_plots_from_small_json(tmp_path):
     pytest.importorskip("matplotlib")
     import plots
