@@ -434,11 +434,10 @@ def test_op_runs_the_hopper_kernel_against_reference(sim, seed):
     np.testing.assert_allclose(p2, reference.attention_pooling_2d(qf, kf, lay, block_k=bk), rtol=1e-5, atol=1e-7)
 
 
-def test_op_pools_at_64_over_a_128_block_sm90_plan(sim):
-    """The dense sm90 case: a causal layout of 128 x 128 blocks (what a dense plan resolves to for the sm90
-    forward), pooled at 64 x 64 by the sm90 kernel, against the reference at 64."""
-    rng = np.random.default_rng(3)
-    cu = _cu([300, 1, 129, 0, 77])
+def _causal_128_case(rng, lens):
+    """A causal layout of 128 x 128 blocks over ``lens`` (one layout head), fp16 q / k (Hq 4, Hkv 2, d64) with
+    their float64 copies and LSE, and the sm90 plan, registered with the simulated device."""
+    cu = _cu(lens)
     lay = L.causal(cu, cu, block_q=128, block_k=128, num_heads=1)
     q = rng.standard_normal((int(cu[-1]), 4, 64)).astype(np.float16)
     k = rng.standard_normal((int(cu[-1]), 2, 64)).astype(np.float16)
@@ -446,6 +445,13 @@ def test_op_pools_at_64_over_a_128_block_sm90_plan(sim):
     _, lse = reference.attention_forward(qf, kf, kf, lay)
     plan = _sm90_plan(lay, 4, 2, 64, 1)
     CTX.update(plan=plan, layout=lay, q=qf, k=kf, total_q=int(cu[-1]), nb=5, family=fam.FAMILY_NAME)
+    return lay, q, k, qf, kf, lse, plan
+
+
+def test_op_pools_at_64_over_a_128_block_sm90_plan(sim):
+    """The dense sm90 case: a causal layout of 128 x 128 blocks (what a dense plan resolves to for the sm90
+    forward), pooled at 64 x 64 by the sm90 kernel, against the reference at 64."""
+    lay, q, k, qf, kf, lse, plan = _causal_128_case(np.random.default_rng(3), [300, 1, 129, 0, 77])
     p1, p2 = pool_mod.attention_pooling(q, k, lse.astype(np.float32), plan, block_q=64, block_k=64,
                                         per_sequence=False)
     np.testing.assert_allclose(p1, reference.attention_pooling_1d(qf, kf, lay, block_k=64), rtol=1e-5, atol=1e-7)
@@ -597,15 +603,7 @@ def test_torch_calls_take_the_fast_path_after_the_first(sim, monkeypatch):
 def test_op_normalises_the_kernels_raw_2d_map(sim, block_q, pool_gqa):
     """The sm90 kernel writes the raw 2D map itself (query blocks of any size, group pooling); the 2D reduce kernel
     then runs on it as a normaliser (its rows as one-token query blocks): the 2D result equals the reference."""
-    rng = np.random.default_rng(block_q)
-    cu = _cu([300, 1, 0, 129, 77])
-    lay = L.causal(cu, cu, block_q=128, block_k=128, num_heads=1)
-    q = rng.standard_normal((int(cu[-1]), 4, 64)).astype(np.float16)
-    k = rng.standard_normal((int(cu[-1]), 2, 64)).astype(np.float16)
-    qf, kf = q.astype(np.float64), k.astype(np.float64)
-    _, lse = reference.attention_forward(qf, kf, kf, lay)
-    plan = _sm90_plan(lay, 4, 2, 64, 1)
-    CTX.update(plan=plan, layout=lay, q=qf, k=kf, total_q=int(cu[-1]), nb=5, family=fam.FAMILY_NAME)
+    lay, q, k, qf, kf, lse, plan = _causal_128_case(np.random.default_rng(block_q), [300, 1, 0, 129, 77])
     p1, p2 = pool_mod.attention_pooling(q, k, lse.astype(np.float32), plan, block_q=block_q, block_k=64,
                                         pool_gqa=pool_gqa, per_sequence=False)
     r1 = reference.attention_pooling_1d(qf, kf, lay, block_k=64)
